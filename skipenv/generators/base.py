@@ -26,6 +26,7 @@ import types
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import DynamicCache
@@ -97,7 +98,9 @@ class SkipAwareCache(DynamicCache):
     A layer whose attention is skipped stores no keys / values, but transformers derives the processed sequence
     length (for masks and positions) from layer 0 by default. This cache redirects ``get_seq_length``,
     ``get_mask_sizes`` and ``get_query_offset`` for skipped layers to the first layer that attends. If every
-    attention is skipped no mask is needed; positions are passed explicitly by the generator.
+    attention is skipped no layer stores anything, so the generator reports each call's new tokens with
+    :meth:`advance` and the cache answers length queries from that count (BART's decoder derives its positions
+    from ``get_seq_length()``).
 
     Args:
         config: the model config (passed to :class:`DynamicCache`).
@@ -108,6 +111,13 @@ class SkipAwareCache(DynamicCache):
         super().__init__(config=config)
         self.attention_skipped = tuple(bool(s) for s in attention_skipped)
         self.reference_layer = next((i for i, s in enumerate(self.attention_skipped) if not s), None)
+        self.unattended_length = 0  # tokens processed so far, counted only when no layer attends
+
+    def advance(self, num_tokens: int) -> None:
+        """Record that a forward call processed ``num_tokens`` new positions (only counted when every attention is
+        skipped; otherwise the reference layer's keys hold the length)."""
+        if self.reference_layer is None:
+            self.unattended_length += int(num_tokens)
 
     def _redirect(self, layer_idx: int) -> int | None:
         if layer_idx < len(self.attention_skipped) and self.attention_skipped[layer_idx]:
@@ -116,15 +126,15 @@ class SkipAwareCache(DynamicCache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         ref = self._redirect(layer_idx)
-        return 0 if ref is None else super().get_seq_length(ref)
+        return self.unattended_length if ref is None else super().get_seq_length(ref)
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         ref = self._redirect(layer_idx)
-        return (query_length, 0) if ref is None else super().get_mask_sizes(query_length, ref)
+        return (self.unattended_length + query_length, 0) if ref is None else super().get_mask_sizes(query_length, ref)
 
     def get_query_offset(self, layer_idx: int = 0) -> int:
         ref = self._redirect(layer_idx)
-        return 0 if ref is None else super().get_query_offset(ref)
+        return self.unattended_length if ref is None else super().get_query_offset(ref)
 
 
 def _cache_kwarg(model: nn.Module) -> str:
@@ -378,6 +388,8 @@ class DecoderOnlyGenerator(SkippableGenerator):
         with self.skipping(plan):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, -ids.shape[1]:],
                              **kwargs)
+        if cache is not None:
+            cache.advance(ids.shape[1])
         return out.logits
 
     @torch.inference_mode()
@@ -486,6 +498,69 @@ class DecoderOnlyGenerator(SkippableGenerator):
                                  use_cache=False)
         return self._pooled_first_layer(run, mask).cpu()
 
+    def layer_stepper(self, inp: PromptInput, token_flags: Sequence[bool]) -> "LayerStepper":
+        """A :class:`LayerStepper` over the prefill of ``inp`` with the given token segments removed."""
+        return LayerStepper(self, inp, token_flags)
+
+
+class LayerStepper:
+    """Runs the prefill of one input layer by layer, so a sequential agent can decide each layer's skips on the
+    hidden state actually produced so far (used by :class:`~skipenv.envs.SwitchDecLayerwiseEnv`).
+
+    The embedding and the layer arguments (mask, positions) are produced by the model's own forward, stopped just
+    before the first layer; each :meth:`step` then calls one layer (patched like :meth:`SkippableGenerator.skipping`).
+
+    Args:
+        generator: a decoder-only generator.
+        inp: the input.
+        token_flags: skipped token segments (applied before the embedding).
+    """
+
+    def __init__(self, generator: "DecoderOnlyGenerator", inp: PromptInput, token_flags: Sequence[bool]):
+        self.generator = generator
+        seqs = [inp.apply_token_skips(tuple(token_flags))]
+        generator._check_length(seqs, 0, [inp])
+        ids, mask = _left_pad(seqs, generator.pad_token_id, generator.device)
+        layers = generator._decoder_layers()
+        captured = {}
+
+        def hook(module, args, kwargs):
+            captured["args"], captured["kwargs"] = args, kwargs
+            raise _StopForward(args[0] if args else kwargs["hidden_states"])
+
+        handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                generator.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
+        except _StopForward as stop:
+            self.hidden = stop.hidden
+        finally:
+            handle.remove()
+        self._kwargs = dict(captured["kwargs"])
+        self._kwargs.pop("hidden_states", None)
+        self._extra_args = tuple(captured["args"][1:])
+        self.num_tokens = ids.shape[1]
+
+    def pooled(self) -> np.ndarray:
+        """Mean over positions of the current hidden states: float32 ``[d]``."""
+        return self.hidden[0].float().mean(0).cpu().numpy()
+
+    @torch.inference_mode()
+    def step(self, layer_idx: int, skip_attention: bool = False, skip_ffn: bool = False) -> np.ndarray:
+        """Run decoder layer ``layer_idx`` (skipping the flagged sublayers) and return the pooled output ``[d]``."""
+        layer = self.generator._decoder_layers()[layer_idx]
+        if skip_attention or skip_ffn:
+            fn = self.generator._layer_forward("decoder", layer, skip_attention, skip_ffn)
+            sig = inspect.signature(type(layer).forward)
+            bound = sig.bind(layer, self.hidden, *self._extra_args, **self._kwargs).arguments
+            bound.pop("self", None)
+            extra = bound.pop("kwargs", {})
+            out = fn(bound.pop("hidden_states"), **bound, **extra)
+        else:
+            out = layer(self.hidden, *self._extra_args, **self._kwargs)
+        self.hidden = out[0] if isinstance(out, tuple) else out
+        return self.pooled()
+
 
 class EncoderDecoderGenerator(SkippableGenerator):
     """Shared implementation for encoder-decoder families (BART, T5): right-padded encoder batches, the decoder
@@ -509,7 +584,9 @@ class EncoderDecoderGenerator(SkippableGenerator):
     def _new_cache(self, plan: SkipPlan):
         from transformers import EncoderDecoderCache
 
-        return EncoderDecoderCache(SkipAwareCache(self.config, plan.decoder_attention), DynamicCache(config=self.config))
+        # no config: layers are created lazily, one per decoder layer (T5's flat config would otherwise size the
+        # caches by the *encoder* depth ``num_layers`` and fail when ``num_decoder_layers`` is larger)
+        return EncoderDecoderCache(SkipAwareCache(None, plan.decoder_attention), DynamicCache())
 
     def _encode(self, ids, mask, plan):
         with self.skipping(plan):
@@ -519,6 +596,8 @@ class EncoderDecoderGenerator(SkippableGenerator):
         kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
         with self.skipping(plan):
             out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec_ids, **kwargs)
+        if cache is not None:
+            cache.self_attention_cache.advance(dec_ids.shape[1])
         return out.logits
 
     @property

@@ -1,0 +1,157 @@
+"""Public test helpers for people who write generators, tasks or agents against skipenv (like ``pettingzoo.test``).
+
+- :func:`tiny_generator` — a random-weight model of a supported family built from a tiny config (no download),
+  wrapped and ready; with the embedded SmolLM2 tokenizer for decoder-only families when available.
+- :func:`check_generator` — asserts the core contracts of a :class:`~skipenv.generators.SkippableGenerator`:
+  the empty plan reproduces the unmodified model, KV-cache generation equals uncached generation under a plan,
+  and the analytic FLOPs match ``FlopCounterMode`` (with eager attention).
+- :func:`check_task` — formats examples of a task with a tokenizer and checks the document span and scoring.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .generators import SkippableGenerator, wrap
+from .inputs import PromptInput
+from .plan import SkipPlan
+
+__all__ = ["TINY_CONFIGS", "tiny_model", "tiny_generator", "check_generator", "check_task", "ToyTokenizer"]
+
+#: Tiny configs per family (hidden size 32, 4 layers) — seconds to build, milliseconds per forward.
+TINY_CONFIGS = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True),
+    "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=1024),
+    "bart": dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=1024),
+    "t5": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4),
+}
+
+
+class ToyTokenizer:
+    """A minimal tokenizer stand-in (ids are their own text) for generator tests that need no real vocabulary."""
+
+    def __init__(self, vocab_size: int = 64, eos_token_id: int = 1, pad_token_id: int = 0):
+        self.vocab_size, self.eos_token_id, self.pad_token_id = vocab_size, eos_token_id, pad_token_id
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(str(int(i)) for i in ids if not (skip_special_tokens and i in (self.eos_token_id, self.pad_token_id)))
+
+    def __call__(self, text: str, add_special_tokens: bool = False):
+        return {"input_ids": [2 + (ord(c) % (self.vocab_size - 2)) for c in text]}
+
+
+def tiny_model(family: str = "llama", *, vocab_size: int = 64, seed: int = 0, attn_implementation: str = "eager",
+               **overrides):
+    """A random-weight Hugging Face model of ``family`` (``llama``, ``gpt2``, ``bart``, ``t5``) in eval mode.
+
+    Raises:
+        ValueError: an unknown family.
+    """
+    import transformers as tf
+
+    classes = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel),
+               "bart": (tf.BartConfig, tf.BartForConditionalGeneration),
+               "t5": (tf.T5Config, tf.T5ForConditionalGeneration)}
+    if family not in classes:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(classes)}")
+    cfg_cls, model_cls = classes[family]
+    kw = dict(TINY_CONFIGS[family], vocab_size=vocab_size, **overrides)
+    special = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+    if family in ("bart", "t5"):
+        special["decoder_start_token_id"] = 0 if family == "t5" else 1
+        if family == "bart":
+            special.update(bos_token_id=0, eos_token_id=2, pad_token_id=1, forced_eos_token_id=2)
+    cfg = cfg_cls(**kw, **{k: v for k, v in special.items() if k not in kw})
+    cfg._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return model_cls(cfg).eval()
+
+
+def tiny_generator(family: str = "llama", tokenizer=None, *, seed: int = 0, attn_implementation: str = "eager",
+                   **overrides) -> SkippableGenerator:
+    """:func:`tiny_model` wrapped with ``tokenizer`` (default :class:`ToyTokenizer`; pass the embedded SmolLM2
+    tokenizer to run real tasks — the model's vocabulary then matches it)."""
+    if tokenizer is None:
+        tokenizer = ToyTokenizer()
+        vocab = tokenizer.vocab_size
+    else:
+        vocab = len(tokenizer)
+    model = tiny_model(family, vocab_size=vocab, seed=seed, attn_implementation=attn_implementation, **overrides)
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return wrap(model, tokenizer)
+
+
+def _random_plans(generator: SkippableGenerator, n: int, seed: int, token_segments: int) -> list[SkipPlan]:
+    rng = np.random.default_rng(seed)
+    spec = generator.plan_spec(token_segments)
+    plans = [spec.empty_plan()]
+    for _ in range(n):
+        a = (rng.random(spec.action_size) < 0.35).astype(np.int8)
+        plans.append(SkipPlan.from_action(a, spec))
+    return plans
+
+
+def check_generator(generator: SkippableGenerator, inputs: Sequence[PromptInput], *, max_new_tokens: int = 6,
+                    num_plans: int = 3, token_segments: int = 4, flops_tolerance: float = 0.02, seed: int = 0) -> None:
+    """Assert the contracts every skippable generator must keep (raises ``AssertionError`` naming the broken one).
+
+    1. Empty plan ≡ unmodified model: teacher-forced log-probabilities equal the plain model's (atol 1e-4) —
+       checked on the first input.
+    2. Under random plans, generation with the KV cache equals generation without it, token for token.
+    3. The analytic FLOPs of each generation are within ``flops_tolerance`` of ``FlopCounterMode`` (requires
+       ``attn_implementation="eager"``: the fused CPU SDPA kernel is not counted by FlopCounterMode).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inp = inputs[0]
+    full = generator.generate([inp], None, max_new_tokens=max_new_tokens)
+    target = full.tokens[0] or [generator.eos_token_id]
+    ours = generator.score([inp], [target])[0].logprobs
+    model = generator.model
+    with torch.inference_mode():
+        if generator.num_encoder_layers:
+            ids = torch.tensor([inp.input_ids], device=generator.device)
+            dec = torch.tensor([[generator.decoder_start_token_id] + list(target)[:-1]], device=generator.device)
+            logits = model(input_ids=ids, decoder_input_ids=dec).logits[0]
+        else:
+            ids = torch.tensor([list(inp.input_ids) + list(target)], device=generator.device)
+            logits = model(input_ids=ids).logits[0, len(inp) - 1: len(inp) - 1 + len(target)]
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(target)[:, None].to(logits.device))[:, 0]
+    assert torch.allclose(ours, ref.cpu(), atol=1e-4), f"empty plan differs from the unmodified model: {ours} vs {ref}"
+    for plan in _random_plans(generator, num_plans, seed, token_segments):
+        try:
+            cached = generator.generate(inputs, plan, max_new_tokens=max_new_tokens)
+        except ValueError:  # plan removed every token of some input
+            continue
+        uncached = generator.generate(inputs, plan, max_new_tokens=max_new_tokens, use_cache=False)
+        assert cached.tokens == uncached.tokens, f"KV-cache generation differs from uncached under {plan!r}"
+        with FlopCounterMode(display=False) as counter:
+            out = generator.generate([inp], plan, max_new_tokens=max_new_tokens)
+        measured = counter.get_total_flops()
+        analytic = generator.flops(plan, inp, out.num_generated[0]).total
+        assert abs(analytic - measured) <= flops_tolerance * measured, (
+            f"analytic FLOPs {analytic} vs FlopCounterMode {measured} under {plan!r}")
+
+
+def check_task(task, tokenizer, *, split: str = "test", num_examples: int = 5, encoder_decoder: bool = False) -> None:
+    """Assert that a task's examples format into valid inputs: a non-empty document span that decodes to text
+    contained in the document (modulo whitespace), and that a perfect prediction scores 1.0."""
+    examples = task.examples(split)[:num_examples]
+    assert examples, f"task {task.name!r} has no examples in split {split!r}"
+    for ex in examples:
+        inp = task.format(ex, tokenizer, encoder_decoder=encoder_decoder)
+        assert isinstance(inp, PromptInput) and inp.example_id == ex.id
+        s, e = inp.document_span
+        assert e > s, f"example {ex.id}: empty document span"
+        doc = tokenizer.decode(list(inp.input_ids[s:e]), skip_special_tokens=True)
+        squash = lambda t: "".join(t.split())  # noqa: E731
+        assert squash(doc)[:50] in squash(ex.document), f"example {ex.id}: the span is not the document"
+        perfect = ex.label if ex.label is not None else ex.reference
+        assert task.score(perfect, ex) > 0.99, f"example {ex.id}: the reference does not score 1.0 against itself"

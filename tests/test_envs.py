@@ -1,0 +1,231 @@
+"""SwitchDec environments on a tiny random-weight Llama with the embedded SmolLM2 tokenizer and real XSum rows:
+API checkers, determinism, pickling, spaces, invalid actions, caching."""
+
+from __future__ import annotations
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import skipenv
+from skipenv.cache import DiskCache
+from skipenv.envs import SwitchDecEnv, SwitchDecLayerwiseEnv
+from skipenv.testing import tiny_generator
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from skipenv.assets import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+@pytest.fixture(scope="module")
+def generator(tokenizer):
+    return tiny_generator("llama", tokenizer)
+
+
+def make(generator, cls=SwitchDecEnv, tmp_cache=True, **kw):
+    kw.setdefault("num_examples", 3)
+    kw.setdefault("max_new_tokens", 6)
+    kw.setdefault("max_input_tokens", 96)
+    kw.setdefault("disk_cache", False)
+    return cls("xsum", generator=generator, **kw)
+
+
+def test_checkers_pass_one_shot(generator):
+    env = make(generator)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(make(generator), warn=True)
+
+
+def test_checkers_pass_layerwise(generator):
+    env = make(generator, SwitchDecLayerwiseEnv)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(make(generator, SwitchDecLayerwiseEnv), warn=True)
+
+
+def test_spaces_and_info(generator):
+    env = make(generator)
+    assert env.action_space.n == 2 * 4 + 8  # 4 layers x {attention, ffn} + 8 token segments
+    assert env.observation_space.shape == (32 + 2,)
+    obs, info = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+    _, reward, terminated, truncated, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
+    assert terminated and not truncated and isinstance(reward, float)
+    for key in ("quality", "quality_full", "constraint_satisfied", "cost", "flops", "flops_full",
+                "flops_breakdown", "plan", "example_id"):
+        assert key in info
+    # skip nothing: quality 1 and cost = 1 + observation overhead (first layer of 4 over the full prompt)
+    assert info["quality"] == 1.0 and info["constraint_satisfied"]
+    assert info["flops"] == info["flops_full"] + info["flops_breakdown"]["observation"]
+    assert 1.0 < info["cost"] < 1.0 + 1 / 4
+    assert "time_s" not in info
+
+
+def test_more_skipping_costs_less(generator):
+    env = make(generator)
+    env.reset(seed=0)
+    a = np.zeros(env.action_space.n, dtype=np.int8)
+    costs = []
+    # token segments first (they shrink every sublayer's work), then the sublayers one by one
+    for bit in list(range(8, 16)) + list(range(8)):
+        a[bit] = 1
+        env.reset(options={"index": 0})
+        costs.append(env.step(a)[4]["cost"])
+    assert all(c2 < c1 for c1, c2 in zip(costs, costs[1:]))
+
+
+def test_candidates_and_blocks(generator):
+    env = make(generator, candidates=("attention",))
+    assert env.action_space.n == 4
+    plan = env.action_to_plan(np.array([1, 0, 0, 1]))
+    assert plan.decoder_attention == (True, False, False, True) and not any(plan.decoder_ffn + plan.tokens)
+    env = make(generator, layer_block=2, token_segments=4)
+    assert env.action_space.n == 2 + 2 + 4
+    assert env.action_labels[:2] == ["decoder.attention.0-1", "decoder.attention.2-3"]
+    plan = env.action_to_plan(np.array([0, 1, 1, 0, 0, 0, 0, 1]))
+    assert plan.decoder_attention == (False, False, True, True)
+    assert plan.decoder_ffn == (True, True, False, False) and plan.tokens == (False, False, False, True)
+    assert (env.plan_to_action(plan) == np.array([0, 1, 1, 0, 0, 0, 0, 1])).all()
+    with pytest.raises(ValueError, match="candidate"):
+        make(generator, candidates=("heads",))
+
+
+def test_invalid_actions_are_rejected(generator):
+    env = make(generator)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(3))
+    with pytest.raises(ValueError, match="0 or 1"):
+        env.step(np.full(env.action_space.n, 2))
+    lw = make(generator, SwitchDecLayerwiseEnv)
+    lw.reset(seed=0)
+    with pytest.raises(ValueError, match="Discrete"):
+        lw.step(7)
+
+
+def test_same_seed_same_episodes(generator):
+    a, b = make(generator, num_examples=5), make(generator, num_examples=5)
+    a.action_space.seed(3)
+    b.action_space.seed(3)
+    for i in range(6):
+        oa, ia = a.reset(seed=11 if i == 0 else None)
+        ob, ib = b.reset(seed=11 if i == 0 else None)
+        assert ia == ib and np.array_equal(oa, ob)
+        act = a.action_space.sample()
+        assert np.array_equal(act, b.action_space.sample())
+        ra, rb = a.step(act), b.step(act)
+        assert ra[1] == rb[1] and ra[4] == rb[4]
+
+
+def test_env_pickles(generator):
+    env = make(generator)
+    env.reset(seed=0)
+    clone = pickle.loads(pickle.dumps(env))
+    act = np.zeros(env.action_space.n, dtype=np.int8)
+    act[1] = 1
+    env.reset(options={"index": 1})
+    clone.reset(options={"index": 1})
+    assert env.step(act)[4] == clone.step(act)[4]
+
+
+def test_layerwise_episode_matches_one_shot(generator):
+    lw = make(generator, SwitchDecLayerwiseEnv, token_segments=4)
+    one = make(generator, token_segments=4)
+    obs, _ = lw.reset(options={"index": 0})
+    assert obs[-1] == 1.0  # token step flag
+    actions = [2, 1, 0, 3, 2]  # skip last 50% tokens, then layers: attn, keep, both, ffn
+    for t, a in enumerate(actions):
+        obs, reward, terminated, _, info = lw.step(a)
+        assert terminated == (t == len(actions) - 1)
+        if not terminated:
+            assert reward == 0.0
+    one.reset(options={"index": 0})
+    plan = skipenv.SkipPlan.from_skips(one.plan_spec, attention=[0, 2], ffn=[2, 3], tokens=[2, 3])
+    expected = one.step(one.plan_to_action(plan))[4]
+    assert info["plan"] == expected["plan"] and info["reward"] == expected["reward"]
+
+
+def test_layerwise_hidden_state_is_real(generator):
+    """The layerwise observation after layer l equals the hidden state the model itself produces there."""
+    import torch
+
+    lw = make(generator, SwitchDecLayerwiseEnv, token_segments=4)
+    lw.reset(options={"index": 0})
+    obs, *_ = lw.step(0)  # keep all tokens
+    obs, *_ = lw.step(0)  # layer 0 kept
+    prompt = lw.evaluator.prompt(lw.example)
+    with torch.inference_mode():
+        hs = generator.model(input_ids=torch.tensor([prompt.input_ids]), output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(obs[:32], hs[1][0].mean(0).numpy(), atol=1e-5)
+
+
+def test_quality_modes_and_reward_modes(generator):
+    for quality in ("agreement", "rouge", "fidelity", "likelihood"):
+        env = make(generator, quality=quality, reward_mode="vector")
+        env.reset(seed=0)
+        _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
+        assert info["reward_vector"] == (info["quality"], info["cost"])
+        assert info["quality"] == pytest.approx(info["quality_full"])
+        if quality in ("rouge", "fidelity"):
+            assert "text" in info
+    env = make(generator, reward_mode="weighted", lam=0.5)
+    env.reset(seed=0)
+    _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
+    assert r == pytest.approx(info["quality"] - 0.5 * info["cost"])
+    with pytest.raises(ValueError, match="quality"):
+        make(generator, quality="bleu")
+
+
+def test_record_time_is_opt_in(generator):
+    env = make(generator, record_time=True)
+    env.reset(seed=0)
+    assert env.step(np.zeros(env.action_space.n, dtype=np.int8))[4]["time_s"] >= 0
+
+
+def test_full_reference_disk_cache_survives_corruption(generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPENV_CACHE", str(tmp_path))
+    env = make(generator, disk_cache=True)
+    env.reset(options={"index": 0})
+    first = env.step(np.zeros(env.action_space.n, dtype=np.int8))[4]
+    files = list(env.evaluator.disk.dir.glob("*.json"))
+    assert len(files) == 1
+    files[0].write_text("{not json")
+    env2 = make(generator, disk_cache=True)
+    env2.reset(options={"index": 0})
+    assert env2.step(np.zeros(env.action_space.n, dtype=np.int8))[4] == first
+    cache = DiskCache("x", root=tmp_path)
+    cache.put("k", [1, 2])
+    assert cache.get("k") == [1, 2] and cache.get("other") is None
+
+
+def test_reset_options(generator):
+    env = make(generator)
+    ex_id = env.examples[2].id
+    assert env.reset(options={"example_id": ex_id})[1]["example_id"] == ex_id
+    with pytest.raises(ValueError, match="not in split"):
+        env.reset(options={"example_id": "nope"})
+    with pytest.raises(ValueError, match="out of range"):
+        env.reset(options={"index": 99})
+
+
+def test_registered_ids():
+    assert set(skipenv.OFFLINE_IDS) <= set(skipenv.ENV_IDS)
+    for env_id in ("SwitchDec-XSum-v0", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-CNNDM-v0", "SwitchDec-SQuAD-v0",
+                   "SwitchDec-DisflQA-v0", "SwitchDec-SST2-v0", "SwitchDec-RottenTomatoes-v0"):
+        assert env_id in gym.registry
+
+
+@pytest.mark.parametrize("env_id", ["SwitchDec-CNNDM-v0", "SwitchDec-SQuAD-v0", "SwitchDec-SST2-v0"])
+def test_hub_only_ids_fail_clearly_offline(env_id, generator, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(Exception, match="(?i)hub|offline|reach"):
+        gym.make(env_id, generator=generator)
