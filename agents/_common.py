@@ -1,0 +1,52 @@
+"""Argument parsing shared by the runnable agents (each agent file stays a readable single script)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def parser(description: str, default_env: str = "SwitchDec-XSum-v0", default_steps: int = 256) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--env", default=default_env, help="registered skipenv id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--total-timesteps", type=int, default=default_steps, help="environment steps")
+    p.add_argument("--device", default="cpu", help="device of the generator and the policy")
+    p.add_argument("--out", default=None, help="output folder (default runs/<agent>-<env>-s<seed>)")
+    p.add_argument("--train-examples", type=int, default=64, help="train-split documents cycled in training")
+    p.add_argument("--eval-examples", type=int, default=16, help="test-split documents evaluated at the end")
+    p.add_argument("--env-kwargs", type=json.loads, default={}, help='extra gym.make kwargs as JSON, e.g. \'{"tau": 0.05}\'')
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def out_dir(args, agent: str) -> Path:
+    path = Path(args.out or f"runs/{agent}-{args.env}-s{args.seed}")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "args.json").write_text(json.dumps(vars(args), indent=2))
+    return path
+
+
+def make_env(args, split: str, num_examples: int):
+    import gymnasium as gym
+
+    import skipenv  # noqa: F401  (registers the ids)
+
+    return gym.make(args.env, split=split, num_examples=num_examples, device=args.device, **args.env_kwargs).unwrapped
+
+
+def evaluate_and_save(policy, args, out: Path) -> None:
+    """Evaluate ``policy`` on the test split (one-shot env) and write ``eval_episodes.csv`` / ``eval_summary.csv``."""
+    from skipenv.benchmark import evaluate_policy, summarize
+
+    env_id = args.env.replace("-Layerwise", "")
+    import gymnasium as gym
+
+    env = gym.make(env_id, split="test", num_examples=args.eval_examples, device=args.device,
+                   **args.env_kwargs).unwrapped
+    episodes = evaluate_policy(policy, env, seed=args.seed, progress=not args.no_progress)
+    summary = summarize(episodes)
+    episodes.to_csv(out / "eval_episodes.csv", index=False)
+    summary.to_csv(out / "eval_summary.csv", index=False)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

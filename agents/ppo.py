@@ -1,0 +1,24 @@
+"""PPO (stable-baselines3) on the one-shot SwitchDec env (MultiBinary actions).
+
+    python agents/ppo.py --env SwitchDec-XSum-v0 --total-timesteps 448 --seed 0 --out runs/ppo
+
+Writes policy.zip, monitor.csv, TensorBoard logs and the test-split evaluation to the output folder.
+"""
+
+from _common import evaluate_and_save, make_env, out_dir, parser
+
+from skipenv.baselines import SB3Policy
+from skipenv.sb3 import train_sb3
+
+
+def main(argv=None):
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    out = out_dir(args, "ppo")
+    env = make_env(args, "train", args.train_examples)
+    model = train_sb3("ppo", env, total_timesteps=args.total_timesteps, seed=args.seed, device=args.device,
+                      out_dir=out, progress_bar=not args.no_progress)
+    evaluate_and_save(SB3Policy(model, name="ppo"), args, out)
+
+
+if __name__ == "__main__":
+    main()

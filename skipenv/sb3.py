@@ -1,0 +1,68 @@
+"""stable-baselines3 training with skipenv's logging conventions, shared by ``agents/ppo.py``, ``agents/a2c.py``,
+``agents/dqn_layerwise.py`` and the main job.
+
+Logging: a ``Monitor`` CSV (``monitor.csv``: per-episode reward, length, quality, cost, constraint_satisfied —
+the ``info_keywords`` that make env metrics visible to callbacks), TensorBoard event files, and SB3's progress bar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["ALGORITHMS", "make_sb3", "train_sb3", "load_sb3", "monitor_curve"]
+
+#: default hyper-parameters for one-step / short episodes on a small CPU budget
+ALGORITHMS = {
+    "ppo": dict(n_steps=64, batch_size=32, n_epochs=10, learning_rate=1e-3, gamma=1.0, gae_lambda=1.0),
+    "a2c": dict(n_steps=8, learning_rate=1e-3, gamma=1.0, gae_lambda=1.0),
+    "dqn": dict(learning_rate=1e-3, buffer_size=20_000, learning_starts=64, batch_size=32, train_freq=4,
+                target_update_interval=250, exploration_fraction=0.5, exploration_final_eps=0.05, gamma=1.0),
+}
+
+
+def make_sb3(algo: str, env, *, seed: int = 0, device: str = "cpu", out_dir: str | Path | None = None, **overrides):
+    """Wrap ``env`` in a ``Monitor`` and build an SB3 ``algo`` (``"ppo"``, ``"a2c"``, ``"dqn"``) with ``MlpPolicy``.
+
+    Raises:
+        ValueError: an unknown algorithm.
+    """
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.monitor import Monitor
+
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGORITHMS)}")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    menv = Monitor(env, filename=str(out / "monitor.csv") if out is not None else None,
+                   info_keywords=("quality", "cost", "constraint_satisfied"))
+    cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo]
+    kwargs = {**ALGORITHMS[algo], **overrides}
+    return cls("MlpPolicy", menv, seed=seed, device=device, verbose=0,
+               tensorboard_log=str(out / "tensorboard") if out is not None else None, **kwargs)
+
+
+def train_sb3(algo: str, env, *, total_timesteps: int, seed: int = 0, device: str = "cpu",
+              out_dir: str | Path | None = None, progress_bar: bool = True, **overrides):
+    """Build with :func:`make_sb3`, learn for ``total_timesteps`` env steps, save ``policy.zip`` in ``out_dir``."""
+    model = make_sb3(algo, env, seed=seed, device=device, out_dir=out_dir, **overrides)
+    model.learn(total_timesteps=total_timesteps, progress_bar=progress_bar)
+    if out_dir is not None:
+        model.save(Path(out_dir) / "policy.zip")
+    return model
+
+
+def load_sb3(algo: str, path: str | Path, device: str = "cpu"):
+    """Load a saved SB3 model (``policy.zip``)."""
+    import stable_baselines3 as sb3
+
+    return {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo].load(str(path), device=device)
+
+
+def monitor_curve(path: str | Path):
+    """Read a ``monitor.csv`` into a DataFrame with ``timestep`` (cumulative episode length) and ``reward``."""
+    import pandas as pd
+
+    df = pd.read_csv(path, skiprows=1)
+    return pd.DataFrame({"timestep": df["l"].cumsum(), "reward": df["r"],
+                         **{k: df[k] for k in ("quality", "cost") if k in df}})
