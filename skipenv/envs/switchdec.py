@@ -58,7 +58,7 @@ class _SwitchDecBase(gym.Env):
     def __init__(self, task: Any = "xsum", *, model: str = "smollm2-135m-instruct", split: str = "train",
                  reward_mode: str = "lexicographic", tau: float | None = None, quality: str = "agreement",
                  token_segments: int = 8, max_input_tokens: int | None = None, max_new_tokens: int | None = None,
-                 device: str = "cpu", dtype: str = "float32", task_source: str = "embedded",
+                 device: str = "cpu", dtype: str = "float32", task_source: str | None = None,
                  num_examples: int | None = None, lam: float = 0.5, record_time: bool = False,
                  disk_cache: bool = True, generator=None, render_mode: str | None = None):
         super().__init__()

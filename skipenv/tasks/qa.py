@@ -1,0 +1,103 @@
+"""Extractive question answering (SQuAD, DisflQA): SQuAD F1 against the gold answer(s)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..metrics import f1
+from .base import Example, Task, _encode, _special_layout
+
+__all__ = ["QATask"]
+
+
+def _answers(value: Any) -> list[str]:
+    """Gold answers from a column value: a string, a list of strings, or SQuAD's ``{"text": [...], ...}``."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = value.get("text", [])
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    try:
+        return [str(v).strip() for v in list(value) if str(v).strip()]
+    except TypeError:
+        return [str(value).strip()]
+
+
+@dataclass
+class QATask(Task):
+    """Answer the question from the passage (the passage is the skippable document).
+
+    Quality = SQuAD F1 (official normalisation) of the first line of the generated text, maximum over the gold
+    answers.
+
+    Attributes:
+        require_answer_in_document: drop rows none of whose gold answers occurs verbatim in the passage (DisflQA:
+            SQuAD-v2 "unknown" rows and rephrased answers; 600 of 1,000 rows are kept).
+    """
+
+    require_answer_in_document: bool = True
+    user_template: str = "{instruction}\n\nPassage:\n{document}\n\nQuestion: {question}"
+
+    kind: ClassVar[str] = "qa"
+    roles: ClassVar[tuple[str, ...]] = ("id", "document", "question", "reference")
+
+    def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
+        reason = super()._invalid_reason(fields)
+        if reason:
+            return reason
+        if not (fields.get("question") or "").strip():
+            return "empty_question"
+        answers = _answers(fields.get("reference"))
+        if not answers:
+            return "no_answer"
+        if self.require_answer_in_document and not any(a in fields["document"] for a in answers):
+            return "answer_not_in_document"
+        return None
+
+    def _make_example(self, ex_id: str, fields: dict[str, Any]) -> Example:
+        answers = tuple(_answers(fields.get("reference")))
+        return Example(id=ex_id, document=str(fields["document"]), reference=answers[0] if answers else "",
+                       question=str(fields.get("question") or ""), answers=answers)
+
+    def _check_example(self, example: Example) -> None:
+        super()._check_example(example)
+        if not example.question or not example.question.strip():
+            raise ValueError(f"example {example.id!r} of task {self.name!r} has an empty question")
+
+    def _encoder_pieces(self, example: Example, tokenizer) -> tuple[list[int], list[int]]:
+        """``lead + instruction + question + middle`` | passage | ``trail`` of the tokenizer's pair form."""
+        q_ids = _encode(tokenizer, example.question or "")
+        instr = _encode(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
+        try:
+            lead, middle, trail = _special_layout(tokenizer, pair=True)
+        except ValueError:  # no pair form (e.g. T5): "question passage" as one sequence
+            lead, _, trail = _special_layout(tokenizer, pair=False)
+            middle = _encode(tokenizer, "\n")
+        return lead + instr + q_ids + middle, trail
+
+    def post_process(self, text: str) -> str:
+        """The first non-empty line, stripped, with an ``"Answer:"`` label removed.
+
+        A first line that only introduces the answer (ends with ``":"``, e.g. ``"The answer is:"``) is skipped.
+        """
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        while len(lines) > 1 and lines[0].endswith(":"):
+            lines.pop(0)
+        if not lines:
+            return ""
+        line = lines[0]
+        if line.lower().startswith("answer:"):
+            line = line[len("answer:"):].strip()
+        return line
+
+    def score(self, prediction: str, example: Example) -> float:
+        """SQuAD F1 of ``post_process(prediction)`` against the gold answer(s), in ``[0, 1]``.
+
+        The golds are ``example.answers`` when ``example.reference`` is one of them (as built by
+        :meth:`examples`), else just ``example.reference`` — so ``dataclasses.replace(example, reference=text)``
+        scores against ``text`` alone (e.g. fidelity to the full model's output).
+        """
+        golds = list(example.answers) if example.reference in example.answers else [example.reference]
+        return f1(self.post_process(prediction), golds)
