@@ -23,6 +23,7 @@ def main(argv=None):
     _, summary = leaderboard(policies, env_id=args.env, split="test", episodes=args.eval_examples,
                              seeds=args.seeds or [args.seed], out_dir=out,
                              env_kwargs={"device": args.device, **args.env_kwargs}, progress=not args.no_progress)
+    summary.to_csv(out / "eval_summary.csv", index=False)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

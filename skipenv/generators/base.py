@@ -470,12 +470,14 @@ class DecoderOnlyGenerator(SkippableGenerator):
         self._check_length(prompts, max(len(t) for t in targets), inputs)
         seqs = [list(p) + list(t) for p, t in zip(prompts, targets)]
         ids, mask = _left_pad(seqs, self.pad_token_id, self.device)
-        logits = self._forward(ids, mask, None, plan)
+        # logits only where targets are predicted: the last max(m)+1 columns (skips the LM head over the prompt)
+        keep = max(len(t) for t in targets) + 1
+        logits = self._forward(ids, mask, None, plan, logits_to_keep=keep)
         logp = torch.log_softmax(logits.float(), dim=-1)
-        out, total = [], ids.shape[1]
+        out, total = [], logp.shape[1]
         for i, (p, t) in enumerate(zip(prompts, targets)):
             m = len(t)
-            # target token j sits at column total - m + j and is predicted by the column before it
+            # target token j sits at (kept) column total - m + j and is predicted by the column before it
             cols = torch.arange(total - m - 1, total - 1, device=ids.device)
             tgt = torch.tensor(list(t), dtype=torch.long, device=ids.device)
             lp = logp[i, cols].gather(-1, tgt[:, None]).squeeze(-1) if m else logp.new_zeros(0)
