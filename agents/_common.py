@@ -33,7 +33,9 @@ def make_env(args, split: str, num_examples: int):
 
     import skipenv  # noqa: F401  (registers the ids)
 
-    return gym.make(args.env, split=split, num_examples=num_examples, device=args.device, **args.env_kwargs).unwrapped
+    env = gym.make(args.env, split=split, num_examples=num_examples, device=args.device, **args.env_kwargs).unwrapped
+    env.evaluator.prefetch(env.examples, progress=not args.no_progress)  # batched full-model references
+    return env
 
 
 def evaluate_and_save(policy, args, out: Path) -> None:

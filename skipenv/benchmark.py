@@ -43,6 +43,7 @@ def evaluate_policy(policy, env, *, episodes: int | None = None, seed: int = 0,
              for q in extra_quality if q != env.evaluator.quality}
     rows = []
     name = getattr(policy, "name", type(policy).__name__)
+    env.evaluator.prefetch(env.examples[:n], progress=progress)  # batched full-model references
     env.reset(seed=seed)
     for i in tqdm(range(n), desc=f"eval {name}", disable=not progress, leave=False):
         obs, _ = env.reset(options={"index": i})

@@ -32,8 +32,8 @@ def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path |
                      progress_bar=progress_bar, **overrides)
 
 
-def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 448, train_examples: int = 64,
-                 test_examples: int = 24, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
+def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 48,
+                 test_examples: int = 20, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
                  env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True) -> pd.DataFrame:
     """Train PPO, evaluate against baselines on the test split, save policy / tables / plot. Returns the summary.
 
@@ -52,6 +52,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     t0 = time.perf_counter()
     env_kwargs = {"model": model, "device": device}
     train_env = gym.make(env_id, split="train", num_examples=train_examples, **env_kwargs).unwrapped
+    train_env.evaluator.prefetch(train_env.examples, progress=progress_bar)  # batched full-model references
     train_env.reset(seed=seed)
     ppo = train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out, device=device,
                     progress_bar=progress_bar)
@@ -85,9 +86,9 @@ def format_table(summary: pd.DataFrame) -> str:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/ppo-xsum", help="output folder (policy.zip, summary.csv/json, plot)")
-    p.add_argument("--total-timesteps", type=int, default=448, help="PPO environment steps (= episodes)")
-    p.add_argument("--train-examples", type=int, default=64, help="XSum train documents cycled during training")
-    p.add_argument("--test-examples", type=int, default=24, help="XSum test documents evaluated")
+    p.add_argument("--total-timesteps", type=int, default=384, help="PPO environment steps (= episodes)")
+    p.add_argument("--train-examples", type=int, default=48, help="XSum train documents cycled during training")
+    p.add_argument("--test-examples", type=int, default=20, help="XSum test documents evaluated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default="smollm2-135m-instruct")

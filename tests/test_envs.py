@@ -224,8 +224,35 @@ def test_registered_ids():
 
 
 @pytest.mark.parametrize("env_id", ["SwitchDec-CNNDM-v0", "SwitchDec-SQuAD-v0", "SwitchDec-SST2-v0"])
-def test_hub_only_ids_fail_clearly_offline(env_id, generator, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_only_ids_fail_clearly_offline(env_id, generator, hf_offline, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(Exception, match="(?i)hub|offline|reach"):
+    from skipenv.tasks import DatasetUnavailableError
+
+    with pytest.raises(DatasetUnavailableError, match="(?i)hub|offline|reach"):
         gym.make(env_id, generator=generator)
+
+
+def test_encoder_decoder_env(tiny_bart_tokenizer):
+    """The one-shot env drives an encoder-decoder generator (tiny BART): encoder and decoder candidates."""
+    bart = tiny_generator("bart", tiny_bart_tokenizer)
+    env = SwitchDecEnv("xsum", generator=bart, num_examples=2, max_new_tokens=5, max_input_tokens=64,
+                       disk_cache=False, token_segments=4)
+    assert env.action_space.n == 2 * 2 + 2 * 2 + 4
+    assert env.action_labels[:4] == ["encoder.attention.0", "encoder.attention.1", "decoder.attention.0",
+                                     "decoder.attention.1"]
+    gym_check_env(env, skip_render_check=True)
+    env.reset(seed=0)
+    info = env.step(np.ones(env.action_space.n, dtype=np.int8) * 0)[4]
+    assert info["quality"] == 1.0
+    with pytest.raises(NotImplementedError, match="decoder-only"):
+        SwitchDecLayerwiseEnv("xsum", generator=bart, num_examples=2, disk_cache=False)
+
+
+def test_prefetch_batches_references(generator):
+    env = make(generator, num_examples=4)
+    ev = env.evaluator
+    assert ev.prefetch(env.examples, batch_size=3, progress=False) == 4
+    assert ev.prefetch(env.examples, progress=False) == 0  # all cached now
+    for ex in env.examples:
+        single = generator.generate([ev.prompt(ex)], None, max_new_tokens=ev.max_new_tokens)
+        assert ev.full_reference(ex)["tokens"] == single.tokens[0]

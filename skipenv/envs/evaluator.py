@@ -125,25 +125,67 @@ class EpisodeEvaluator:
         Returns:
             dict with ``tokens`` (list[int]), ``text``, ``num_generated``, ``prompt_length``,
             ``quality_reference`` (task metric vs the dataset reference), ``reference_logprob`` (mean
-            log-probability of the tokenised reference, nats/token).
+            log-probability of the tokenised reference, nats/token; ``None`` until a ``likelihood`` evaluator
+            needs it).
         """
         ref = self._full.get(example.id)
         if ref is not None:
             return ref
 
         def compute() -> dict:
-            prompt = self.prompt(example)
-            out = self.generator.generate([prompt], None, max_new_tokens=self.max_new_tokens)
-            text = out.texts[0]
-            return {
-                "tokens": out.tokens[0], "text": text, "num_generated": out.num_generated[0],
-                "prompt_length": out.prompt_lengths[0],
-                "quality_reference": float(self.task.score(text, example)),
-                "reference_logprob": self._reference_logprob(example, None),
-            }
+            out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens)
+            return self._make_reference(example, out.tokens[0], out.texts[0], out.prompt_lengths[0])
 
-        key = json.dumps([example.id, self.generator.eos_token_id])
+        key = self._disk_key(example)
         ref = self.disk.get_or_compute(key, compute) if self.disk is not None else compute()
+        self._full[example.id] = ref
+        return ref
+
+    def prefetch(self, examples, batch_size: int = 8, progress: bool = True) -> int:
+        """Compute the missing full-model references of ``examples`` in batches (documents of similar length
+        together, left-padded), store them on disk, and return how many were computed.
+
+        Batched greedy decoding is several times faster per document on a CPU than one document at a time.
+        Results equal the one-at-a-time references up to float round-off (a near-tie between two tokens can in
+        rare cases resolve differently); they are cached, so every later episode sees the same reference.
+        """
+        from tqdm.auto import tqdm
+
+        todo = []
+        for ex in examples:
+            if ex.id in self._full:
+                continue
+            cached = self.disk.get(self._disk_key(ex)) if self.disk is not None else None
+            if cached is None:
+                todo.append(ex)
+            else:
+                self._full[ex.id] = cached
+        todo.sort(key=lambda ex: len(self.prompt(ex)))
+        bar = tqdm(total=len(todo), desc="full-model references", disable=not progress or not todo, leave=False)
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i: i + batch_size]
+            out = self.generator.generate([self.prompt(ex) for ex in chunk], None, max_new_tokens=self.max_new_tokens)
+            for j, ex in enumerate(chunk):
+                self._store_reference(ex, out.tokens[j], out.texts[j], out.prompt_lengths[j])
+            bar.update(len(chunk))
+        bar.close()
+        return len(todo)
+
+    def _disk_key(self, example) -> str:
+        return json.dumps([example.id, self.generator.eos_token_id])
+
+    def _make_reference(self, example, tokens, text, prompt_length) -> dict:
+        return {
+            "tokens": list(tokens), "text": text, "num_generated": len(tokens), "prompt_length": prompt_length,
+            "quality_reference": float(self.task.score(text, example)),
+            # one extra forward pass, only needed by quality="likelihood" (filled in lazily otherwise)
+            "reference_logprob": self._reference_logprob(example, None) if self.quality == "likelihood" else None,
+        }
+
+    def _store_reference(self, example, tokens, text, prompt_length) -> dict:
+        ref = self._make_reference(example, tokens, text, prompt_length)
+        if self.disk is not None:
+            self.disk.put(self._disk_key(example), ref)
         self._full[example.id] = ref
         return ref
 
@@ -180,6 +222,10 @@ class EpisodeEvaluator:
                 q = metrics.agreement(s.argmax.tolist(), full["tokens"])
             q_full, n_gen = 1.0, full["num_generated"]
         elif self.quality == "likelihood":
+            if full.get("reference_logprob") is None:  # reference cached by an evaluator of another quality
+                full["reference_logprob"] = self._reference_logprob(example, None)
+                if self.disk is not None:
+                    self.disk.put(self._disk_key(example), full)
             lp = full["reference_logprob"] if plan.is_empty else self._reference_logprob(example, plan)
             q = float(min(1.0, np.exp(lp - full["reference_logprob"])))
             q_full, n_gen = 1.0, full["num_generated"]
