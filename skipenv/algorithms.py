@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["BernoulliPolicy", "LagrangianHandler", "DynamicBarrierHandler", "dynamic_barrier_lambda",
            "ConstrainedPG", "PGConfig"]
@@ -41,7 +41,7 @@ class BernoulliPolicy(nn.Module):
     ``logit(init_skip_prob)`` so training starts near "skip little" (plans that keep quality).
     """
 
-    def __init__(self, obs_dim: int, n: int, hidden: int = 64, init_skip_prob: float = 0.1):
+    def __init__(self, obs_dim: int, n: int, hidden: int = 64, init_skip_prob: float = 0.02):
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(obs_dim), nn.Linear(obs_dim, hidden), nn.Tanh(), nn.Linear(hidden, n))
         with torch.no_grad():
@@ -100,7 +100,7 @@ class PGConfig:
     batch_size: int = 16
     lr: float = 3e-3
     hidden: int = 64
-    init_skip_prob: float = 0.1
+    init_skip_prob: float = 0.02
     lagrangian_lr: float = 0.5
     barrier_alpha: float = 1.0
     entropy_coef: float = 1e-3

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Iterable
 
 import filelock
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "AssetError",

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .envs.evaluator import EpisodeEvaluator
 
@@ -109,12 +109,10 @@ def plot_pareto(summary: pd.DataFrame, path: str | Path, *, quality_col: str = "
                 episodes: pd.DataFrame | None = None, title: str = "quality vs FLOPs saved") -> Path:
     """Scatter of mean ``quality_col`` against mean FLOPs saved per policy (and, if given, every episode faintly),
     with the Pareto front of the policies drawn as a step line. Saves a PNG and returns its path."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's (e.g. notebook) backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     if episodes is not None:
         for name, g in episodes.groupby("policy", sort=False):
             ax.scatter(g["flops_saved"], g[quality_col], s=8, alpha=0.25)
@@ -135,7 +133,6 @@ def plot_pareto(summary: pd.DataFrame, path: str | Path, *, quality_col: str = "
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -145,12 +142,10 @@ def plot_learning_curves(curves: dict[str, pd.DataFrame], path: str | Path, *, w
     Args:
         curves: run name → DataFrame with columns ``timestep`` and ``reward``.
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     for name, c in curves.items():
         if len(c) == 0:
             continue
@@ -163,7 +158,6 @@ def plot_learning_curves(curves: dict[str, pd.DataFrame], path: str | Path, *, w
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -231,6 +225,8 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
     import skipenv  # noqa: F401
 
     kwargs = dict(env_kwargs or {})
+    kwargs.pop("split", None)
+    episodes = kwargs.pop("num_examples", episodes)
     env = gym.make(env_id, split=split, num_examples=episodes, **kwargs).unwrapped
     calib = None
     rows = []

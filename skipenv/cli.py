@@ -13,6 +13,7 @@ Usage: ``skipenv download`` (or ``python -m skipenv.cli download``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -107,6 +108,9 @@ def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-quality", nargs="*", default=[], help="also report e.g. rouge (one generation each)")
     p.add_argument("--out", default="runs/leaderboard")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--env-kwargs", type=json.loads, default={},
+                   help='further gym.make kwargs as JSON (use the ones the agents were trained with), '
+                        'e.g. \'{"max_input_tokens": 256}\'')
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -115,7 +119,8 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
 
     _, summary = leaderboard(args.policies, env_id=args.env, split=args.split, episodes=args.episodes,
                              seeds=args.seeds, out_dir=args.out, extra_quality=args.extra_quality,
-                             env_kwargs={"device": args.device}, progress=not args.no_progress)
+                             env_kwargs={"device": args.device, **args.env_kwargs},
+                             progress=not args.no_progress)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nsaved: {args.out}/episodes.csv, summary.csv, pareto.png")
     return 0

@@ -20,8 +20,18 @@ ALGORITHMS = {
 }
 
 
-def make_sb3(algo: str, env, *, seed: int = 0, device: str = "cpu", out_dir: str | Path | None = None, **overrides):
+def make_sb3(algo: str, env, *, seed: int = 0, device: str = "cpu", out_dir: str | Path | None = None,
+             init_skip_prob: float | None = 0.02, total_timesteps: int | None = None, **overrides):
     """Wrap ``env`` in a ``Monitor`` and build an SB3 ``algo`` (``"ppo"``, ``"a2c"``, ``"dqn"``) with ``MlpPolicy``.
+
+    Args:
+        init_skip_prob: for ``MultiBinary`` actions (one-shot env), the initial probability of each skip bit: the
+            bias of SB3's action head is set to ``logit(init_skip_prob)``. SB3's default (0.5 per bit) skips half of
+            SmolLM2 at random: agreement is then 0 on nearly every input, every reward is the same −0.9, and the
+            policy gradient is zero. Starting near "skip nothing" (0.02 ≈ 1.4 of 68 bits) gives informative
+            rewards. ``None`` keeps SB3's initialisation.
+        total_timesteps: if smaller than the rollout length ``n_steps`` (PPO / A2C), ``n_steps`` (and PPO's
+            ``batch_size``) are lowered to it so that a tiny budget still performs an update.
 
     Raises:
         ValueError: an unknown algorithm.
@@ -38,14 +48,29 @@ def make_sb3(algo: str, env, *, seed: int = 0, device: str = "cpu", out_dir: str
                    info_keywords=("quality", "cost", "constraint_satisfied"))
     cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo]
     kwargs = {**ALGORITHMS[algo], **overrides}
-    return cls("MlpPolicy", menv, seed=seed, device=device, verbose=0,
-               tensorboard_log=str(out / "tensorboard") if out is not None else None, **kwargs)
+    if total_timesteps is not None and "n_steps" in kwargs and kwargs["n_steps"] > total_timesteps:
+        kwargs["n_steps"] = max(int(total_timesteps), 2)
+        if "batch_size" in kwargs:
+            kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"])
+    model = cls("MlpPolicy", menv, seed=seed, device=device, verbose=0,
+                tensorboard_log=str(out / "tensorboard") if out is not None else None, **kwargs)
+    from gymnasium import spaces
+
+    if init_skip_prob is not None and isinstance(env.action_space, spaces.MultiBinary):
+        import math
+
+        import torch
+
+        with torch.no_grad():
+            model.policy.action_net.bias.fill_(math.log(init_skip_prob / (1 - init_skip_prob)))
+    return model
 
 
 def train_sb3(algo: str, env, *, total_timesteps: int, seed: int = 0, device: str = "cpu",
               out_dir: str | Path | None = None, progress_bar: bool = True, **overrides):
     """Build with :func:`make_sb3`, learn for ``total_timesteps`` env steps, save ``policy.zip`` in ``out_dir``."""
-    model = make_sb3(algo, env, seed=seed, device=device, out_dir=out_dir, **overrides)
+    model = make_sb3(algo, env, seed=seed, device=device, out_dir=out_dir, total_timesteps=total_timesteps,
+                     **overrides)
     model.learn(total_timesteps=total_timesteps, progress_bar=progress_bar)
     if out_dir is not None:
         model.save(Path(out_dir) / "policy.zip")

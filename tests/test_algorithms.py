@@ -167,3 +167,21 @@ def test_episode_record_validates_and_detects_tampering(generator):
     assert not result and "reward" in result.mismatches
     with pytest.raises(ValueError, match="missing"):
         EpisodeRecord.from_json('{"env_id": "x"}')
+
+
+def test_sb3_starts_near_skip_nothing_and_tiny_budgets_update(generator):
+    import torch
+
+    from skipenv.sb3 import make_sb3
+
+    env = make(generator)
+    model = make_sb3("ppo", env, total_timesteps=8, init_skip_prob=0.02)
+    assert model.n_steps == 8 and model.batch_size == 8
+    obs, _ = env.reset(seed=0)
+    with torch.no_grad():
+        dist = model.policy.get_distribution(model.policy.obs_to_tensor(obs)[0])
+        probs = dist.distribution.probs
+    assert torch.allclose(probs, torch.full_like(probs, 0.02), atol=0.01)
+    before = model.policy.action_net.bias.clone()
+    model.learn(8)
+    assert not torch.equal(before, model.policy.action_net.bias)

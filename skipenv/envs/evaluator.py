@@ -149,7 +149,7 @@ class EpisodeEvaluator:
         Results equal the one-at-a-time references up to float round-off (a near-tie between two tokens can in
         rare cases resolve differently); they are cached, so every later episode sees the same reference.
         """
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         todo = []
         for ex in examples:

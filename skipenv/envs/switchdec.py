@@ -53,7 +53,7 @@ def _build(generator, task, model, device, dtype, task_source, max_input_tokens)
 
 
 class _SwitchDecBase(gym.Env):
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, task: Any = "xsum", *, model: str = "smollm2-135m-instruct", split: str = "train",
                  reward_mode: str = "lexicographic", tau: float | None = None, quality: str = "agreement",

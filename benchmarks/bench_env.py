@@ -1,0 +1,75 @@
+"""Episodes per second of SwitchDec-XSum-v0 (embedded SmolLM2, CPU) with quality="agreement" and quality="rouge",
+cold and warm caches, next to the time of one bare forward pass of the full model over the same inputs (the floor).
+
+    python benchmarks/bench_env.py --episodes 6
+
+"cold" = first episode on each document: the full-model reference (one greedy generation) is computed, plus the
+observation; "warm" = references and observations cached (disk / memory), new random plans (no LRU hits);
+"lru" = the same (document, plan) again. The ratio column divides the per-episode time by the bare forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--episodes", type=int, default=6, help="documents (episodes per setting)")
+    p.add_argument("--max-input-tokens", type=int, default=512)
+    args = p.parse_args(argv)
+
+
+    import gymnasium as gym
+
+    import skipenv  # noqa: F401
+
+    rows = []
+    rng = np.random.default_rng(0)
+    bare = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for quality in ("agreement", "rouge"):
+            env = gym.make("SwitchDec-XSum-v0", split="test", num_examples=args.episodes, quality=quality,
+                           max_input_tokens=args.max_input_tokens).unwrapped
+            # cold: a fresh disk cache for the full-model references
+            from skipenv.cache import DiskCache
+
+            env.evaluator.disk = DiskCache("bench", root=tmp + "/" + quality)
+            plans = [(rng.random(env.action_space.n) < 0.15).astype(np.int8) for _ in range(args.episodes)]
+            timings = {"cold": [], "warm": [], "lru": []}
+            for phase in ("cold", "warm", "lru"):
+                if phase == "warm":
+                    plans = [(rng.random(env.action_space.n) < 0.15).astype(np.int8) for _ in range(args.episodes)]
+                for i in range(args.episodes):
+                    t0 = time.perf_counter()
+                    env.reset(options={"index": i})
+                    env.step(plans[i])
+                    timings[phase].append(time.perf_counter() - t0)
+            if not bare:
+                gen = env.generator
+                for i in range(args.episodes):
+                    ids = torch.tensor([env.evaluator.prompt(env.examples[i]).input_ids])
+                    with torch.inference_mode():
+                        t0 = time.perf_counter()
+                        gen.model(input_ids=ids, logits_to_keep=1)
+                        bare.append(time.perf_counter() - t0)
+            floor = statistics.median(bare)
+            for phase, ts in timings.items():
+                med = statistics.median(ts)
+                rows.append((quality, phase, med, 1.0 / med, med / floor))
+    print(f"bare forward pass of the full model over the prompt (median of {len(bare)}): {statistics.median(bare):.3f} s\n")
+    print(f"{'quality':<10} {'cache':<6} {'s/episode':>10} {'episodes/s':>11} {'x bare forward':>15}")
+    for q, ph, med, eps, ratio in rows:
+        print(f"{q:<10} {ph:<6} {med:>10.3f} {eps:>11.2f} {ratio:>15.2f}")
+    print("\nagreement = one teacher-forced forward pass per step (prompt + full-model summary) under the plan;"
+          "\nrouge = one greedy generation under the plan per step. cold adds the full model's reference generation.")
+
+
+if __name__ == "__main__":
+    main()
