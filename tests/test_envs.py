@@ -256,3 +256,40 @@ def test_prefetch_batches_references(generator):
     for ex in env.examples:
         single = generator.generate([ev.prompt(ex)], None, max_new_tokens=ev.max_new_tokens)
         assert ev.full_reference(ex)["tokens"] == single.tokens[0]
+
+
+@pytest.mark.parametrize("env_id", ["SwitchDec-XSum-v0", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
+                                    "SwitchDec-RottenTomatoes-v0"])
+def test_every_offline_id_passes_both_checkers(env_id, generator):
+    kw = {"generator": generator, "num_examples": 3, "max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False}
+    gym_check_env(gym.make(env_id, **kw).unwrapped, skip_render_check=True)
+    sb3_check_env(gym.make(env_id, **kw).unwrapped, warn=True)
+
+
+@pytest.mark.assets
+def test_real_embedded_env_in_a_fresh_process():
+    """Integration: the real SmolLM2 + XSum through ``gym.make("skipenv:...")`` in a new interpreter (no prior
+    ``import skipenv``), both API checkers, and a real step."""
+    import subprocess
+    import sys
+
+    code = """
+import gymnasium as gym, numpy as np
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check
+kw = dict(split="test", num_examples=2, max_input_tokens=160, max_new_tokens=12)
+env = gym.make("skipenv:SwitchDec-XSum-v0", **kw)
+assert env.unwrapped.generator.model.config.num_hidden_layers == 30
+check_env(env.unwrapped, skip_render_check=True)
+sb3_check(gym.make("skipenv:SwitchDec-XSum-v0", **kw).unwrapped)
+obs, info = env.reset(seed=0)
+a = np.zeros(env.action_space.n, dtype=np.int8)
+_, r0, *_, i0 = env.step(a)
+a[0] = 1  # attention of layer 0 is vital in SmolLM2
+env.reset(options={"example_id": info["example_id"]})
+_, r1, *_, i1 = env.step(a)
+assert i0["quality"] == 1.0 and i1["quality"] < i0["quality"] and i1["cost"] < i0["cost"], (i0, i1)
+print("OK", env.action_space, r0, r1)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK MultiBinary(68)" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

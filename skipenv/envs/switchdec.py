@@ -247,10 +247,10 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
        Layer ``l`` is then executed for real on the prefill (with the skips chosen so far); the next observation is
        its mean-pooled output.
 
-    Observation: ``Box(-100, 100, [d + 5], float32)`` — pooled hidden state (after the first layer of the full
-    input before the token step; after layer ``l−1`` of the chosen path later), then input length and document
-    length / ``max_input_tokens``, the layer index / L (−1/L… at the token step: 0 and a token-step flag), the
-    FLOPs spent so far / full-model FLOPs, and a token-step flag. Reward is 0 until the last step, then the
+    Observation: ``Box(-100, 100, [d + 5], float32)`` — the pooled hidden state (at the token step: after the first
+    layer over the full input; before deciding layer ``l``: after layer ``l − 1`` of the chosen path, or the
+    embeddings for ``l = 0``), then input length and document length / ``max_input_tokens``, ``l / L`` (0 at the
+    token step), the prefill FLOPs spent so far / the full model's, and a token-step flag (1 only at the token step). Reward is 0 until the last step, then the
     episode's lexicographic reward (same ``info`` as :class:`SwitchDecEnv`).
 
     Raises:
