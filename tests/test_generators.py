@@ -40,6 +40,15 @@ from skipenv.generators import GENERATOR_CLASSES, UnsupportedModelError, wrap
 
 transformers.logging.set_verbosity_error()
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest (and least disturbed by other load) on one intra-op thread; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 FAMILIES = ["llama", "gpt2", "bart", "t5"]
 ENC_DEC = {"bart", "t5"}
 V = 96  # vocabulary; ids 0 (pad), 1 (eos), 2 (bos / BART decoder start) are special
@@ -161,7 +170,8 @@ def hf_logprobs(g, inp: PromptInput, target: list[int]) -> torch.Tensor:
             logits = g.model(input_ids=torch.tensor([inp.input_ids]), decoder_input_ids=torch.tensor([dec])).logits[0]
         else:
             n = len(inp)
-            logits = g.model(input_ids=torch.tensor([list(inp.input_ids) + target])).logits[0, n - 1: n - 1 + len(target)]
+            ids = torch.tensor([list(inp.input_ids) + target])
+            logits = g.model(input_ids=ids).logits[0, n - 1: n - 1 + len(target)]
     return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(target)[:, None]).squeeze(-1)
 
 
@@ -175,15 +185,16 @@ def stacks(g):
 def sublayer_modules(family: str, stack: str, layer) -> dict[str, list]:
     """Modules that belong to each sublayer of ``layer`` (a skipped sublayer calls none of them)."""
     if family == "llama":
-        return {"attention": [layer.self_attn, layer.input_layernorm], "ffn": [layer.mlp, layer.post_attention_layernorm],
-                "cross": []}
+        return {"attention": [layer.self_attn, layer.input_layernorm],
+                "ffn": [layer.mlp, layer.post_attention_layernorm], "cross": []}
     if family == "gpt2":
         return {"attention": [layer.attn, layer.ln_1], "ffn": [layer.mlp, layer.ln_2], "cross": []}
     if family == "bart":
         return {"attention": [layer.self_attn, layer.self_attn_layer_norm],
                 "ffn": [layer.fc1, layer.fc2, layer.final_layer_norm],
                 "cross": [layer.encoder_attn, layer.encoder_attn_layer_norm] if stack == "decoder" else []}
-    return {"attention": [layer.layer[0]], "ffn": [layer.layer[-1]], "cross": [layer.layer[1]] if stack == "decoder" else []}
+    return {"attention": [layer.layer[0]], "ffn": [layer.layer[-1]],
+            "cross": [layer.layer[1]] if stack == "decoder" else []}
 
 
 def after_attention_entry(family: str, stack: str, layer):
@@ -411,8 +422,10 @@ def test_layer_skipping_both_sublayers_is_identity(gen, stack):
     if keeps_cross:
         entry = after_attention_entry(fam, stack, layer)  # the cross-attention sublayer
         mod, _ = before_ffn_state(fam, stack, layer)  # its result
-        handles += [entry.register_forward_pre_hook(lambda m, a, k: cross_in.append(hidden_arg(a, k)), with_kwargs=True),
-                    mod.register_forward_hook(lambda m, a, o: cross_out.append(first(o)))]
+        handles += [
+            entry.register_forward_pre_hook(lambda m, a, k: cross_in.append(hidden_arg(a, k)), with_kwargs=True),
+            mod.register_forward_hook(lambda m, a, o: cross_out.append(first(o))),
+        ]
     with hooks(*handles):
         gen.generate(make_inputs((16,)), plan_with(gen, stack, 1, attention=True, ffn=True), max_new_tokens=3)
     assert len(ins) == len(outs) > 0
