@@ -247,3 +247,15 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
         summary.to_csv(out / "summary.csv", index=False)
         plot_pareto(summary, out / "pareto.png", title=f"{env_id} ({split})")
     return episodes_df, summary
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-markdown table of ``df`` (floats rounded to ``digits``), without needing ``tabulate``."""
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)

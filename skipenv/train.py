@@ -32,7 +32,7 @@ def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path |
                      progress_bar=progress_bar, **overrides)
 
 
-def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 48,
+def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 256, train_examples: int = 32,
                  test_examples: int = 20, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
                  env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True) -> pd.DataFrame:
     """Train PPO, evaluate against baselines on the test split, save policy / tables / plot. Returns the summary.
@@ -86,8 +86,8 @@ def format_table(summary: pd.DataFrame) -> str:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/ppo-xsum", help="output folder (policy.zip, summary.csv/json, plot)")
-    p.add_argument("--total-timesteps", type=int, default=384, help="PPO environment steps (= episodes)")
-    p.add_argument("--train-examples", type=int, default=48, help="XSum train documents cycled during training")
+    p.add_argument("--total-timesteps", type=int, default=256, help="PPO environment steps (= episodes)")
+    p.add_argument("--train-examples", type=int, default=32, help="XSum train documents cycled during training")
     p.add_argument("--test-examples", type=int, default=20, help="XSum test documents evaluated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

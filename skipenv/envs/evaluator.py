@@ -94,7 +94,7 @@ class EpisodeEvaluator:
         self.record_time = record_time
         self.fingerprint = model_fingerprint(generator)
         task_key = hashlib.sha1(f"{task.name}|{task.describe_source()}|{task.max_input_tokens}".encode()).hexdigest()[:12]
-        ns = f"full/{self.fingerprint}/{task.name}-{task_key}-new{self.max_new_tokens}"
+        ns = f"full/{self.fingerprint}/{task.name}-{task_key}-new{self.max_new_tokens}-r2"  # r2: stop rule
         self.disk = DiskCache(ns) if disk_cache else None
         self._prompts: dict[str, PromptInput] = {}
         self._observations: dict[str, np.ndarray] = {}
@@ -133,7 +133,8 @@ class EpisodeEvaluator:
             return ref
 
         def compute() -> dict:
-            out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens)
+            out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
+                                          stop=self.task.output_complete)
             return self._make_reference(example, out.tokens[0], out.texts[0], out.prompt_lengths[0])
 
         key = self._disk_key(example)
@@ -164,7 +165,8 @@ class EpisodeEvaluator:
         bar = tqdm(total=len(todo), desc="full-model references", disable=not progress or not todo, leave=False)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i: i + batch_size]
-            out = self.generator.generate([self.prompt(ex) for ex in chunk], None, max_new_tokens=self.max_new_tokens)
+            out = self.generator.generate([self.prompt(ex) for ex in chunk], None, max_new_tokens=self.max_new_tokens,
+                                          stop=self.task.output_complete)
             for j, ex in enumerate(chunk):
                 self._store_reference(ex, out.tokens[j], out.texts[j], out.prompt_lengths[j])
             bar.update(len(chunk))
@@ -233,7 +235,8 @@ class EpisodeEvaluator:
             if plan.is_empty:
                 text, n_gen = full["text"], full["num_generated"]
             else:
-                out = self.generator.generate([prompt], plan, max_new_tokens=self.max_new_tokens)
+                out = self.generator.generate([prompt], plan, max_new_tokens=self.max_new_tokens,
+                                          stop=self.task.output_complete)
                 text, n_gen = out.texts[0], out.num_generated[0]
             if self.quality == "rouge":
                 q, q_full = float(self.task.score(text, example)), full["quality_reference"]

@@ -300,6 +300,25 @@ class SkippableGenerator:
     def observe(self, inputs: Sequence[PromptInput]) -> torch.Tensor:
         raise NotImplementedError
 
+    def _update_finished(self, generated, nxt, finished, lengths, stop) -> None:
+        """Mark rows that produced EOS (or satisfy ``stop``) as finished and record their lengths, in place."""
+        step = generated.shape[1]
+        for i in range(generated.shape[0]):
+            if lengths[i] is not None:
+                continue
+            done = self.eos_token_id is not None and int(nxt[i]) == self.eos_token_id
+            if not done and stop is not None:
+                done = bool(stop(self.tokenizer.decode(generated[i].tolist(), skip_special_tokens=True)))
+            if done:
+                lengths[i] = step
+                finished[i] = True
+
+    def _finish(self, generated: torch.Tensor, seqs, lengths) -> GenerationOutput:
+        rows = generated.tolist()
+        tokens = [row if n is None else row[:n] for row, n in zip(rows, lengths)]
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        return GenerationOutput(tokens=tokens, texts=texts, prompt_lengths=[len(s) for s in seqs])
+
     def _first_layer(self) -> nn.Module:
         enc = self._encoder_layers()
         return enc[0] if len(enc) else self._decoder_layers()[0]
@@ -394,7 +413,7 @@ class DecoderOnlyGenerator(SkippableGenerator):
 
     @torch.inference_mode()
     def generate(self, inputs: Sequence[PromptInput], plan: SkipPlan | None = None, *, max_new_tokens: int = 32,
-                 use_cache: bool = True) -> GenerationOutput:
+                 use_cache: bool = True, stop: Callable[[str], bool] | None = None) -> GenerationOutput:
         """Greedy generation for a batch under one plan (token segments are removed per input).
 
         Args:
@@ -403,6 +422,8 @@ class DecoderOnlyGenerator(SkippableGenerator):
             max_new_tokens: generation stops at EOS or after this many tokens.
             use_cache: decode with the KV cache (default) or recompute the whole sequence every step; both give
                 the same tokens.
+            stop: optional stop rule on the decoded text so far (e.g. :meth:`skipenv.tasks.Task.output_complete`);
+                a row stops after the token that makes it true.
 
         Returns:
             :class:`GenerationOutput`.
@@ -420,6 +441,7 @@ class DecoderOnlyGenerator(SkippableGenerator):
         generated = torch.empty((bsz, 0), dtype=torch.long, device=ids.device)
         finished = torch.zeros(bsz, dtype=torch.bool, device=ids.device)
         step_ids, full_ids, full_mask = ids, ids, mask
+        lengths = [None] * bsz
         for _ in range(max_new_tokens):
             if use_cache:
                 logits = self._forward(step_ids, full_mask, cache, plan, logits_to_keep=1)
@@ -428,26 +450,13 @@ class DecoderOnlyGenerator(SkippableGenerator):
             nxt = logits[:, -1].argmax(-1)
             nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
             generated = torch.cat([generated, nxt[:, None]], dim=1)
-            if self.eos_token_id is not None:
-                finished |= nxt == self.eos_token_id
+            self._update_finished(generated, nxt, finished, lengths, stop)
             if bool(finished.all()):
                 break
             step_ids = nxt[:, None]
             full_ids = torch.cat([full_ids, step_ids], dim=1)
             full_mask = torch.cat([full_mask, torch.ones((bsz, 1), dtype=full_mask.dtype, device=ids.device)], 1)
-        return self._finish(generated, seqs)
-
-    def _finish(self, generated: torch.Tensor, seqs) -> GenerationOutput:
-        tokens = []
-        for row in generated.tolist():
-            out = []
-            for t in row:
-                out.append(t)
-                if t == self.eos_token_id:
-                    break
-            tokens.append(out)
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
-        return GenerationOutput(tokens=tokens, texts=texts, prompt_lengths=[len(s) for s in seqs])
+        return self._finish(generated, seqs, lengths)
 
     @torch.inference_mode()
     def score(self, inputs: Sequence[PromptInput], targets: Sequence[Sequence[int]],
@@ -613,7 +622,7 @@ class EncoderDecoderGenerator(SkippableGenerator):
 
     @torch.inference_mode()
     def generate(self, inputs: Sequence[PromptInput], plan: SkipPlan | None = None, *, max_new_tokens: int = 32,
-                 use_cache: bool = True) -> GenerationOutput:
+                 use_cache: bool = True, stop: Callable[[str], bool] | None = None) -> GenerationOutput:
         """Greedy generation for a batch under one plan; see :meth:`DecoderOnlyGenerator.generate`."""
         _check_inputs(inputs)
         plan = self._check_plan(plan)
@@ -627,18 +636,18 @@ class EncoderDecoderGenerator(SkippableGenerator):
         step = dec
         generated = torch.empty((bsz, 0), dtype=torch.long, device=ids.device)
         finished = torch.zeros(bsz, dtype=torch.bool, device=ids.device)
+        lengths = [None] * bsz
         for _ in range(max_new_tokens):
             logits = self._decode(enc, mask, step if use_cache else dec, cache, plan)
             nxt = logits[:, -1].argmax(-1)
             nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
             generated = torch.cat([generated, nxt[:, None]], 1)
-            if self.eos_token_id is not None:
-                finished |= nxt == self.eos_token_id
+            self._update_finished(generated, nxt, finished, lengths, stop)
             if bool(finished.all()):
                 break
             step = nxt[:, None]
             dec = torch.cat([dec, step], 1)
-        return DecoderOnlyGenerator._finish(self, generated, seqs)
+        return self._finish(generated, seqs, lengths)
 
     @torch.inference_mode()
     def score(self, inputs: Sequence[PromptInput], targets: Sequence[Sequence[int]],

@@ -417,6 +417,17 @@ class Task:
         """Clean a generated text before scoring (subclasses: first sentence, first line, label word)."""
         return text.strip()
 
+    def output_complete(self, text: str) -> bool:
+        """Whether generation can stop: the part of ``text`` that :meth:`post_process` keeps is finished.
+
+        True when the model has already written past the kept part (``post_process(text)`` differs from the
+        stripped text) and appending more text does not change it (checked with a new capitalised word, which
+        starts a new sentence / is not part of a label). Used as the stop rule of generation, so a one-sentence
+        summary stops one token after its sentence instead of running to ``max_new_tokens``.
+        """
+        kept = self.post_process(text)
+        return bool(kept) and kept != text.strip() and self.post_process(text + " Zq") == kept
+
     def score(self, prediction: str, example: Example) -> float:
         """Task quality of the raw generated text (``post_process`` is applied first), in ``[0, 1]``."""
         raise NotImplementedError
