@@ -321,3 +321,36 @@ def test_hub_offline_real_datasets_call(hf_offline):
     pytest.importorskip("datasets")
     with pytest.raises(DatasetUnavailableError, match=r"'glue' \(config 'sst2'\).*rotten_tomatoes"):
         make_task("sst2").examples("validation")
+
+
+def test_output_complete_is_the_stop_rule():
+    """Generation may stop once more text cannot change what the task scores."""
+    from skipenv.tasks import make_task
+
+    xsum = make_task("xsum", source="embedded")
+    assert not xsum.output_complete("The cat sat on the mat.")          # nothing written past the sentence yet
+    assert xsum.output_complete("The cat sat on the mat. The")          # a second sentence started
+    assert not xsum.output_complete("The U.S. economy grew")            # abbreviation: same sentence
+    assert xsum.output_complete("The U.S. economy grew. It")
+    assert xsum.output_complete("The cat sat.\nMore")                   # first line done
+    qa = make_task("disflqa", source="embedded")
+    assert not qa.output_complete("Paris") and qa.output_complete("Paris\nThe passage")
+    sentiment = make_task("rotten_tomatoes", source="embedded")
+    assert sentiment.output_complete("Positive.") and not sentiment.output_complete("The review")
+
+
+def test_generation_stops_at_the_rule():
+    from skipenv import PromptInput
+    from skipenv.testing import tiny_generator
+
+    g = tiny_generator("llama")
+    inp = [PromptInput(tuple(range(2, 30)), (3, 20), "a"), PromptInput(tuple(range(7, 25)), (2, 10), "b")]
+    free = g.generate(inp, max_new_tokens=10)
+    stopped = g.generate(inp, max_new_tokens=10, stop=lambda text: len(text.split()) >= 3)
+    words = lambda ids: len(g.tokenizer.decode(ids).split())  # noqa: E731
+    for f, s in zip(free.tokens, stopped.tokens):
+        assert s == f[: len(s)]
+        if words(f) >= 3:  # the rule fired: right after the token that completed it
+            assert words(s) >= 3 and words(s[:-1]) < 3
+        else:
+            assert s == f
