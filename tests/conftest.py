@@ -64,3 +64,15 @@ def hf_offline(monkeypatch):
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     except ImportError:
         pass
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest (and least disturbed by other load) on one intra-op thread; restored afterwards.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
