@@ -111,14 +111,22 @@ def plot_pareto(summary: pd.DataFrame, path: str | Path, *, quality_col: str = "
     with the Pareto front of the policies drawn as a step line. Saves a PNG and returns its path."""
     from matplotlib.figure import Figure  # no pyplot: leaves the user's (e.g. notebook) backend alone
 
-    fig = Figure(figsize=(6.4, 4.4))
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=(8.4, 4.6))
     ax = fig.subplots()
+    colors = colormaps["tab20"].colors
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    style = {name: (colors[(2 * i) % 20 + (2 * i // 20) % 2], markers[i % len(markers)])
+             for i, name in enumerate(summary["policy"])}
     if episodes is not None:
         for name, g in episodes.groupby("policy", sort=False):
-            ax.scatter(g["flops_saved"], g[quality_col], s=8, alpha=0.25)
-    ax.set_prop_cycle(None)
+            c, m = style.get(name, ("grey", "o"))
+            ax.scatter(g["flops_saved"], g[quality_col], s=10, alpha=0.2, color=c, marker=m, linewidths=0)
     for _, r in summary.iterrows():
-        ax.scatter(r["flops_saved"], r[quality_col], s=60, edgecolor="k", label=r["policy"], zorder=3)
+        c, m = style[r["policy"]]
+        ax.scatter(r["flops_saved"], r[quality_col], s=70, color=c, marker=m, edgecolor="k", label=r["policy"],
+                   zorder=3)
     pts = summary[["flops_saved", quality_col]].to_numpy()
     front = [p for p in pts if not any((q[0] >= p[0]) and (q[1] >= p[1]) and (q != p).any() for q in pts)]
     if front:
@@ -128,11 +136,10 @@ def plot_pareto(summary: pd.DataFrame, path: str | Path, *, quality_col: str = "
     ax.set_ylabel(quality_col.replace("_", " "))
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: hides no point
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 
@@ -144,20 +151,28 @@ def plot_learning_curves(curves: dict[str, pd.DataFrame], path: str | Path, *, w
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.0))
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=(7.4, 4.0))
     ax = fig.subplots()
+    # one colour per algorithm (the part of the run name before the first space), one line style per run of it
+    algos = list(dict.fromkeys(name.split(" ")[0] for name in curves))
+    colors = {a: colormaps["tab10"].colors[i % 10] for i, a in enumerate(algos)}
+    seen: dict[str, int] = {}
     for name, c in curves.items():
         if len(c) == 0:
             continue
-        ax.plot(c["timestep"], c["reward"].rolling(window, min_periods=1).mean(), label=name)
+        algo = name.split(" ")[0]
+        k = seen[algo] = seen.get(algo, -1) + 1
+        ax.plot(c["timestep"], c["reward"].rolling(window, min_periods=1).mean(), label=name, color=colors[algo],
+                ls=["-", "--", ":", "-."][k % 4], lw=1.3)
     ax.set_xlabel("timestep")
     ax.set_ylabel(f"episode reward (moving average, {window})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 

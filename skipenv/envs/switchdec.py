@@ -301,6 +301,8 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
     def step(self, action):
         if self.example is None:
             raise RuntimeError("call reset() before step()")
+        if self._layer >= self.num_layers:
+            raise RuntimeError("the episode is over (every layer has been decided); call reset()")
         if np.ndim(action) != 0 or not float(action).is_integer() or not 0 <= int(action) <= 3:
             raise ValueError(f"action must be an integer in [0, 3] (Discrete(4)), got {action!r}")
         a = int(action)
