@@ -38,15 +38,20 @@ def make_env(args, split: str, num_examples: int):
     return env
 
 
-def evaluate_and_save(policy, args, out: Path) -> None:
-    """Evaluate ``policy`` on the test split (one-shot env) and write ``eval_episodes.csv`` / ``eval_summary.csv``."""
-    from skipenv.benchmark import evaluate_policy, summarize
-
-    env_id = args.env.replace("-Layerwise", "")
+def make_test_env(args):
+    """The one-shot env over the test split that every agent is evaluated on."""
     import gymnasium as gym
 
-    env = gym.make(env_id, split="test", num_examples=args.eval_examples, device=args.device,
-                   **args.env_kwargs).unwrapped
+    return gym.make(args.env.replace("-Layerwise", ""), split="test", num_examples=args.eval_examples,
+                    device=args.device, **args.env_kwargs).unwrapped
+
+
+def evaluate_and_save(policy, args, out: Path, env=None) -> None:
+    """Evaluate ``policy`` on the test split (one-shot env, :func:`make_test_env` unless given) and write
+    ``eval_episodes.csv`` / ``eval_summary.csv``."""
+    from skipenv.benchmark import evaluate_policy, summarize
+
+    env = env if env is not None else make_test_env(args)
     episodes = evaluate_policy(policy, env, seed=args.seed, progress=not args.no_progress)
     summary = summarize(episodes)
     episodes.to_csv(out / "eval_episodes.csv", index=False)

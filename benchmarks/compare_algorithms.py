@@ -92,15 +92,7 @@ def main(argv=None) -> None:
         c = monitor_curve(d / "monitor.csv")
         curves[f"dqn-layerwise s{seed}"] = c.assign(timestep=np.arange(1, len(c) + 1))
 
-        def dqn_policy(obs, _m=dqn):
-            o, _ = lw_test.reset(options={"example_id": test.example.id})
-            done = False
-            while not done:
-                a, _ = _m.predict(o, deterministic=True)
-                o, _, done, _, info = lw_test.step(int(a))
-            return test.plan_to_action(skipenv.SkipPlan.from_json(info["plan"], test.plan_spec))
-
-        run(B.CallablePolicy(dqn_policy, "dqn-layerwise"), "dqn-layerwise", seed)
+        run(B.LayerwiseRollout(dqn, lw_test, test, name="dqn-layerwise"), "dqn-layerwise", seed)
         print(f"seed {seed} done", flush=True)
 
     episodes = pd.concat(frames, ignore_index=True)

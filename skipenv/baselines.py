@@ -24,7 +24,8 @@ import torch
 from .plan import SkipPlan
 
 __all__ = ["SkipNothing", "RandomPolicy", "StaticPlan", "every_other_layer", "lead_truncation",
-           "sublayer_similarity", "calibrate_static_drop", "OraclePolicy", "CallablePolicy", "SB3Policy"]
+           "sublayer_similarity", "calibrate_static_drop", "OraclePolicy", "CallablePolicy", "SB3Policy",
+           "LayerwiseRollout"]
 
 
 class _Policy:
@@ -203,3 +204,26 @@ class SB3Policy(_Policy):
     def __call__(self, observation):
         action, _ = self.model.predict(observation, deterministic=True)
         return np.asarray(action).astype(np.int8)
+
+
+class LayerwiseRollout(_Policy):
+    """A layerwise-env agent (e.g. SB3 DQN on ``SwitchDec-XSum-Layerwise-v0``) as a one-shot policy: for the one-shot
+    env's current example it rolls the agent out in ``layerwise_env`` (deterministic actions) and returns the
+    resulting plan as a one-shot action, so both kinds of agents are evaluated by the same harness and reward.
+
+    Args:
+        model: anything with SB3's ``predict(observation, deterministic=True) -> (action, state)``.
+        layerwise_env: a :class:`~skipenv.envs.SwitchDecLayerwiseEnv` over the same split as ``oneshot_env``.
+        oneshot_env: the :class:`~skipenv.envs.SwitchDecEnv` being evaluated.
+    """
+
+    def __init__(self, model, layerwise_env, oneshot_env, name: str = "layerwise"):
+        self.model, self.lw, self.env, self.name = model, layerwise_env, oneshot_env, name
+
+    def __call__(self, observation):
+        obs, _ = self.lw.reset(options={"example_id": self.env.example.id})
+        done = False
+        while not done:
+            action, _ = self.model.predict(obs, deterministic=True)
+            obs, _, done, _, info = self.lw.step(int(action))
+        return self.env.plan_to_action(SkipPlan.from_json(info["plan"], self.env.plan_spec))

@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 __all__ = ["train_ppo", "run_main_job", "configure_parser", "main"]

@@ -293,3 +293,11 @@ print("OK", env.action_space, r0, r1)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "OK MultiBinary(68)" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_model_fingerprint_ignores_the_load_path_but_not_the_weights():
+    from skipenv.envs.evaluator import model_fingerprint
+
+    a, b, other = tiny_generator("llama"), tiny_generator("llama"), tiny_generator("llama", seed=1)
+    b.model.config._name_or_path = "/some/other/cache/dir"
+    assert model_fingerprint(a) == model_fingerprint(b) != model_fingerprint(other)

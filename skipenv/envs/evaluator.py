@@ -44,13 +44,13 @@ DEFAULT_TAU = {"agreement": 0.10, "rouge": 0.02, "fidelity": 0.10, "likelihood":
 
 
 def model_fingerprint(generator: SkippableGenerator) -> str:
-    """A short stable id of the wrapped model: config + a checksum of the first weights (16 hex chars)."""
-    cfg = generator.config.to_json_string(use_diff=False)
+    """A short stable id of the wrapped model (16 hex chars): its config (without the folder it was loaded from or
+    the transformers version) and a checksum of the first weights — the same on every machine for the same model."""
+    cfg = {k: v for k, v in generator.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     with torch.no_grad():
         p = next(iter(generator.model.parameters()))
         check = float(p.detach().float().reshape(-1)[:4096].double().sum())
-    name = getattr(generator.config, "_name_or_path", "") or ""
-    return hashlib.sha1(f"{name}|{cfg}|{check:.6e}".encode()).hexdigest()[:16]
+    return hashlib.sha1(f"{json.dumps(cfg, sort_keys=True, default=str)}|{check:.6e}".encode()).hexdigest()[:16]
 
 
 class EpisodeEvaluator:
