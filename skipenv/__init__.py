@@ -14,27 +14,19 @@ from .rewards import lexicographic_reward, weighted_reward
 register_envs()
 
 
-def __getattr__(name):  # lazy access to the heavier submodules' public names
-    if name in ("SwitchDecEnv", "SwitchDecLayerwiseEnv", "EpisodeEvaluator"):
-        from . import envs
+#: public name → submodule that defines it (imported on first access: keeps ``import skipenv`` light)
+_LAZY = {
+    "SwitchDecEnv": "envs", "SwitchDecLayerwiseEnv": "envs", "EpisodeEvaluator": "envs",
+    "load_generator": "loading", "load_model_and_tokenizer": "loading", "wrap": "generators",
+    "make_task": "tasks", "EpisodeRecord": "records", "validate": "records",
+}
 
-        return getattr(envs, name)
-    if name in ("load_generator", "load_model_and_tokenizer"):
-        from . import loading
 
-        return getattr(loading, name)
-    if name in ("wrap",):
-        from .generators import wrap
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
 
-        return wrap
-    if name in ("make_task", "EpisodeRecord", "validate"):
-        if name == "make_task":
-            from .tasks import make_task
-
-            return make_task
-        from . import records
-
-        return getattr(records, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'skipenv' has no attribute {name!r}")
 
 
