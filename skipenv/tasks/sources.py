@@ -330,17 +330,25 @@ def _hub_offline_mode() -> bool:
 _PROBES: dict[tuple[str, int], tuple[float, bool]] = {}
 
 
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S, *, max_age_s: float = 60.0) -> bool:
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S, *, max_age_s: float = 60.0,
+                  endpoint: str | None = None) -> bool:
     """Whether a TCP connection to the Hugging Face Hub endpoint (or the HTTPS proxy, if one is set) opens within
     ``timeout`` seconds; the answer is remembered for ``max_age_s`` seconds.
 
     This is a quick probe (name lookup + TCP handshake, no HTTP request) used before ``datasets.load_dataset``,
-    whose own retries take about 30 s to give up when there is no network. The endpoint is
-    ``huggingface_hub.constants.ENDPOINT`` (``HF_ENDPOINT``).
+    whose own retries take about 30 s to give up when there is no network.
+
+    Args:
+        timeout: seconds to wait for the connection.
+        max_age_s: reuse an answer for the same host and port younger than this.
+        endpoint: the URL to probe; default the HTTPS proxy if set, else ``huggingface_hub.constants.ENDPOINT``
+            (``HF_ENDPOINT``, normally ``https://huggingface.co``).
     """
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY") or \
         os.environ.get("all_proxy")
-    if proxy:
+    if endpoint is not None:
+        url = urlparse(endpoint)
+    elif proxy:
         url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
     else:
         try:
