@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["rouge", "UnicodeRougeTokenizer", "normalize_answer", "exact_match", "f1", "accuracy", "agreement", "likelihood_ratio"]
+__all__ = ["rouge", "UnicodeRougeTokenizer", "normalize_answer", "exact_match", "f1", "accuracy", "agreement",
+           "likelihood_ratio"]
 
 
 _ASCII_TOKEN = re.compile(r"^[a-z0-9]+$")

@@ -519,7 +519,9 @@ def _check_plain_text_span(tok, task, ex):
     # the template around it keeps exactly its own control tokens: the same as for a clean document
     clean = task.format(Example(ex.id, "A clean document.", "x", question=ex.question, label=ex.label), tok,
                         encoder_decoder=False)
-    outside = lambda q: [i for k, i in enumerate(q.input_ids) if not q.document_span[0] <= k < q.document_span[1]]  # noqa: E731
+    def outside(q):
+        return [i for k, i in enumerate(q.input_ids) if not q.document_span[0] <= k < q.document_span[1]]
+
     assert [i for i in outside(p) if i in special] == [i for i in outside(clean) if i in special]
     return p
 

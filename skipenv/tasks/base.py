@@ -13,6 +13,14 @@ from typing import Any, ClassVar, Mapping
 
 from ..inputs import PromptInput
 from .example import Example
+from .tokens import (
+    QUESTION_PLACEHOLDER,
+    encode_mixed,
+    encode_template,
+    encode_text,
+    has_control_text,
+    special_layout,
+)
 from .sources import (
     ROLES,
     SPLITS,
@@ -39,8 +47,6 @@ __all__ = [
 DEFAULT_MAX_INPUT_TOKENS = 512
 #: rendered in place of the document when applying a chat template; never appears in real text
 DOCUMENT_PLACEHOLDER = "\u27e6SKIPENV-DOCUMENT-9f1c\u27e7"
-#: rendered in place of a question that contains the tokenizer's control strings (see :meth:`Task.format`)
-QUESTION_PLACEHOLDER = "\u27e6SKIPENV-QUESTION-4b7e\u27e7"
 #: tokenizers report this (or larger) model_max_length when they do not know the context length
 _HUGE = int(1e6)
 
@@ -63,9 +69,9 @@ class Task:
         max_input_tokens: token budget of the whole formatted input (prompt or encoder input). Default
             :data:`DEFAULT_MAX_INPUT_TOKENS` = 512, chosen for CPU speed; longer documents are truncated (the
             lead is kept).
-        columns: role → column name of the rows (roles ``id``, ``document``, ``target`` (the gold output; alias ``reference``),
-            ``question``, ``label``); merged over the task's defaults (``make_task(..., document_column="text")``
-            sets one).
+        columns: role → column name of the rows (roles ``id``, ``document``, ``target`` (the gold output; alias
+            ``reference``), ``question``, ``label``); merged over the task's defaults
+            (``make_task(..., document_column="text")`` sets one).
         user_template: the user message for chat models, with ``{instruction}``, ``{document}`` (exactly once)
             and, for QA, ``{question}``.
         encoder_instruction: text put before the document (after the leading special tokens) for
@@ -227,6 +233,12 @@ class Task:
         (BART: ``<s> document </s>``; T5: ``document </s>``; QA uses the pair form, question first, e.g.
         ``<s> question </s></s> passage </s>``), with :attr:`encoder_instruction` before the text.
 
+        Data text is tokenized as plain text: control strings inside a document or question (``<|im_end|>``,
+        ``<|im_start|>assistant``) become ordinary tokens (Hugging Face ``split_special_tokens=True``), so the
+        data cannot forge chat turns; only the template's own control strings are special tokens. An ordinary
+        question stays inside the template text (its ids are what the tokenizer gives the rendered prompt); one
+        with control strings is tokenized on its own.
+
         Over-long inputs keep the lead of the document so the whole input fits
         ``min(max_input_tokens, context)``, where the context is ``context_length`` or the tokenizer's
         ``model_max_length`` (if known), minus ``max_new_tokens`` for decoder-only models.
@@ -244,7 +256,9 @@ class Task:
 
         Raises:
             ValueError: empty / whitespace-only document (or question, for QA), naming the example id; a template
-                that alone does not fit the budget; a chat template that drops or repeats the document.
+                that alone does not fit the budget; a chat template that drops or repeats the document; a
+                tokenizer without ``split_special_tokens`` that would turn control strings in the data into
+                special tokens.
         """
         self._check_example(example)
         budget = self._budget(tokenizer, encoder_decoder=encoder_decoder, max_input_tokens=max_input_tokens,
@@ -253,7 +267,7 @@ class Task:
             prefix, suffix = self._encoder_pieces(example, tokenizer)
         else:
             prefix, suffix = self._decoder_pieces(example, tokenizer)
-        doc_ids = _encode_text(tokenizer, example.document)
+        doc_ids = encode_text(tokenizer, example.document)
         n_doc = len(doc_ids)
         room = budget - len(prefix) - len(suffix)
         if room < 1:
@@ -274,7 +288,7 @@ class Task:
         # a question holding control strings is tokenised on its own as plain text; an ordinary one stays inside
         # the template text (same ids as the tokenizer gives the whole rendered prompt)
         question = example.question or ""
-        isolate = bool(question) and _has_control_text(tokenizer, question)
+        isolate = bool(question) and has_control_text(tokenizer, question)
         message = self.user_template.format(instruction=self.instruction, document=DOCUMENT_PLACEHOLDER,
                                             question=QUESTION_PLACEHOLDER if isolate else question)
         if getattr(tokenizer, "chat_template", None):
@@ -290,14 +304,14 @@ class Task:
                     f"locate the document tokens with it"
                 )
             before, after = rendered.split(DOCUMENT_PLACEHOLDER)
-            return _encode_mixed(tokenizer, before, question), _encode_mixed(tokenizer, after, question)
-        lead, _, _ = _special_layout(tokenizer, pair=False)
+            return encode_mixed(tokenizer, before, question), encode_mixed(tokenizer, after, question)
+        lead, _, _ = special_layout(tokenizer, pair=False)
         before, after = message.split(DOCUMENT_PLACEHOLDER)
-        return lead + _encode_mixed(tokenizer, before, question), _encode_mixed(tokenizer, after + "\n\n", question)
+        return lead + encode_mixed(tokenizer, before, question), encode_mixed(tokenizer, after + "\n\n", question)
 
     def _encoder_pieces(self, example: Example, tokenizer) -> tuple[list[int], list[int]]:
-        lead, _, trail = _special_layout(tokenizer, pair=False)
-        instr = _encode(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
+        lead, _, trail = special_layout(tokenizer, pair=False)
+        instr = encode_template(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
         return lead + instr, trail
 
     # ------------------------------------------------------------------------------------------------------------
@@ -335,110 +349,3 @@ class Task:
     def describe_source(self) -> str:
         """``"embedded:<asset>"``, ``"hub:<id>[/<config>]"`` or the local path."""
         return self.data.describe()
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    """Token ids of template text (control strings such as ``<|im_end|>`` become their special tokens), without
-    the tokenizer's added special tokens (``[]`` for the empty string)."""
-    if not text:
-        return []
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _special_ids(tokenizer) -> set[int]:
-    """Ids of the tokenizer's special tokens (``all_special_ids`` and added tokens flagged special)."""
-    ids = set(getattr(tokenizer, "all_special_ids", None) or ())
-    for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-        if getattr(tok, "special", False):
-            ids.add(int(i))
-    return ids
-
-
-def _control_strings(tokenizer) -> list[str]:
-    """The texts of the tokenizer's special tokens (``<|im_end|>``, ``</s>``, ...)."""
-    out = set(getattr(tokenizer, "all_special_tokens", None) or ())
-    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
-        if getattr(tok, "special", False):
-            out.add(str(tok))
-    return [t for t in out if t]
-
-
-def _has_control_text(tokenizer, text: str) -> bool:
-    return any(t in text for t in _control_strings(tokenizer))
-
-
-def _encode_text(tokenizer, text: str) -> list[int]:
-    """Token ids of data text (a document, a question) as plain text: control strings in it (``<|im_end|>``,
-    ``<|im_start|>assistant``) are split into ordinary tokens, so data cannot forge chat turns.
-
-    Uses the Hugging Face ``split_special_tokens=True`` call option; for ordinary text the ids equal
-    :func:`_encode`'s.
-
-    Raises:
-        ValueError: the tokenizer has no ``split_special_tokens`` option and encodes a control string in ``text``
-            as a special token.
-    """
-    if not text:
-        return []
-    try:
-        ids = list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-    except TypeError:  # a tokenizer stand-in without the option
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        special = _special_ids(tokenizer) & set(ids)
-        if special:
-            raise ValueError(
-                f"{type(tokenizer).__name__} turns control strings inside data text into special tokens "
-                f"{sorted(special)} and has no split_special_tokens option; remove them from the data or use a "
-                f"Hugging Face tokenizer"
-            ) from None
-    return ids
-
-
-def _encode_mixed(tokenizer, text: str, question: str) -> list[int]:
-    """Template text that may hold :data:`QUESTION_PLACEHOLDER`: the template parts as :func:`_encode`, the
-    question as plain text (:func:`_encode_text`)."""
-    if QUESTION_PLACEHOLDER not in text:
-        return _encode(tokenizer, text)
-    out: list[int] = []
-    for k, part in enumerate(text.split(QUESTION_PLACEHOLDER)):
-        if k:
-            out += _encode_text(tokenizer, question)
-        out += _encode(tokenizer, part)
-    return out
-
-
-def _special_layout(tokenizer, *, pair: bool) -> tuple[list[int], list[int], list[int]]:
-    """The special tokens a tokenizer adds around one sequence (or a pair), found by probing it.
-
-    Returns:
-        ``(lead, middle, trail)`` token ids: before the first sequence, between the two (pair only; ``[]`` for a
-        single sequence), after the last one.
-
-    Raises:
-        ValueError: the tokenizer's special-token mask does not show one run of text tokens per sequence.
-    """
-    args = ("a", "b") if pair else ("a",)
-    enc = tokenizer(*args, add_special_tokens=True, return_special_tokens_mask=True)
-    ids, mask = list(enc["input_ids"]), list(enc["special_tokens_mask"])
-    runs: list[tuple[int, int]] = []  # runs of non-special tokens
-    i = 0
-    while i < len(ids):
-        if mask[i] == 0:
-            j = i
-            while j < len(ids) and mask[j] == 0:
-                j += 1
-            runs.append((i, j))
-            i = j
-        else:
-            i += 1
-    if len(runs) != len(args):
-        raise ValueError(
-            f"cannot find where {type(tokenizer).__name__} puts its special tokens around "
-            f"{'a pair of sequences' if pair else 'a sequence'} (special-token mask {mask})"
-        )
-    lead = ids[: runs[0][0]]
-    trail = ids[runs[-1][1]:]
-    middle = ids[runs[0][1]: runs[1][0]] if pair else []
-    return lead, middle, trail
-
-

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..metrics import f1
-from .base import Example, Task, _encode, _encode_text, _special_layout
+from .base import Example, Task
+from .tokens import encode_template, encode_text, special_layout
 
 __all__ = ["QATask"]
 
@@ -70,13 +71,13 @@ class QATask(Task):
 
     def _encoder_pieces(self, example: Example, tokenizer) -> tuple[list[int], list[int]]:
         """``lead + instruction + question + middle`` | passage | ``trail`` of the tokenizer's pair form."""
-        q_ids = _encode_text(tokenizer, example.question or "")
-        instr = _encode(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
+        q_ids = encode_text(tokenizer, example.question or "")
+        instr = encode_template(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
         try:
-            lead, middle, trail = _special_layout(tokenizer, pair=True)
+            lead, middle, trail = special_layout(tokenizer, pair=True)
         except ValueError:  # no pair form (e.g. T5): "question passage" as one sequence
-            lead, _, trail = _special_layout(tokenizer, pair=False)
-            middle = _encode(tokenizer, "\n")
+            lead, _, trail = special_layout(tokenizer, pair=False)
+            middle = encode_template(tokenizer, "\n")
         return lead + instr + q_ids + middle, trail
 
     def post_process(self, text: str) -> str:
