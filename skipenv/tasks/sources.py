@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import socket
 import time
@@ -164,7 +165,7 @@ def _decode_utf8(data: bytes, path: Path) -> str:
 
 def _object_row(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
-        shown = json.dumps(value)[:60] if not isinstance(value, (bytes, bytearray)) else repr(value)[:60]
+        shown = json.dumps(value)[:60]
         raise DataFileError(f"{where}: expected a JSON object (one example, column → value), got "
                             f"{type(value).__name__} {shown}")
     return value
@@ -491,7 +492,7 @@ class RowConverter:
             col = self.columns.get(role)
             v = _clean(row.get(col)) if col else None
             if role in self.text_roles and v is not None and not isinstance(v, str):
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, numbers.Real) and not isinstance(v, bool):  # also numpy numbers (Parquet)
                     v = str(v)
                 else:
                     raise DataFileError(
