@@ -638,7 +638,7 @@ def test_hub_reachable_probe():
     assert sources.hub_reachable(max_age_s=0, endpoint=f"http://127.0.0.1:{_closed_port()}") is False
 
 
-def test_unreachable_hub_fails_without_retries(monkeypatch):
+def test_unreachable_hub_fails_without_retries(monkeypatch, tmp_path):
     """No network and no offline flag: the probe sees the Hub is unreachable and datasets is asked for its local
     cache only (offline mode), so the clear error comes at once instead of after ~28 s of retries."""
     datasets = pytest.importorskip("datasets")
@@ -652,6 +652,8 @@ def test_unreachable_hub_fails_without_retries(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setattr(sources, "_PROBES", {})
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")  # empty caches: no copy
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))          # of the dataset anywhere
     real, seen = datasets.load_dataset, []
 
     def recording(*args, **kwargs):
