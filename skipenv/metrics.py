@@ -1,13 +1,13 @@
 """Quality metrics: ROUGE, SQuAD exact match / F1, accuracy, and the full-model-relative signals.
 
 - :func:`rouge` wraps Google's ``rouge-score`` package (the implementation behind the published XSum / CNN-DM
-  numbers) with ``use_stemmer=True``.
+  numbers) with a Unicode-aware tokenizer (:class:`UnicodeRougeTokenizer`): on ASCII text it gives exactly
+  ``rouge-score``'s default tokens (Porter stemming), and text in any script is kept instead of dropped.
 - :func:`exact_match` / :func:`f1` follow the official SQuAD v1.1 evaluation script (``evaluate-v1.1.py``):
   lowercase, drop punctuation, drop the articles *a / an / the*, collapse whitespace; F1 over bags of tokens;
   the maximum over the gold answers when several are given. Empty answers follow the SQuAD v2 script
   (both empty → 1, one empty → 0).
-- :func:`agreement` and :func:`likelihood_ratio` compare a skip plan with the full model (``DESIGN.md``,
-  "Measured on the embedded default").
+- :func:`agreement` and :func:`likelihood_ratio` compare a skip plan with the full model.
 """
 
 from __future__ import annotations
@@ -15,27 +15,76 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["rouge", "normalize_answer", "exact_match", "f1", "accuracy", "agreement", "likelihood_ratio"]
+__all__ = ["rouge", "UnicodeRougeTokenizer", "normalize_answer", "exact_match", "f1", "accuracy", "agreement",
+           "likelihood_ratio"]
+
+
+_ASCII_TOKEN = re.compile(r"^[a-z0-9]+$")
+
+
+def _is_cjk(ch: str) -> bool:
+    """Han ideographs, Hiragana and Katakana: scripts written without spaces, scored one character a token."""
+    o = ord(ch)
+    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FA1F or 0xF900 <= o <= 0xFAFF
+            or 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF)
+
+
+class UnicodeRougeTokenizer:
+    """ROUGE tokenizer for any script, equal to ``rouge-score``'s default tokenizer on ASCII text.
+
+    Steps: Unicode NFKC normalisation; lowercase; every character that is not a letter, a combining mark or a
+    digit (Unicode categories ``L*``, ``M*``, ``N*``) becomes a space; each Han / Hiragana / Katakana character
+    becomes its own token (these scripts do not separate words by spaces; character tokens are the usual choice
+    for Chinese ROUGE); tokens of ASCII letters and digits longer than 3 characters are Porter-stemmed, as
+    ``rouge_score.tokenize.tokenize`` does. The default tokenizer instead turns every non-``[a-z0-9]`` character
+    into a space, so Cyrillic, Devanagari, Greek or Chinese text has no tokens and scores 0 even against itself.
+
+    Scripts other than Han / kana that are written without spaces (Thai, Lao, Khmer, ...) are tokenised at
+    spaces and punctuation only.
+    """
+
+    def __init__(self, use_stemmer: bool = True):
+        from nltk.stem import porter
+
+        self._stemmer = porter.PorterStemmer() if use_stemmer else None
+
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens of ``text`` (see the class docstring)."""
+        chars = []
+        for ch in unicodedata.normalize("NFKC", text).lower():
+            if _is_cjk(ch):
+                chars.append(f" {ch} ")
+            elif unicodedata.category(ch)[0] in "LMN":
+                chars.append(ch)
+            else:
+                chars.append(" ")
+        tokens = "".join(chars).split()
+        if self._stemmer is not None:
+            tokens = [self._stemmer.stem(t) if len(t) > 3 and _ASCII_TOKEN.match(t) else t for t in tokens]
+        return tokens
 
 
 @lru_cache(maxsize=1)
 def _scorer():
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=UnicodeRougeTokenizer(True))
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
     """ROUGE-1 / ROUGE-2 / ROUGE-L F-measures of ``prediction`` against ``reference``.
 
-    Tokenisation is ``rouge-score``'s: lowercase, non-alphanumeric characters become spaces, Porter stemming.
-    ROUGE-L is the sentence-level LCS variant (not ``rougeLsum``).
+    Tokenisation: :class:`UnicodeRougeTokenizer` (on ASCII text identical to ``rouge-score``'s default: lowercase,
+    non-alphanumeric characters become spaces, Porter stemming; other scripts are kept, Chinese / Japanese
+    character by character). Identical non-empty texts score 1.0 in any script. ROUGE-L is the sentence-level
+    LCS variant (not ``rougeLsum``).
 
     Returns:
         ``{"rouge1": f, "rouge2": f, "rougeL": f}``, each in ``[0, 1]``; all ``0.0`` when either side has no

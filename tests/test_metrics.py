@@ -7,7 +7,19 @@ import math
 import pytest
 import torch
 
-from skipenv.metrics import accuracy, agreement, exact_match, f1, likelihood_ratio, normalize_answer, rouge
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skipenv.metrics import (
+    UnicodeRougeTokenizer,
+    accuracy,
+    agreement,
+    exact_match,
+    f1,
+    likelihood_ratio,
+    normalize_answer,
+    rouge,
+)
 
 
 def _close(got: dict, want: dict) -> None:
@@ -49,6 +61,48 @@ def test_rouge_word_order():
 def test_rouge_case_punctuation_and_empty():
     _close(rouge("Hello, World!", "hello world"), {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
     _close(rouge("", "hello world"), {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0})
+
+
+@pytest.mark.parametrize("text", [
+    "Премьер-министр ушёл в отставку.",           # Russian (Cyrillic)
+    "प्रधानमंत्री ने इस्तीफा दे दिया।",              # Hindi (Devanagari, with combining vowel signs)
+    "总理辞职了。",                                  # Chinese
+    "Ο πρωθυπουργός παραιτήθηκε.",                 # Greek
+    "رئيس الوزراء استقال.",                          # Arabic
+])
+def test_rouge_identical_text_scores_one_in_any_script(text):
+    # rouge-score's default tokenizer keeps only [a-z0-9]: these texts had no tokens and scored 0.0 against
+    # themselves, i.e. "as good as the full model" for every skip plan
+    _close(rouge(text, text), {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
+    assert rouge(text, "completely different words")["rouge1"] == 0.0
+
+
+def test_rouge_cyrillic_partial_overlap():
+    # pred [премьер, министр, ушёл, в, отставку] (5)   ref [министр, ушёл] (2)   (no stemming outside ASCII)
+    # R1: overlap 2 -> P = 2/5, R = 1 -> F = 2 * (2/5) / (7/5) = 4/7
+    # R2: pred 4 bigrams, ref 1 (министр-ушёл), overlap 1 -> P = 1/4, R = 1 -> F = (1/2) / (5/4) = 2/5
+    # RL: LCS "министр ушёл" = 2 -> 4/7
+    _close(rouge("Премьер-министр ушёл в отставку.", "Министр ушёл."),
+           {"rouge1": 4 / 7, "rouge2": 2 / 5, "rougeL": 4 / 7})
+
+
+def test_rouge_chinese_one_character_per_token():
+    # pred [总, 理, 辞, 职, 了] (5)   ref [总, 理, 没, 有, 辞, 职] (6)
+    # R1: overlap 总 理 辞 职 = 4 -> P = 4/5, R = 4/6 -> F = 2 * (8/15) / (22/15) = 8/11
+    # R2: pred {总理, 理辞, 辞职, 职了}, ref {总理, 理没, 没有, 有辞, 辞职}: overlap 2 -> P = 1/2, R = 2/5 -> F = 4/9
+    # RL: LCS 总理辞职 = 4 -> 8/11
+    _close(rouge("总理辞职了", "总理没有辞职"), {"rouge1": 8 / 11, "rouge2": 4 / 9, "rougeL": 8 / 11})
+    assert UnicodeRougeTokenizer().tokenize("BBC报道: 总理") == ["bbc", "报", "道", "总", "理"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80))
+def test_unicode_tokenizer_equals_rouge_score_default_on_ascii(text):
+    # the English scores stay what rouge-score's own tokenizer gives (the published XSum / CNN-DM setting)
+    from nltk.stem import porter
+    from rouge_score import tokenize
+
+    assert UnicodeRougeTokenizer().tokenize(text) == tokenize.tokenize(text, porter.PorterStemmer())
 
 
 def test_squad_normalisation():

@@ -34,7 +34,12 @@ With the SmolLM2 chat template and the default budget of 512 input tokens, 382 o
 truncated (median formatted length 425 tokens).
 
 Every task also takes ``source=<path>`` (``.jsonl``, ``.json``, ``.csv``, ``.parquet``, or a
-``datasets.save_to_disk`` folder) with column-mapping keywords (``document_column=...``).
+``datasets.save_to_disk`` folder) with column-mapping keywords (``document_column=...``, ``target_column=...``).
+A local file is split 80 / 10 / 10 by the hash of the example ids like the embedded data (or by
+``split_column=``); ``split="all"`` uses every row — the choice for running a policy on a few texts of your own.
+An empty split raises an error that says where each row went. Rows without a gold target (summary, answer or
+label empty / null / missing) are always dropped and counted in ``Task.load_stats``; a malformed file raises
+:class:`DataFileError` naming the file and the line or row.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import DEFAULT_MAX_INPUT_TOKENS, DOCUMENT_PLACEHOLDER, SPLITS, Example, Task, split_of
+from .base import DEFAULT_MAX_INPUT_TOKENS, DOCUMENT_PLACEHOLDER, Task
 from .classification import ClassificationTask, parse_label
+from .example import Example
 from .qa import QATask
-from .sources import DatasetUnavailableError, HubDataset, read_local
+from .sources import SPLITS, DataFileError, DatasetUnavailableError, HubDataset, read_local, split_of
 from .summarization import SummarizationTask, first_sentences
 
 __all__ = [
@@ -64,6 +70,7 @@ __all__ = [
     "DEFAULT_MAX_INPUT_TOKENS",
     "DOCUMENT_PLACEHOLDER",
     "DatasetUnavailableError",
+    "DataFileError",
     "HubDataset",
     "read_local",
     "parse_label",
@@ -105,28 +112,28 @@ TASKS: dict[str, TaskSpec] = {
     "xsum": TaskSpec(
         SummarizationTask,
         dict(metric="rougeL", max_new_tokens=48, instruction=_SUMMARY_ONE, max_sentences=1,
-             columns={"id": "id", "document": "document", "reference": "summary"},
+             columns={"id": "id", "document": "document", "target": "summary"},
              embedded_asset="xsum", hub=HubDataset("EdinburghNLP/xsum")),
         "XSum: one-sentence summaries of BBC articles",
     ),
     "cnndm": TaskSpec(
         SummarizationTask,
         dict(metric="rougeL", max_new_tokens=128, instruction="Summarize the following article in three sentences.",
-             max_sentences=3, columns={"id": "id", "document": "article", "reference": "highlights"},
+             max_sentences=3, columns={"id": "id", "document": "article", "target": "highlights"},
              hub=HubDataset("abisee/cnn_dailymail", "3.0.0"), embedded_alternative="xsum"),
         "CNN/DailyMail: multi-sentence news highlights",
     ),
     "squad": TaskSpec(
         QATask,
         dict(metric="f1", max_new_tokens=24, instruction=_QA,
-             columns={"id": "id", "document": "context", "question": "question", "reference": "answers"},
+             columns={"id": "id", "document": "context", "question": "question", "target": "answers"},
              hub=HubDataset("rajpurkar/squad", splits=dict(_HALVES)), embedded_alternative="disflqa"),
         "SQuAD v1.1 extractive QA (Hub validation split halved into validation / test)",
     ),
     "disflqa": TaskSpec(
         QATask,
         dict(metric="f1", max_new_tokens=24, instruction=_QA,
-             columns={"document": "passage", "question": "question", "reference": "answer"},
+             columns={"document": "passage", "question": "question", "target": "answer"},
              embedded_asset="disflqa"),
         "DisflQA: SQuAD-v2 passages with disfluent questions; rows whose answer is in the passage",
     ),
@@ -145,7 +152,8 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
-_COLUMN_KWARGS = {f"{role}_column": role for role in ("id", "document", "reference", "question", "label")}
+_COLUMN_KWARGS = {f"{role}_column": role for role in ("id", "document", "target", "question", "label")}
+_COLUMN_KWARGS["reference_column"] = "target"  # the older name of target_column
 
 
 def make_task(name: str, source: str | os.PathLike | None = None, **kwargs: Any) -> Task:
@@ -158,7 +166,8 @@ def make_task(name: str, source: str | os.PathLike | None = None, **kwargs: Any)
             ``"hub"``.
         **kwargs: overrides of the task's fields (``max_input_tokens``, ``max_new_tokens``, ``instruction``,
             ``user_template``, ``drop_invalid``, ``split_column``, ...) and column mapping keywords
-            ``id_column``, ``document_column``, ``reference_column``, ``question_column``, ``label_column``
+            ``id_column``, ``document_column``, ``target_column`` (the gold summary / answer column; alias
+            ``reference_column``), ``question_column``, ``label_column``
             (merged over the task's default column names).
 
     Raises:
@@ -173,7 +182,7 @@ def make_task(name: str, source: str | os.PathLike | None = None, **kwargs: Any)
     spec = TASKS[key]
     params = dict(spec.defaults)
     columns = dict(params.pop("columns", {}))
-    columns.update(kwargs.pop("columns", None) or {})
+    columns.update({("target" if k == "reference" else k): v for k, v in (kwargs.pop("columns", None) or {}).items()})
     for kw, role in _COLUMN_KWARGS.items():
         if kw in kwargs:
             value = kwargs.pop(kw)

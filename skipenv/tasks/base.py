@@ -1,20 +1,36 @@
-"""The :class:`Task` base class: examples, deterministic splits, prompt formatting with an exact document span.
+"""The :class:`Task` base class: prompt formatting with an exact document span, post-processing and scoring.
 
-A task turns dataset rows into :class:`Example` objects, formats one example for one tokenizer as a
-:class:`~skipenv.inputs.PromptInput` (whose ``document_span`` marks the skippable document tokens), and scores
-generated text with the task metric.
+A task formats one :class:`Example` for one tokenizer as a :class:`~skipenv.inputs.PromptInput` (whose
+``document_span`` marks the skippable document tokens), post-processes generated text, and scores it with the task
+metric. Where examples come from (embedded files, the Hub, local files) and how rows become examples is
+:mod:`skipenv.tasks.sources`; a task only says which columns it needs and what makes a row usable.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from ..inputs import PromptInput
-from .sources import HubDataset, load_hub_split, read_local_splits
+from .example import Example
+from .tokens import (
+    QUESTION_PLACEHOLDER,
+    encode_mixed,
+    encode_template,
+    encode_text,
+    has_control_text,
+    special_layout,
+)
+from .sources import (
+    ROLES,
+    SPLITS,
+    ExampleSource,
+    FileSource,
+    HubDataset,
+    HubSource,
+    RowConverter,
+    split_of,
+)
 
 __all__ = [
     "Example",
@@ -22,11 +38,10 @@ __all__ = [
     "SPLITS",
     "split_of",
     "DOCUMENT_PLACEHOLDER",
+    "QUESTION_PLACEHOLDER",
     "DEFAULT_MAX_INPUT_TOKENS",
 ]
 
-#: the splits :meth:`Task.examples` accepts besides ``"all"``
-SPLITS = ("train", "validation", "test")
 #: default token budget of a formatted input (prompt / encoder input): keeps a CPU forward pass under ~1 s for
 #: SmolLM2-135M and covers the median XSum article (281 words ≈ 370 tokens) without truncation
 DEFAULT_MAX_INPUT_TOKENS = 512
@@ -36,59 +51,12 @@ DOCUMENT_PLACEHOLDER = "\u27e6SKIPENV-DOCUMENT-9f1c\u27e7"
 _HUGE = int(1e6)
 
 
-def split_of(example_id: str, fractions: tuple[int, int, int] = (80, 10, 10)) -> str:
-    """Deterministic split of an example: ``int(sha1(id)[:8], 16) % 100`` against the cumulative percentages.
-
-    Args:
-        example_id: the example's id (any string).
-        fractions: train / validation / test percentages, summing to 100.
-    """
-    if sum(fractions) != 100:
-        raise ValueError(f"split fractions must sum to 100, got {fractions}")
-    bucket = int(hashlib.sha1(example_id.encode("utf-8")).hexdigest()[:8], 16) % 100
-    if bucket < fractions[0]:
-        return "train"
-    if bucket < fractions[0] + fractions[1]:
-        return "validation"
-    return "test"
-
-
-def _half_of(example_id: str) -> int:
-    """0 or 1, deterministic (sha1 of the id, a different digest slice than :func:`split_of`)."""
-    return int(hashlib.sha1(example_id.encode("utf-8")).hexdigest()[8:16], 16) % 2
-
-
-@dataclass(frozen=True)
-class Example:
-    """One dataset example.
-
-    Attributes:
-        id: unique id within the dataset (the dataset's own id, or a sha1-based one — see :meth:`Task.examples`).
-        document: the skippable text: article (summarization), passage (QA), review (classification).
-        reference: gold output: reference summary, first gold answer, or label word.
-        question: the question (QA only).
-        label: ``"positive"`` / ``"negative"`` (classification only).
-        answers: all gold answers (QA; ``reference`` is ``answers[0]``), used by the SQuAD F1 maximum.
-    """
-
-    id: str
-    document: str
-    reference: str
-    question: str | None = None
-    label: str | None = None
-    answers: tuple[str, ...] = ()
-
-
-def _sha1_id(*parts: str | None) -> str:
-    return hashlib.sha1("\n".join(p or "" for p in parts).encode("utf-8")).hexdigest()[:16]
-
-
 @dataclass
 class Task:
     """Base class of the NLP tasks (summarization, extractive QA, sentiment classification).
 
-    Build tasks with :func:`skipenv.tasks.make_task`; subclasses implement the record conversion, the prompt
-    wording, :meth:`post_process` and :meth:`score`.
+    Build tasks with :func:`skipenv.tasks.make_task`; subclasses implement the prompt wording,
+    :meth:`post_process`, :meth:`score` and what makes a row usable (``_invalid_reason`` / ``_make_example``).
 
     Attributes:
         name: registry name, e.g. ``"xsum"``.
@@ -101,14 +69,16 @@ class Task:
         max_input_tokens: token budget of the whole formatted input (prompt or encoder input). Default
             :data:`DEFAULT_MAX_INPUT_TOKENS` = 512, chosen for CPU speed; longer documents are truncated (the
             lead is kept).
-        columns: role → column name of the rows (roles ``id``, ``document``, ``reference``, ``question``,
-            ``label``); merged over the task's defaults (``make_task(..., document_column="text")`` sets one).
+        columns: role → column name of the rows (roles ``id``, ``document``, ``target`` (the gold output; alias
+            ``reference``), ``question``, ``label``); merged over the task's defaults
+            (``make_task(..., document_column="text")`` sets one).
         user_template: the user message for chat models, with ``{instruction}``, ``{document}`` (exactly once)
             and, for QA, ``{question}``.
         encoder_instruction: text put before the document (after the leading special tokens) for
             encoder-decoder models, e.g. ``"summarize: "`` for T5; empty for BART.
-        drop_invalid: drop rows that cannot make an episode (empty document / question, no answer in the passage
-            for extractive QA, unknown label) when building :meth:`examples`; counts in :attr:`load_stats`.
+        drop_invalid: drop rows that cannot make an episode (empty document / question, answer not in the passage
+            for extractive QA) when building :meth:`examples`; counts in :attr:`load_stats`. Rows without a gold
+            target (empty / null / missing summary, answer or label) are dropped and counted regardless.
         embedded_asset: :data:`skipenv.assets.FILE_ASSETS` key of the embedded data, if any.
         hub: the Hub dataset, if any.
         embedded_alternative: name of a task with embedded data, named in offline error messages.
@@ -130,23 +100,23 @@ class Task:
     hub: HubDataset | None = None
     embedded_alternative: str | None = None
     split_column: str | None = None
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    load_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _data: ExampleSource | None = field(default=None, init=False, repr=False, compare=False)
 
-    #: default role → column mapping of the task's data (subclasses / registry override)
     kind: ClassVar[str] = "task"
-    roles: ClassVar[tuple[str, ...]] = ("id", "document", "reference")
+    #: the column roles the task reads
+    roles: ClassVar[tuple[str, ...]] = ("id", "document", "target")
+    #: the roles whose values must be text (a dict or list there is a data error)
+    text_roles: ClassVar[tuple[str, ...]] = ("document", "question", "target")
 
     def __post_init__(self) -> None:
         if self.user_template.count("{document}") != 1:
             raise ValueError(f"task {self.name!r}: user_template must contain '{{document}}' exactly once")
         if self.max_input_tokens < 8:
             raise ValueError(f"task {self.name!r}: max_input_tokens={self.max_input_tokens} is too small (>= 8)")
-        unknown = set(self.columns) - {"id", "document", "reference", "question", "label"}
+        self.columns = {("target" if k == "reference" else k): v for k, v in dict(self.columns).items()}
+        unknown = set(self.columns) - set(ROLES)
         if unknown:
-            raise ValueError(f"task {self.name!r}: unknown column roles {sorted(unknown)}; use id, document, "
-                             f"reference, question, label")
-        self.columns = dict(self.columns)
+            raise ValueError(f"task {self.name!r}: unknown column roles {sorted(unknown)}; use {', '.join(ROLES)}")
         if self.source == "embedded" and self.embedded_asset is None:
             alt = f" (its embedded alternative is {self.embedded_alternative!r})" if self.embedded_alternative else ""
             raise ValueError(f"task {self.name!r} has no embedded data{alt}; use source='hub' or source=<path of a "
@@ -155,151 +125,72 @@ class Task:
             raise ValueError(f"task {self.name!r} has no Hub dataset; use source='embedded' or a local file path")
 
     # ------------------------------------------------------------------------------------------------------------
-    # data
+    # data (delegated to skipenv.tasks.sources)
+
+    @property
+    def data(self) -> ExampleSource:
+        """The task's :class:`~skipenv.tasks.sources.ExampleSource` (built on first use; reads nothing yet)."""
+        if self._data is None:
+            converter = RowConverter(
+                columns=self.columns, roles=self.roles, text_roles=self.text_roles,
+                invalid_reason=self._invalid_reason, make_example=self._make_example,
+                drop_invalid=self.drop_invalid, split_column=self.split_column,
+            )
+            if self.source == "hub":
+                assert self.hub is not None
+                self._data = HubSource(converter, self.hub, embedded_alternative=self.embedded_alternative)
+            elif self.source == "embedded":
+                self._data = FileSource(converter, embedded_asset=self.embedded_asset)
+            else:
+                self._data = FileSource(converter, path=self.source)
+        return self._data
+
+    @property
+    def load_stats(self) -> dict[str, dict[str, int]]:
+        """Row counts of what was loaded so far, per part (``"all"`` for a file, the split of a ``DatasetDict`` or
+        of the Hub): ``{"rows": n, "dropped_<reason>": k, ..., "kept": m}``."""
+        return self.data.stats
 
     def examples(self, split: str = "all") -> list[Example]:
-        """The examples of one split, in file order (cached per task object).
+        """The examples of one split, in file order (read and converted once per task object).
 
         Splits: ``"train"`` / ``"validation"`` / ``"test"`` / ``"all"``. Embedded data and local files are split
         80 / 10 / 10 by :func:`split_of` (sha1 of the example id), unless ``split_column`` names a column (local
         files) or the folder is a ``DatasetDict`` (its own splits). Hub datasets use their own splits as mapped by
         :attr:`HubDataset.splits`; ``"all"`` is every mapped split.
 
+        A local file keeps this hash split (so a policy trained on its ``"train"`` split can be tested on its
+        ``"test"`` split); to use every row of a small file — e.g. to run a policy on your own text — ask for
+        ``split="all"``. A split that ends up empty raises an error saying where each row went.
+
         Embedded sizes (all / train / validation / test): xsum 999 / 797 / 105 / 97; disflqa 600 / 478 / 53 / 69;
         rotten_tomatoes 12,808 / 10,244 / 1,257 / 1,307.
 
         Rows without an id get ``sha1(question + "\\n" + document)[:16]`` (duplicates get ``"#2"``, ``"#3"``...).
-        Rows that cannot form an episode are dropped when :attr:`drop_invalid` (see :attr:`load_stats`).
+        Rows that cannot form an episode are dropped when :attr:`drop_invalid`, rows without a gold target always
+        (counts in :attr:`load_stats`).
 
         Raises:
-            ValueError: unknown split; a needed column is missing (the message lists the columns present).
+            ValueError: unknown split; an empty split of a local file (says where each row went).
+            skipenv.tasks.sources.DataFileError (a ``ValueError``): a needed column is missing (the message lists
+                the columns present); a malformed, non-UTF-8 or empty file, a row that is not an object, a value of
+                the wrong type, or no usable row — naming the file and line / row.
             DatasetUnavailableError: Hub data that cannot be loaded; skipenv.assets.AssetUnavailableError:
                 embedded data that cannot be fetched.
         """
-        if split not in (*SPLITS, "all"):
-            raise ValueError(f"unknown split {split!r}; use one of {SPLITS} or 'all'")
-        if split not in self._cache:
-            self._cache[split] = self._load_split(split)
-        return list(self._cache[split])
+        return self.data.examples(split)
 
-    def _load_split(self, split: str) -> list[Example]:
-        if self.source == "hub":
-            return self._load_hub_split(split)
-        if "__all__" not in self._cache:
-            if self.source == "embedded":
-                from ..assets import asset_path
-
-                raw = read_local_splits(asset_path(self.embedded_asset))
-                where = f"embedded {self.embedded_asset} data"
-            else:
-                raw = read_local_splits(self.source)
-                where = str(self.source)
-            if isinstance(raw, dict):  # a DatasetDict folder: keep its own splits
-                per = {s: self._convert(rows, where=f"{where}[{s}]", stats_key=s) for s, rows in raw.items()}
-                self._cache["__all__"] = ("splits", per)
-            else:
-                self._cache["__all__"] = ("rows", self._convert(raw, where=where, stats_key="all"))
-        mode, data = self._cache["__all__"]
-        if mode == "splits":
-            if split == "all":
-                return [ex for s in data for ex in data[s]]
-            if split not in data:
-                raise ValueError(f"{self.source} has splits {sorted(data)}, not {split!r}")
-            return list(data[split])
-        if split == "all":
-            return list(data)
-        if self.split_column:
-            return [ex for ex, s in zip(data, self._cache["__split_values__"]) if s == split]
-        return [ex for ex in data if split_of(ex.id) == split]
-
-    def _load_hub_split(self, split: str) -> list[Example]:
-        assert self.hub is not None
-        if split == "all":  # every Hub split that some skipenv split maps to, each once, whole
-            hub_splits = list(dict.fromkeys(hs for hs, _ in self.hub.splits.values()))
-            return [ex for hs in hub_splits for ex in self._hub_examples(hs)]
-        if split not in self.hub.splits:
-            raise ValueError(f"the Hub dataset {self.hub.describe()} has no split mapped to {split!r}; "
-                             f"mapped: {sorted(self.hub.splits)}")
-        hub_split, half = self.hub.splits[split]
-        exs = self._hub_examples(hub_split)
-        return exs if half is None else [ex for ex in exs if _half_of(ex.id) == half]
-
-    def _hub_examples(self, hub_split: str) -> list[Example]:
-        key = f"__hub__{hub_split}"
-        if key not in self._cache:
-            rows = load_hub_split(self.hub, hub_split, embedded_alternative=self.embedded_alternative)
-            self._cache[key] = self._convert(rows, where=f"{self.hub.describe()}[{hub_split}]", stats_key=hub_split)
-        return self._cache[key]
-
-    def _column(self, role: str) -> str | None:
-        return self.columns.get(role)
-
-    def _convert(self, rows: list[dict], *, where: str, stats_key: str) -> list[Example]:
-        """Rows → examples: column lookup, ids, validity filter (stats in ``load_stats[stats_key]``)."""
-        stats: dict[str, int] = {"rows": len(rows)}
-        if rows:
-            present = set(rows[0])
-            needed = [r for r in self.roles if r != "id" and self._column(r)]
-            missing = [(r, self._column(r)) for r in needed if self._column(r) not in present]
-            if missing:
-                hint = ", ".join(f"{r}_column=..." for r, _ in missing)
-                raise ValueError(
-                    f"{where}: column(s) {[c for _, c in missing]} (roles {[r for r, _ in missing]}) not found; "
-                    f"columns present: {sorted(present)}. Pass {hint} to make_task to map them."
-                )
-        id_col = self._column("id")
-        out: list[Example] = []
-        split_values: list[Any] = []
-        counts: dict[str, int] = {}
-        for row in rows:
-            fields = self._fields(row)
-            reason = self._invalid_reason(fields)
-            if reason and self.drop_invalid:
-                stats[f"dropped_{reason}"] = stats.get(f"dropped_{reason}", 0) + 1
-                continue
-            if reason == "unlabeled":  # cannot be kept even with drop_invalid=False: no reference at all
-                stats["dropped_unlabeled"] = stats.get("dropped_unlabeled", 0) + 1
-                continue
-            raw_id = row.get(id_col) if id_col else None
-            if raw_id is None or (isinstance(raw_id, float) and math.isnan(raw_id)) or str(raw_id) == "":
-                base = _sha1_id(fields.get("question"), fields["document"])
-            else:
-                base = str(raw_id)
-            n = counts.get(base, 0) + 1
-            counts[base] = n
-            ex_id = base if n == 1 else f"{base}#{n}"
-            out.append(self._make_example(ex_id, fields))
-            if self.split_column:
-                split_values.append(row.get(self.split_column))
-        stats["kept"] = len(out)
-        self.load_stats[stats_key] = stats
-        if self.split_column:
-            self._cache["__split_values__"] = split_values
-        return out
-
-    # hooks ------------------------------------------------------------------------------------------------------
-
-    def _fields(self, row: dict) -> dict[str, Any]:
-        """Pull the role values out of a row (strings stripped, missing → ``None``)."""
-        out: dict[str, Any] = {}
-        for role in ("document", "reference", "question", "label"):
-            col = self._column(role)
-            v = row.get(col) if col else None
-            if isinstance(v, float) and math.isnan(v):
-                v = None
-            out[role] = v.strip() if isinstance(v, str) else v
-        if out["document"] is None:
-            out["document"] = ""
-        return out
+    # row rules (used by the RowConverter) ----------------------------------------------------------------------
 
     def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
+        """Why a row cannot make an example (``"empty_document"``, ...), or ``None``."""
         if not str(fields["document"]).strip():
             return "empty_document"
         return None
 
     def _make_example(self, ex_id: str, fields: dict[str, Any]) -> Example:
-        ref = fields.get("reference")
-        return Example(id=ex_id, document=str(fields["document"]), reference="" if ref is None else str(ref))
+        ref = fields.get("target")
+        return Example(id=ex_id, document=str(fields["document"]), target="" if ref is None else str(ref))
 
     # ------------------------------------------------------------------------------------------------------------
     # formatting
@@ -342,6 +233,12 @@ class Task:
         (BART: ``<s> document </s>``; T5: ``document </s>``; QA uses the pair form, question first, e.g.
         ``<s> question </s></s> passage </s>``), with :attr:`encoder_instruction` before the text.
 
+        Data text is tokenized as plain text: control strings inside a document or question (``<|im_end|>``,
+        ``<|im_start|>assistant``) become ordinary tokens (Hugging Face ``split_special_tokens=True``), so the
+        data cannot forge chat turns; only the template's own control strings are special tokens. An ordinary
+        question stays inside the template text (its ids are what the tokenizer gives the rendered prompt); one
+        with control strings is tokenized on its own.
+
         Over-long inputs keep the lead of the document so the whole input fits
         ``min(max_input_tokens, context)``, where the context is ``context_length`` or the tokenizer's
         ``model_max_length`` (if known), minus ``max_new_tokens`` for decoder-only models.
@@ -359,7 +256,9 @@ class Task:
 
         Raises:
             ValueError: empty / whitespace-only document (or question, for QA), naming the example id; a template
-                that alone does not fit the budget; a chat template that drops or repeats the document.
+                that alone does not fit the budget; a chat template that drops or repeats the document; a
+                tokenizer without ``split_special_tokens`` that would turn control strings in the data into
+                special tokens.
         """
         self._check_example(example)
         budget = self._budget(tokenizer, encoder_decoder=encoder_decoder, max_input_tokens=max_input_tokens,
@@ -368,7 +267,7 @@ class Task:
             prefix, suffix = self._encoder_pieces(example, tokenizer)
         else:
             prefix, suffix = self._decoder_pieces(example, tokenizer)
-        doc_ids = _encode(tokenizer, example.document)
+        doc_ids = encode_text(tokenizer, example.document)
         n_doc = len(doc_ids)
         room = budget - len(prefix) - len(suffix)
         if room < 1:
@@ -386,7 +285,12 @@ class Task:
                            extra={"truncated": truncated, "original_document_tokens": n_doc})
 
     def _decoder_pieces(self, example: Example, tokenizer) -> tuple[list[int], list[int]]:
-        message = self.user_message(example, DOCUMENT_PLACEHOLDER)
+        # a question holding control strings is tokenised on its own as plain text; an ordinary one stays inside
+        # the template text (same ids as the tokenizer gives the whole rendered prompt)
+        question = example.question or ""
+        isolate = bool(question) and has_control_text(tokenizer, question)
+        message = self.user_template.format(instruction=self.instruction, document=DOCUMENT_PLACEHOLDER,
+                                            question=QUESTION_PLACEHOLDER if isolate else question)
         if getattr(tokenizer, "chat_template", None):
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
@@ -400,14 +304,14 @@ class Task:
                     f"locate the document tokens with it"
                 )
             before, after = rendered.split(DOCUMENT_PLACEHOLDER)
-            return _encode(tokenizer, before), _encode(tokenizer, after)
-        lead, _, _ = _special_layout(tokenizer, pair=False)
+            return encode_mixed(tokenizer, before, question), encode_mixed(tokenizer, after, question)
+        lead, _, _ = special_layout(tokenizer, pair=False)
         before, after = message.split(DOCUMENT_PLACEHOLDER)
-        return lead + _encode(tokenizer, before), _encode(tokenizer, after + "\n\n")
+        return lead + encode_mixed(tokenizer, before, question), encode_mixed(tokenizer, after + "\n\n", question)
 
     def _encoder_pieces(self, example: Example, tokenizer) -> tuple[list[int], list[int]]:
-        lead, _, trail = _special_layout(tokenizer, pair=False)
-        instr = _encode(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
+        lead, _, trail = special_layout(tokenizer, pair=False)
+        instr = encode_template(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
         return lead + instr, trail
 
     # ------------------------------------------------------------------------------------------------------------
@@ -443,52 +347,5 @@ class Task:
         return sum(self.score(p, e) for p, e in zip(predictions, examples)) / len(examples)
 
     def describe_source(self) -> str:
-        if self.source == "embedded":
-            return f"embedded:{self.embedded_asset}"
-        if self.source == "hub":
-            return f"hub:{self.hub.path}" + (f"/{self.hub.config}" if self.hub.config else "")
-        return str(Path(self.source))
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens (``[]`` for the empty string)."""
-    if not text:
-        return []
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _special_layout(tokenizer, *, pair: bool) -> tuple[list[int], list[int], list[int]]:
-    """The special tokens a tokenizer adds around one sequence (or a pair), found by probing it.
-
-    Returns:
-        ``(lead, middle, trail)`` token ids: before the first sequence, between the two (pair only; ``[]`` for a
-        single sequence), after the last one.
-
-    Raises:
-        ValueError: the tokenizer's special-token mask does not show one run of text tokens per sequence.
-    """
-    args = ("a", "b") if pair else ("a",)
-    enc = tokenizer(*args, add_special_tokens=True, return_special_tokens_mask=True)
-    ids, mask = list(enc["input_ids"]), list(enc["special_tokens_mask"])
-    runs: list[tuple[int, int]] = []  # runs of non-special tokens
-    i = 0
-    while i < len(ids):
-        if mask[i] == 0:
-            j = i
-            while j < len(ids) and mask[j] == 0:
-                j += 1
-            runs.append((i, j))
-            i = j
-        else:
-            i += 1
-    if len(runs) != len(args):
-        raise ValueError(
-            f"cannot find where {type(tokenizer).__name__} puts its special tokens around "
-            f"{'a pair of sequences' if pair else 'a sequence'} (special-token mask {mask})"
-        )
-    lead = ids[: runs[0][0]]
-    trail = ids[runs[-1][1]:]
-    middle = ids[runs[0][1]: runs[1][0]] if pair else []
-    return lead, middle, trail
-
-
+        """``"embedded:<asset>"``, ``"hub:<id>[/<config>]"`` or the local path."""
+        return self.data.describe()

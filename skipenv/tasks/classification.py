@@ -42,6 +42,7 @@ class ClassificationTask(Task):
 
     kind: ClassVar[str] = "classification"
     roles: ClassVar[tuple[str, ...]] = ("id", "document", "label")
+    text_roles: ClassVar[tuple[str, ...]] = ("document",)
 
     def _label(self, value: Any) -> str | None:
         if isinstance(value, str):
@@ -53,13 +54,14 @@ class ClassificationTask(Task):
             return None
 
     def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
+        """``unlabeled`` (a label missing or not in :attr:`label_map`; always dropped) or the base reasons."""
         if self._label(fields.get("label")) is None:
             return "unlabeled"
         return super()._invalid_reason(fields)
 
     def _make_example(self, ex_id: str, fields: dict[str, Any]) -> Example:
         label = self._label(fields.get("label"))
-        return Example(id=ex_id, document=str(fields["document"]), reference=label or "", label=label)
+        return Example(id=ex_id, document=str(fields["document"]), target=label or "", label=label)
 
     def post_process(self, text: str) -> str:
         """The label word found in the text (``"positive"`` / ``"negative"``), or the stripped text if none."""
@@ -67,4 +69,4 @@ class ClassificationTask(Task):
 
     def score(self, prediction: str, example: Example) -> float:
         """1.0 if the generated label word equals ``example.label``, else 0.0."""
-        return float(parse_label(prediction) == (example.label or example.reference))
+        return float(parse_label(prediction) == (example.label or example.target))

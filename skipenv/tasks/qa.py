@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..metrics import f1
-from .base import Example, Task, _encode, _special_layout
+from .base import Example, Task
+from .tokens import encode_template, encode_text, special_layout
 
 __all__ = ["QATask"]
 
@@ -41,15 +42,17 @@ class QATask(Task):
     user_template: str = "{instruction}\n\nPassage:\n{document}\n\nQuestion: {question}"
 
     kind: ClassVar[str] = "qa"
-    roles: ClassVar[tuple[str, ...]] = ("id", "document", "question", "reference")
+    roles: ClassVar[tuple[str, ...]] = ("id", "document", "question", "target")
+    text_roles: ClassVar[tuple[str, ...]] = ("document", "question")  # answers: text, list or SQuAD's dict
 
     def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
+        """``empty_document``, ``empty_question``, ``no_answer`` (always dropped) or ``answer_not_in_document``."""
         reason = super()._invalid_reason(fields)
         if reason:
             return reason
         if not (fields.get("question") or "").strip():
             return "empty_question"
-        answers = _answers(fields.get("reference"))
+        answers = _answers(fields.get("target"))
         if not answers:
             return "no_answer"
         if self.require_answer_in_document and not any(a in fields["document"] for a in answers):
@@ -57,8 +60,8 @@ class QATask(Task):
         return None
 
     def _make_example(self, ex_id: str, fields: dict[str, Any]) -> Example:
-        answers = tuple(_answers(fields.get("reference")))
-        return Example(id=ex_id, document=str(fields["document"]), reference=answers[0] if answers else "",
+        answers = tuple(_answers(fields.get("target")))
+        return Example(id=ex_id, document=str(fields["document"]), target=answers[0] if answers else "",
                        question=str(fields.get("question") or ""), answers=answers)
 
     def _check_example(self, example: Example) -> None:
@@ -68,13 +71,13 @@ class QATask(Task):
 
     def _encoder_pieces(self, example: Example, tokenizer) -> tuple[list[int], list[int]]:
         """``lead + instruction + question + middle`` | passage | ``trail`` of the tokenizer's pair form."""
-        q_ids = _encode(tokenizer, example.question or "")
-        instr = _encode(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
+        q_ids = encode_text(tokenizer, example.question or "")
+        instr = encode_template(tokenizer, self.encoder_instruction) if self.encoder_instruction else []
         try:
-            lead, middle, trail = _special_layout(tokenizer, pair=True)
+            lead, middle, trail = special_layout(tokenizer, pair=True)
         except ValueError:  # no pair form (e.g. T5): "question passage" as one sequence
-            lead, _, trail = _special_layout(tokenizer, pair=False)
-            middle = _encode(tokenizer, "\n")
+            lead, _, trail = special_layout(tokenizer, pair=False)
+            middle = encode_template(tokenizer, "\n")
         return lead + instr + q_ids + middle, trail
 
     def post_process(self, text: str) -> str:
@@ -95,9 +98,9 @@ class QATask(Task):
     def score(self, prediction: str, example: Example) -> float:
         """SQuAD F1 of ``post_process(prediction)`` against the gold answer(s), in ``[0, 1]``.
 
-        The golds are ``example.answers`` when ``example.reference`` is one of them (as built by
-        :meth:`examples`), else just ``example.reference`` — so ``dataclasses.replace(example, reference=text)``
+        The golds are ``example.answers`` when ``example.target`` is one of them (as built by
+        :meth:`examples`), else just ``example.target`` — so ``dataclasses.replace(example, target=text)``
         scores against ``text`` alone (e.g. fidelity to the full model's output).
         """
-        golds = list(example.answers) if example.reference in example.answers else [example.reference]
+        golds = list(example.answers) if example.target in example.answers else [example.target]
         return f1(self.post_process(prediction), golds)

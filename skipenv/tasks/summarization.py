@@ -1,10 +1,10 @@
-"""Abstractive summarization (XSum, CNN/DailyMail): ROUGE-L F-measure against the reference summary."""
+"""Abstractive summarization (XSum, CNN/DailyMail): ROUGE-L F-measure against the gold summary."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..metrics import rouge
 from .base import Example, Task
@@ -36,7 +36,7 @@ def first_sentences(text: str, n: int = 1) -> str:
 
 @dataclass
 class SummarizationTask(Task):
-    """Summarize the document; quality = ROUGE-L F-measure (``rouge-score``, stemming) vs the reference.
+    """Summarize the document; quality = ROUGE-L F-measure (``rouge-score``, stemming) vs the gold summary.
 
     Attributes:
         max_sentences: :meth:`post_process` keeps this many sentences (XSum 1, CNN/DailyMail 3).
@@ -45,12 +45,21 @@ class SummarizationTask(Task):
     max_sentences: int = 1
 
     kind: ClassVar[str] = "summarization"
-    roles: ClassVar[tuple[str, ...]] = ("id", "document", "reference")
+    roles: ClassVar[tuple[str, ...]] = ("id", "document", "target")
+
+    def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
+        """``empty_document``, or ``empty_target`` (a summary that is empty / null / missing; always dropped)."""
+        reason = super()._invalid_reason(fields)
+        if reason:
+            return reason
+        if not (fields.get("target") or "").strip():
+            return "empty_target"
+        return None
 
     def post_process(self, text: str) -> str:
         """The first :attr:`max_sentences` sentence(s) of the generated text (see :func:`first_sentences`)."""
         return first_sentences(text, self.max_sentences)
 
     def score(self, prediction: str, example: Example) -> float:
-        """ROUGE-L F-measure of ``post_process(prediction)`` against ``example.reference``, in ``[0, 1]``."""
-        return rouge(self.post_process(prediction), example.reference)["rougeL"]
+        """ROUGE-L F-measure of ``post_process(prediction)`` against ``example.target``, in ``[0, 1]``."""
+        return rouge(self.post_process(prediction), example.target)["rougeL"]
