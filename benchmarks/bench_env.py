@@ -26,21 +26,22 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
 
-    import gymnasium as gym
-
-    import skipenv  # noqa: F401
+    import skipenv
+    from skipenv.envs import Evaluator, shared_generator
+    from skipenv.loading import DEFAULT_MODEL
+    from skipenv.tasks import make_task
 
     rows = []
     rng = np.random.default_rng(0)
     bare = []
     with tempfile.TemporaryDirectory() as tmp:
         for quality in ("agreement", "rouge"):
-            env = gym.make("SwitchDec-XSum-v0", split="test", num_examples=args.episodes, quality=quality,
-                           max_input_tokens=args.max_input_tokens).unwrapped
-            # cold: a fresh disk cache for the full-model references
-            from skipenv.cache import DiskCache
-
-            env.evaluator.disk = DiskCache("bench", root=tmp + "/" + quality)
+            # cold: a fresh disk cache for the full-model outputs (the evaluator's cache_root)
+            task = make_task("xsum", max_input_tokens=args.max_input_tokens)
+            evaluator = Evaluator(shared_generator(DEFAULT_MODEL), task, quality=quality,
+                                  cache_root=tmp + "/" + quality)
+            env = skipenv.make("SwitchDec-XSum-v0", evaluator=evaluator, split="test",
+                               num_examples=args.episodes).unwrapped
             plans = [(rng.random(env.action_space.n) < 0.15).astype(np.int8) for _ in range(args.episodes)]
             timings = {"cold": [], "warm": [], "lru": []}
             for phase in ("cold", "warm", "lru"):
@@ -54,7 +55,7 @@ def main(argv=None) -> None:
             if not bare:
                 gen = env.generator
                 for i in range(args.episodes):
-                    ids = torch.tensor([env.evaluator.prompt(env.examples[i]).input_ids])
+                    ids = torch.tensor([env.prompt(env.examples[i]).input_ids])
                     with torch.inference_mode():
                         t0 = time.perf_counter()
                         gen.model(input_ids=ids, logits_to_keep=1)
