@@ -32,10 +32,24 @@ class CacheWarning(UserWarning):
 
 
 def cache_root() -> Path:
-    """The skipenv cache folder (see :func:`skipenv.assets.cache_dir`)."""
-    from ..assets import cache_dir
+    """The skipenv cache folder (see :func:`skipenv.assets.cache_dir`).
 
-    return cache_dir()
+    Raises:
+        NotADirectoryError: ``$SKIPENV_CACHE`` (or the default folder) is a regular file — one line naming it.
+    """
+    from ..assets import CACHE_ENV, cache_dir
+
+    try:
+        return cache_dir()
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"the skipenv cache folder ({CACHE_ENV}={os.environ.get(CACHE_ENV)!r}) is a "
+                                 f"regular file or lies under one; point {CACHE_ENV} at a folder") from None
+    except PermissionError:  # read-only: DiskCache falls back to memory
+        configured = os.environ.get(CACHE_ENV)
+        if configured:
+            return Path(configured).expanduser()
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "skipenv"
 
 
 def value_checksum(value: Any) -> str:
@@ -64,15 +78,17 @@ class DiskCache:
         base = Path(root) if root is not None else cache_root()
         if base.exists() and not base.is_dir():
             raise NotADirectoryError(
-                f"the skipenv cache folder {base} is a regular file; point SKIPENV_CACHE at a folder (or unset it)")
+                f"the skipenv cache folder {base} is a regular file; point SKIPENV_CACHE at a folder (or unset it)"
+            ) from None
         self.dir = base / namespace
         self.validate = validate
         self._memory: dict[str, Any] | None = None  # set when the folder cannot be written
         self._lock = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-        except FileExistsError as e:
-            raise NotADirectoryError(f"cache path {self.dir} exists and is not a folder: remove it") from e
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(f"cache path {self.dir} (or a folder above it) is a regular file: remove it or "
+                                     f"point SKIPENV_CACHE at a folder") from None
         except OSError as e:
             self._fall_back_to_memory(e)
 

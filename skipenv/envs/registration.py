@@ -7,12 +7,13 @@ the dataset hub cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from typing import Any
+from typing import Any, Iterator
 
 import gymnasium as gym
 
-__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "take_injected"]
+__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "sharing", "shared_objects"]
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
 _LAYERWISE = "skipenv.envs.switchdec:SwitchDecLayerwiseEnv"
@@ -47,13 +48,23 @@ def register_envs() -> None:
 _INJECTED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("skipenv_injected", default=None)
 
 
-def take_injected() -> dict:
-    """The objects :func:`make` hands to the env being constructed (empty outside :func:`make`); consumed once."""
-    objs = _INJECTED.get()
-    if not objs:
-        return {}
-    _INJECTED.set(None)
-    return objs
+def shared_objects() -> dict:
+    """The objects that :func:`sharing` / :func:`make` hand to envs constructed now (empty outside them)."""
+    return dict(_INJECTED.get() or {})
+
+
+@contextlib.contextmanager
+def sharing(*, generator=None, evaluator=None, reward=None) -> Iterator[None]:
+    """Within this block, every SwitchDec env that is constructed without its own ``generator`` / ``evaluator`` /
+    ``reward`` uses these — also envs built by other libraries' factories, e.g.
+    ``with sharing(generator=g): make_vec_env("SwitchDec-XSum-v0", n_envs=4)``. Nothing goes into ``env.spec``."""
+    objs = {k: v for k, v in (("generator", generator), ("evaluator", evaluator), ("reward", reward))
+            if v is not None}
+    token = _INJECTED.set(objs)
+    try:
+        yield
+    finally:
+        _INJECTED.reset(token)
 
 
 def make(env_id: str, *, generator=None, evaluator=None, reward=None, **kwargs: Any) -> gym.Env:
@@ -71,10 +82,5 @@ def make(env_id: str, *, generator=None, evaluator=None, reward=None, **kwargs: 
     Returns:
         The env, wrapped as ``gym.make`` wraps it.
     """
-    objs = {k: v for k, v in (("generator", generator), ("evaluator", evaluator), ("reward", reward))
-            if v is not None}
-    token = _INJECTED.set(objs)
-    try:
+    with sharing(generator=generator, evaluator=evaluator, reward=reward):
         return gym.make(env_id, **kwargs)
-    finally:
-        _INJECTED.reset(token)

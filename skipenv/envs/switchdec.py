@@ -100,13 +100,15 @@ class _SwitchDecBase(gym.Env):
                  lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
                  reward: Reward | None = None, render_mode: str | None = None):
         super().__init__()
-        from .registration import take_injected
+        from .registration import shared_objects
 
-        injected = take_injected()
+        injected = shared_objects()
         generator = generator if generator is not None else injected.get("generator")
         evaluator = evaluator if evaluator is not None else injected.get("evaluator")
         reward = reward if reward is not None else injected.get("reward")
         if lam is not None:
+            if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam):
+                raise ValueError(f"lam (deprecated name of cost_weight) must be a finite number, got {lam!r}")
             if cost_weight is not None:
                 raise ValueError("pass cost_weight only (lam is its deprecated name)")
             warnings.warn("the env kwarg lam= is deprecated; use cost_weight= (the weight of the cost in "
