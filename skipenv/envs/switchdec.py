@@ -61,7 +61,7 @@ def _check_int(name: str, v, low: int, allow_none: bool = True) -> None:
 
 
 def _check_kwargs(*, split, reward_mode, tau, token_segments, max_input_tokens, max_new_tokens, num_examples,
-                  cost_weight, record_time, disk_cache, lru_size, model, device, dtype, reward) -> None:
+                  cost_weight, record_time, disk_cache, lru_size, model, reward) -> None:
     """Validate every constructor argument once, before anything is loaded (messages name the argument)."""
     if not isinstance(split, str):
         raise ValueError(f"split must be a string ('train', 'validation', 'test' or 'all'), got {split!r}")
@@ -82,9 +82,8 @@ def _check_kwargs(*, split, reward_mode, tau, token_segments, max_input_tokens, 
     for name, v in (("record_time", record_time), ("disk_cache", disk_cache)):
         if not isinstance(v, (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {v!r}")
-    for name, v in (("model", model), ("device", device), ("dtype", dtype)):
-        if not isinstance(v, str) and not hasattr(v, "__fspath__") and name == "model":
-            raise ValueError(f"{name} must be a model name or path, got {type(v).__name__}")
+    if not isinstance(model, str) and not hasattr(model, "__fspath__"):
+        raise ValueError(f"model must be a model name or path, got {type(model).__name__}")
 
 
 class _SwitchDecBase(gym.Env):
@@ -117,7 +116,7 @@ class _SwitchDecBase(gym.Env):
         _check_kwargs(split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
                       max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens, num_examples=num_examples,
                       cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
-                      model=model, device=device, dtype=dtype, reward=reward)
+                      model=model, reward=reward)
         if reward is not None and (tau is not None or cost_weight is not None):
             raise ValueError("pass tau / cost_weight to the Reward object, not next to reward=")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
