@@ -18,12 +18,8 @@ from skipenv.testing import tiny_generator
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
-
-    return AutoTokenizer.from_pretrained(embedded_model_dir())
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +164,7 @@ def test_layerwise_hidden_state_is_real(generator):
 
 
 def test_quality_modes_and_reward_modes(generator):
-    for quality in ("agreement", "rouge", "fidelity", "likelihood"):
+    for quality in ("agreement", "rouge", "reference", "fidelity", "likelihood"):
         env = make(generator, quality=quality, reward_mode="vector")
         env.reset(seed=0)
         _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
@@ -180,6 +176,11 @@ def test_quality_modes_and_reward_modes(generator):
     env.reset(seed=0)
     _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
     assert r == pytest.approx(info["quality"] - 0.5 * info["cost"])
+    with pytest.warns(DeprecationWarning, match="cost_weight"):  # the old name of the weight still works
+        old = make(generator, reward_mode="weighted", lam=0.25)
+    old.reset(seed=0)
+    _, r, *_, info = old.step(np.zeros(old.action_space.n, dtype=np.int8))
+    assert r == pytest.approx(info["quality"] - 0.25 * info["cost"])
     with pytest.raises(ValueError, match="quality"):
         make(generator, quality="bleu")
 

@@ -28,12 +28,8 @@ pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
-
-    return AutoTokenizer.from_pretrained(embedded_model_dir())
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,21 @@
 - :mod:`.cache`, :mod:`.registration` — disk / LRU caches and model identity; the registered ids and :func:`make`.
 
 Names are imported on first access (keeps ``import skipenv`` light).
+
+Guarantees:
+
+- Validated once, at construction, before anything loads: every constructor argument (the message names it;
+  e.g. ``max_new_tokens`` must be an integer >= 1, ``tau`` finite and >= 0, ``num_examples`` an integer >= 1).
+  At ``reset``: options must be ``None`` or ``{"index": int}`` / ``{"example_id": str}``. At ``step``: the action
+  (shape, numeric 0/1 entries; ``Discrete(4)`` integers in the layerwise env); ``step`` after the episode ended
+  raises naming ``reset()``. Unsupported ``render_mode`` values warn and disable rendering.
+- The full-output disk cache keys on the formatted input ids, ``max_new_tokens``, the stop-rule version, the task
+  class and metric, the EOS id, the gold target, and the model fingerprint (a digest of the config and all weights).
+- Every cached entry carries a SHA-256 checksum and is schema-checked on read; a corrupt, edited or malformed entry
+  is dropped with a ``CacheWarning`` and recomputed. A cache folder removed while running is recreated; a
+  read-only cache keeps values in memory (one warning); ``SKIPENV_CACHE`` pointing at a file is one clear error.
+- Infos are fresh objects: editing one never changes a later step. Outcomes are cached independently of ``tau``
+  and the reward, so re-rewarding them runs no forward pass.
 """
 
 _LAZY = {

@@ -83,7 +83,6 @@ class DiskCache:
         self.dir = base / namespace
         self.validate = validate
         self._memory: dict[str, Any] | None = None  # set when the folder cannot be written
-        self._lock = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -185,15 +184,6 @@ class DiskCache:
                 Path(tmp).unlink(missing_ok=True)
                 raise
             return
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_lock")
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
         value = self.get(key)
