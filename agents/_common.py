@@ -34,7 +34,7 @@ def make_env(args, split: str, num_examples: int):
     import skipenv  # noqa: F401  (registers the ids)
 
     env = gym.make(args.env, split=split, num_examples=num_examples, device=args.device, **args.env_kwargs).unwrapped
-    env.evaluator.prefetch(env.examples, progress=not args.no_progress)  # batched full-model references
+    env.prefetch(progress=not args.no_progress)  # batched full-model outputs
     return env
 
 

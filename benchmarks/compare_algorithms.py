@@ -32,7 +32,7 @@ def main(argv=None) -> None:
 
     import gymnasium as gym
 
-    import skipenv  # noqa: F401
+    import skipenv
     from skipenv import baselines as B
     from skipenv.algorithms import ConstrainedPG, PGConfig
     from skipenv.benchmark import evaluate_policy, markdown_table, plot_learning_curves, plot_pareto, summarize
@@ -42,12 +42,13 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     train = gym.make("SwitchDec-XSum-v0", split="train", num_examples=args.train_examples).unwrapped
     test = gym.make("SwitchDec-XSum-v0", split="test", num_examples=args.test_examples).unwrapped
-    lw_train = gym.make("SwitchDec-XSum-Layerwise-v0", split="train", num_examples=args.train_examples).unwrapped
-    lw_test = gym.make("SwitchDec-XSum-Layerwise-v0", split="test", num_examples=args.test_examples).unwrapped
-    train.evaluator.prefetch(train.examples)
-    test.evaluator.prefetch(test.examples)
-    for lw, one in ((lw_train, train), (lw_test, test)):  # share references, observations and results
-        lw.evaluator = one.evaluator
+    train.prefetch()
+    test.prefetch()
+    # the layerwise envs share the one-shot envs' evaluators: full outputs, observations and outcomes
+    lw_train = skipenv.make("SwitchDec-XSum-Layerwise-v0", evaluator=train.evaluator, split="train",
+                            num_examples=args.train_examples).unwrapped
+    lw_test = skipenv.make("SwitchDec-XSum-Layerwise-v0", evaluator=test.evaluator, split="test",
+                           num_examples=args.test_examples).unwrapped
 
     frames, curves, times = [], {}, {}
 

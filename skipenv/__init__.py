@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 from .inputs import PromptInput
 from .plan import PlanError, PlanSpec, SkipPlan
-from .registration import ENV_IDS, OFFLINE_IDS, register_envs
+from .registration import ENV_IDS, OFFLINE_IDS, make, register_envs
 from .rewards import lexicographic_reward, weighted_reward
 
 register_envs()
@@ -16,7 +16,7 @@ register_envs()
 
 #: public name → submodule that defines it (imported on first access: keeps ``import skipenv`` light)
 _LAZY = {
-    "SwitchDecEnv": "envs", "SwitchDecLayerwiseEnv": "envs", "EpisodeEvaluator": "envs",
+    "SwitchDecEnv": "envs", "SwitchDecLayerwiseEnv": "envs", "EpisodeEvaluator": "envs", "Evaluator": "envs",
     "load_generator": "loading", "load_model_and_tokenizer": "loading", "wrap": "generators",
     "make_task": "tasks", "EpisodeRecord": "records", "validate": "records",
 }
@@ -30,6 +30,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'skipenv' has no attribute {name!r}")
 
 
-__all__ = ["PromptInput", "PlanError", "PlanSpec", "SkipPlan", "ENV_IDS", "OFFLINE_IDS", "register_envs",
-           "lexicographic_reward", "weighted_reward", "SwitchDecEnv", "SwitchDecLayerwiseEnv", "EpisodeEvaluator",
+__all__ = ["PromptInput", "PlanError", "PlanSpec", "SkipPlan", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make",
+           "lexicographic_reward", "weighted_reward", "SwitchDecEnv", "SwitchDecLayerwiseEnv", "EpisodeEvaluator", "Evaluator",
            "load_generator", "load_model_and_tokenizer", "wrap", "make_task", "EpisodeRecord", "validate"]

@@ -120,7 +120,7 @@ class ConstrainedPG:
         self.env, self.config = env, config or PGConfig()
         if self.config.handler not in ("lagrangian", "barrier"):
             raise ValueError(f"handler must be 'lagrangian' or 'barrier', got {self.config.handler!r}")
-        self.tau = float(env.evaluator.tau if self.config.tau is None else self.config.tau)
+        self.tau = float(env.tau if self.config.tau is None else self.config.tau)
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.policy = BernoulliPolicy(env.observation_space.shape[0], env.action_space.n, self.config.hidden,

@@ -11,7 +11,8 @@ must beat to be worth anything.
 - :func:`calibrate_static_drop` — skips the sublayers that change their input least on the train split
   (cosine similarity of the residual stream before / after each sublayer: the ShortGPT / LLM-Drop idea).
 - :class:`OraclePolicy` — per-input greedy search with the environment's own evaluator: repeatedly skip the
-  candidate that keeps the constraint and saves the most FLOPs (an upper reference; expensive).
+  candidate that keeps the constraint and saves the most FLOPs (an upper reference; expensive; uses cached
+  outcomes through ``env.outcome``).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def calibrate_static_drop(env, num_sublayers: int, num_examples: int = 16, kinds
     """
     if env.plan_spec.is_encoder_decoder:
         raise ValueError("calibrate_static_drop supports decoder-only generators")
-    inputs = [env.evaluator.prompt(ex) for ex in env.examples[:num_examples]]
+    inputs = [env.prompt(ex) for ex in env.examples[:num_examples]]
     sim = sublayer_similarity(env.generator, inputs)
     scored = [(sim[k][i], k, i) for k in kinds for i in range(env.plan_spec.num_decoder_layers)]
     scored.sort(key=lambda t: -t[0])
@@ -175,9 +176,9 @@ class OraclePolicy(_Policy):
             for b in remaining:
                 trial = action.copy()
                 trial[b] = 1
-                info = env.evaluator.evaluate(ex, env.action_to_plan(trial))
-                if info["constraint_satisfied"] and (best is None or info["cost"] < best[1]):
-                    best = (b, info["cost"])
+                outcome = env.outcome(env.action_to_plan(trial), ex)
+                if env.reward.info(outcome)["constraint_satisfied"] and (best is None or outcome.cost < best[1]):
+                    best = (b, outcome.cost)
             if best is None:
                 break
             action[best[0]] = 1
@@ -225,5 +226,5 @@ class LayerwiseRollout(_Policy):
         done = False
         while not done:
             action, _ = self.model.predict(obs, deterministic=True)
-            obs, _, done, _, info = self.lw.step(int(action))
-        return self.env.plan_to_action(SkipPlan.from_json(info["plan"], self.env.plan_spec))
+            obs, _, done, _, _ = self.lw.step(int(action))
+        return self.env.plan_to_action(self.lw.last_outcome.plan)

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .envs.evaluator import EpisodeEvaluator
+from .envs.evaluator import Evaluator
+from .envs.quality import get_signal
 
 __all__ = ["evaluate_policy", "summarize", "bootstrap_ci", "iqm", "plot_pareto", "plot_learning_curves"]
 
@@ -38,12 +39,12 @@ def evaluate_policy(policy, env, *, episodes: int | None = None, seed: int = 0,
         cost, flops_saved, num_skipped, plan`` plus ``quality_<signal>`` / ``quality_full_<signal>`` columns.
     """
     n = len(env.examples) if episodes is None else min(int(episodes), len(env.examples))
-    extra = {q: EpisodeEvaluator(env.generator, env.task, quality=q, token_segments=env.plan_spec.token_segments,
-                                 max_new_tokens=env.evaluator.max_new_tokens)
-             for q in extra_quality if q != env.evaluator.quality}
+    extra = {q: Evaluator(env.generator, env.task, quality=q, token_segments=env.plan_spec.token_segments,
+                          max_new_tokens=env.max_new_tokens)
+             for q in extra_quality if get_signal(q).name != env.quality}
     rows = []
     name = getattr(policy, "name", type(policy).__name__)
-    env.evaluator.prefetch(env.examples[:n], progress=progress)  # batched full-model references
+    env.prefetch(env.examples[:n], progress=progress)  # batched full-model outputs
     env.reset(seed=seed)
     for i in tqdm(range(n), desc=f"eval {name}", disable=not progress, leave=False):
         obs, _ = env.reset(options={"index": i})
@@ -53,9 +54,9 @@ def evaluate_policy(policy, env, *, episodes: int | None = None, seed: int = 0,
                **{k: info[k] for k in ("quality", "quality_full", "constraint_satisfied", "cost", "flops_saved",
                                        "num_skipped", "plan")}}
         for q, ev in extra.items():
-            extra_info = ev.evaluate(env.example, env.action_to_plan(action))
-            row[f"quality_{q}"] = extra_info["quality"]
-            row[f"quality_full_{q}"] = extra_info["quality_full"]
+            extra_outcome = ev.outcome(env.example, env.action_to_plan(action))
+            row[f"quality_{q}"] = extra_outcome.quality
+            row[f"quality_full_{q}"] = extra_outcome.quality_full
         rows.append(row)
     return pd.DataFrame(rows)
 

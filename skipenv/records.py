@@ -47,7 +47,7 @@ class EpisodeRecord:
 
     @classmethod
     def from_step(cls, env, info: dict, env_id: str | None = None, env_kwargs: dict | None = None) -> "EpisodeRecord":
-        """Build a record from a one-shot env and the ``info`` of its terminal step."""
+        """Build a record from an env (one-shot or layerwise) and the ``info`` of its terminal step."""
         from . import __version__
 
         base = env.unwrapped
@@ -61,7 +61,7 @@ class EpisodeRecord:
         return cls(env_id=env_id, split=base.split, example_id=info["example_id"], plan=info["plan"],
                    reward=float(info["reward"]), quality=float(info["quality"]),
                    quality_full=float(info["quality_full"]), cost=float(info["cost"]),
-                   model_fingerprint=base.evaluator.fingerprint, skipenv_version=__version__, env_kwargs=kwargs)
+                   model_fingerprint=base.fingerprint, skipenv_version=__version__, env_kwargs=kwargs)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -74,6 +74,14 @@ class EpisodeRecord:
         if missing:
             raise ValueError(f"not an EpisodeRecord: missing fields {missing}")
         return cls(**d)
+
+
+def _version_tuple(v: str) -> tuple[int, ...] | None:
+    """``"0.1.0"`` → ``(0, 1, 0)``; ``None`` for anything that is not dot-separated integers."""
+    parts = str(v).split(".")
+    if not parts or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
 
 
 @dataclass
@@ -98,23 +106,38 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
         rtol, atol: tolerances (CPU float32 replays are exact; other devices may need ``rtol≈1e-3``).
 
     Returns:
-        :class:`ValidationResult` (falsy on mismatch). A different model fingerprint is reported in ``notes``.
+        :class:`ValidationResult`, falsy when a number differs, when the replaying env's model fingerprint differs
+        from the recorded one (a different model's numbers cannot validate), or when the record's
+        ``skipenv_version`` is not a version string or is newer than this skipenv. Layerwise records are replayed
+        step by step.
     """
     import gymnasium as gym
 
     import skipenv  # noqa: F401
+    from . import __version__
     from .plan import SkipPlan
 
+    notes = []
+    recorded_version, ours = _version_tuple(record.skipenv_version), _version_tuple(__version__)
+    if recorded_version is None:
+        notes.append(f"unknown skipenv version {record.skipenv_version!r} in the record")
+    elif ours is not None and recorded_version > ours:
+        notes.append(f"record made by skipenv {record.skipenv_version}, newer than this skipenv {__version__}")
     if env is None:
         env = gym.make(record.env_id, **record.env_kwargs)
     base = env.unwrapped
-    notes = []
-    if base.evaluator.fingerprint != record.model_fingerprint:
-        notes.append(f"model fingerprint differs: recorded {record.model_fingerprint}, "
-                     f"replay {base.evaluator.fingerprint}")
+    fingerprint_ok = base.fingerprint == record.model_fingerprint
+    if not fingerprint_ok:
+        notes.append(f"model fingerprint differs: recorded {record.model_fingerprint}, replay {base.fingerprint}")
     plan = SkipPlan.from_json(record.plan, base.plan_spec)
     base.reset(options={"example_id": record.example_id})
-    _, _, _, _, info = base.step(base.plan_to_action(plan))
+    if hasattr(base, "plan_to_actions"):  # layerwise: one action per step
+        for action in base.plan_to_actions(plan):
+            info = base.step(action)[4]
+    else:
+        _, _, _, _, info = base.step(base.plan_to_action(plan))
     mismatches = {k: (getattr(record, k), float(info[k])) for k in CHECKED
                   if not math.isclose(getattr(record, k), float(info[k]), rel_tol=rtol, abs_tol=atol)}
-    return ValidationResult(ok=not mismatches, mismatches=mismatches, replayed=info, notes=notes)
+    ok = not mismatches and fingerprint_ok and not (recorded_version is None or (ours is not None and
+                                                                                 recorded_version > ours))
+    return ValidationResult(ok=ok, mismatches=mismatches, replayed=info, notes=notes)

@@ -51,7 +51,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     t0 = time.perf_counter()
     env_kwargs = {"model": model, "device": device}
     train_env = gym.make(env_id, split="train", num_examples=train_examples, **env_kwargs).unwrapped
-    train_env.evaluator.prefetch(train_env.examples, progress=progress_bar)  # batched full-model references
+    train_env.prefetch(progress=progress_bar)  # batched full-model outputs
     train_env.reset(seed=seed)
     ppo = train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out, device=device,
                     progress_bar=progress_bar)
@@ -66,8 +66,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     summary.to_csv(out / "summary.csv", index=False)
     meta = {"env_id": env_id, "model": model, "total_timesteps": total_timesteps, "train_examples": train_examples,
             "test_examples": test_examples, "seed": seed, "train_seconds": round(t_train, 1),
-            "total_seconds": round(time.perf_counter() - t0, 1), "tau": test_env.evaluator.tau,
-            "quality": test_env.evaluator.quality, "summary": summary.to_dict(orient="records")}
+            "total_seconds": round(time.perf_counter() - t0, 1), "tau": test_env.tau,
+            "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
     (out / "summary.json").write_text(json.dumps(meta, indent=2, default=float))
     plot_pareto(summary, out / "quality_vs_flops.png", quality_col="quality", episodes=episodes,
                 title=f"{env_id}: agreement vs FLOPs saved (test split)")

@@ -12,18 +12,14 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import skipenv
-from skipenv.cache import DiskCache
+from skipenv.cache import CacheWarning, DiskCache
 from skipenv.envs import SwitchDecEnv, SwitchDecLayerwiseEnv
 from skipenv.testing import tiny_generator
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
-
-    return AutoTokenizer.from_pretrained(embedded_model_dir())
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +157,14 @@ def test_layerwise_hidden_state_is_real(generator):
     lw.reset(options={"index": 0})
     obs, *_ = lw.step(0)  # keep all tokens
     obs, *_ = lw.step(0)  # layer 0 kept
-    prompt = lw.evaluator.prompt(lw.example)
+    prompt = lw.prompt()
     with torch.inference_mode():
         hs = generator.model(input_ids=torch.tensor([prompt.input_ids]), output_hidden_states=True).hidden_states
     np.testing.assert_allclose(obs[:32], hs[1][0].mean(0).numpy(), atol=1e-5)
 
 
 def test_quality_modes_and_reward_modes(generator):
-    for quality in ("agreement", "rouge", "fidelity", "likelihood"):
+    for quality in ("agreement", "rouge", "reference", "fidelity", "likelihood"):
         env = make(generator, quality=quality, reward_mode="vector")
         env.reset(seed=0)
         _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
@@ -176,10 +172,15 @@ def test_quality_modes_and_reward_modes(generator):
         assert info["quality"] == pytest.approx(info["quality_full"])
         if quality in ("rouge", "fidelity"):
             assert "text" in info
-    env = make(generator, reward_mode="weighted", lam=0.5)
+    env = make(generator, reward_mode="weighted", cost_weight=0.5)
     env.reset(seed=0)
     _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
     assert r == pytest.approx(info["quality"] - 0.5 * info["cost"])
+    with pytest.warns(DeprecationWarning, match="cost_weight"):  # the old name of the weight still works
+        old = make(generator, reward_mode="weighted", lam=0.25)
+    old.reset(seed=0)
+    _, r, *_, info = old.step(np.zeros(old.action_space.n, dtype=np.int8))
+    assert r == pytest.approx(info["quality"] - 0.25 * info["cost"])
     with pytest.raises(ValueError, match="quality"):
         make(generator, quality="bleu")
 
@@ -195,12 +196,13 @@ def test_full_reference_disk_cache_survives_corruption(generator, tmp_path, monk
     env = make(generator, disk_cache=True)
     env.reset(options={"index": 0})
     first = env.step(np.zeros(env.action_space.n, dtype=np.int8))[4]
-    files = list(env.evaluator.disk.dir.glob("*.json"))
+    files = list((tmp_path / "full").glob("*/*.json"))
     assert len(files) == 1
     files[0].write_text("{not json")
     env2 = make(generator, disk_cache=True)
     env2.reset(options={"index": 0})
-    assert env2.step(np.zeros(env.action_space.n, dtype=np.int8))[4] == first
+    with pytest.warns(CacheWarning, match="unreadable"):
+        assert env2.step(np.zeros(env.action_space.n, dtype=np.int8))[4] == first
     cache = DiskCache("x", root=tmp_path)
     cache.put("k", [1, 2])
     assert cache.get("k") == [1, 2] and cache.get("other") is None
@@ -250,20 +252,21 @@ def test_encoder_decoder_env(tiny_bart_tokenizer):
 
 def test_prefetch_batches_references(generator):
     env = make(generator, num_examples=4)
-    ev = env.evaluator
-    assert ev.prefetch(env.examples, batch_size=3, progress=False) == 4
-    assert ev.prefetch(env.examples, progress=False) == 0  # all cached now
+    assert env.prefetch(batch_size=3, progress=False) == 4
+    assert env.prefetch(progress=False) == 0  # all cached now
     for ex in env.examples:
-        single = generator.generate([ev.prompt(ex)], None, max_new_tokens=ev.max_new_tokens)
-        assert ev.full_reference(ex)["tokens"] == single.tokens[0]
+        single = generator.generate([env.prompt(ex)], None, max_new_tokens=env.max_new_tokens)
+        assert list(env.full_output(ex).tokens) == single.tokens[0]
 
 
 @pytest.mark.parametrize("env_id", ["SwitchDec-XSum-v0", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
                                     "SwitchDec-RottenTomatoes-v0"])
 def test_every_offline_id_passes_both_checkers(env_id, generator):
-    kw = {"generator": generator, "num_examples": 3, "max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False}
-    gym_check_env(gym.make(env_id, **kw).unwrapped, skip_render_check=True)
-    sb3_check_env(gym.make(env_id, **kw).unwrapped, warn=True)
+    kw = {"num_examples": 3, "max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False}
+    env = skipenv.make(env_id, generator=generator, **kw)
+    assert env.spec.kwargs["num_examples"] == 3 and "generator" not in env.spec.kwargs
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(skipenv.make(env_id, generator=generator, **kw).unwrapped, warn=True)
 
 
 @pytest.mark.assets

@@ -1,105 +1,229 @@
-"""The shared episode machinery of all SwitchDec environments: formatting, observations, full-model references,
-running a plan, quality, cost and reward — with the caches that make it affordable on a CPU.
+"""Evaluate plans: formatted inputs, observations, the full model's output per input, and the tau- and
+reward-independent :class:`Outcome` of running a plan — with the caches that make RL affordable on a CPU.
 
-Quality signals (``quality=``):
+Data flow of one step: action → :mod:`~skipenv.envs.codec` → plan → :class:`Evaluator` (→ quality signal of
+:mod:`~skipenv.envs.quality`) → :class:`Outcome` (cached) → :class:`~skipenv.envs.rewards.Reward` → reward, info.
 
-- ``"agreement"`` — teacher-forced agreement with the full model's greedy output: the fraction of output
-  positions at which the plan's argmax equals the full model's token (one forward pass, no generation;
-  ``quality_full = 1``). Cost is computed as if generating the full model's number of tokens.
-- ``"rouge"`` (alias ``"reference"``) — generate under the plan and score the output against the dataset
-  reference with the task metric: ROUGE-L F for summarization, SQuAD F1 for QA, accuracy for classification.
-- ``"fidelity"`` — generate under the plan and score the output against the *full model's output* with the task
-  metric (``quality_full = 1``).
-- ``"likelihood"`` — ``exp(mean log p(reference | plan) − mean log p(reference | full))`` clipped to [0, 1]:
-  the teacher-forced likelihood of the reference relative to the full model (one forward pass).
+Words: the *gold target* is the dataset's answer for an example; the *full output* is the full model's greedy
+output for it (:class:`FullOutput`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import math
 import time
-from typing import Any
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
 
 import numpy as np
-import torch
 
-from ..cache import LRU, DiskCache
-from ..generators import SkippableGenerator
 from ..inputs import PromptInput
-from ..plan import SkipPlan
-from ..rewards import REWARD_MODES, constraint_satisfied, lexicographic_reward, weighted_reward
-from .. import metrics
+from ..plan import PlanError, SkipPlan
+from .cache import LRU, DiskCache, model_fingerprint
+from .quality import DEFAULT_TAU, QUALITY_MODES, QualitySignal, get_signal
+from .rewards import Reward, make_reward
 
-__all__ = ["EpisodeEvaluator", "QUALITY_MODES", "DEFAULT_TAU"]
+__all__ = ["Evaluator", "EpisodeEvaluator", "Outcome", "FullOutput", "QUALITY_MODES", "DEFAULT_TAU",
+           "model_fingerprint", "STOP_RULE_VERSION"]
 
-QUALITY_MODES = ("agreement", "rouge", "fidelity", "likelihood")
-
-#: Default tolerance per quality signal (absolute, in the quality's unit). Chosen from measurements on the
-#: embedded SmolLM2 / XSum (see README "Choosing tau"): agreement of the full model with itself is 1.0 and
-#: skipping the single most redundant attention sublayer keeps ~0.9, so 0.1 admits a few sublayer / token skips
-#: per input; ROUGE-L against references is noisy (±0.02 between equally good summaries), so 0.02.
-DEFAULT_TAU = {"agreement": 0.10, "rouge": 0.02, "fidelity": 0.10, "likelihood": 0.10}
+#: Version of the generation stop rule (EOS or ``Task.output_complete``); part of the full-output cache key.
+STOP_RULE_VERSION = 2
 
 
-def model_fingerprint(generator: SkippableGenerator) -> str:
-    """A short stable id of the wrapped model (16 hex chars): its config (without the folder it was loaded from or
-    the transformers version) and a checksum of the first weights — the same on every machine for the same model."""
-    cfg = {k: v for k, v in generator.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-    with torch.no_grad():
-        p = next(iter(generator.model.parameters()))
-        check = float(p.detach().float().reshape(-1)[:4096].double().sum())
-    return hashlib.sha1(f"{json.dumps(cfg, sort_keys=True, default=str)}|{check:.6e}".encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class FullOutput:
+    """The full model's greedy output for one input (what every plan is compared with).
 
-
-class EpisodeEvaluator:
-    """Runs plans on examples of one task with one generator and turns them into (quality, cost, reward, info).
-
-    Args:
-        generator: the wrapped frozen model.
-        task: a :class:`skipenv.tasks.Task`.
-        quality: one of :data:`QUALITY_MODES`.
-        reward_mode: ``"lexicographic"`` | ``"weighted"`` | ``"vector"`` (vector = lexicographic scalar plus
-            ``info["reward_vector"] = (quality, cost)``).
-        tau: quality tolerance; ``None`` = :data:`DEFAULT_TAU` of the quality signal.
-        lam: weight of the cost in ``weighted`` mode.
-        token_segments: ``K`` document segments.
-        max_new_tokens: generation budget (default: the task's).
-        disk_cache: keep full-model references on disk (``SKIPENV_CACHE``).
-        lru_size: entries of the in-memory (example, plan) → result cache.
-        record_time: put wall-clock seconds in ``info["time_s"]`` (off by default: makes infos irreproducible).
-
-    Raises:
-        ValueError: unknown quality or reward mode, or a negative ``tau``.
+    Attributes:
+        tokens: generated token ids, shape ``[num_generated]`` (EOS included when produced; at least one token).
+        text: the decoded output.
+        prompt_length: tokens of the formatted input.
+        target_score: the task metric of ``text`` against the gold target (fraction in [0, 1]).
+        target_logprob: mean log-probability of the tokenised gold target under the full model (nats / token);
+            ``None`` until a signal needs it.
     """
 
-    def __init__(self, generator: SkippableGenerator, task, *, quality: str = "agreement",
-                 reward_mode: str = "lexicographic", tau: float | None = None, lam: float = 0.5,
-                 token_segments: int = 8, max_new_tokens: int | None = None, disk_cache: bool = True,
-                 lru_size: int = 4096, record_time: bool = False):
-        if quality == "reference":
-            quality = "rouge"
-        if quality not in QUALITY_MODES:
-            raise ValueError(f"unknown quality {quality!r}; choose one of {QUALITY_MODES}")
-        if reward_mode not in REWARD_MODES:
-            raise ValueError(f"unknown reward_mode {reward_mode!r}; choose one of {REWARD_MODES}")
-        self.tau = DEFAULT_TAU[quality] if tau is None else float(tau)
-        if self.tau < 0:
-            raise ValueError(f"tau must be >= 0, got {tau}")
-        self.generator, self.task, self.quality = generator, task, quality
-        self.reward_mode, self.lam = reward_mode, float(lam)
-        self.spec = generator.plan_spec(token_segments)
-        self.max_new_tokens = int(max_new_tokens or task.max_new_tokens)
-        self.record_time = record_time
+    tokens: tuple[int, ...]
+    text: str
+    prompt_length: int
+    target_score: float
+    target_logprob: float | None = None
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.tokens)
+
+    def to_json(self) -> dict:
+        return {"tokens": list(self.tokens), "text": self.text, "prompt_length": self.prompt_length,
+                "target_score": self.target_score, "target_logprob": self.target_logprob}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FullOutput":
+        return cls(tuple(int(t) for t in d["tokens"]), d["text"], int(d["prompt_length"]), float(d["target_score"]),
+                   None if d.get("target_logprob") is None else float(d["target_logprob"]))
+
+
+def _full_output_problem(value, vocab_size: int | None, prompt_length: int) -> str | None:
+    """Schema check of a stored :class:`FullOutput` (``None`` = fine, else the reason)."""
+    if not isinstance(value, dict):
+        return f"expected an object, got {type(value).__name__}"
+    tokens = value.get("tokens")
+    if not isinstance(tokens, list) or not tokens:
+        return "'tokens' must be a non-empty list"
+    for t in tokens:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0 or (vocab_size is not None and t >= vocab_size):
+            return f"bad token id {t!r}"
+    if not isinstance(value.get("text"), str):
+        return "'text' must be a string"
+    if value.get("prompt_length") != prompt_length:
+        return f"'prompt_length' {value.get('prompt_length')!r} differs from the input's {prompt_length}"
+    for k in ("target_score", "target_logprob"):
+        v = value.get(k)
+        if v is None and k == "target_logprob":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"{k!r} must be a finite number, got {v!r}"
+    return None
+
+
+class FrozenMapping(Mapping):
+    """A read-only, picklable mapping (what an :class:`Outcome` holds instead of a dict)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, data: Mapping):
+        object.__setattr__(self, "_d", dict(data))
+
+    def __getitem__(self, key):
+        return self._d[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __getstate__(self):
+        return self._d
+
+    def __setstate__(self, state):
+        object.__setattr__(self, "_d", state)
+
+    def __repr__(self) -> str:
+        return f"FrozenMapping({self._d!r})"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of running one plan on one input: independent of ``tau`` and of the reward rule (so it is what the
+    evaluator caches, and one outcome can be rewarded under any rule).
+
+    Attributes:
+        example_id: id of the input.
+        plan: the plan that ran.
+        quality, quality_full: the quality signal's value for the plan and for the full model.
+        cost: ``flops / flops_full`` (observation included).
+        flops: FLOPs of the plan's run plus the observation.
+        flops_full: FLOPs of the full model's run (no observation).
+        flops_breakdown: read-only mapping: ``total``, ``prefill``, ``decoding``, ``observation`` and
+            ``per_candidate`` (see :class:`skipenv.generators.flops.FlopsBreakdown`).
+        num_generated: output tokens the cost was computed for.
+        text: the plan's output when a generation ran, else ``None``.
+        time_s: wall-clock seconds of the evaluation (``record_time=True`` only).
+    """
+
+    example_id: str
+    plan: SkipPlan
+    quality: float
+    quality_full: float
+    cost: float
+    flops: int
+    flops_full: int
+    flops_breakdown: Mapping[str, Any]
+    num_generated: int
+    text: str | None = None
+    time_s: float | None = None
+
+    @property
+    def flops_saved(self) -> float:
+        return 1.0 - self.cost
+
+    def to_info(self) -> dict[str, Any]:
+        """A fresh ``info`` dict (no object shared with the cache): example_id, quality, quality_full, cost,
+        flops_saved, flops, flops_full, flops_breakdown (dict), plan (JSON), num_skipped, and text / time_s when
+        present."""
+        fb = dict(self.flops_breakdown)
+        fb["per_candidate"] = dict(fb["per_candidate"])
+        info: dict[str, Any] = {
+            "example_id": self.example_id, "quality": float(self.quality), "quality_full": float(self.quality_full),
+            "cost": float(self.cost), "flops_saved": float(self.flops_saved), "flops": int(self.flops),
+            "flops_full": int(self.flops_full), "flops_breakdown": fb, "plan": self.plan.to_json(),
+            "num_skipped": self.plan.num_skipped,
+        }
+        if self.text is not None:
+            info["text"] = self.text
+        if self.time_s is not None:
+            info["time_s"] = self.time_s
+        return info
+
+
+class Evaluator:
+    """Runs plans on examples of one task with one generator and returns :class:`Outcome` objects (cached).
+
+    One evaluator can serve several environments (one-shot and layerwise, several rewards and ``tau``): build them
+    with ``SwitchDecEnv(evaluator=...)`` / ``skipenv.make(env_id, evaluator=...)``.
+
+    Args:
+        generator: the wrapped frozen model (:class:`~skipenv.generators.SkippableGenerator`).
+        task: a :class:`skipenv.tasks.Task`.
+        quality: a :class:`~skipenv.envs.quality.QualitySignal` or its name (``"agreement"``, ``"reference"`` /
+            ``"rouge"``, ``"fidelity"``, ``"likelihood"``).
+        token_segments: ``K`` document segments (``>= 0``).
+        max_new_tokens: generation budget in tokens (``>= 1``; default: the task's).
+        disk_cache: keep full outputs on disk (``$SKIPENV_CACHE/full/<model fingerprint>``).
+        cache_root: folder of the disk cache (default ``$SKIPENV_CACHE``).
+        lru_size: entries of the in-memory (example, plan) → :class:`Outcome` cache (``>= 0``; 0 disables it).
+        record_time: put wall-clock seconds in the outcome (off by default: makes infos irreproducible).
+
+    Raises:
+        ValueError: an unknown quality, ``max_new_tokens < 1``, ``token_segments < 0`` or ``lru_size < 0``.
+    """
+
+    def __init__(self, generator, task, *, quality: str | QualitySignal = "agreement", token_segments: int = 8,
+                 max_new_tokens: int | None = None, disk_cache: bool = True, cache_root=None, lru_size: int = 4096,
+                 record_time: bool = False):
+        self.signal = get_signal(quality)
+        for name, v, low in (("token_segments", token_segments, 0), ("lru_size", lru_size, 0),
+                             ("max_new_tokens", max_new_tokens, 1)):
+            if v is None and name == "max_new_tokens":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        self.generator, self.task = generator, task
+        self.spec = generator.plan_spec(int(token_segments))
+        self.max_new_tokens = int(max_new_tokens if max_new_tokens is not None else task.max_new_tokens)
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens} (from the task)")
+        self.record_time = bool(record_time)
         self.fingerprint = model_fingerprint(generator)
-        task_key = hashlib.sha1(f"{task.name}|{task.describe_source()}|{task.max_input_tokens}".encode()).hexdigest()[:12]
-        ns = f"full/{self.fingerprint}/{task.name}-{task_key}-new{self.max_new_tokens}-r2"  # r2: stop rule
-        self.disk = DiskCache(ns) if disk_cache else None
+        self._vocab_size = getattr(generator.config, "vocab_size", None)
+        self.disk = DiskCache(f"full/{self.fingerprint}", root=cache_root) if disk_cache else None
         self._prompts: dict[str, PromptInput] = {}
         self._observations: dict[str, np.ndarray] = {}
-        self._full: dict[str, dict] = {}
-        self.results = LRU(lru_size)
+        self._full: dict[str, FullOutput] = {}
+        self.outcomes = LRU(lru_size)
+
+    @property
+    def quality(self) -> str:
+        """Name of the quality signal."""
+        return self.signal.name
+
+    @property
+    def default_tau(self) -> float:
+        return self.signal.default_tau
 
     # ------------------------------------------------------------------ per-example, plan-independent
     def prompt(self, example) -> PromptInput:
@@ -112,43 +236,73 @@ class EpisodeEvaluator:
         return p
 
     def observation_features(self, example) -> np.ndarray:
-        """Pooled first-layer hidden states ``[d]`` (float32, memoised) of the full input."""
+        """Pooled first-layer hidden states ``[d]`` (float32, memoised; a read-only array) of the full input."""
         obs = self._observations.get(example.id)
         if obs is None:
             obs = self.generator.observe([self.prompt(example)])[0].numpy().astype(np.float32)
+            obs.setflags(write=False)
             self._observations[example.id] = obs
         return obs
 
+    def _disk_key(self, example) -> str:
+        """What determines the full output: formatted input ids, generation budget, stop rule (its version and the
+        task's post-processing), EOS id, and the gold target (it enters ``target_score`` / ``target_logprob``)."""
+        ids = hashlib.sha256(json.dumps(list(self.prompt(example).input_ids)).encode()).hexdigest()
+        target = hashlib.sha256(json.dumps([example.reference, getattr(example, "label", None),
+                                            list(getattr(example, "answers", ()) or ())]).encode()).hexdigest()
+        return json.dumps({"input_ids": ids, "max_new_tokens": self.max_new_tokens, "stop_rule": STOP_RULE_VERSION,
+                           "task": f"{type(self.task).__module__}.{type(self.task).__qualname__}/{self.task.metric}",
+                           "eos": self.generator.eos_token_id, "target": target}, sort_keys=True)
+
+    def _cached_full(self, example) -> FullOutput | None:
+        if self.disk is None:
+            return None
+        prompt_length = len(self.prompt(example))
+        value = self.disk.get(self._disk_key(example),
+                              validate=lambda v: _full_output_problem(v, self._vocab_size, prompt_length))
+        return None if value is None else FullOutput.from_json(value)
+
+    def _store_full(self, example, full: FullOutput) -> FullOutput:
+        if self.disk is not None:
+            self.disk.put(self._disk_key(example), full.to_json())
+        self._full[example.id] = full
+        return full
+
+    def _new_full(self, example, tokens, text) -> FullOutput:
+        full = FullOutput(tuple(int(t) for t in tokens), text, len(self.prompt(example)),
+                          float(self.task.score(text, example)))
+        if self.signal.needs_target_logprob:
+            full = _with_logprob(full, self.target_logprob(example, None))
+        return full
+
+    def full_output(self, example) -> FullOutput:
+        """The full model's greedy output for ``example``: from memory, from disk, or computed once."""
+        full = self._full.get(example.id)
+        if full is None:
+            full = self._cached_full(example)
+            if full is None:
+                out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
+                                              stop=self.task.output_complete)
+                full = self._store_full(example, self._new_full(example, out.tokens[0], out.texts[0]))
+            self._full[example.id] = full
+        if self.signal.needs_target_logprob and full.target_logprob is None:  # cached by another signal
+            full = self._store_full(example, _with_logprob(full, self.target_logprob(example, None)))
+        return full
+
     def full_reference(self, example) -> dict:
-        """The full model's greedy output for ``example`` and its quality, from memory / disk or computed once.
-
-        Returns:
-            dict with ``tokens`` (list[int]), ``text``, ``num_generated``, ``prompt_length``,
-            ``quality_reference`` (task metric vs the dataset reference), ``reference_logprob`` (mean
-            log-probability of the tokenised reference, nats/token; ``None`` until a ``likelihood`` evaluator
-            needs it).
-        """
-        ref = self._full.get(example.id)
-        if ref is not None:
-            return ref
-
-        def compute() -> dict:
-            out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
-                                          stop=self.task.output_complete)
-            return self._make_reference(example, out.tokens[0], out.texts[0], out.prompt_lengths[0])
-
-        key = self._disk_key(example)
-        ref = self.disk.get_or_compute(key, compute) if self.disk is not None else compute()
-        self._full[example.id] = ref
-        return ref
+        """Deprecated: :meth:`full_output` as a dict (``tokens``, ``text``, ``num_generated``, ``prompt_length``,
+        ``target_score``, ``target_logprob``)."""
+        warnings.warn("full_reference() is deprecated; use full_output()", DeprecationWarning, stacklevel=2)
+        full = self.full_output(example)
+        return {**full.to_json(), "num_generated": full.num_generated}
 
     def prefetch(self, examples, batch_size: int = 8, progress: bool = True) -> int:
-        """Compute the missing full-model references of ``examples`` in batches (documents of similar length
-        together, left-padded), store them on disk, and return how many were computed.
+        """Compute the missing full outputs of ``examples`` in batches (inputs of similar length together,
+        left-padded), store them, and return how many were computed.
 
-        Batched greedy decoding is several times faster per document on a CPU than one document at a time.
-        Results equal the one-at-a-time references up to float round-off (a near-tie between two tokens can in
-        rare cases resolve differently); they are cached, so every later episode sees the same reference.
+        Batched greedy decoding is several times faster per input on a CPU than one input at a time. Results equal
+        the one-at-a-time outputs up to float round-off (a near-tie between two tokens can in rare cases resolve
+        differently); they are cached, so every later episode sees the same full output.
         """
         from tqdm import tqdm
 
@@ -156,125 +310,107 @@ class EpisodeEvaluator:
         for ex in examples:
             if ex.id in self._full:
                 continue
-            cached = self.disk.get(self._disk_key(ex)) if self.disk is not None else None
+            cached = self._cached_full(ex)
             if cached is None:
                 todo.append(ex)
             else:
                 self._full[ex.id] = cached
         todo.sort(key=lambda ex: len(self.prompt(ex)))
-        bar = tqdm(total=len(todo), desc="full-model references", disable=not progress or not todo, leave=False)
+        bar = tqdm(total=len(todo), desc="full-model outputs", disable=not progress or not todo, leave=False)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i: i + batch_size]
             out = self.generator.generate([self.prompt(ex) for ex in chunk], None, max_new_tokens=self.max_new_tokens,
                                           stop=self.task.output_complete)
             for j, ex in enumerate(chunk):
-                self._store_reference(ex, out.tokens[j], out.texts[j], out.prompt_lengths[j])
+                self._store_full(ex, self._new_full(ex, out.tokens[j], out.texts[j]))
             bar.update(len(chunk))
         bar.close()
         return len(todo)
 
-    def _disk_key(self, example) -> str:
-        return json.dumps([example.id, self.generator.eos_token_id])
+    # ------------------------------------------------------------------ generator helpers used by the signals
+    def generate(self, example, plan: SkipPlan) -> tuple[str, int]:
+        """Greedy output of ``plan`` on ``example``: ``(text, tokens generated)``."""
+        out = self.generator.generate([self.prompt(example)], plan, max_new_tokens=self.max_new_tokens,
+                                      stop=self.task.output_complete)
+        return out.texts[0], out.num_generated[0]
 
-    def _make_reference(self, example, tokens, text, prompt_length) -> dict:
-        return {
-            "tokens": list(tokens), "text": text, "num_generated": len(tokens), "prompt_length": prompt_length,
-            "quality_reference": float(self.task.score(text, example)),
-            # one extra forward pass, only needed by quality="likelihood" (filled in lazily otherwise)
-            "reference_logprob": self._reference_logprob(example, None) if self.quality == "likelihood" else None,
-        }
+    def score(self, example, target_ids, plan: SkipPlan | None):
+        """Teacher-forced scoring of ``target_ids`` after ``example``'s input under ``plan`` (``ScoreOutput``)."""
+        return self.generator.score([self.prompt(example)], [list(target_ids)], plan)[0]
 
-    def _store_reference(self, example, tokens, text, prompt_length) -> dict:
-        ref = self._make_reference(example, tokens, text, prompt_length)
-        if self.disk is not None:
-            self.disk.put(self._disk_key(example), ref)
-        self._full[example.id] = ref
-        return ref
-
-    def _reference_ids(self, example) -> list[int]:
+    def target_ids(self, example) -> list[int]:
+        """The tokenised gold target followed by EOS."""
         ids = self.generator.tokenizer(example.reference, add_special_tokens=False)["input_ids"]
         eos = self.generator.eos_token_id
         return list(ids) + ([eos] if eos is not None else [])
 
-    def _reference_logprob(self, example, plan: SkipPlan | None) -> float:
-        s = self.generator.score([self.prompt(example)], [self._reference_ids(example)], plan)[0]
+    def target_logprob(self, example, plan: SkipPlan | None) -> float:
+        """Mean log-probability (nats / token) of the gold target under ``plan`` (``None`` = full model)."""
+        s = self.score(example, self.target_ids(example), plan)
         return float(s.logprobs.mean()) if len(s.logprobs) else 0.0
 
     # ------------------------------------------------------------------ plans
-    def evaluate(self, example, plan: SkipPlan) -> dict[str, Any]:
-        """Run ``plan`` on ``example`` and return the step ``info`` (reward included under ``"reward"``).
+    def outcome(self, example, plan: SkipPlan) -> Outcome:
+        """Run ``plan`` on ``example`` (or take the cached outcome).
 
         Raises:
-            PlanError: a plan for another model / segment count.
+            PlanError: a plan made for another model / segment count.
         """
-        plan.check(self.spec)
+        if plan.spec != self.spec:
+            raise PlanError(f"plan was made for {plan.spec} but this evaluator needs {self.spec}")
         key = (example.id, plan)
-        hit = self.results.get(key)
+        hit = self.outcomes.get(key)
         if hit is not None:
-            return dict(hit)
+            return hit
         t0 = time.perf_counter()
         prompt = self.prompt(example)
-        full = self.full_reference(example)
-        text = None
-        if self.quality == "agreement":
-            if plan.is_empty:
-                q = 1.0
-            else:
-                s = self.generator.score([prompt], [full["tokens"]], plan)[0]
-                q = metrics.agreement(s.argmax.tolist(), full["tokens"])
-            q_full, n_gen = 1.0, full["num_generated"]
-        elif self.quality == "likelihood":
-            if full.get("reference_logprob") is None:  # reference cached by an evaluator of another quality
-                full["reference_logprob"] = self._reference_logprob(example, None)
-                if self.disk is not None:
-                    self.disk.put(self._disk_key(example), full)
-            lp = full["reference_logprob"] if plan.is_empty else self._reference_logprob(example, plan)
-            q = float(min(1.0, np.exp(lp - full["reference_logprob"])))
-            q_full, n_gen = 1.0, full["num_generated"]
-        else:
-            if plan.is_empty:
-                text, n_gen = full["text"], full["num_generated"]
-            else:
-                out = self.generator.generate([prompt], plan, max_new_tokens=self.max_new_tokens,
-                                          stop=self.task.output_complete)
-                text, n_gen = out.texts[0], out.num_generated[0]
-            if self.quality == "rouge":
-                q, q_full = float(self.task.score(text, example)), full["quality_reference"]
-            else:
-                q_full = 1.0
-                if text == full["text"]:  # identical output: fidelity 1 even where the metric sees no words
-                    q = 1.0
-                else:
-                    as_reference = dataclasses.replace(example, reference=full["text"],
-                                                       label=self.task.post_process(full["text"]))
-                    q = float(self.task.score(text, as_reference))
+        full = self.full_output(example)
+        m = self.signal.measure(self, example, plan, full)
+        n_gen = full.num_generated if m.num_generated is None else m.num_generated
         flops = self.generator.flops(plan, prompt, n_gen, observation=True)
-        flops_full = self.generator.flops(None, prompt, full["num_generated"]).total
-        cost = flops.total / flops_full
-        ok = constraint_satisfied(q, q_full, self.tau)
-        if self.reward_mode == "weighted":
-            reward = weighted_reward(q, cost, self.lam)
-        else:
-            reward = lexicographic_reward(q, q_full, cost, self.tau)
-        info: dict[str, Any] = {
-            "example_id": example.id,
-            "quality": float(q),
-            "quality_full": float(q_full),
-            "constraint_satisfied": bool(ok),
-            "cost": float(cost),
-            "flops_saved": float(1.0 - cost),
-            "flops": int(flops.total),
-            "flops_full": int(flops_full),
-            "flops_breakdown": flops.to_dict(),
-            "plan": plan.to_json(),
-            "num_skipped": plan.num_skipped,
-            "reward": float(reward),
-        }
-        if text is not None:
-            info["text"] = text
-        if self.reward_mode == "vector":
-            info["reward_vector"] = (float(q), float(cost))
-        if self.record_time:
-            info["time_s"] = time.perf_counter() - t0
-        self.results.put(key, info)
-        return dict(info)
+        flops_full = self.generator.flops(None, prompt, full.num_generated).total
+        breakdown = flops.to_dict()
+        breakdown["per_candidate"] = FrozenMapping(breakdown["per_candidate"])
+        out = Outcome(example_id=example.id, plan=plan, quality=float(m.quality), quality_full=float(m.quality_full),
+                      cost=float(flops.total / flops_full), flops=int(flops.total), flops_full=int(flops_full),
+                      flops_breakdown=FrozenMapping(breakdown), num_generated=int(n_gen), text=m.text,
+                      time_s=(time.perf_counter() - t0) if self.record_time else None)
+        for name in ("quality", "quality_full", "cost"):
+            if not math.isfinite(getattr(out, name)):
+                raise ValueError(f"quality signal {self.signal!r} gave a non-finite {name} on {example.id!r}")
+        self.outcomes.put(key, out)
+        return out
+
+    def evaluate(self, example, plan: SkipPlan, reward: Reward | None = None) -> dict[str, Any]:
+        """The step ``info`` of ``plan`` on ``example`` with ``reward`` applied (default: the lexicographic reward
+        at the signal's default ``tau``). A fresh dict every call."""
+        reward = reward if reward is not None else make_reward("lexicographic", tau=self.default_tau)
+        o = self.outcome(example, plan)
+        return {**o.to_info(), **reward.info(o)}
+
+
+def _with_logprob(full: FullOutput, lp: float) -> FullOutput:
+    return FullOutput(full.tokens, full.text, full.prompt_length, full.target_score, float(lp))
+
+
+class EpisodeEvaluator(Evaluator):
+    """Deprecated: an :class:`Evaluator` bundled with one reward (``reward_mode``, ``tau``, ``cost_weight``), whose
+    :meth:`evaluate` returns the step ``info`` with that reward. Build an :class:`Evaluator` and a
+    :class:`~skipenv.envs.rewards.Reward` instead.
+
+    Raises:
+        ValueError: as :class:`Evaluator`, plus a bad ``reward_mode`` / ``tau`` / ``cost_weight``.
+    """
+
+    def __init__(self, generator, task, *, quality="agreement", reward_mode: str = "lexicographic",
+                 tau: float | None = None, cost_weight: float | None = None, lam: float | None = None, **kwargs):
+        super().__init__(generator, task, quality=quality, **kwargs)
+        weight = cost_weight if cost_weight is not None else (lam if lam is not None else 0.5)
+        self.reward = make_reward(reward_mode, tau=self.default_tau if tau is None else tau, cost_weight=weight)
+
+    @property
+    def tau(self) -> float:
+        return self.reward.tau
+
+    def evaluate(self, example, plan: SkipPlan, reward: Reward | None = None) -> dict[str, Any]:
+        return super().evaluate(example, plan, reward if reward is not None else self.reward)

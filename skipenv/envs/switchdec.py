@@ -5,26 +5,35 @@ frozen generator to skip; the reward ranks quality first and FLOPs second.
   plan as one ``MultiBinary`` action, get the reward; ``terminated=True`` after one step.
 - :class:`SwitchDecLayerwiseEnv` — sequential MDP: one step for the token segments, then one ``Discrete(4)``
   step per layer (keep / skip attention / skip FFN / skip both) given the hidden state actually produced so far.
+
+Both are thin Gymnasium shells over the stages in this package: the action codec (:mod:`.codec`), the
+:class:`~skipenv.envs.evaluator.Evaluator` (which returns cached :class:`~skipenv.envs.evaluator.Outcome` objects),
+and a :class:`~skipenv.envs.rewards.Reward`. Build them from strings (``gym.make`` / :func:`skipenv.make`) or from
+an evaluator shared between several envs (``SwitchDecEnv(evaluator=ev, tau=0.05)``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
+import warnings
 from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from ..plan import SkipPlan
-from .evaluator import EpisodeEvaluator
+from .codec import CANDIDATE_KINDS, ActionCodec, LayerwiseCodec
+from .evaluator import Evaluator, FullOutput, Outcome
+from .quality import QualitySignal, get_signal
+from .rewards import REWARD_MODES, Reward, check_tau, make_reward
 
-__all__ = ["SwitchDecEnv", "SwitchDecLayerwiseEnv", "CANDIDATE_KINDS"]
+__all__ = ["SwitchDecEnv", "SwitchDecLayerwiseEnv", "CANDIDATE_KINDS", "shared_generator"]
 
-CANDIDATE_KINDS = ("attention", "ffn", "tokens")
 #: Observation features are clipped to ``[-OBS_BOUND, OBS_BOUND]`` so the Box is bounded.
 OBS_BOUND = 100.0
-
+RESET_OPTIONS = ("example_id", "index")
 
 _GENERATORS: dict = {}
 
@@ -40,6 +49,284 @@ def shared_generator(model: str, device: str = "cpu", dtype: str = "float32"):
     return _GENERATORS[key]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_int(name: str, v, low: int, allow_none: bool = True) -> None:
+    if v is None and allow_none:
+        return
+    if not _is_int(v) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}{' or None' if allow_none else ''}, got {v!r}")
+
+
+def _check_kwargs(*, split, reward_mode, tau, token_segments, max_input_tokens, max_new_tokens, num_examples,
+                  cost_weight, record_time, disk_cache, lru_size, model, reward) -> None:
+    """Validate every constructor argument once, before anything is loaded (messages name the argument)."""
+    if not isinstance(split, str):
+        raise ValueError(f"split must be a string ('train', 'validation', 'test' or 'all'), got {split!r}")
+    if reward is None and reward_mode not in REWARD_MODES:
+        raise ValueError(f"unknown reward_mode {reward_mode!r}; choose one of {REWARD_MODES}")
+    if reward is not None and not isinstance(reward, Reward):
+        raise ValueError(f"reward must be a skipenv.envs.rewards.Reward, got {type(reward).__name__}")
+    if tau is not None:
+        check_tau(tau)
+    if cost_weight is not None:
+        if isinstance(cost_weight, bool) or not isinstance(cost_weight, numbers.Real) or not math.isfinite(cost_weight):
+            raise ValueError(f"cost_weight must be a finite number, got {cost_weight!r}")
+    _check_int("token_segments", token_segments, 0)
+    _check_int("max_input_tokens", max_input_tokens, 8)
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("num_examples", num_examples, 1)
+    _check_int("lru_size", lru_size, 0, allow_none=False)
+    for name, v in (("record_time", record_time), ("disk_cache", disk_cache)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {v!r}")
+    if not isinstance(model, str) and not hasattr(model, "__fspath__"):
+        raise ValueError(f"model must be a model name or path, got {type(model).__name__}")
+
+
+class _SwitchDecBase(gym.Env):
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    _spec = None
+
+    def __init__(self, task: Any = "xsum", *, model: str = "smollm2-135m-instruct", split: str = "train",
+                 reward_mode: str = "lexicographic", tau: float | None = None, quality: str | None = None,
+                 token_segments: int | None = None, max_input_tokens: int | None = None,
+                 max_new_tokens: int | None = None, device: str = "cpu", dtype: str = "float32",
+                 task_source: str | None = None, num_examples: int | None = None, cost_weight: float | None = None,
+                 lam: float | None = None, record_time: bool = False, disk_cache: bool = True,
+                 lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
+                 reward: Reward | None = None, render_mode: str | None = None):
+        super().__init__()
+        from .registration import shared_objects
+
+        injected = shared_objects()
+        generator = generator if generator is not None else injected.get("generator")
+        evaluator = evaluator if evaluator is not None else injected.get("evaluator")
+        reward = reward if reward is not None else injected.get("reward")
+        if lam is not None:
+            if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam):
+                raise ValueError(f"lam (deprecated name of cost_weight) must be a finite number, got {lam!r}")
+            if cost_weight is not None:
+                raise ValueError("pass cost_weight only (lam is its deprecated name)")
+            warnings.warn("the env kwarg lam= is deprecated; use cost_weight= (the weight of the cost in "
+                          "reward_mode='weighted')", DeprecationWarning, stacklevel=2)
+            cost_weight = lam
+        _check_kwargs(split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
+                      max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens, num_examples=num_examples,
+                      cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
+                      model=model, reward=reward)
+        if reward is not None and (tau is not None or cost_weight is not None):
+            raise ValueError("pass tau / cost_weight to the Reward object, not next to reward=")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            warnings.warn(f"render_mode={render_mode!r} is not supported by {type(self).__name__} (supported: "
+                          f"{self.metadata['render_modes']}); rendering is disabled", UserWarning, stacklevel=2)
+            render_mode = None
+        self.render_mode = render_mode
+
+        if evaluator is not None:
+            if not isinstance(evaluator, Evaluator):
+                raise ValueError(f"evaluator must be a skipenv.envs.Evaluator, got {type(evaluator).__name__}")
+            given = {k: v for k, v in (("generator", generator), ("quality", quality),
+                                       ("token_segments", token_segments), ("max_new_tokens", max_new_tokens),
+                                       ("max_input_tokens", max_input_tokens)) if v is not None}
+            if given:
+                raise ValueError(f"{sorted(given)} are defined by the evaluator; do not pass them with evaluator=")
+            if isinstance(task, str) and task.strip().lower().replace("-", "_") != evaluator.task.name:
+                raise ValueError(f"task {task!r} differs from the evaluator's task {evaluator.task.name!r}")
+            if not isinstance(task, str) and task is not evaluator.task:
+                raise ValueError("task differs from the evaluator's task")
+        else:
+            signal = get_signal("agreement" if quality is None else quality)
+            generator, task_obj = _build(generator, task, model, device, dtype, task_source, max_input_tokens)
+            evaluator = Evaluator(generator, task_obj, quality=signal,
+                                  token_segments=8 if token_segments is None else int(token_segments),
+                                  max_new_tokens=max_new_tokens, disk_cache=bool(disk_cache), lru_size=int(lru_size),
+                                  record_time=bool(record_time))
+        self._evaluator = evaluator
+        self.reward = reward if reward is not None else make_reward(
+            reward_mode, tau=evaluator.default_tau if tau is None else tau,
+            cost_weight=0.5 if cost_weight is None else cost_weight)
+        self.split = split
+        self.examples = list(self.task.examples(split))
+        if num_examples is not None:
+            self.examples = self.examples[: int(num_examples)]
+        if not self.examples:
+            raise ValueError(f"task {self.task.name!r} has no examples in split {split!r}")
+        self._by_id = {ex.id: ex for ex in self.examples}
+        self.max_input_tokens = self.task.max_input_tokens
+        self._order: np.ndarray | None = None
+        self._cursor = 0
+        self.example = None
+        self._last_outcome: Outcome | None = None
+        self._episode_over = False
+
+    # ------------------------------------------------------------------ public front door
+    @property
+    def evaluator(self) -> Evaluator:
+        """The (possibly shared) :class:`~skipenv.envs.evaluator.Evaluator`; read-only."""
+        return self._evaluator
+
+    @property
+    def generator(self):
+        return self._evaluator.generator
+
+    @property
+    def task(self):
+        return self._evaluator.task
+
+    @property
+    def plan_spec(self):
+        return self._evaluator.spec
+
+    @property
+    def tau(self) -> float:
+        """Tolerance of the constraint ``q >= q_full - tau`` of this env's reward."""
+        return self.reward.tau
+
+    @property
+    def quality(self) -> str:
+        """Name of the quality signal (``"agreement"``, ``"reference"``, ...)."""
+        return self._evaluator.quality
+
+    @property
+    def quality_signal(self) -> QualitySignal:
+        return self._evaluator.signal
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._evaluator.max_new_tokens
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`~skipenv.envs.cache.model_fingerprint` of the generator."""
+        return self._evaluator.fingerprint
+
+    @property
+    def last_outcome(self) -> Outcome | None:
+        """The :class:`Outcome` of the last finished episode (``None`` after ``reset``)."""
+        return self._last_outcome
+
+    def prompt(self, example=None):
+        """The formatted input (:class:`~skipenv.inputs.PromptInput`) of ``example`` (default: the current one)."""
+        return self._evaluator.prompt(self._example_or_current(example))
+
+    def full_output(self, example=None) -> FullOutput:
+        """The full model's output for ``example`` (default: the current one), cached."""
+        return self._evaluator.full_output(self._example_or_current(example))
+
+    def prefetch(self, examples=None, batch_size: int = 8, progress: bool = True) -> int:
+        """Compute the full outputs of ``examples`` (default: the whole split) in batches; returns how many were
+        computed (see :meth:`Evaluator.prefetch`)."""
+        return self._evaluator.prefetch(self.examples if examples is None else examples, batch_size=batch_size,
+                                        progress=progress)
+
+    def outcome(self, plan: SkipPlan, example=None) -> Outcome:
+        """The (cached) :class:`Outcome` of ``plan`` on ``example`` (default: the current one); no episode
+        bookkeeping."""
+        return self._evaluator.outcome(self._example_or_current(example), plan)
+
+    def evaluate(self, plan: SkipPlan, example=None) -> dict[str, Any]:
+        """What a terminal ``step`` returns as ``info`` for ``plan`` on ``example`` (default: the current one),
+        without the reset / step bookkeeping. A fresh dict every call."""
+        o = self.outcome(plan, example)
+        return self._info(o)
+
+    def _info(self, o: Outcome) -> dict[str, Any]:
+        return {**o.to_info(), **self.reward.info(o)}
+
+    def _example_or_current(self, example):
+        if example is not None:
+            return example
+        if self.example is None:
+            raise RuntimeError("no current example: call reset() first or pass example=")
+        return self.example
+
+    # ------------------------------------------------------------------ gym.make kwargs stay light
+    @property
+    def spec(self):
+        return self._spec
+
+    @spec.setter
+    def spec(self, value) -> None:
+        """Gymnasium stores (and deep-copies) ``gym.make`` kwargs in ``env.spec``: a generator, evaluator or other
+        object passed that way is kept out of the spec, with a warning naming :func:`skipenv.make`."""
+        if value is not None and getattr(value, "kwargs", None):
+            plain = (str, int, float, bool, type(None))
+            heavy = {k for k, v in value.kwargs.items()
+                     if not isinstance(v, plain) and not (isinstance(v, (list, tuple))
+                                                          and all(isinstance(x, plain) for x in v))}
+            if heavy:
+                warnings.warn(f"gym.make kwargs {sorted(heavy)} are objects: they are not stored in env.spec "
+                              f"(gymnasium deep-copies the spec, e.g. a whole model for SB3's Monitor). To share a "
+                              f"loaded generator or evaluator use skipenv.make(env_id, generator=...) or build the "
+                              f"env class directly", UserWarning, stacklevel=3)
+                value = dataclasses.replace(value, kwargs={k: v for k, v in value.kwargs.items() if k not in heavy})
+        self._spec = value
+
+    # ------------------------------------------------------------------ example order (seeded)
+    def _next_example(self, options):
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise ValueError(f"reset options must be a dict such as {{'index': 0}} or None, got {options!r}")
+        unknown = sorted(set(options) - set(RESET_OPTIONS), key=str)
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; known: {list(RESET_OPTIONS)}")
+        if len(options) > 1:
+            raise ValueError("pass only one of the reset options 'example_id' and 'index'")
+        if "example_id" in options:
+            ex_id = options["example_id"]
+            if not isinstance(ex_id, str) or ex_id not in self._by_id:
+                raise ValueError(f"reset option 'example_id' {ex_id!r} is not in split {self.split!r} of "
+                                 f"{self.task.name!r}")
+            return self._by_id[ex_id]
+        if "index" in options:
+            i = options["index"]
+            if not _is_int(i):
+                raise ValueError(f"reset option 'index' must be an integer, got {i!r}")
+            if not 0 <= i < len(self.examples):
+                raise ValueError(f"reset option 'index' {i} out of range: split {self.split!r} has "
+                                 f"{len(self.examples)} examples")
+            return self.examples[int(i)]
+        if self._order is None or self._cursor >= len(self._order):
+            self._order = self.np_random.permutation(len(self.examples))
+            self._cursor = 0
+        ex = self.examples[int(self._order[self._cursor])]
+        self._cursor += 1
+        return ex
+
+    def _start_episode(self, seed, options):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._order, self._cursor = None, 0
+        self.example = self._next_example(options)
+        self._last_outcome = None
+        self._episode_over = False
+
+    def _check_can_step(self):
+        if self.example is None:
+            raise RuntimeError("call reset() before step()")
+        if self._episode_over:
+            raise RuntimeError("the episode is over (terminated); call reset() before step()")
+
+    def _length_features(self, example) -> np.ndarray:
+        p = self._evaluator.prompt(example)
+        return np.array([len(p) / self.max_input_tokens, p.num_document_tokens / self.max_input_tokens],
+                        dtype=np.float32)
+
+    def render(self):
+        """``render_mode="ansi"``: a text summary of the current episode (the last outcome once it ended)."""
+        if self.render_mode != "ansi" or self.example is None:
+            return None
+        o = self._last_outcome
+        if o is None:
+            return f"example {self.example.id}: waiting for the action ({self.task.name}, split {self.split})"
+        return (f"example {o.example_id}: quality {o.quality:.3f} (full {o.quality_full:.3f}), cost {o.cost:.3f}, "
+                f"reward {self.reward(o):.3f}\nplan {o.plan!r}" + (f"\noutput: {o.text}" if o.text is not None else ""))
+
+
 def _build(generator, task, model, device, dtype, task_source, max_input_tokens):
     """Resolve generator / task names into objects (lazily imported: keeps ``import skipenv`` light)."""
     from ..tasks import make_task
@@ -52,194 +339,115 @@ def _build(generator, task, model, device, dtype, task_source, max_input_tokens)
     return generator, task
 
 
-class _SwitchDecBase(gym.Env):
-    metadata = {"render_modes": ["ansi"], "render_fps": 1}
-
-    def __init__(self, task: Any = "xsum", *, model: str = "smollm2-135m-instruct", split: str = "train",
-                 reward_mode: str = "lexicographic", tau: float | None = None, quality: str = "agreement",
-                 token_segments: int = 8, max_input_tokens: int | None = None, max_new_tokens: int | None = None,
-                 device: str = "cpu", dtype: str = "float32", task_source: str | None = None,
-                 num_examples: int | None = None, lam: float = 0.5, record_time: bool = False,
-                 disk_cache: bool = True, generator=None, render_mode: str | None = None):
-        super().__init__()
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        self.render_mode = render_mode
-        self.generator, self.task = _build(generator, task, model, device, dtype, task_source, max_input_tokens)
-        self.split = split
-        self.examples = list(self.task.examples(split))
-        if num_examples is not None:
-            self.examples = self.examples[: int(num_examples)]
-        if not self.examples:
-            raise ValueError(f"task {self.task.name!r} has no examples in split {split!r}")
-        self._by_id = {ex.id: ex for ex in self.examples}
-        self.evaluator = EpisodeEvaluator(
-            self.generator, self.task, quality=quality, reward_mode=reward_mode, tau=tau, lam=lam,
-            token_segments=token_segments, max_new_tokens=max_new_tokens, disk_cache=disk_cache,
-            record_time=record_time)
-        self.plan_spec = self.evaluator.spec
-        self.max_input_tokens = self.task.max_input_tokens
-        self._order: np.ndarray | None = None
-        self._cursor = 0
-        self.example = None
-        self._last_info: dict | None = None
-
-    # ------------------------------------------------------------------ example order (seeded)
-    def _next_example(self, options: dict | None):
-        options = options or {}
-        if "example_id" in options:
-            ex_id = str(options["example_id"])
-            if ex_id not in self._by_id:
-                raise ValueError(f"example_id {ex_id!r} is not in split {self.split!r} of {self.task.name!r}")
-            return self._by_id[ex_id]
-        if "index" in options:
-            i = int(options["index"])
-            if not 0 <= i < len(self.examples):
-                raise ValueError(f"index {i} out of range: split {self.split!r} has {len(self.examples)} examples")
-            return self.examples[i]
-        if self._order is None or self._cursor >= len(self._order):
-            self._order = self.np_random.permutation(len(self.examples))
-            self._cursor = 0
-        ex = self.examples[int(self._order[self._cursor])]
-        self._cursor += 1
-        return ex
-
-    def _length_features(self, example) -> np.ndarray:
-        p = self.evaluator.prompt(example)
-        return np.array([len(p) / self.max_input_tokens, p.num_document_tokens / self.max_input_tokens],
-                        dtype=np.float32)
-
-    def render(self):
-        if self.render_mode != "ansi" or self._last_info is None:
-            return None
-        i = self._last_info
-        return (f"example {i['example_id']}: quality {i['quality']:.3f} (full {i['quality_full']:.3f}), "
-                f"cost {i['cost']:.3f}, reward {i['reward']:.3f}\nplan {SkipPlan.from_json(i['plan'])!r}"
-                + (f"\noutput: {i['text']}" if "text" in i else ""))
+_ENV_ARGS_DOC = """
+    Args:
+        task: task name (``"xsum"``, ``"disflqa"``, ``"rotten_tomatoes"``, … see :mod:`skipenv.tasks`) or a Task.
+        model: generator name or path (default: the embedded SmolLM2-135M-Instruct); loaded once per process and
+            shared (see :func:`shared_generator`).
+        split: ``"train"`` (default), ``"validation"``, ``"test"`` or ``"all"``.
+        reward_mode: ``"lexicographic"`` (default), ``"weighted"`` (``quality - cost_weight · cost``) or
+            ``"vector"`` (lexicographic scalar plus ``info["reward_vector"] = (quality, cost)``).
+        tau: quality tolerance of the constraint ``q >= q_full - tau`` (finite, ``>= 0``; in the quality's unit);
+            default: the quality signal's ``default_tau`` (0.1 for agreement, 0.02 for reference).
+        quality: quality signal name — ``"agreement"`` (default), ``"reference"`` (alias ``"rouge"``),
+            ``"fidelity"``, ``"likelihood"`` — or a :class:`~skipenv.envs.quality.QualitySignal` instance.
+        token_segments: ``K`` document segments (integer ``>= 0``, default 8).
+        max_input_tokens: token budget of the formatted input (integer ``>= 8``; default: the task's, 512).
+        max_new_tokens: generation budget in tokens (integer ``>= 1``; default: the task's).
+        device: ``"cpu"`` (default), ``"cuda"``, ``"auto"`` (of the loaded generator).
+        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` (of the loaded generator).
+        task_source: ``"embedded"``, ``"hub"`` or a data file path (default: the task's).
+        num_examples: use only the first ``num_examples`` examples of the split (integer ``>= 1``; default all).
+        cost_weight: weight of the cost in ``reward_mode="weighted"`` (finite; default 0.5). ``lam`` is its
+            deprecated name.
+        record_time: put wall-clock seconds in ``info["time_s"]`` (default False: infos stay reproducible).
+        disk_cache: keep full-model outputs on disk under ``$SKIPENV_CACHE`` (default True).
+        lru_size: in-memory (example, plan) → outcome cache entries (integer ``>= 0``, default 4096).
+        generator: an already-wrapped generator (overrides ``model``). Do not pass it through ``gym.make`` kwargs
+            (gymnasium deep-copies spec kwargs): use :func:`skipenv.make` or build the class directly.
+        evaluator: an :class:`~skipenv.envs.evaluator.Evaluator` to share (it defines generator, task, quality,
+            token_segments and max_new_tokens; its caches serve every env built on it). ``disk_cache``,
+            ``lru_size`` and ``record_time`` are the evaluator's then.
+        reward: a :class:`~skipenv.envs.rewards.Reward` object (instead of ``reward_mode`` / ``tau`` /
+            ``cost_weight``).
+        render_mode: ``"ansi"`` or ``None``; other modes warn and disable rendering (as Gymnasium's envs do).
+"""
 
 
 class SwitchDecEnv(_SwitchDecBase):
-    """One-shot skip-decision environment (Gymnasium API).
+    __doc__ = """One-shot skip-decision environment (Gymnasium API).
 
     Each episode is one example of ``task`` (split ``split``, a seeded permutation per pass). ``reset`` returns the
-    observation; ``step(action)`` runs the plan on the frozen generator and ends the episode.
+    observation; ``step(action)`` runs the plan on the frozen generator and ends the episode (``step`` again
+    before ``reset`` raises ``RuntimeError``).
 
     Observation: ``Box(-100, 100, [d + 2], float32)`` — the mean-pooled hidden states after the generator's first
     layer over the full input (``d`` = hidden size, clipped to ±100), then the input length and the document length,
     each divided by ``max_input_tokens``. Computing it costs the first layer's FLOPs, charged in ``cost``.
 
-    Action: ``MultiBinary(n)``, 1 = skip; blocks of bits in this order: attention (encoder layers, then decoder
-    layers), FFN (same), token segments. ``candidates`` restricts the kinds (others are never skipped);
-    ``layer_block`` groups consecutive layers so that one bit skips the sublayer in ``layer_block`` layers
-    (``n = 2·ceil(L/layer_block) + K`` for a decoder-only model with all kinds).
+    Action: ``MultiBinary(n)``, 1 = skip (see :class:`~skipenv.envs.codec.ActionCodec`): blocks of bits for
+    attention (encoder layers, then decoder layers), FFN (same), token segments. ``candidates`` restricts the
+    kinds; ``layer_block`` groups consecutive layers per bit (``n = 2·ceil(L/layer_block) + K`` for a decoder-only
+    model with all kinds).
 
-    Reward: see :mod:`skipenv.rewards` and ``reward_mode``. ``info`` carries quality, quality_full,
-    constraint_satisfied, cost, flops_saved, flops, flops_full, flops_breakdown, plan (JSON), example_id, num_skipped,
-    reward, and ``text`` when a generation ran (``reward_vector`` in ``vector`` mode; ``time_s`` with
-    ``record_time=True``).
+    Reward: ``reward`` / ``reward_mode`` (see :mod:`skipenv.envs.rewards`). ``info`` carries quality,
+    quality_full, constraint_satisfied, cost, flops_saved, flops, flops_full, flops_breakdown, plan (JSON),
+    example_id, num_skipped, reward, and ``text`` when a generation ran (``reward_vector`` in ``vector`` mode;
+    ``time_s`` with ``record_time=True``). Every info is a fresh object.
+""" + _ENV_ARGS_DOC + """        candidates: subset of ``("attention", "ffn", "tokens")`` (default all).
+        layer_block: layers per action bit (integer ``>= 1``, default 1).
 
-    Args:
-        task: task name (``"xsum"``, ``"disflqa"``, ``"rotten_tomatoes"``, … see :mod:`skipenv.tasks`) or a Task.
-        model: generator name or path (default: the embedded SmolLM2-135M-Instruct).
-        candidates: subset of ``("attention", "ffn", "tokens")``.
-        layer_block: layers per action bit (``>= 1``).
-        generator: an already-wrapped generator (overrides ``model``; not for ``gym.make`` kwargs in registries).
-        (other kwargs: see :class:`~skipenv.envs.evaluator.EpisodeEvaluator`.)
-
-    Reset ``options``: ``{"example_id": id}`` or ``{"index": i}`` to pick an example (evaluation).
+    Reset ``options``: ``{"example_id": id}`` or ``{"index": i}`` (an integer) to pick an example (evaluation).
 
     Raises:
-        ValueError: unknown candidate kind, ``layer_block < 1``, an empty split, an invalid action.
+        ValueError: a bad constructor argument (named in the message), an empty split, bad reset options, an
+            invalid action.
+        RuntimeError: ``step`` before ``reset`` or after the episode ended.
     """
 
     def __init__(self, task: Any = "xsum", *, candidates: Sequence[str] = CANDIDATE_KINDS, layer_block: int = 1,
                  **kwargs):
         super().__init__(task, **kwargs)
-        bad = [c for c in candidates if c not in CANDIDATE_KINDS]
-        if bad or not candidates:
-            raise ValueError(f"unknown candidate kinds {bad}; choose a non-empty subset of {CANDIDATE_KINDS}")
-        if int(layer_block) < 1:
-            raise ValueError(f"layer_block must be >= 1, got {layer_block}")
-        self.candidates, self.layer_block = tuple(candidates), int(layer_block)
-        self._groups = self._make_groups()
-        self.action_space = spaces.MultiBinary(len(self._groups))
+        self.codec = ActionCodec(self.plan_spec, candidates, layer_block)
+        self.candidates, self.layer_block = self.codec.candidates, self.codec.layer_block
+        self.action_space = self.codec.space
         d = self.generator.hidden_size
-        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(d + 2,), dtype=np.float32)
-
-    def _make_groups(self) -> list[list[int]]:
-        """For each action bit, the indices into the flat plan vector it sets (see :mod:`skipenv.plan`)."""
-        s = self.plan_spec
-        le, ld = s.num_encoder_layers, s.num_decoder_layers
-        offsets = {"encoder.attention": 0, "encoder.ffn": le, "decoder.attention": 2 * le,
-                   "decoder.ffn": 2 * le + ld}
-        groups: list[list[int]] = []
-        for kind in ("attention", "ffn"):
-            if kind not in self.candidates:
-                continue
-            for stack, n in (("encoder", le), ("decoder", ld)):
-                for start in range(0, n, self.layer_block):
-                    groups.append([offsets[f"{stack}.{kind}"] + i for i in range(start, min(start + self.layer_block, n))])
-        if "tokens" in self.candidates:
-            groups += [[2 * le + 2 * ld + k] for k in range(s.token_segments)]
-        return groups
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(d + 2,), dtype=np.float32)
 
     @property
     def action_labels(self) -> list[str]:
         """A readable name per action bit, e.g. ``"decoder.attention.4-5"``."""
-        names = self.plan_spec.action_labels()
-        out = []
-        for g in self._groups:
-            first, last = names[g[0]], names[g[-1]]
-            out.append(first if len(g) == 1 else f"{first}-{last.rsplit('.', 1)[1]}")
-        return out
+        return self.codec.labels
 
     def action_to_plan(self, action) -> SkipPlan:
-        """Expand an action (shape ``[n]``, 0/1) into a :class:`SkipPlan`.
-
-        Raises:
-            ValueError: wrong shape or values other than 0/1 (the message gives the expected shape).
-        """
-        a = np.asarray(action)
-        if a.shape != (len(self._groups),):
-            raise ValueError(f"action must have shape ({len(self._groups)},) for this env "
-                             f"(MultiBinary({len(self._groups)})), got shape {a.shape}")
-        if not np.all((a == 0) | (a == 1)):
-            raise ValueError(f"action entries must be 0 or 1, got {np.unique(a).tolist()}")
-        flat = np.zeros(self.plan_spec.action_size, dtype=np.int8)
-        for bit, g in zip(a.astype(bool), self._groups):
-            if bit:
-                flat[g] = 1
-        return SkipPlan.from_action(flat, self.plan_spec)
+        """Expand an action (shape ``[n]``, 0/1) into a :class:`SkipPlan` (see :meth:`ActionCodec.decode`)."""
+        return self.codec.decode(action)
 
     def plan_to_action(self, plan: SkipPlan) -> np.ndarray:
         """Best action for ``plan``: a bit is set when all plan entries it covers are skipped."""
-        flat = plan.to_action()
-        return np.array([int(flat[g].all()) for g in self._groups], dtype=np.int8)
+        return self.codec.encode(plan)
 
     def _observation(self) -> np.ndarray:
-        h = np.clip(self.evaluator.observation_features(self.example), -OBS_BOUND, OBS_BOUND)
+        h = np.clip(self._evaluator.observation_features(self.example), -OBS_BOUND, OBS_BOUND)
         return np.concatenate([h, self._length_features(self.example)]).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None:
-            self._order, self._cursor = None, 0
-        self.example = self._next_example(options)
-        self._last_info = None
+        self._start_episode(seed, options)
         return self._observation(), {"example_id": self.example.id}
 
     def step(self, action):
-        if self.example is None:
-            raise RuntimeError("call reset() before step()")
-        info = self.evaluator.evaluate(self.example, self.action_to_plan(action))
-        self._last_info = info
+        self._check_can_step()
+        plan = self.codec.decode(action)
+        o = self._evaluator.outcome(self.example, plan)
+        self._last_outcome, self._episode_over = o, True
+        info = self._info(o)
         return self._observation(), float(info["reward"]), True, False, info
 
 
 class SwitchDecLayerwiseEnv(_SwitchDecBase):
-    """Sequential skip-decision environment: one decision per layer, on the hidden state actually produced.
+    __doc__ = """Sequential skip-decision environment: one decision per layer, on the hidden state actually produced.
 
-    Steps of one episode (decoder-only generators):
+    Steps of one episode (decoder-only generators; see :class:`~skipenv.envs.codec.LayerwiseCodec`):
 
     1. token step — ``Discrete(4)``: keep all document tokens / skip the last 25 % / 50 % / 75 % of the token
        segments (lead truncation at segment granularity);
@@ -250,25 +458,28 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
     Observation: ``Box(-100, 100, [d + 5], float32)`` — the pooled hidden state (at the token step: after the first
     layer over the full input; before deciding layer ``l``: after layer ``l − 1`` of the chosen path, or the
     embeddings for ``l = 0``), then input length and document length / ``max_input_tokens``, ``l / L`` (0 at the
-    token step), the prefill FLOPs spent so far / the full model's, and a token-step flag (1 only at the token step). Reward is 0 until the last step, then the
-    episode's lexicographic reward (same ``info`` as :class:`SwitchDecEnv`).
-
+    token step), the prefill FLOPs spent so far / the full model's, and a token-step flag (1 only at the token
+    step). Reward is 0 until the last step, then the episode's reward (same ``info`` as :class:`SwitchDecEnv`).
+""" + _ENV_ARGS_DOC + """
     Raises:
         NotImplementedError: an encoder-decoder generator (its layerwise stepping is not implemented).
+        ValueError / RuntimeError: as :class:`SwitchDecEnv`.
     """
 
-    TOKEN_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
+    TOKEN_FRACTIONS = LayerwiseCodec.TOKEN_FRACTIONS
 
     def __init__(self, task: Any = "xsum", **kwargs):
         super().__init__(task, **kwargs)
-        if self.plan_spec.is_encoder_decoder:
-            raise NotImplementedError("SwitchDecLayerwiseEnv supports decoder-only generators (Llama, GPT-2); use "
-                                      "SwitchDecEnv for encoder-decoder models")
-        self.num_layers = self.plan_spec.num_decoder_layers
-        self.action_space = spaces.Discrete(4)
+        self.codec = LayerwiseCodec(self.plan_spec)
+        self.num_layers = self.codec.num_layers
+        self.action_space = self.codec.space
         d = self.generator.hidden_size
-        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(d + 5,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(d + 5,), dtype=np.float32)
         self._stepper = None
+
+    def plan_to_actions(self, plan: SkipPlan) -> list[int]:
+        """The ``L + 1`` step actions that produce ``plan`` (see :meth:`LayerwiseCodec.encode`)."""
+        return self.codec.encode(plan)
 
     def _obs(self, pooled: np.ndarray) -> np.ndarray:
         token_step = self._layer < 0
@@ -278,48 +489,39 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
         return np.concatenate([h, self._length_features(self.example), np.array(extra, np.float32)]).astype(np.float32)
 
     def _spent_fraction(self) -> float:
-        plan = SkipPlan(self.plan_spec, (), (), tuple(self._attn), tuple(self._ffn), self._tokens)
-        br = self.generator.flops(plan, self.evaluator.prompt(self.example), 0)
+        plan = self.codec.plan(self._tokens, self._attn, self._ffn)
+        prompt = self._evaluator.prompt(self.example)
+        br = self.generator.flops(plan, prompt, 0)
         done = sum(v for k, v in br.per_candidate.items()
                    if k.startswith("decoder.") and int(k.rsplit(".", 1)[1]) < self._layer)
-        full = self.generator.flops(None, self.evaluator.prompt(self.example), 0).total
+        full = self.generator.flops(None, prompt, 0).total
         return float(done / full)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None:
-            self._order, self._cursor = None, 0
-        self.example = self._next_example(options)
+        self._start_episode(seed, options)
         self._layer = -1
         self._attn = [True] * self.num_layers  # undecided layers: marked skipped while stepping
         self._ffn = [True] * self.num_layers
         self._tokens = (False,) * self.plan_spec.token_segments
         self._stepper = None
-        self._last_info = None
-        return self._obs(self.evaluator.observation_features(self.example)), {"example_id": self.example.id}
+        return self._obs(self._evaluator.observation_features(self.example)), {"example_id": self.example.id}
 
     def step(self, action):
-        if self.example is None:
-            raise RuntimeError("call reset() before step()")
-        if self._layer >= self.num_layers:
-            raise RuntimeError("the episode is over (every layer has been decided); call reset()")
-        if np.ndim(action) != 0 or not float(action).is_integer() or not 0 <= int(action) <= 3:
-            raise ValueError(f"action must be an integer in [0, 3] (Discrete(4)), got {action!r}")
-        a = int(action)
+        self._check_can_step()
+        a = self.codec.decode_step(action)
         if self._layer < 0:
-            k = self.plan_spec.token_segments
-            n_skip = int(math.floor(self.TOKEN_FRACTIONS[a] * k))
-            self._tokens = tuple([False] * (k - n_skip) + [True] * n_skip)
-            self._stepper = self.generator.layer_stepper(self.evaluator.prompt(self.example), self._tokens)
+            self._tokens = self.codec.token_flags(a)
+            self._stepper = self.generator.layer_stepper(self._evaluator.prompt(self.example), self._tokens)
             self._layer = 0
             return self._obs(self._stepper.pooled()), 0.0, False, False, {"example_id": self.example.id}
         l = self._layer
-        self._attn[l], self._ffn[l] = a in (1, 3), a in (2, 3)
+        self._attn[l], self._ffn[l] = self.codec.layer_flags(a)
         pooled = self._stepper.step(l, skip_attention=self._attn[l], skip_ffn=self._ffn[l])
         self._layer += 1
         if self._layer < self.num_layers:
             return self._obs(pooled), 0.0, False, False, {"example_id": self.example.id}
-        plan = SkipPlan(self.plan_spec, (), (), tuple(self._attn), tuple(self._ffn), self._tokens)
-        info = self.evaluator.evaluate(self.example, plan)
-        self._last_info = info
+        o = self._evaluator.outcome(self.example, self.codec.plan(self._tokens, self._attn, self._ffn))
+        self._last_outcome, self._episode_over = o, True
+        self._stepper = None
+        info = self._info(o)
         return self._obs(pooled), float(info["reward"]), True, False, info

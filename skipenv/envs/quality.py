@@ -1,0 +1,174 @@
+"""Quality signals: how good a plan's output is on one input, next to the full model's quality on it.
+
+Each signal is one class with a :attr:`~QualitySignal.name`, a default tolerance
+:attr:`~QualitySignal.default_tau` and a flag :attr:`~QualitySignal.generates` (whether measuring it runs a greedy
+generation under the plan, which is several times slower than one teacher-forced forward pass). The
+:class:`~skipenv.envs.evaluator.Evaluator` calls :meth:`QualitySignal.measure`; adding a signal = one subclass.
+
+Words: the *gold target* is the dataset's answer for an example (reference summary, gold answer, label word); the
+*full output* is the full model's greedy output for it (:class:`~skipenv.envs.evaluator.FullOutput`).
+
+- :class:`Agreement` (``"agreement"``) — teacher-forced agreement with the full output: the fraction of output
+  positions at which the plan's argmax equals the full model's token (one forward pass; ``quality_full = 1``).
+  Cost is computed as if generating the full output's number of tokens.
+- :class:`ReferenceMetric` (``"reference"``, alias ``"rouge"``) — generate under the plan and score the output
+  against the gold target with the task metric: ROUGE-L F for summarization, SQuAD F1 for QA, accuracy for
+  classification; ``quality_full`` = the same metric for the full output.
+- :class:`Fidelity` (``"fidelity"``) — generate under the plan and score the output against the *full output* with
+  the task metric (``quality_full = 1``).
+- :class:`Likelihood` (``"likelihood"``) — ``exp(mean log p(target | plan) − mean log p(target | full))`` clipped
+  to [0, 1]: the teacher-forced likelihood of the gold target relative to the full model (one forward pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import metrics
+
+__all__ = ["QualitySignal", "Measurement", "Agreement", "ReferenceMetric", "Fidelity", "Likelihood",
+           "QUALITY_SIGNALS", "QUALITY_ALIASES", "QUALITY_MODES", "DEFAULT_TAU", "get_signal"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a signal reports for one (input, plan).
+
+    Attributes:
+        quality: the plan's quality (a fraction in [0, 1] for the built-in signals).
+        quality_full: the full model's quality on the same input, same unit.
+        text: the plan's generated text when the signal generated (else ``None``).
+        num_generated: tokens the plan generated (EOS included); ``None`` = charge the full output's length.
+    """
+
+    quality: float
+    quality_full: float
+    text: str | None = None
+    num_generated: int | None = None
+
+
+class QualitySignal:
+    """Base class of quality signals.
+
+    Attributes:
+        name: the ``quality=`` string that selects it.
+        default_tau: default tolerance of the constraint ``q >= q_full - tau`` (absolute, in the quality's unit).
+        generates: whether :meth:`measure` runs a greedy generation under the plan.
+        needs_target_logprob: whether :attr:`FullOutput.target_logprob` must be filled in.
+    """
+
+    name = "signal"
+    default_tau = 0.1
+    generates = False
+    needs_target_logprob = False
+
+    def measure(self, evaluator, example, plan, full) -> Measurement:  # pragma: no cover - interface
+        """Quality of ``plan`` on ``example``.
+
+        Args:
+            evaluator: the :class:`~skipenv.envs.evaluator.Evaluator` (its ``task``, ``generate``, ``score``,
+                ``target_logprob`` helpers).
+            example: the dataset example.
+            plan: a :class:`~skipenv.plan.SkipPlan` already checked against the evaluator's spec.
+            full: the example's :class:`~skipenv.envs.evaluator.FullOutput`.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Agreement(QualitySignal):
+    """Teacher-forced agreement with the full output (see module docstring)."""
+
+    name = "agreement"
+    #: Agreement of the full model with itself is 1.0 and skipping the single most redundant attention sublayer of
+    #: the embedded SmolLM2 keeps ~0.9 on XSum, so 0.1 admits a few sublayer / token skips per input (README
+    #: "Choosing tau", measured by ``benchmarks/bench_tau.py``).
+    default_tau = 0.10
+
+    def measure(self, evaluator, example, plan, full) -> Measurement:
+        if plan.is_empty:
+            return Measurement(1.0, 1.0)
+        argmax = evaluator.score(example, full.tokens, plan).argmax.tolist()
+        return Measurement(float(metrics.agreement(argmax, list(full.tokens))), 1.0)
+
+
+class ReferenceMetric(QualitySignal):
+    """The task metric of the plan's generated output against the gold target (see module docstring)."""
+
+    name = "reference"
+    #: ROUGE-L against references is noisy (±0.02 between equally good summaries), so 0.02.
+    default_tau = 0.02
+    generates = True
+
+    def measure(self, evaluator, example, plan, full) -> Measurement:
+        if plan.is_empty:
+            text, n = full.text, full.num_generated
+        else:
+            text, n = evaluator.generate(example, plan)
+        return Measurement(float(evaluator.task.score(text, example)), float(full.target_score), text, n)
+
+
+class Fidelity(QualitySignal):
+    """The task metric of the plan's generated output against the full output (see module docstring)."""
+
+    name = "fidelity"
+    default_tau = 0.10
+    generates = True
+
+    def measure(self, evaluator, example, plan, full) -> Measurement:
+        if plan.is_empty:
+            return Measurement(1.0, 1.0, full.text, full.num_generated)
+        text, n = evaluator.generate(example, plan)
+        if text == full.text:  # identical output: fidelity 1 even where the metric sees no words
+            return Measurement(1.0, 1.0, text, n)
+        task = evaluator.task
+        as_target = dataclasses.replace(example, reference=full.text, label=task.post_process(full.text))
+        return Measurement(float(task.score(text, as_target)), 1.0, text, n)
+
+
+class Likelihood(QualitySignal):
+    """Likelihood of the gold target under the plan relative to the full model (see module docstring)."""
+
+    name = "likelihood"
+    default_tau = 0.10
+    needs_target_logprob = True
+
+    def measure(self, evaluator, example, plan, full) -> Measurement:
+        if plan.is_empty:
+            return Measurement(1.0, 1.0)
+        lp = evaluator.target_logprob(example, plan)
+        return Measurement(float(min(1.0, np.exp(lp - full.target_logprob))), 1.0)
+
+
+#: name → signal class
+QUALITY_SIGNALS: dict[str, type[QualitySignal]] = {
+    cls.name: cls for cls in (Agreement, ReferenceMetric, Fidelity, Likelihood)}
+#: accepted alternative names
+QUALITY_ALIASES = {"rouge": "reference"}
+QUALITY_MODES = tuple(QUALITY_SIGNALS)
+#: default tolerance per quality name (aliases included)
+DEFAULT_TAU = {**{n: c.default_tau for n, c in QUALITY_SIGNALS.items()},
+               **{a: QUALITY_SIGNALS[n].default_tau for a, n in QUALITY_ALIASES.items()}}
+
+
+def get_signal(quality) -> QualitySignal:
+    """A :class:`QualitySignal` from a name (or alias) or an instance (returned as is).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if isinstance(quality, QualitySignal):
+        return quality
+    if isinstance(quality, type) and issubclass(quality, QualitySignal):
+        return quality()
+    name = QUALITY_ALIASES.get(quality, quality) if isinstance(quality, str) else quality
+    if not isinstance(name, str) or name not in QUALITY_SIGNALS:
+        raise ValueError(f"unknown quality {quality!r}; choose one of {QUALITY_MODES} (alias "
+                         f"{', '.join(f'{a!r} = {n!r}' for a, n in QUALITY_ALIASES.items())}) or pass a "
+                         f"QualitySignal instance")
+    return QUALITY_SIGNALS[name]()

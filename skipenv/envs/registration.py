@@ -1,0 +1,86 @@
+"""Gymnasium registration of the SwitchDec environment ids (runs on ``import skipenv``).
+
+Ids are task variants over the two env classes plus kwargs; every id uses the embedded SmolLM2-135M-Instruct as
+default generator. Hub-only datasets (CNN/DailyMail, SQuAD, SST-2) fail at ``gym.make`` with a clear message when
+the dataset hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any, Iterator
+
+import gymnasium as gym
+
+__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "sharing", "shared_objects"]
+
+_ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
+_LAYERWISE = "skipenv.envs.switchdec:SwitchDecLayerwiseEnv"
+
+#: id → (entry point, kwargs)
+SPECS: dict[str, tuple[str, dict]] = {
+    "SwitchDec-XSum-v0": (_ONE_SHOT, {"task": "xsum", "task_source": "embedded"}),
+    "SwitchDec-XSum-Layerwise-v0": (_LAYERWISE, {"task": "xsum", "task_source": "embedded"}),
+    "SwitchDec-CNNDM-v0": (_ONE_SHOT, {"task": "cnndm", "task_source": "hub"}),
+    "SwitchDec-SQuAD-v0": (_ONE_SHOT, {"task": "squad", "task_source": "hub"}),
+    "SwitchDec-DisflQA-v0": (_ONE_SHOT, {"task": "disflqa", "task_source": "embedded"}),
+    "SwitchDec-SST2-v0": (_ONE_SHOT, {"task": "sst2", "task_source": "hub"}),
+    "SwitchDec-RottenTomatoes-v0": (_ONE_SHOT, {"task": "rotten_tomatoes", "task_source": "embedded"}),
+}
+
+#: The ids that run offline on the embedded assets.
+OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
+               "SwitchDec-RottenTomatoes-v0")
+
+ENV_IDS: tuple[str, ...] = tuple(SPECS)
+
+
+def register_envs() -> None:
+    """Register every id in :data:`ENV_IDS` (idempotent). Episodes are one step (one-shot) or ``L + 1`` steps
+    (layerwise), so no ``max_episode_steps`` is set."""
+    for env_id, (entry_point, kwargs) in SPECS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs), disable_env_checker=False)
+
+
+#: objects handed to the env constructor by :func:`make` (kept out of gymnasium's spec kwargs)
+_INJECTED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("skipenv_injected", default=None)
+
+
+def shared_objects() -> dict:
+    """The objects that :func:`sharing` / :func:`make` hand to envs constructed now (empty outside them)."""
+    return dict(_INJECTED.get() or {})
+
+
+@contextlib.contextmanager
+def sharing(*, generator=None, evaluator=None, reward=None) -> Iterator[None]:
+    """Within this block, every SwitchDec env that is constructed without its own ``generator`` / ``evaluator`` /
+    ``reward`` uses these — also envs built by other libraries' factories, e.g.
+    ``with sharing(generator=g): make_vec_env("SwitchDec-XSum-v0", n_envs=4)``. Nothing goes into ``env.spec``."""
+    objs = {k: v for k, v in (("generator", generator), ("evaluator", evaluator), ("reward", reward))
+            if v is not None}
+    token = _INJECTED.set(objs)
+    try:
+        yield
+    finally:
+        _INJECTED.reset(token)
+
+
+def make(env_id: str, *, generator=None, evaluator=None, reward=None, **kwargs: Any) -> gym.Env:
+    """``gym.make(env_id, **kwargs)`` that shares already-built objects with the new env without putting them in
+    ``env.spec`` (gymnasium deep-copies spec kwargs: a model passed as a ``gym.make`` kwarg is copied whenever
+    ``env.spec`` is read, and ``spec.to_json()`` fails).
+
+    Args:
+        env_id: a registered id (e.g. ``"SwitchDec-XSum-v0"``).
+        generator: a wrapped generator to use instead of loading ``model``.
+        evaluator: an :class:`~skipenv.envs.evaluator.Evaluator` to share (its caches serve every env built on it).
+        reward: a :class:`~skipenv.envs.rewards.Reward` object.
+        **kwargs: the env's other keyword arguments (plain values; they are recorded in ``env.spec``).
+
+    Returns:
+        The env, wrapped as ``gym.make`` wraps it.
+    """
+    with sharing(generator=generator, evaluator=evaluator, reward=reward):
+        return gym.make(env_id, **kwargs)
