@@ -171,13 +171,17 @@ def layer_arguments(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.
 
 
 def _forward_attribute(layer: nn.Module) -> str:
-    """The instance attribute a replacement body goes into: ``forward``, or ``_old_forward`` under an accelerate
-    hook (the hook's ``forward`` keeps running: device placement, offloaded weights)."""
+    """The instance attribute a replacement body goes into: ``forward`` (no instance-level forward, or the class's
+    own forward bound on the instance), or ``_old_forward`` under an accelerate hook (the hook's ``forward`` keeps
+    running: device placement, offloaded weights). Any other instance-level ``forward`` is refused."""
     own = vars(layer)
     if "forward" not in own:
         return "forward"
     if getattr(layer, "_hf_hook", None) is not None and "_old_forward" in own:
         return "_old_forward"
+    forward = own["forward"]
+    if getattr(forward, "__self__", None) is layer and getattr(forward, "__func__", None) is type(layer).forward:
+        return "forward"  # the class's own forward bound on the instance (left by accelerate's remove_hook)
     raise UnsupportedModelError(
         f"{type(layer).__name__} has an instance-level forward ({own['forward']!r}) that is not an accelerate hook; "
         f"skipenv would have to replace it to skip sublayers. Remove it (e.g. `del layer.forward`) before wrapping, "
