@@ -810,3 +810,13 @@ def test_check_generator_catches_a_wrong_module_map():
     g = Swapped(build_model("llama"), toy_tokenizer())
     with pytest.raises(AssertionError, match="sublayer was called"):
         check_generator(g, make_inputs((16,)))
+
+
+def test_generator_pickles_with_its_own_lock():
+    import pickle
+
+    g = _generator("llama")
+    clone = pickle.loads(pickle.dumps(g))
+    inputs = make_inputs((12,))
+    assert clone.generate(inputs, max_new_tokens=4).tokens == g.generate(inputs, max_new_tokens=4).tokens
+    assert clone._lock is not g._lock and clone._lock is wrap(clone.model, toy_tokenizer())._lock

@@ -167,6 +167,15 @@ class SkippableGenerator:
         self.pad_token_id = pad if pad is not None else (eos if eos is not None else 0)
         check_replacement_layers(self)
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_lock"]  # a lock cannot be pickled; the copy gets its model's lock back on load
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = model_lock(self.model)
+
     # ------------------------------------------------------------------ per-family hooks
     def _encoder_layers(self) -> Sequence[nn.Module]:
         return ()
