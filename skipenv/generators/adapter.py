@@ -260,7 +260,9 @@ def check_replacement_layers(generator) -> None:
     every layer replaced by its body from ``generator._layer_forward(stack, layer, False, False)`` — and compares
     every layer's output and the logits (float32: rtol 1e-4, atol 1e-5; lower precisions: rtol 0.1, atol 1e-2).
     This is the guard against a transformers release that changes what a layer computes or passes: such a change
-    makes wrap() fail instead of giving wrong numbers.
+    makes wrap() fail instead of giving wrong numbers. A model with the same contract key as one that passed in this
+    process (same wrapper and layer classes and code, config, attention implementation, dtype, device; weights do
+    not matter) is not run again; the check that no layer carries a foreign instance-level ``forward`` always runs.
 
     Raises:
         UnsupportedModelError: a layer output or the logits differ, or a replacement body fails; the message names
@@ -270,6 +272,9 @@ def check_replacement_layers(generator) -> None:
                                                   ("decoder", generator._decoder_layers()))
               for i, layer in enumerate(ls)]
     check_layers_patchable(layer for _, _, layer in layers)
+    key = _contract_key(generator, [layer for _, _, layer in layers])
+    if key in _PASSED:
+        return
     vocab = int(getattr(generator.config.get_text_config(), "vocab_size", 0) or 0)
     ids = [(3 + k) % vocab if vocab else 3 + k for k in range(3)]
 
@@ -309,3 +314,17 @@ def check_replacement_layers(generator) -> None:
         raise UnsupportedModelError(
             f"the skippable replacement of the {generator.family} layers changes the logits with nothing skipped "
             f"under {version}; {supported}")
+    _PASSED.add(key)
+
+
+#: contract keys of models that passed :func:`check_replacement_layers` in this process
+_PASSED: set = set()
+
+
+def _contract_key(generator, layers: Sequence[nn.Module]) -> tuple:
+    """What the layer contract depends on besides the weights: the wrapper class, the layer classes' code (a
+    monkeypatched or reloaded forward is a new key), the config, the attention implementation, dtype and device."""
+    param = next(generator.model.parameters())
+    forwards = tuple(dict.fromkeys((type(layer), type(layer).forward) for layer in layers))
+    return (type(generator), type(generator.model), forwards, generator.config.to_json_string(),
+            getattr(generator.config, "_attn_implementation", None), param.dtype, param.device.type)
