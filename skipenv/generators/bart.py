@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EncoderDecoderGenerator, SublayerModules
+from .base import SublayerModules
+from .encoder_decoder import EncoderDecoderGenerator
 from .flops import FlopsModel, StackCost
 
 

@@ -9,7 +9,9 @@ Skipping a sublayer drops its whole line (norm included). Source: ``transformers
 
 from __future__ import annotations
 
-from .base import DecoderOnlyGenerator, SublayerModules, UnsupportedModelError
+from .adapter import UnsupportedModelError
+from .base import SublayerModules
+from .decoder_only import DecoderOnlyGenerator
 from .flops import FlopsModel, StackCost
 
 

@@ -9,7 +9,8 @@ Source of the layer structure: ``transformers/models/llama/modeling_llama.py`` (
 
 from __future__ import annotations
 
-from .base import DecoderOnlyGenerator, SublayerModules
+from .base import SublayerModules
+from .decoder_only import DecoderOnlyGenerator
 from .flops import FlopsModel, StackCost
 
 
