@@ -1,10 +1,13 @@
 """Public test helpers for people who write generators, tasks or agents against skipenv (like ``pettingzoo.test``).
 
 - :func:`tiny_generator` — a random-weight model of a supported family built from a tiny config (no download),
-  wrapped and ready; with the embedded SmolLM2 tokenizer for decoder-only families when available.
+  wrapped and ready; with :class:`ToyTokenizer` unless you pass a tokenizer (its vocabulary then sizes the model).
+- :class:`ToyTokenizer` (ids are their own text) and :func:`toy_bpe_tokenizer` (a real BPE tokenizer trained in
+  memory) — the tokenizers for tests that must not download one.
 - :func:`check_generator` — asserts the core contracts of a :class:`~skipenv.generators.SkippableGenerator`:
-  the empty plan reproduces the unmodified model, KV-cache generation equals uncached generation under a plan,
-  and the analytic FLOPs match ``FlopCounterMode`` (with eager attention).
+  the empty plan reproduces the unmodified model, skipped sublayers call none of their modules (the family's
+  module map), KV-cache generation equals uncached generation under a plan, and the analytic FLOPs match
+  ``FlopCounterMode`` (with eager attention).
 - :func:`check_task` — formats examples of a task with a tokenizer and checks the document span and scoring.
 """
 
@@ -19,7 +22,8 @@ from .generators import SkippableGenerator, wrap
 from .inputs import PromptInput
 from .plan import SkipPlan
 
-__all__ = ["TINY_CONFIGS", "tiny_model", "tiny_generator", "check_generator", "check_task", "ToyTokenizer"]
+__all__ = ["TINY_CONFIGS", "tiny_model", "tiny_generator", "check_generator", "check_task", "ToyTokenizer",
+           "toy_bpe_tokenizer"]
 
 #: Tiny configs per family (hidden size 32, 4 layers) — seconds to build, milliseconds per forward.
 TINY_CONFIGS = {
@@ -33,16 +37,52 @@ TINY_CONFIGS = {
 
 
 class ToyTokenizer:
-    """A minimal tokenizer stand-in (ids are their own text) for generator tests that need no real vocabulary."""
+    """The one tokenizer stand-in for generator tests that need no real vocabulary: a token id is its own text.
+
+    ``decode`` joins the ids with spaces (special ids dropped when ``skip_special_tokens``); calling it on text
+    maps each character to one id in ``[2, vocab_size)``.
+
+    Args:
+        vocab_size: ids ``0 .. vocab_size - 1`` (``len(tokenizer)``).
+        eos_token_id: the end-of-sequence id (may lie outside the vocabulary, so that a model never produces it and
+            generation always runs to ``max_new_tokens``).
+        pad_token_id: the padding id.
+    """
 
     def __init__(self, vocab_size: int = 64, eos_token_id: int = 1, pad_token_id: int = 0):
         self.vocab_size, self.eos_token_id, self.pad_token_id = vocab_size, eos_token_id, pad_token_id
 
+    def __len__(self) -> int:
+        return self.vocab_size
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return " ".join(str(int(i)) for i in ids if not (skip_special_tokens and i in (self.eos_token_id, self.pad_token_id)))
+        special = (self.eos_token_id, self.pad_token_id)
+        return " ".join(str(int(i)) for i in ids if not (skip_special_tokens and int(i) in special))
 
     def __call__(self, text: str, add_special_tokens: bool = False):
         return {"input_ids": [2 + (ord(c) % (self.vocab_size - 2)) for c in text]}
+
+
+def toy_bpe_tokenizer(vocab_size: int = 400):
+    """A real byte-level BPE tokenizer with BART's special tokens (``<s>``=0, ``<pad>``=1, ``</s>``=2; single input
+    ``<s> a </s>``, pair ``<s> a </s></s> b </s>``), trained in memory on a few sentences: for formatting tasks
+    without a download. Returns a :class:`transformers.PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["The quick brown fox jumps over the lazy dog.", "A summary of the article in one sentence.",
+              "What is the answer to the question? The passage says it is here."]
+    tok.train_from_iterator(corpus * 20, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", model_max_length=1024)
 
 
 def tiny_model(family: str = "llama", *, vocab_size: int = 64, seed: int = 0, attn_implementation: str = "eager",
@@ -104,8 +144,11 @@ def check_generator(generator: SkippableGenerator, inputs: Sequence[PromptInput]
 
     1. Empty plan ≡ unmodified model: teacher-forced log-probabilities equal the plain model's (atol 1e-4) —
        checked on the first input.
-    2. Under random plans, generation with the KV cache equals generation without it, token for token.
-    3. The analytic FLOPs of each generation are within ``flops_tolerance`` of ``FlopCounterMode`` (requires
+    2. Skipping skips: with the attention of the first layer and the FFN of the last layer of each stack skipped,
+       none of their modules (:meth:`~skipenv.generators.SkippableGenerator.sublayer_modules`) is called, and every
+       module of every other sublayer is.
+    3. Under random plans, generation with the KV cache equals generation without it, token for token.
+    4. The analytic FLOPs of each generation are within ``flops_tolerance`` of ``FlopCounterMode`` (requires
        ``attn_implementation="eager"``: the fused CPU SDPA kernel is not counted by FlopCounterMode).
     """
     from torch.utils.flop_counter import FlopCounterMode
@@ -125,6 +168,7 @@ def check_generator(generator: SkippableGenerator, inputs: Sequence[PromptInput]
             logits = model(input_ids=ids).logits[0, len(inp) - 1: len(inp) - 1 + len(target)]
     ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(target)[:, None].to(logits.device))[:, 0]
     assert torch.allclose(ours, ref.cpu(), atol=1e-4), f"empty plan differs from the unmodified model: {ours} vs {ref}"
+    _check_skipped_modules(generator, inp, token_segments)
     for plan in _random_plans(generator, num_plans, seed, token_segments):
         try:
             cached = generator.generate(inputs, plan, max_new_tokens=max_new_tokens)
@@ -138,6 +182,37 @@ def check_generator(generator: SkippableGenerator, inputs: Sequence[PromptInput]
         analytic = generator.flops(plan, inp, out.num_generated[0]).total
         assert abs(analytic - measured) <= flops_tolerance * measured, (
             f"analytic FLOPs {analytic} vs FlopCounterMode {measured} under {plan!r}")
+
+
+def _check_skipped_modules(generator: SkippableGenerator, inp: PromptInput, token_segments: int) -> None:
+    spec = generator.plan_spec(token_segments)
+    stacks = [("encoder", spec.num_encoder_layers), ("decoder", spec.num_decoder_layers)]
+    skipped = {(stack, 0, "attention") for stack, n in stacks if n} | {(stack, n - 1, "ffn") for stack, n in stacks if n}
+    plan = SkipPlan.from_skips(spec, attention=[0], ffn=[spec.num_decoder_layers - 1],
+                               encoder_attention=[0] if spec.num_encoder_layers else [],
+                               encoder_ffn=[spec.num_encoder_layers - 1] if spec.num_encoder_layers else [])
+    calls: dict[tuple, int] = {}
+    handles = []
+    for stack, n in stacks:
+        for i in range(n):
+            modules = generator.sublayer_modules(stack, i)
+            for kind, mods in (("attention", modules.attention), ("ffn", modules.ffn),
+                               ("cross_attention", modules.cross_attention)):
+                for j, mod in enumerate(mods):
+                    key = (stack, i, kind, j)
+                    calls[key] = 0
+                    handles.append(mod.register_forward_pre_hook(
+                        lambda m, a, key=key: calls.__setitem__(key, calls[key] + 1)))
+    try:
+        generator.generate([inp], plan, max_new_tokens=2)
+    finally:
+        for h in handles:
+            h.remove()
+    for (stack, i, kind, j), n in calls.items():
+        if (stack, i, kind) in skipped:
+            assert n == 0, f"{stack} layer {i}: module {j} of the skipped {kind} sublayer was called"
+        else:
+            assert n > 0, f"{stack} layer {i}: module {j} of the {kind} sublayer was never called"
 
 
 def check_task(task, tokenizer, *, split: str = "test", num_examples: int = 5, encoder_decoder: bool = False) -> None:

@@ -29,26 +29,11 @@ def smollm2_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_bart_tokenizer():
-    """A byte-level BPE tokenizer with BART's special tokens (``<s> a </s>``, pair ``<s> a </s></s> b </s>``).
+    """A byte-level BPE tokenizer with BART's special tokens, trained in memory (no download): see
+    :func:`skipenv.testing.toy_bpe_tokenizer`."""
+    from skipenv.testing import toy_bpe_tokenizer
 
-    Trained in memory on a few sentences (vocabulary 400), so no download is needed.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = ["The quick brown fox jumps over the lazy dog.", "A summary of the article in one sentence.",
-              "What is the answer to the question? The passage says it is here."]
-    tok.train_from_iterator(corpus * 20, trainer)
-    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", mask_token="<mask>", model_max_length=1024)
+    return toy_bpe_tokenizer()
 
 
 @pytest.fixture

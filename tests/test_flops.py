@@ -24,6 +24,7 @@ from transformers import (
 
 from skipenv import PromptInput, SkipPlan
 from skipenv.generators import FlopsBreakdown, StackCost, wrap
+from skipenv.testing import ToyTokenizer
 
 transformers.logging.set_verbosity_error()
 
@@ -31,12 +32,9 @@ transformers.logging.set_verbosity_error()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Tok:
-    eos_token_id = 999  # outside the vocabulary: generation always runs to max_new_tokens
-    pad_token_id = 0
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
+def Tok():
+    # EOS outside the vocabulary: generation always runs to max_new_tokens
+    return ToyTokenizer(vocab_size=10, eos_token_id=999, pad_token_id=0)
 
 
 def tiny_llama():

@@ -37,6 +37,7 @@ from transformers import (
 
 from skipenv import PlanError, PromptInput, SkipPlan
 from skipenv.generators import GENERATOR_CLASSES, UnsupportedModelError, wrap
+from skipenv.testing import ToyTokenizer
 
 transformers.logging.set_verbosity_error()
 
@@ -50,14 +51,8 @@ EOS, PAD = 1, 0
 MAX_POS = 64
 
 
-class DummyTokenizer:
-    """Just what the generators use: special ids and ``decode``."""
-
-    eos_token_id = EOS
-    pad_token_id = PAD
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(str(i) for i in ids if not (skip_special_tokens and i in (PAD, EOS)))
+def toy_tokenizer() -> ToyTokenizer:
+    return ToyTokenizer(vocab_size=V, eos_token_id=EOS, pad_token_id=PAD)
 
 
 def build_model(family: str, **overrides):
@@ -94,7 +89,7 @@ def build_model(family: str, **overrides):
 
 @functools.lru_cache(maxsize=None)
 def _generator(family: str):
-    return wrap(build_model(family), DummyTokenizer())
+    return wrap(build_model(family), toy_tokenizer())
 
 
 @pytest.fixture(params=FAMILIES)
@@ -176,40 +171,24 @@ def stacks(g):
     return out + [("decoder", g._decoder_layers())]
 
 
-def sublayer_modules(family: str, stack: str, layer) -> dict[str, list]:
-    """Modules that belong to each sublayer of ``layer`` (a skipped sublayer calls none of them)."""
-    if family == "llama":
-        return {"attention": [layer.self_attn, layer.input_layernorm],
-                "ffn": [layer.mlp, layer.post_attention_layernorm], "cross": []}
-    if family == "gpt2":
-        return {"attention": [layer.attn, layer.ln_1], "ffn": [layer.mlp, layer.ln_2], "cross": []}
-    if family == "bart":
-        return {"attention": [layer.self_attn, layer.self_attn_layer_norm],
-                "ffn": [layer.fc1, layer.fc2, layer.final_layer_norm],
-                "cross": [layer.encoder_attn, layer.encoder_attn_layer_norm] if stack == "decoder" else []}
-    return {"attention": [layer.layer[0]], "ffn": [layer.layer[-1]],
-            "cross": [layer.layer[1]] if stack == "decoder" else []}
+def sublayer_modules(g, stack: str, i: int) -> dict[str, tuple]:
+    """Modules that belong to each sublayer of layer ``i`` (the family's own module map)."""
+    m = g.sublayer_modules(stack, i)
+    return {"attention": m.attention, "ffn": m.ffn, "cross": m.cross_attention}
 
 
-def after_attention_entry(family: str, stack: str, layer):
-    """The module whose *input* is the residual stream right after the attention sublayer."""
-    return {
-        "llama": lambda: layer.post_attention_layernorm,
-        "gpt2": lambda: layer.ln_2,
-        "bart": lambda: layer.encoder_attn if stack == "decoder" else layer.fc1,
-        "t5": lambda: layer.layer[1] if stack == "decoder" else layer.layer[-1],
-    }[family]()
+def after_attention_entry(g, stack: str, i: int):
+    """The module whose *input* is the residual stream right after the attention sublayer: the first module of the
+    next sublayer (cross-attention if the layer has one, else the FFN)."""
+    m = g.sublayer_modules(stack, i)
+    return (m.cross_attention or m.ffn)[0]
 
 
-def before_ffn_state(family: str, stack: str, layer):
-    """``(module, how)``: the residual stream right before the FFN sublayer is the module's output (``"output"``)
-    or the layer input plus the module's output (``"residual"``, pre-LN families without a hookable sum)."""
-    return {
-        "llama": lambda: (layer.self_attn, "residual"),
-        "gpt2": lambda: (layer.attn, "residual"),
-        "bart": lambda: (layer.encoder_attn_layer_norm if stack == "decoder" else layer.self_attn_layer_norm, "output"),
-        "t5": lambda: (layer.layer[1] if stack == "decoder" else layer.layer[0], "output"),
-    }[family]()
+def before_ffn_state(g, stack: str, i: int):
+    """``(module, how)``: the residual stream right before the FFN sublayer is the output of the last module of the
+    preceding sublayer (``"output"``) or the layer input plus that output (``"residual"``, pre-LN families)."""
+    m = g.sublayer_modules(stack, i)
+    return (m.cross_attention or m.attention)[-1], "output" if m.outputs_stream else "residual"
 
 
 def first(x):
@@ -283,7 +262,7 @@ def test_empty_plan_greedy_matches_hf_generate(gen):
     assert out.prompt_lengths == [20, 13, 17]
     for inp, r in zip(inputs, ref):
         assert gen.generate([inp], max_new_tokens=10).tokens == [r]
-    assert out.texts == [DummyTokenizer().decode(t) for t in out.tokens]
+    assert out.texts == [toy_tokenizer().decode(t) for t in out.tokens]
 
 
 def test_score_of_own_greedy_output_agrees(gen):
@@ -318,7 +297,7 @@ def test_skipped_sublayers_are_never_called(gen):
     handles = []
     for stack, layers in stacks(gen):
         for i, layer in enumerate(layers):
-            for kind, mods in sublayer_modules(fam, stack, layer).items():
+            for kind, mods in sublayer_modules(gen, stack, i).items():
                 for j, mod in enumerate(mods):
                     key = (stack, i, kind, j)
                     calls[key] = 0
@@ -374,7 +353,7 @@ def test_skipped_attention_is_identity(gen, stack):
     if stack == "encoder" and fam not in ENC_DEC:
         pytest.skip("decoder-only model")
     layer = dict(stacks(gen))[stack][1]
-    entry = after_attention_entry(fam, stack, layer)
+    entry = after_attention_entry(gen, stack, 1)
     layer_in, entry_in = [], []
     with hooks(layer.register_forward_pre_hook(lambda m, a, k: layer_in.append(hidden_arg(a, k)), with_kwargs=True),
                entry.register_forward_pre_hook(lambda m, a, k: entry_in.append(hidden_arg(a, k)), with_kwargs=True)):
@@ -390,7 +369,7 @@ def test_skipped_ffn_is_identity(gen, stack):
     if stack == "encoder" and fam not in ENC_DEC:
         pytest.skip("decoder-only model")
     layer = dict(stacks(gen))[stack][1]
-    mod, how = before_ffn_state(fam, stack, layer)
+    mod, how = before_ffn_state(gen, stack, 1)
     layer_in, mod_out, layer_out = [], [], []
     with hooks(layer.register_forward_pre_hook(lambda m, a, k: layer_in.append(hidden_arg(a, k)), with_kwargs=True),
                mod.register_forward_hook(lambda m, a, o: mod_out.append(first(o))),
@@ -414,8 +393,8 @@ def test_layer_skipping_both_sublayers_is_identity(gen, stack):
                layer.register_forward_hook(lambda m, a, o: outs.append(first(o)))]
     keeps_cross = fam in ENC_DEC and stack == "decoder"
     if keeps_cross:
-        entry = after_attention_entry(fam, stack, layer)  # the cross-attention sublayer
-        mod, _ = before_ffn_state(fam, stack, layer)  # its result
+        entry = after_attention_entry(gen, stack, 1)  # the cross-attention sublayer
+        mod, _ = before_ffn_state(gen, stack, 1)  # its result
         handles += [
             entry.register_forward_pre_hook(lambda m, a, k: cross_in.append(hidden_arg(a, k)), with_kwargs=True),
             mod.register_forward_hook(lambda m, a, o: cross_out.append(first(o))),
@@ -481,7 +460,7 @@ def test_t5_layer0_attention_skip_keeps_position_bias():
 def test_t5_more_decoder_than_encoder_layers():
     """``num_decoder_layers != num_layers``: the caches must be sized by the decoder depth."""
     model = build_model("t5", num_layers=2, num_decoder_layers=3, feed_forward_proj="relu")
-    g = wrap(model, DummyTokenizer())
+    g = wrap(model, toy_tokenizer())
     assert (g.num_encoder_layers, g.num_decoder_layers) == (2, 3)
     inputs = make_inputs((15, 10))
     s = g.score(inputs[:1], [[7, 8, 9]])[0]
@@ -554,7 +533,7 @@ def test_unsupported_architecture_lists_supported():
     opt = OPTForCausalLM(OPTConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
                                    num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16))
     with pytest.raises(UnsupportedModelError) as err:
-        wrap(opt, DummyTokenizer())
+        wrap(opt, toy_tokenizer())
     msg = str(err.value)
     assert "OPTForCausalLM is not supported" in msg
     for name in GENERATOR_CLASSES:
@@ -603,3 +582,241 @@ def test_bad_inputs(gen):
         gen.generate([[1, 2, 3]], max_new_tokens=2)
     with pytest.raises(ValueError, match="targets"):
         gen.score(make_inputs((10, 8)), [[3]])
+
+
+# ==================================================================================================== patching
+def _plan_skipping_layer1(g) -> SkipPlan:
+    enc = g.num_encoder_layers > 0
+    return SkipPlan.from_skips(g.plan_spec(4), attention=[1], ffn=[0], encoder_attention=[1] if enc else [])
+
+
+def test_layers_patched_once_per_call(gen):
+    """One replacement body per layer for a whole generate / score call, not one per decoding step."""
+    layer = gen._decoder_layers()[1]
+    seen = []  # the instance-level forward at each call (kept alive, so identities cannot be recycled)
+    plan = _plan_skipping_layer1(gen)
+    with hooks(layer.register_forward_pre_hook(lambda m, a: seen.append(vars(m).get("forward")))):
+        out = gen.generate(make_inputs((14,)), plan, max_new_tokens=6)
+        calls_in_generate = len(seen)
+        gen.score(make_inputs((14,)), [[4, 5, 6]], plan)
+    assert calls_in_generate == out.num_generated[0] > 1
+    assert seen[0] is not None and all(f is seen[0] for f in seen[:calls_in_generate])
+    assert seen[-1] is not None and seen[-1] is not seen[0]  # the next call patches anew
+    assert "forward" not in vars(layer)
+
+
+def test_layer_arguments_binds_catch_all_by_kind():
+    from skipenv.generators.adapter import layer_arguments
+
+    class Layer(torch.nn.Module):
+        def forward(self, x, mask=None, *, scale=1.0, **extra_arguments):
+            return x
+
+    x = torch.zeros(1, 2, 3)
+    hidden, kw = layer_arguments(Layer(), (x, "m"), {"scale": 2.0, "cache": "c", "position_embeddings": "p"})
+    assert hidden is x and kw == {"mask": "m", "scale": 2.0, "cache": "c", "position_embeddings": "p"}
+
+    class Varargs(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return args[0]
+
+    with pytest.raises(UnsupportedModelError, match="hidden states as its first parameter"):
+        layer_arguments(Varargs(), (x,), {})
+    with pytest.raises(UnsupportedModelError, match="does not fit its signature"):
+        layer_arguments(Layer(), (x, 1, 2), {})
+
+
+class CountingHook:
+    """An accelerate ``ModelHook`` (as ``device_map=`` / offloading install on each layer) that counts calls."""
+
+    def __new__(cls):
+        from accelerate.hooks import ModelHook
+
+        class _Hook(ModelHook):
+            calls = 0
+
+            def pre_forward(self, module, *args, **kwargs):
+                self.calls += 1
+                return args, kwargs
+
+        return _Hook()
+
+
+@pytest.mark.parametrize("family", ["llama", "bart"])
+def test_accelerate_hooks_are_kept_and_keep_running(family):
+    pytest.importorskip("accelerate")
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    plain = _generator(family)
+    g = wrap(build_model(family), toy_tokenizer())
+    layers = [layer for _, ls in stacks(g) for layer in ls]
+    hook_objects = [CountingHook() for _ in layers]
+    for layer, hk in zip(layers, hook_objects):
+        add_hook_to_module(layer, hk)
+    before = [(vars(layer)["forward"], vars(layer)["_old_forward"]) for layer in layers]
+    try:
+        g = wrap(g.model, toy_tokenizer())  # the self-check runs through the hooks too
+        inputs = make_inputs((15, 11))
+        plan = _plan_skipping_layer1(g)
+        assert g.generate(inputs, plan, max_new_tokens=5).tokens == plain.generate(inputs, plan, max_new_tokens=5).tokens
+        torch.testing.assert_close(g.score(inputs, [[4, 5], [6]], plan)[0].logprobs,
+                                   plain.score(inputs, [[4, 5], [6]], plan)[0].logprobs, rtol=0, atol=0)
+        assert all(hk.calls > 0 for hk in hook_objects)  # skipped layers included: the hook still ran
+        assert [(vars(layer)["forward"], vars(layer)["_old_forward"]) for layer in layers] == before
+    finally:
+        for layer in layers:
+            remove_hook_from_module(layer)
+    # accelerate leaves the class's forward bound on the instance: accepted, and put back after a call
+    left = [vars(layer)["forward"] for layer in layers]
+    assert all(f.__func__ is type(layer).forward for f, layer in zip(left, layers))
+    assert g.generate(inputs, plan, max_new_tokens=5).tokens == plain.generate(inputs, plan, max_new_tokens=5).tokens
+    assert [vars(layer)["forward"] for layer in layers] == left
+
+
+def test_other_instance_forward_is_refused_untouched():
+    g = wrap(build_model("llama"), toy_tokenizer())
+    layer = g._decoder_layers()[2]
+    custom = functools.partial(type(layer).forward, layer)
+    layer.forward = custom
+    plan = SkipPlan.from_skips(g.plan_spec(4), attention=[0, 2])
+    with pytest.raises(UnsupportedModelError, match="instance-level forward"):
+        g.generate(make_inputs((10,)), plan, max_new_tokens=2)
+    assert vars(layer)["forward"] is custom and "forward" not in vars(g._decoder_layers()[0])
+    with pytest.raises(UnsupportedModelError, match="instance-level forward"):
+        wrap(g.model, toy_tokenizer())
+
+
+LAYER_CLASSES = {"llama": ("llama", "LlamaDecoderLayer"), "gpt2": ("gpt2", "GPT2Block"),
+                 "bart": ("bart", "BartDecoderLayer"), "t5": ("t5", "T5Block")}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_self_check_refuses_a_changed_layer_contract(family, monkeypatch):
+    """What a future transformers could do: the real layer computes something else than the replacement body."""
+    import importlib
+
+    module, name = LAYER_CLASSES[family]
+    cls = getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), name)
+    original = cls.forward
+
+    @functools.wraps(original)
+    def changed(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        return (out[0] * 1.5, *out[1:]) if isinstance(out, tuple) else out * 1.5
+
+    model = build_model(family)
+    wrap(model, toy_tokenizer())  # fine as installed
+    monkeypatch.setattr(cls, "forward", changed)
+    with pytest.raises(UnsupportedModelError) as err:
+        wrap(model, toy_tokenizer())
+    msg = str(err.value)
+    assert f"transformers {transformers.__version__}" in msg and name in msg and "<6" in msg
+
+
+# ==================================================================================================== threads
+def test_two_threads_sharing_a_generator_match_serial(gen):
+    """Two envs sharing one generator, stepped from two threads: exactly the serial results."""
+    import threading
+
+    inputs = make_inputs((18, 12), seed=21)
+    plans = [_plan_skipping_layer1(gen), random_plans(gen, 1, seed=22, p=0.5)[0]]
+    targets = [[5, 17, 40, 9], [33, 3, 81]]
+
+    def work(plan):
+        out = gen.generate(inputs, plan, max_new_tokens=5)
+        return out.tokens, [s.logprobs for s in gen.score(inputs, targets, plan)], gen.observe(inputs)
+
+    serial = [work(p) for p in plans]
+    results: dict[int, list] = {0: [], 1: []}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run(k):
+        try:
+            barrier.wait()
+            for _ in range(4):
+                results[k].append(work(plans[k]))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in (0, 1):
+        for tokens, logprobs, obs in results[k]:
+            assert tokens == serial[k][0]
+            assert all(torch.equal(a, b) for a, b in zip(logprobs, serial[k][1]))
+            assert torch.equal(obs, serial[k][2])
+    assert all("forward" not in vars(layer) for _, ls in stacks(gen) for layer in ls)
+
+
+def test_layer_stepper_in_a_thread_matches_serial():
+    import threading
+
+    g = _generator("llama")
+    inp = make_inputs((16,), seed=23)[0]
+
+    def walk():
+        stepper = g.layer_stepper(inp, (False, True, False, False))
+        return [stepper.step(i, skip_attention=i == 1, skip_ffn=i == 2) for i in range(g.num_decoder_layers)]
+
+    serial = walk()
+    plan = _plan_skipping_layer1(g)
+    stepped, errors = [], []
+
+    def other():
+        try:
+            for _ in range(6):
+                g.generate([inp], plan, max_new_tokens=4)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    for _ in range(6):
+        stepped.append(walk())
+    t.join()
+    assert not errors, errors
+    for run in stepped:
+        assert all(np.array_equal(a, b) for a, b in zip(run, serial))
+
+
+# ==================================================================================================== public checker
+@pytest.mark.parametrize("architecture", sorted(GENERATOR_CLASSES))
+def test_check_generator_passes_for_every_registered_class(architecture):
+    from skipenv.testing import check_generator, tiny_generator
+
+    cls = GENERATOR_CLASSES[architecture]
+    g = tiny_generator(cls.family)
+    assert type(g) is cls
+    rng = np.random.default_rng(0)
+    vocab = len(g.tokenizer)
+    inputs = [PromptInput(tuple(int(x) for x in rng.integers(3, vocab, n)), (2, n - 2), f"c{n}") for n in (18, 11)]
+    check_generator(g, inputs)
+
+
+def test_check_generator_catches_a_wrong_module_map():
+    from skipenv.generators import LlamaGenerator, SublayerModules
+    from skipenv.testing import check_generator
+
+    class Swapped(LlamaGenerator):
+        def _sublayers(self, stack, layer):
+            right = super()._sublayers(stack, layer)
+            return SublayerModules(attention=right.ffn, ffn=right.attention)
+
+    g = Swapped(build_model("llama"), toy_tokenizer())
+    with pytest.raises(AssertionError, match="sublayer was called"):
+        check_generator(g, make_inputs((16,)))
+
+
+def test_generator_pickles_with_its_own_lock():
+    import pickle
+
+    g = _generator("llama")
+    clone = pickle.loads(pickle.dumps(g))
+    inputs = make_inputs((12,))
+    assert clone.generate(inputs, max_new_tokens=4).tokens == g.generate(inputs, max_new_tokens=4).tokens
+    assert clone._lock is not g._lock and clone._lock is wrap(clone.model, toy_tokenizer())._lock

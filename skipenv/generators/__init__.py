@@ -1,41 +1,42 @@
-"""Skippable generators: one wrapper class per model family, an analytic FLOPs model, and :func:`wrap`."""
+"""Skippable generators: one wrapper class per model family, an analytic FLOPs model, and :func:`wrap`.
+
+transformers internals (cache argument name, layer call binding, KV caches for skipped attention, the self-check
+run by :func:`wrap`) live in :mod:`skipenv.generators.adapter`.
+"""
 
 from __future__ import annotations
 
+from .adapter import SUPPORTED_TRANSFORMERS, SkipAwareCache, UnsupportedModelError
+from .bart import BartGenerator
 from .base import (
     DecoderOnlyGenerator,
     EncoderDecoderGenerator,
     GenerationOutput,
+    LayerStepper,
     ScoreOutput,
-    SkipAwareCache,
     SkippableGenerator,
-    UnsupportedModelError,
+    SublayerModules,
 )
 from .flops import FlopsBreakdown, FlopsModel, StackCost
 from .gpt2 import GPT2Generator
 from .llama import LlamaGenerator
+from .t5 import T5Generator
 
+#: Hugging Face architecture class name → skippable wrapper class.
 GENERATOR_CLASSES: dict[str, type[SkippableGenerator]] = {
     "LlamaForCausalLM": LlamaGenerator,
     "GPT2LMHeadModel": GPT2Generator,
+    "BartForConditionalGeneration": BartGenerator,
+    "T5ForConditionalGeneration": T5Generator,
 }
-
-try:  # encoder-decoder families live in their own files
-    from .bart import BartGenerator
-
-    GENERATOR_CLASSES["BartForConditionalGeneration"] = BartGenerator
-except ImportError:  # pragma: no cover - during development only
-    pass
-try:
-    from .t5 import T5Generator
-
-    GENERATOR_CLASSES["T5ForConditionalGeneration"] = T5Generator
-except ImportError:  # pragma: no cover
-    pass
 
 
 def wrap(model, tokenizer) -> SkippableGenerator:
     """Wrap a loaded Hugging Face model and its tokenizer (no weights are copied).
+
+    Wrapping runs a self-check: the skippable replacement of every layer, with nothing skipped, must reproduce the
+    real layer on a 3-token input (prefill and one cached decoding step), so a transformers release that changed
+    the layer contract fails here instead of giving wrong numbers later.
 
     Args:
         model: a ``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``BartForConditionalGeneration`` or
@@ -43,7 +44,9 @@ def wrap(model, tokenizer) -> SkippableGenerator:
         tokenizer: the model's tokenizer.
 
     Raises:
-        UnsupportedModelError: any other architecture (the message lists the supported ones).
+        UnsupportedModelError: any other architecture (the message lists the supported ones); a failed self-check
+            (the message names the layer, the installed transformers version and the supported range
+            :data:`SUPPORTED_TRANSFORMERS`); a layer with an instance-level ``forward`` other than an accelerate hook.
     """
     cls = GENERATOR_CLASSES.get(type(model).__name__)
     if cls is None:
@@ -55,6 +58,7 @@ def wrap(model, tokenizer) -> SkippableGenerator:
 
 __all__ = [
     "wrap", "GENERATOR_CLASSES", "SkippableGenerator", "DecoderOnlyGenerator", "EncoderDecoderGenerator",
-    "LlamaGenerator", "GPT2Generator", "GenerationOutput", "ScoreOutput", "SkipAwareCache",
-    "UnsupportedModelError", "FlopsModel", "FlopsBreakdown", "StackCost",
+    "LlamaGenerator", "GPT2Generator", "BartGenerator", "T5Generator", "GenerationOutput", "ScoreOutput",
+    "SublayerModules", "LayerStepper", "SkipAwareCache", "UnsupportedModelError", "SUPPORTED_TRANSFORMERS",
+    "FlopsModel", "FlopsBreakdown", "StackCost",
 ]

@@ -14,7 +14,7 @@ Decoder layer (``BartDecoderLayer``)::
 Skipping a sublayer replaces its whole line by ``h`` (the post-LN norm is skipped too): the residual stream passes
 through unchanged and nothing of the sublayer is computed. A decoder layer whose self-attention is skipped stores
 no keys / values in the self-attention cache; its cross-attention keys / values are still cached.
-Decoder positions come from ``cache.get_seq_length()`` (answered by :class:`~skipenv.generators.base.SkipAwareCache`).
+Decoder positions come from ``cache.get_seq_length()`` (answered by :class:`~skipenv.generators.adapter.SkipAwareCache`).
 Source of the layer structure: ``transformers/models/bart/modeling_bart.py``.
 """
 
@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EncoderDecoderGenerator
+from .base import SublayerModules
+from .encoder_decoder import EncoderDecoderGenerator
 from .flops import FlopsModel, StackCost
 
 
@@ -56,6 +57,11 @@ class BartGenerator(EncoderDecoderGenerator):
         h = layer.fc2(h)
         h = nn.functional.dropout(h, p=layer.dropout, training=layer.training)
         return layer.final_layer_norm(residual + h)
+
+    def _sublayers(self, stack, layer):
+        cross = (layer.encoder_attn, layer.encoder_attn_layer_norm) if stack == "decoder" else ()
+        return SublayerModules(attention=(layer.self_attn, layer.self_attn_layer_norm), cross_attention=cross,
+                               ffn=(layer.fc1, layer.fc2, layer.final_layer_norm), outputs_stream=True)
 
     def _layer_forward(self, stack, layer, skip_attention, skip_ffn):
         if stack == "encoder":

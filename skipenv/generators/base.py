@@ -9,30 +9,41 @@ computation path of a :class:`~skipenv.plan.SkipPlan`:
 - skipped ``tokens`` segments are removed from the input ids before the embedding, so every layer sees the
   shorter sequence;
 - the plan holds for the whole episode: prefill and every decoding step with the KV cache. A layer whose attention
-  is skipped stores no keys / values; :class:`SkipAwareCache` answers sequence-length queries from a layer that
-  does attend (transformers asks layer 0 by default).
+  is skipped stores no keys / values; :class:`~skipenv.generators.adapter.SkipAwareCache` answers sequence-length
+  queries from a layer that does attend (transformers asks layer 0 by default).
 
-Implementation: while a call runs, each layer's ``forward`` is replaced on the *instance* by a family-specific
-function (see ``llama.py``, ``gpt2.py``, ``bart.py``, ``t5.py``) that skips the flagged sublayers; the original
-``forward`` is restored afterwards, so the model is untouched between calls. Masks, positions and the cache are
-built by the model's own ``forward``.
+Implementation: for the duration of one :meth:`~SkippableGenerator.generate` / :meth:`~SkippableGenerator.score`
+call, each layer with a skipped sublayer runs a family-specific replacement body (see ``llama.py``, ``gpt2.py``,
+``bart.py``, ``t5.py``) installed on the layer *instance*; what was there before is restored afterwards (see
+:mod:`skipenv.generators.adapter`, the one module that knows transformers internals), so the model is untouched
+between calls. Masks, positions and the cache are built by the model's own ``forward``. Calls on one model are
+serialised by a re-entrant lock, so generators may be shared between threads.
+
+This module holds the logic shared by every family: one greedy decoding loop, one teacher-forced scoring routine,
+one length check. The architecture types only say how a batch is padded and run: ``decoder_only.py``
+(:class:`DecoderOnlyGenerator`, and :class:`LayerStepper` for the layerwise env) and ``encoder_decoder.py``
+(:class:`EncoderDecoderGenerator`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import types
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from ..inputs import PromptInput
 from ..plan import PlanSpec, SkipPlan
+from .adapter import (
+    SkipAwareCache,
+    UnsupportedModelError,
+    cache_kwarg,
+    check_replacement_layers,
+    model_lock,
+    replaced_forwards,
+)
 from .flops import FlopsBreakdown, FlopsModel
 
 __all__ = [
@@ -41,13 +52,11 @@ __all__ = [
     "EncoderDecoderGenerator",
     "GenerationOutput",
     "ScoreOutput",
+    "SublayerModules",
+    "LayerStepper",
     "SkipAwareCache",
     "UnsupportedModelError",
 ]
-
-
-class UnsupportedModelError(TypeError):
-    """The model's architecture has no skippable wrapper."""
 
 
 class _StopForward(Exception):
@@ -92,66 +101,42 @@ class ScoreOutput:
     prompt_length: int
 
 
-class SkipAwareCache(DynamicCache):
-    """A :class:`transformers.DynamicCache` for plans that skip attention sublayers.
+@dataclass(frozen=True)
+class SublayerModules:
+    """The submodules of one layer, per sublayer, in call order (returned by
+    :meth:`SkippableGenerator.sublayer_modules`). A skipped sublayer calls none of its modules.
 
-    A layer whose attention is skipped stores no keys / values, but transformers derives the processed sequence
-    length (for masks and positions) from layer 0 by default. This cache redirects ``get_seq_length``,
-    ``get_mask_sizes`` and ``get_query_offset`` for skipped layers to the first layer that attends. If every
-    attention is skipped no layer stores anything, so the generator reports each call's new tokens with
-    :meth:`advance` and the cache answers length queries from that count (BART's decoder derives its positions
-    from ``get_seq_length()``).
-
-    Args:
-        config: the model config (passed to :class:`DynamicCache`).
-        attention_skipped: one flag per layer of this stack, ``True`` = that layer's attention is skipped.
+    Attributes:
+        attention: the self-attention sublayer (its norm included).
+        ffn: the FFN sublayer (its norm included).
+        cross_attention: the cross-attention sublayer of an encoder-decoder decoder layer (never skipped); ``()``
+            otherwise.
+        outputs_stream: ``True`` if the last module of a sublayer outputs the residual stream itself (post-LN
+            norms; T5's sublayer blocks add the residual inside); ``False`` if it outputs the update that is added
+            to the sublayer's input (pre-LN layers).
     """
 
-    def __init__(self, config, attention_skipped: Sequence[bool]):
-        super().__init__(config=config)
-        self.attention_skipped = tuple(bool(s) for s in attention_skipped)
-        self.reference_layer = next((i for i, s in enumerate(self.attention_skipped) if not s), None)
-        self.unattended_length = 0  # tokens processed so far, counted only when no layer attends
-
-    def advance(self, num_tokens: int) -> None:
-        """Record that a forward call processed ``num_tokens`` new positions (only counted when every attention is
-        skipped; otherwise the reference layer's keys hold the length)."""
-        if self.reference_layer is None:
-            self.unattended_length += int(num_tokens)
-
-    def _redirect(self, layer_idx: int) -> int | None:
-        if layer_idx < len(self.attention_skipped) and self.attention_skipped[layer_idx]:
-            return self.reference_layer
-        return layer_idx
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        ref = self._redirect(layer_idx)
-        return self.unattended_length if ref is None else super().get_seq_length(ref)
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
-        ref = self._redirect(layer_idx)
-        return (self.unattended_length + query_length, 0) if ref is None else super().get_mask_sizes(query_length, ref)
-
-    def get_query_offset(self, layer_idx: int = 0) -> int:
-        ref = self._redirect(layer_idx)
-        return self.unattended_length if ref is None else super().get_query_offset(ref)
-
-
-def _cache_kwarg(model: nn.Module) -> str:
-    """Name of the cache argument of ``model.forward``: ``cache`` (transformers ≥ 5.2x) or ``past_key_values``."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    attention: tuple[nn.Module, ...]
+    ffn: tuple[nn.Module, ...]
+    cross_attention: tuple[nn.Module, ...] = ()
+    outputs_stream: bool = False
 
 
 class SkippableGenerator:
     """Base class: a frozen Hugging Face generator that runs along a :class:`SkipPlan`.
 
     Build one with :func:`skipenv.generators.wrap`; subclasses exist per model family. All methods run under
-    ``torch.inference_mode()``; the model is put in eval mode and never modified between calls.
+    ``torch.inference_mode()``; the model is put in eval mode and never modified between calls. Calls on one model
+    (from any generator wrapping it, from any thread) are serialised by a re-entrant lock.
 
     Args:
         model: a loaded ``*ForCausalLM`` / ``*ForConditionalGeneration`` model (any device / dtype).
         tokenizer: its tokenizer (needs ``eos_token_id``; ``pad_token_id`` falls back to EOS).
+
+    Raises:
+        UnsupportedModelError: the replacement layer bodies do not reproduce the model's layers with nothing skipped
+            (a transformers version outside the supported range), or a layer has an instance-level ``forward``
+            that is not an accelerate hook (see :mod:`skipenv.generators.adapter`).
 
     Attributes:
         flops_model: the analytic :class:`~skipenv.generators.flops.FlopsModel` of this model.
@@ -160,12 +145,15 @@ class SkippableGenerator:
     family: str = ""
     #: Hugging Face architecture classes (names) this wrapper supports.
     architectures: tuple[str, ...] = ()
+    #: decoder tokens used before the first generated one (1 for the decoder start token of encoder-decoders)
+    _decoder_start_tokens: int = 0
 
     def __init__(self, model: nn.Module, tokenizer):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
-        self._cache_kw = _cache_kwarg(model)
+        self._lock = model_lock(model)
+        self._cache_kw = cache_kwarg(model)
         self.flops_model = self._build_flops_model()
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is None:
@@ -175,6 +163,16 @@ class SkippableGenerator:
         self.eos_token_id = eos
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = pad if pad is not None else (eos if eos is not None else 0)
+        check_replacement_layers(self)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_lock"]  # a lock cannot be pickled; the copy gets its model's lock back on load
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = model_lock(self.model)
 
     # ------------------------------------------------------------------ per-family hooks
     def _encoder_layers(self) -> Sequence[nn.Module]:
@@ -186,13 +184,33 @@ class SkippableGenerator:
     def _layer_forward(self, stack: str, layer: nn.Module, skip_attention: bool, skip_ffn: bool) -> Callable:
         """Return a replacement ``forward(hidden_states, **kwargs)`` for ``layer`` that skips the flagged
         sublayers. ``stack`` is ``"encoder"`` or ``"decoder"``. Keyword arguments are those the model's own
-        forward passes to the layer (normalised by name)."""
+        forward passes to the layer, by name (see :func:`~skipenv.generators.adapter.layer_arguments`)."""
+        raise NotImplementedError
+
+    def _sublayers(self, stack: str, layer: nn.Module) -> SublayerModules:
         raise NotImplementedError
 
     def _build_flops_model(self) -> FlopsModel:
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ plan handling
+    # ------------------------------------------------------------------ per-architecture hooks
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B`` id lists → ids ``[B, T]`` and a 0/1 attention mask ``[B, T]`` on the model's device."""
+        raise NotImplementedError
+
+    def _begin_decoding(self, ids: torch.Tensor, mask: torch.Tensor, plan: SkipPlan, use_cache: bool):
+        """A decoding state with ``next_logits() -> [B, V]`` and ``append(tokens [B])``."""
+        raise NotImplementedError
+
+    def _target_logits(self, prompts: list[list[int]], targets: list[list[int]]) -> list[torch.Tensor]:
+        """Teacher-forced logits ``[m_i, V]`` predicting each target token (one forward pass for the batch)."""
+        raise NotImplementedError
+
+    def _run_to_first_layer(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """Run the model's own forward far enough that the first layer is called (a hook stops it there)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ model structure
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -211,6 +229,19 @@ class SkippableGenerator:
         return int(self.config.get_text_config().hidden_size if hasattr(self.config, "get_text_config")
                    else self.config.hidden_size)
 
+    def sublayer_modules(self, stack: str, index: int) -> SublayerModules:
+        """Which submodules of layer ``index`` of ``stack`` (``"encoder"`` / ``"decoder"``) form its attention,
+        cross-attention and FFN sublayers (the family's module map).
+
+        Raises:
+            ValueError: an unknown stack; IndexError: no such layer.
+        """
+        layers = {"encoder": self._encoder_layers, "decoder": self._decoder_layers}.get(stack)
+        if layers is None:
+            raise ValueError(f"unknown stack {stack!r}; use 'encoder' or 'decoder'")
+        return self._sublayers(stack, layers()[index])
+
+    # ------------------------------------------------------------------ plan handling
     def plan_spec(self, token_segments: int = 8) -> PlanSpec:
         """The candidate layout of this model with ``token_segments`` document segments."""
         return PlanSpec(self.config.model_type, self.num_encoder_layers, self.num_decoder_layers, token_segments)
@@ -227,44 +258,58 @@ class SkippableGenerator:
         return plan
 
     @contextlib.contextmanager
-    def skipping(self, plan: SkipPlan):
-        """Context manager: while active, the model's layers skip the sublayers flagged in ``plan``.
+    def skipping(self, plan: SkipPlan | None):
+        """Context manager: while active, the model's layers skip the sublayers flagged in ``plan`` and this thread
+        holds the model's lock. Layers with nothing skipped keep their own ``forward``.
 
         Token skipping is not applied here (it changes the inputs; see :meth:`prepare_ids`).
-        Layers with nothing skipped keep their original ``forward``.
         """
         plan = self._check_plan(plan)
-        patched: list[nn.Module] = []
-        try:
+        replacements = [
+            (layer, self._layer_forward(stack, layer, a, f))
             for stack, layers, attn, ffn in (
                 ("encoder", self._encoder_layers(), plan.encoder_attention, plan.encoder_ffn),
                 ("decoder", self._decoder_layers(), plan.decoder_attention, plan.decoder_ffn),
-            ):
-                for layer, a, f in zip(layers, attn, ffn):
-                    if not (a or f):
-                        continue
-                    fn = self._layer_forward(stack, layer, a, f)
-                    sig = inspect.signature(type(layer).forward)
-
-                    def forward(self_layer, *args, _fn=fn, _sig=sig, **kwargs):
-                        bound = _sig.bind(self_layer, *args, **kwargs)
-                        arguments = dict(bound.arguments)
-                        arguments.pop("self", None)
-                        extra = arguments.pop("kwargs", {})
-                        hidden = arguments.pop("hidden_states")
-                        return _fn(hidden, **arguments, **extra)
-
-                    layer.forward = types.MethodType(forward, layer)
-                    patched.append(layer)
+            )
+            for layer, a, f in zip(layers, attn, ffn) if a or f
+        ]
+        with self._lock, replaced_forwards(replacements):
             yield plan
-        finally:
-            for layer in patched:
-                del layer.forward  # back to the class's forward
 
     @staticmethod
     def prepare_ids(inputs: Sequence[PromptInput], plan: SkipPlan) -> list[list[int]]:
         """Token ids of each input after removing the plan's skipped segments (``[T_i']`` each)."""
         return [inp.apply_token_skips(plan.tokens) for inp in inputs]
+
+    def _max_positions(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None) or getattr(self.config, "n_positions", None)
+
+    def _check_length(self, seqs: Sequence[Sequence[int]], decoder_tokens: int,
+                      inputs: Sequence[PromptInput]) -> None:
+        """Raise ``ValueError`` naming the example if a processed input is empty or does not fit the model's
+        positions together with ``decoder_tokens`` (new tokens of a decoder-only model share the prompt's positions;
+        an encoder-decoder's decoder has its own)."""
+        limit = self._max_positions()
+        for s, inp in zip(seqs, inputs):
+            if len(s) == 0:
+                raise ValueError(f"example {inp.example_id!r}: the plan removes every input token")
+            if limit is None:
+                continue
+            if self.num_encoder_layers:
+                over, what = len(s) > limit or decoder_tokens > limit, \
+                    f"{len(s)} input tokens or {decoder_tokens} decoder tokens exceed"
+            else:
+                over, what = len(s) + decoder_tokens > limit, f"{len(s)} input tokens + {decoder_tokens} new tokens exceed"
+            if over:
+                raise ValueError(f"example {inp.example_id!r}: {what} the model's context of {limit} positions; lower "
+                                 f"the task's max_input_tokens or max_new_tokens")
+
+    def _prepare(self, inputs: Sequence[PromptInput], plan: SkipPlan | None, new_tokens: int
+                 ) -> tuple[SkipPlan, list[list[int]]]:
+        plan = self._check_plan(plan)
+        seqs = self.prepare_ids(inputs, plan)
+        self._check_length(seqs, new_tokens + self._decoder_start_tokens, inputs)
+        return plan, seqs
 
     # ------------------------------------------------------------------ FLOPs
     def flops(self, plan: SkipPlan | None, inp: PromptInput | int, num_generated: int,
@@ -288,129 +333,7 @@ class SkippableGenerator:
             out.observation = self.flops_model.first_layer(n_full)
         return out
 
-    # ------------------------------------------------------------------ operations (per architecture type)
-    def generate(self, inputs: Sequence[PromptInput], plan: SkipPlan | None = None, *, max_new_tokens: int = 32,
-                 use_cache: bool = True) -> GenerationOutput:
-        raise NotImplementedError
-
-    def score(self, inputs: Sequence[PromptInput], targets: Sequence[Sequence[int]],
-              plan: SkipPlan | None = None) -> list[ScoreOutput]:
-        raise NotImplementedError
-
-    def observe(self, inputs: Sequence[PromptInput]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _update_finished(self, generated, nxt, finished, lengths, stop) -> None:
-        """Mark rows that produced EOS (or satisfy ``stop``) as finished and record their lengths, in place."""
-        step = generated.shape[1]
-        for i in range(generated.shape[0]):
-            if lengths[i] is not None:
-                continue
-            done = self.eos_token_id is not None and int(nxt[i]) == self.eos_token_id
-            if not done and stop is not None:
-                done = bool(stop(self.tokenizer.decode(generated[i].tolist(), skip_special_tokens=True)))
-            if done:
-                lengths[i] = step
-                finished[i] = True
-
-    def _finish(self, generated: torch.Tensor, seqs, lengths) -> GenerationOutput:
-        rows = generated.tolist()
-        tokens = [row if n is None else row[:n] for row, n in zip(rows, lengths)]
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
-        return GenerationOutput(tokens=tokens, texts=texts, prompt_lengths=[len(s) for s in seqs])
-
-    def _first_layer(self) -> nn.Module:
-        enc = self._encoder_layers()
-        return enc[0] if len(enc) else self._decoder_layers()[0]
-
-    def _pooled_first_layer(self, run: Callable[[], None], mask: torch.Tensor) -> torch.Tensor:
-        """Run ``run`` until the first layer's output is available, then mean-pool it over ``mask``."""
-
-        def hook(module, args, output):
-            raise _StopForward(output[0] if isinstance(output, tuple) else output)
-
-        handle = self._first_layer().register_forward_hook(hook)
-        try:
-            run()
-        except _StopForward as stop:
-            hidden = stop.hidden
-        else:  # pragma: no cover - the hook always fires
-            raise RuntimeError("the first layer was never called")
-        finally:
-            handle.remove()
-        m = mask.to(hidden.dtype).unsqueeze(-1)
-        return ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float()
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({type(self.model).__name__}, layers="
-                f"{self.num_encoder_layers}+{self.num_decoder_layers}, d={self.hidden_size})")
-
-
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad ``B`` id lists to ``[B, T]`` ids and a ``[B, T]`` 0/1 attention mask."""
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, t - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, t - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids ``[B, T]`` for a left-padded 0/1 mask (0 on padding), as transformers' ``generate`` uses."""
-    pos = mask.long().cumsum(-1) - 1
-    return pos.masked_fill(mask == 0, 1)
-
-
-def _check_inputs(inputs: Sequence[PromptInput]) -> None:
-    if len(inputs) == 0:
-        raise ValueError("no inputs given: pass a non-empty sequence of PromptInput")
-    for inp in inputs:
-        if not isinstance(inp, PromptInput):
-            raise TypeError(f"expected PromptInput (from Task.format), got {type(inp).__name__}")
-
-
-class DecoderOnlyGenerator(SkippableGenerator):
-    """Shared implementation for decoder-only (causal LM) families: left-padded batches, explicit position ids,
-    a :class:`SkipAwareCache` per call."""
-
-    def _max_positions(self) -> int | None:
-        return getattr(self.config, "max_position_embeddings", None) or getattr(self.config, "n_positions", None)
-
-    def _check_length(self, ids: Sequence[Sequence[int]], extra: int, inputs: Sequence[PromptInput]) -> None:
-        limit = self._max_positions()
-        for s, inp in zip(ids, inputs):
-            if limit is not None and len(s) + extra > limit:
-                raise ValueError(
-                    f"example {inp.example_id!r}: {len(s)} input tokens + {extra} new tokens exceed the model's "
-                    f"context of {limit} positions; lower the task's max_input_tokens or max_new_tokens"
-                )
-            if len(s) == 0:
-                raise ValueError(f"example {inp.example_id!r}: the plan removes every input token")
-
-    def _forward(self, ids, mask, cache, plan, *, logits_to_keep: int = 0) -> torch.Tensor:
-        kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
-        if logits_to_keep:
-            kwargs["logits_to_keep"] = logits_to_keep
-        with self.skipping(plan):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, -ids.shape[1]:],
-                             **kwargs)
-        if cache is not None:
-            cache.advance(ids.shape[1])
-        return out.logits
-
+    # ------------------------------------------------------------------ operations
     @torch.inference_mode()
     def generate(self, inputs: Sequence[PromptInput], plan: SkipPlan | None = None, *, max_new_tokens: int = 32,
                  use_cache: bool = True, stop: Callable[[str], bool] | None = None) -> GenerationOutput:
@@ -429,39 +352,62 @@ class DecoderOnlyGenerator(SkippableGenerator):
             :class:`GenerationOutput`.
 
         Raises:
-            ValueError: an input that does not fit the model's context, or a plan that removes every token.
+            ValueError: no inputs, an input that does not fit the model's context, or a plan that removes every
+                token. TypeError: an input that is not a :class:`PromptInput`, or a plan that is not a
+                :class:`SkipPlan`. :class:`~skipenv.plan.PlanError`: a plan made for another model.
         """
         _check_inputs(inputs)
-        plan = self._check_plan(plan)
-        seqs = self.prepare_ids(inputs, plan)
-        self._check_length(seqs, max_new_tokens, inputs)
-        ids, mask = _left_pad(seqs, self.pad_token_id, self.device)
-        bsz = ids.shape[0]
-        cache = SkipAwareCache(self.config, plan.decoder_attention) if use_cache else None
-        generated = torch.empty((bsz, 0), dtype=torch.long, device=ids.device)
-        finished = torch.zeros(bsz, dtype=torch.bool, device=ids.device)
-        step_ids, full_ids, full_mask = ids, ids, mask
-        lengths = [None] * bsz
-        for _ in range(max_new_tokens):
-            if use_cache:
-                logits = self._forward(step_ids, full_mask, cache, plan, logits_to_keep=1)
-            else:
-                logits = self._forward(full_ids, full_mask, None, plan, logits_to_keep=1)
-            nxt = logits[:, -1].argmax(-1)
-            nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
-            generated = torch.cat([generated, nxt[:, None]], dim=1)
-            self._update_finished(generated, nxt, finished, lengths, stop)
-            if bool(finished.all()):
+        plan, seqs = self._prepare(inputs, plan, max_new_tokens)
+        ids, mask = self._pad(seqs)
+        with self.skipping(plan):  # layers patched once for the whole call
+            tokens = self._greedy(self._begin_decoding(ids, mask, plan, use_cache), ids.shape[0], max_new_tokens,
+                                  stop)
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        return GenerationOutput(tokens=tokens, texts=texts, prompt_lengths=[len(s) for s in seqs])
+
+    def _greedy(self, decoding, batch_size: int, max_new_tokens: int, stop) -> list[list[int]]:
+        """The greedy loop shared by both architecture types: argmax of the last position's logits, finished rows
+        padded, stop at EOS / ``stop`` / ``max_new_tokens``. Returns ``B`` token lists without padding."""
+        generated: list[torch.Tensor] = []
+        finished = [False] * batch_size
+        lengths: list[int | None] = [None] * batch_size
+        for step in range(1, max_new_tokens + 1):
+            nxt = decoding.next_logits().argmax(-1)
+            if any(finished):
+                nxt = torch.where(torch.tensor(finished, device=nxt.device), self.pad_token_id, nxt)
+            generated.append(nxt)
+            rows = torch.stack(generated, 1).tolist() if stop is not None else None
+            for i, token in enumerate(nxt.tolist()):
+                if finished[i]:
+                    continue
+                done = self.eos_token_id is not None and token == self.eos_token_id
+                if not done and stop is not None:
+                    done = bool(stop(self.tokenizer.decode(rows[i], skip_special_tokens=True)))
+                if done:
+                    finished[i], lengths[i] = True, step
+            if all(finished):
                 break
-            step_ids = nxt[:, None]
-            full_ids = torch.cat([full_ids, step_ids], dim=1)
-            full_mask = torch.cat([full_mask, torch.ones((bsz, 1), dtype=full_mask.dtype, device=ids.device)], 1)
-        return self._finish(generated, seqs, lengths)
+            decoding.append(nxt)
+        rows = torch.stack(generated, 1).tolist() if generated else [[] for _ in range(batch_size)]
+        return [row if n is None else row[:n] for row, n in zip(rows, lengths)]
+
+    def _greedy_logits(self, ids: Sequence[int], steps: int) -> list[torch.Tensor]:
+        """Logits ``[1, V]`` of ``steps`` greedy decoding calls (prefill first) for one input with the KV cache and
+        whatever layer bodies are installed (used by the self-check at :func:`~skipenv.generators.wrap`)."""
+        tensor, mask = self._pad([list(ids)])
+        decoding = self._begin_decoding(tensor, mask, self.empty_plan(), True)
+        out = []
+        for _ in range(steps):
+            logits = decoding.next_logits()
+            out.append(logits.clone())
+            decoding.append(logits.argmax(-1))
+        return out
 
     @torch.inference_mode()
     def score(self, inputs: Sequence[PromptInput], targets: Sequence[Sequence[int]],
               plan: SkipPlan | None = None) -> list[ScoreOutput]:
-        """Teacher-forced scoring: one forward pass over ``input + target`` per example under ``plan``.
+        """Teacher-forced scoring under ``plan``: one forward pass over the batch (decoder-only: ``input + target``;
+        encoder-decoder: the encoder once, the decoder over ``[start] + target[:-1]``).
 
         Args:
             inputs: ``B`` formatted inputs.
@@ -470,33 +416,29 @@ class DecoderOnlyGenerator(SkippableGenerator):
 
         Returns:
             ``B`` :class:`ScoreOutput` (log-probabilities and argmax at the ``m_i`` target positions).
+
+        Raises:
+            ValueError: as :meth:`generate`, or a number of targets different from the number of inputs.
         """
         _check_inputs(inputs)
         if len(targets) != len(inputs):
             raise ValueError(f"got {len(inputs)} inputs but {len(targets)} targets")
-        plan = self._check_plan(plan)
-        prompts = self.prepare_ids(inputs, plan)
-        self._check_length(prompts, max(len(t) for t in targets), inputs)
-        seqs = [list(p) + list(t) for p, t in zip(prompts, targets)]
-        ids, mask = _left_pad(seqs, self.pad_token_id, self.device)
-        # logits only where targets are predicted: the last max(m)+1 columns (skips the LM head over the prompt)
-        keep = max(len(t) for t in targets) + 1
-        logits = self._forward(ids, mask, None, plan, logits_to_keep=keep)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        out, total = [], logp.shape[1]
-        for i, (p, t) in enumerate(zip(prompts, targets)):
-            m = len(t)
-            # target token j sits at (kept) column total - m + j and is predicted by the column before it
-            cols = torch.arange(total - m - 1, total - 1, device=ids.device)
-            tgt = torch.tensor(list(t), dtype=torch.long, device=ids.device)
-            lp = logp[i, cols].gather(-1, tgt[:, None]).squeeze(-1) if m else logp.new_zeros(0)
-            am = logp[i, cols].argmax(-1) if m else tgt
-            out.append(ScoreOutput(logprobs=lp.cpu(), argmax=am.cpu(), prompt_length=len(p)))
+        targets = [[int(x) for x in t] for t in targets]
+        plan, prompts = self._prepare(inputs, plan, max(len(t) for t in targets))
+        with self.skipping(plan):
+            rows = self._target_logits(prompts, targets)
+        out = []
+        for p, t, logits in zip(prompts, targets, rows):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tgt = torch.tensor(t, dtype=torch.long, device=logp.device)
+            out.append(ScoreOutput(logprobs=logp.gather(-1, tgt[:, None]).squeeze(-1).cpu(),
+                                   argmax=logp.argmax(-1).cpu(), prompt_length=len(p)))
         return out
 
     @torch.inference_mode()
     def observe(self, inputs: Sequence[PromptInput]) -> torch.Tensor:
-        """Mean-pooled hidden states after the first layer over each *full* input (nothing skipped).
+        """Mean-pooled hidden states after the first layer (the first *encoder* layer of an encoder-decoder) over
+        each *full* input (nothing skipped).
 
         Returns:
             float32 tensor ``[B, d]`` on the CPU. Costs :meth:`FlopsModel.first_layer` FLOPs per input.
@@ -504,183 +446,72 @@ class DecoderOnlyGenerator(SkippableGenerator):
         _check_inputs(inputs)
         seqs = [list(inp.input_ids) for inp in inputs]
         self._check_length(seqs, 0, inputs)
-        ids, mask = _left_pad(seqs, self.pad_token_id, self.device)
-        run = lambda: self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),  # noqa: E731
-                                 use_cache=False)
-        return self._pooled_first_layer(run, mask).cpu()
+        ids, mask = self._pad(seqs)
+
+        def hook(module, args, output):
+            raise _StopForward(output[0] if isinstance(output, tuple) else output)
+
+        with self._lock:
+            handle = self._first_layer().register_forward_hook(hook)
+            try:
+                self._run_to_first_layer(ids, mask)
+            except _StopForward as stop:
+                hidden = stop.hidden
+            else:  # pragma: no cover - the hook always fires
+                raise RuntimeError("the first layer was never called")
+            finally:
+                handle.remove()
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        return ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()
+
+    def _first_layer(self) -> nn.Module:
+        enc = self._encoder_layers()
+        return enc[0] if len(enc) else self._decoder_layers()[0]
 
     def layer_stepper(self, inp: PromptInput, token_flags: Sequence[bool]) -> "LayerStepper":
         """A :class:`LayerStepper` over the prefill of ``inp`` with the given token segments removed."""
         return LayerStepper(self, inp, token_flags)
 
-
-class LayerStepper:
-    """Runs the prefill of one input layer by layer, so a sequential agent can decide each layer's skips on the
-    hidden state actually produced so far (used by :class:`~skipenv.envs.SwitchDecLayerwiseEnv`).
-
-    The embedding and the layer arguments (mask, positions) are produced by the model's own forward, stopped just
-    before the first layer; each :meth:`step` then calls one layer (patched like :meth:`SkippableGenerator.skipping`).
-
-    Args:
-        generator: a decoder-only generator.
-        inp: the input.
-        token_flags: skipped token segments (applied before the embedding).
-    """
-
-    def __init__(self, generator: "DecoderOnlyGenerator", inp: PromptInput, token_flags: Sequence[bool]):
-        self.generator = generator
-        seqs = [inp.apply_token_skips(tuple(token_flags))]
-        generator._check_length(seqs, 0, [inp])
-        ids, mask = _left_pad(seqs, generator.pad_token_id, generator.device)
-        layers = generator._decoder_layers()
-        captured = {}
-
-        def hook(module, args, kwargs):
-            captured["args"], captured["kwargs"] = args, kwargs
-            raise _StopForward(args[0] if args else kwargs["hidden_states"])
-
-        handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            with torch.inference_mode():
-                generator.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
-        except _StopForward as stop:
-            self.hidden = stop.hidden
-        finally:
-            handle.remove()
-        self._kwargs = dict(captured["kwargs"])
-        self._kwargs.pop("hidden_states", None)
-        self._extra_args = tuple(captured["args"][1:])
-        self.num_tokens = ids.shape[1]
-
-    def pooled(self) -> np.ndarray:
-        """Mean over positions of the current hidden states: float32 ``[d]``."""
-        return self.hidden[0].float().mean(0).cpu().numpy()
-
-    @torch.inference_mode()
-    def step(self, layer_idx: int, skip_attention: bool = False, skip_ffn: bool = False) -> np.ndarray:
-        """Run decoder layer ``layer_idx`` (skipping the flagged sublayers) and return the pooled output ``[d]``."""
-        layer = self.generator._decoder_layers()[layer_idx]
-        if skip_attention or skip_ffn:
-            fn = self.generator._layer_forward("decoder", layer, skip_attention, skip_ffn)
-            sig = inspect.signature(type(layer).forward)
-            bound = sig.bind(layer, self.hidden, *self._extra_args, **self._kwargs).arguments
-            bound.pop("self", None)
-            extra = bound.pop("kwargs", {})
-            out = fn(bound.pop("hidden_states"), **bound, **extra)
-        else:
-            out = layer(self.hidden, *self._extra_args, **self._kwargs)
-        self.hidden = out[0] if isinstance(out, tuple) else out
-        return self.pooled()
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({type(self.model).__name__}, layers="
+                f"{self.num_encoder_layers}+{self.num_decoder_layers}, d={self.hidden_size})")
 
 
-class EncoderDecoderGenerator(SkippableGenerator):
-    """Shared implementation for encoder-decoder families (BART, T5): right-padded encoder batches, the decoder
-    starts from ``config.decoder_start_token_id``; the decoder self-attention cache is a :class:`SkipAwareCache`
-    inside an :class:`transformers.EncoderDecoderCache`."""
+def _pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad ``B`` id lists (on the left or the right) to ``[B, T]`` ids and a ``[B, T]`` 0/1 attention mask."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            cols = slice(t - len(s), t) if left else slice(0, len(s))
+            ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, cols] = 1
+    return ids.to(device), mask.to(device)
 
-    def _max_positions(self) -> int | None:
-        return getattr(self.config, "max_position_embeddings", None)
 
-    def _check_length(self, ids, extra_decoder: int, inputs) -> None:
-        limit = self._max_positions()
-        for s, inp in zip(ids, inputs):
-            if len(s) == 0:
-                raise ValueError(f"example {inp.example_id!r}: the plan removes every input token")
-            if limit is not None and (len(s) > limit or extra_decoder > limit):
-                raise ValueError(
-                    f"example {inp.example_id!r}: {len(s)} input tokens or {extra_decoder} decoder tokens exceed "
-                    f"the model's {limit} positions; lower max_input_tokens or max_new_tokens"
-                )
+def _left_pad(seqs, pad_id, device):
+    return _pad_batch(seqs, pad_id, device, left=True)
 
-    def _new_cache(self, plan: SkipPlan):
-        from transformers import EncoderDecoderCache
 
-        # no config: layers are created lazily, one per decoder layer (T5's flat config would otherwise size the
-        # caches by the *encoder* depth ``num_layers`` and fail when ``num_decoder_layers`` is larger)
-        return EncoderDecoderCache(SkipAwareCache(None, plan.decoder_attention), DynamicCache())
+def _right_pad(seqs, pad_id, device):
+    return _pad_batch(seqs, pad_id, device, left=False)
 
-    def _encode(self, ids, mask, plan):
-        with self.skipping(plan):
-            return self.model.get_encoder()(input_ids=ids, attention_mask=mask)
 
-    def _decode(self, enc, mask, dec_ids, cache, plan) -> torch.Tensor:
-        kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
-        with self.skipping(plan):
-            out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec_ids, **kwargs)
-        if cache is not None:
-            cache.self_attention_cache.advance(dec_ids.shape[1])
-        return out.logits
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids ``[B, T]`` for a left-padded 0/1 mask (0 on padding), as transformers' ``generate`` uses."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
 
-    @property
-    def decoder_start_token_id(self) -> int:
-        start = getattr(self.config, "decoder_start_token_id", None)
-        if start is None:
-            start = getattr(self.model.generation_config, "decoder_start_token_id", None)
-        if start is None:
-            raise ValueError("the model config has no decoder_start_token_id")
-        return int(start)
 
-    @torch.inference_mode()
-    def generate(self, inputs: Sequence[PromptInput], plan: SkipPlan | None = None, *, max_new_tokens: int = 32,
-                 use_cache: bool = True, stop: Callable[[str], bool] | None = None) -> GenerationOutput:
-        """Greedy generation for a batch under one plan; see :meth:`DecoderOnlyGenerator.generate`."""
-        _check_inputs(inputs)
-        plan = self._check_plan(plan)
-        seqs = self.prepare_ids(inputs, plan)
-        self._check_length(seqs, max_new_tokens + 1, inputs)
-        ids, mask = _right_pad(seqs, self.pad_token_id, self.device)
-        enc = self._encode(ids, mask, plan)
-        bsz = ids.shape[0]
-        cache = self._new_cache(plan) if use_cache else None
-        dec = torch.full((bsz, 1), self.decoder_start_token_id, dtype=torch.long, device=ids.device)
-        step = dec
-        generated = torch.empty((bsz, 0), dtype=torch.long, device=ids.device)
-        finished = torch.zeros(bsz, dtype=torch.bool, device=ids.device)
-        lengths = [None] * bsz
-        for _ in range(max_new_tokens):
-            logits = self._decode(enc, mask, step if use_cache else dec, cache, plan)
-            nxt = logits[:, -1].argmax(-1)
-            nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
-            generated = torch.cat([generated, nxt[:, None]], 1)
-            self._update_finished(generated, nxt, finished, lengths, stop)
-            if bool(finished.all()):
-                break
-            step = nxt[:, None]
-            dec = torch.cat([dec, step], 1)
-        return self._finish(generated, seqs, lengths)
+def _check_inputs(inputs: Sequence[PromptInput]) -> None:
+    if len(inputs) == 0:
+        raise ValueError("no inputs given: pass a non-empty sequence of PromptInput")
+    for inp in inputs:
+        if not isinstance(inp, PromptInput):
+            raise TypeError(f"expected PromptInput (from Task.format), got {type(inp).__name__}")
 
-    @torch.inference_mode()
-    def score(self, inputs: Sequence[PromptInput], targets: Sequence[Sequence[int]],
-              plan: SkipPlan | None = None) -> list[ScoreOutput]:
-        """Teacher-forced scoring: encoder once, decoder over ``[start] + target[:-1]``; see
-        :meth:`DecoderOnlyGenerator.score`."""
-        _check_inputs(inputs)
-        if len(targets) != len(inputs):
-            raise ValueError(f"got {len(inputs)} inputs but {len(targets)} targets")
-        plan = self._check_plan(plan)
-        seqs = self.prepare_ids(inputs, plan)
-        self._check_length(seqs, max(len(t) for t in targets) + 1, inputs)
-        ids, mask = _right_pad(seqs, self.pad_token_id, self.device)
-        enc = self._encode(ids, mask, plan)
-        dec_seqs = [[self.decoder_start_token_id] + list(t)[:-1] if len(t) else [self.decoder_start_token_id]
-                    for t in targets]
-        dec_ids, _ = _right_pad(dec_seqs, self.pad_token_id, self.device)
-        logits = self._decode(enc, mask, dec_ids, None, plan)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        out = []
-        for i, (p, t) in enumerate(zip(seqs, targets)):
-            m = len(t)
-            tgt = torch.tensor(list(t), dtype=torch.long, device=ids.device)
-            lp = logp[i, :m].gather(-1, tgt[:, None]).squeeze(-1) if m else logp.new_zeros(0)
-            out.append(ScoreOutput(logprobs=lp.cpu(), argmax=logp[i, :m].argmax(-1).cpu(), prompt_length=len(p)))
-        return out
 
-    @torch.inference_mode()
-    def observe(self, inputs: Sequence[PromptInput]) -> torch.Tensor:
-        """Mean-pooled hidden states after the first *encoder* layer over each full input: ``[B, d]`` float32."""
-        _check_inputs(inputs)
-        seqs = [list(inp.input_ids) for inp in inputs]
-        self._check_length(seqs, 0, inputs)
-        ids, mask = _right_pad(seqs, self.pad_token_id, self.device)
-        run = lambda: self.model.get_encoder()(input_ids=ids, attention_mask=mask)  # noqa: E731
-        return self._pooled_first_layer(run, mask).cpu()
+# the two architecture types (separate modules; re-exported here for ``from .base import ...``)
+from .decoder_only import DecoderOnlyGenerator, LayerStepper  # noqa: E402
+from .encoder_decoder import EncoderDecoderGenerator  # noqa: E402

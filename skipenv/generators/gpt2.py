@@ -9,7 +9,9 @@ Skipping a sublayer drops its whole line (norm included). Source: ``transformers
 
 from __future__ import annotations
 
-from .base import DecoderOnlyGenerator, UnsupportedModelError
+from .adapter import UnsupportedModelError
+from .base import SublayerModules
+from .decoder_only import DecoderOnlyGenerator
 from .flops import FlopsModel, StackCost
 
 
@@ -26,6 +28,9 @@ class GPT2Generator(DecoderOnlyGenerator):
 
     def _decoder_layers(self):
         return self.model.transformer.h
+
+    def _sublayers(self, stack, layer):
+        return SublayerModules(attention=(layer.ln_1, layer.attn), ffn=(layer.ln_2, layer.mlp))
 
     def _layer_forward(self, stack, layer, skip_attention, skip_ffn):
         def forward(hidden_states, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):

@@ -9,7 +9,8 @@ Source of the layer structure: ``transformers/models/llama/modeling_llama.py`` (
 
 from __future__ import annotations
 
-from .base import DecoderOnlyGenerator
+from .base import SublayerModules
+from .decoder_only import DecoderOnlyGenerator
 from .flops import FlopsModel, StackCost
 
 
@@ -21,6 +22,10 @@ class LlamaGenerator(DecoderOnlyGenerator):
 
     def _decoder_layers(self):
         return self.model.model.layers[: self.config.num_hidden_layers]
+
+    def _sublayers(self, stack, layer):
+        return SublayerModules(attention=(layer.input_layernorm, layer.self_attn),
+                               ffn=(layer.post_attention_layernorm, layer.mlp))
 
     def _layer_forward(self, stack, layer, skip_attention, skip_ffn):
         def forward(hidden_states, **kwargs):

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EncoderDecoderGenerator
+from .base import SublayerModules
+from .encoder_decoder import EncoderDecoderGenerator
 from .flops import FlopsModel, StackCost
 
 
@@ -69,6 +70,11 @@ class T5Generator(EncoderDecoderGenerator):
 
     def _decoder_layers(self):
         return self.model.decoder.block
+
+    def _sublayers(self, stack, layer):
+        # each T5Layer* block holds its norm and adds the residual itself
+        return SublayerModules(attention=(layer.layer[0],), cross_attention=(layer.layer[1],) if layer.is_decoder else (),
+                               ffn=(layer.layer[-1],), outputs_stream=True)
 
     def _layer_forward(self, stack, layer, skip_attention, skip_ffn):
         def forward(hidden_states, attention_mask=None, position_bias=None, encoder_hidden_states=None,
