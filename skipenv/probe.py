@@ -18,8 +18,8 @@ For one env configuration the probe
      plan within tau); expected oracle — the LP over per-document plan distributions on the test documents
      (:func:`expected_oracle`). Oracles see the test outcomes: they bound what any policy over the menu reaches;
    - probe policy — ridge regressions (``RidgeCV``, regularisation by efficient leave-one-out CV) of every plan's
-     quality loss and FLOPs saved from the observation (standardised, the pooled hidden state PCA-reduced with the
-     number of components chosen by 5-fold CV, the length features passed through). Per-input rule: the plan with
+     quality loss and FLOPs saved from the observation (standardised; the pooled hidden state PCA-reduced to 8
+     components, the length features passed through). Per-input rule: the plan with
      the most predicted savings among those with predicted loss ``<= t``; expected rule: ``argmax_p S^_p - lam
      L^_p``. ``t`` and ``lam`` are calibrated on out-of-fold predictions of the train documents (best mean reward;
      most savings with the train mean loss within tau).
@@ -46,7 +46,8 @@ from .plan import SkipPlan
 from .rewards import lexicographic_reward
 
 __all__ = ["default_menu", "parse_plan", "ProbeTable", "evaluate_menu", "mixture_lp", "expected_oracle",
-           "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "plot_probe", "run_probe"]
+           "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "compare_observations", "plot_probe",
+           "run_probe"]
 
 #: Attention layer skipped by the default menu on models with >= 12 decoder layers: layer 6 of SmolLM2-135M's 30,
 #: the most redundant attention sublayer measured on XSum (agreement ~0.9 when skipped alone).
@@ -109,7 +110,7 @@ class ProbeTable:
 
     Attributes:
         outcomes: one row per (split, document, plan): ``split, doc, example_id, plan, quality, quality_full,
-            cost, flops_saved, reward`` (``doc`` = index in the split, ``reward`` = the env's reward).
+            cost, flops_saved, flops_full, reward`` (``doc`` = index in the split, ``reward`` = the env's reward).
         observations: one row per (split, document): ``split, doc, example_id, obs_0 … obs_{n-1}``.
         plans: menu plan names in order; ``empty``: name of the skip-nothing plan or None.
         config: what was evaluated (env id, kwargs, menu JSON, sizes).
@@ -124,7 +125,7 @@ class ProbeTable:
     def matrices(self, split: str, features: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
         """Arrays of one split, documents in split order: ``quality``, ``quality_full``, ``cost``, ``loss``
         (quality_full - quality), ``saved`` (1 - cost), each ``[D, P]`` in :attr:`plans` order, and ``X`` the
-        observation ``[D, n]`` (or the columns of ``features`` for these documents, indexed like ``observations``).
+        observation ``[D, n]`` (or the ``f_*`` columns of ``features`` — rows keyed by ``split, doc``).
 
         Raises:
             ValueError: the split is missing or a document lacks a plan.
@@ -141,7 +142,7 @@ class ProbeTable:
         out["loss"], out["saved"] = out["quality_full"] - out["quality"], 1.0 - out["cost"]
         obs = self.observations[self.observations["split"] == split].sort_values("doc")
         if features is not None:
-            cols = [c for c in features.columns if c not in ("split", "doc", "example_id")]
+            cols = [c for c in features.columns if c.startswith(("f_", "obs_"))]
             obs = obs[["split", "doc"]].merge(features, on=["split", "doc"], how="left")
         else:
             cols = [c for c in obs.columns if c.startswith("obs_")]
@@ -230,7 +231,8 @@ def evaluate_menu(make_env: Callable[[str, int], object], menu: Mapping[str, Ski
                 _, reward, _, _, info = env.step(a)
                 rows.append({"split": split, "doc": i, "example_id": str(info["example_id"]), "plan": name,
                              "quality": info["quality"], "quality_full": info["quality_full"],
-                             "cost": info["cost"], "flops_saved": info["flops_saved"], "reward": float(reward)})
+                             "cost": info["cost"], "flops_saved": info["flops_saved"],
+                             "flops_full": info.get("flops_full", np.nan), "reward": float(reward)})
                 bar.update(1)
             obs_rows.append({"split": split, "doc": i, "example_id": str(info["example_id"]),
                              **{f"obs_{j}": float(v) for j, v in enumerate(np.asarray(obs).ravel())}})
@@ -301,14 +303,15 @@ class ProbePolicy:
     Args:
         passthrough: trailing observation columns not PCA-reduced (the env's 2 length features).
         empty: index of the skip-nothing plan (its loss is known to be 0 and is not predicted), or None.
-        components: candidate PCA sizes (chosen by K-fold CV on the training documents).
+        components: PCA components of the pooled hidden state (capped by documents - 1); the ridge penalty of
+            each target is chosen among 13 values in [1e-2, 1e4] by efficient leave-one-out CV (``RidgeCV``).
         folds: K of the K-fold splits (capped by the number of documents).
         seed: shuffling of the folds.
     """
 
-    def __init__(self, *, passthrough: int = 2, empty: int | None = 0, components: Sequence[int] = (2, 4, 8, 16),
+    def __init__(self, *, passthrough: int = 2, empty: int | None = 0, components: int = 8,
                  folds: int = 5, seed: int = 0):
-        self.passthrough, self.empty, self.components = int(passthrough), empty, tuple(components)
+        self.passthrough, self.empty, self.components = int(passthrough), empty, int(components)
         self.folds, self.seed = int(folds), int(seed)
         self.threshold: float | None = None
         self.lam: float | None = None
@@ -318,23 +321,19 @@ class ProbePolicy:
         from sklearn.compose import ColumnTransformer
         from sklearn.decomposition import PCA
         from sklearn.linear_model import RidgeCV
-        from sklearn.model_selection import GridSearchCV, KFold
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
 
-        k = max(2, min(self.folds, n_docs))
         pooled = max(n_features - self.passthrough, 0)
-        n_fit = n_docs - int(np.ceil(n_docs / k))  # documents in the smallest inner training fold
-        ncomp = [c for c in self.components if c <= min(pooled, n_fit)] or [max(1, min(pooled, n_fit))]
-        parts = [("pca", Pipeline([("scale", StandardScaler()), ("pca", PCA(random_state=self.seed))]),
-                  list(range(pooled)))] if pooled else []
+        parts = []
+        if pooled:
+            ncomp = max(1, min(self.components, pooled, n_docs - 1))
+            parts.append(("pca", Pipeline([("scale", StandardScaler()),
+                                           ("pca", PCA(ncomp, random_state=self.seed))]), list(range(pooled))))
         if self.passthrough:
             parts.append(("lengths", StandardScaler(), list(range(pooled, n_features))))
-        pipe = Pipeline([("features", ColumnTransformer(parts)),
+        return Pipeline([("features", ColumnTransformer(parts)),
                          ("ridge", RidgeCV(alphas=np.logspace(-2, 4, 13), alpha_per_target=True))])
-        grid = {"features__pca__pca__n_components": ncomp} if pooled else {}
-        return GridSearchCV(pipe, grid or {"ridge__fit_intercept": [True]}, scoring="neg_mean_squared_error",
-                            cv=KFold(k, shuffle=True, random_state=self.seed))
 
     def _targets(self, loss, saved):
         return np.hstack([loss, saved])
@@ -425,6 +424,8 @@ class ProbeReport:
         learning_curve: per number of train documents: mean (and std over repeats) of the probe's advantage.
         weights: policy name → ``[D_test, P]`` plan probabilities (for re-analysis / plots).
         tau, plans: the tolerance and the menu.
+        observations: the observation-kind comparison of :func:`run_probe` (or None).
+        folder: where :func:`run_probe` wrote the results (or None).
     """
 
     summary: pd.DataFrame
@@ -434,6 +435,8 @@ class ProbeReport:
     weights: dict
     tau: float
     plans: list
+    observations: pd.DataFrame | None = None
+    folder: Path | None = None
 
     def to_markdown(self) -> str:
         """The summary, differences, prediction and learning-curve tables as GitHub markdown."""
@@ -573,8 +576,9 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
             idx = np.sort(rng.choice(n_tr, n, replace=False)) if n < n_tr else np.arange(n_tr)
             sub = {k: v[idx] for k, v in tr.items()}
             try:
-                s_pi, _, m, pr = _fit_policies(sub, tau, empty, passthrough, seed + rep)
-            except ValueError:
+                s_pi, _, m, pr = ((static_pi, static_ex, mix, probe) if n == n_tr else
+                                  _fit_policies(sub, tau, empty, passthrough, seed + rep))
+            except ValueError:  # e.g. no static mixture meets tau on this subset
                 continue
             a = _per_doc(te, _one_hot(pr.choose(te["X"], "per_input"), P), tau, "reward")
             b = _per_doc(te, _one_hot(np.full(D, s_pi), P), tau, "reward")
@@ -587,6 +591,47 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
                        "per_input_reward_gain": float(np.mean(adv_pi)), "per_input_std": float(np.std(adv_pi)),
                        "expected_flops_saved_gain": float(np.mean(adv_ex)), "expected_std": float(np.std(adv_ex))})
     return ProbeReport(summary, pd.DataFrame(diffs), pred, pd.DataFrame(lc), W, float(tau), list(names))
+
+
+def compare_observations(table: ProbeTable, tau: float, features: Mapping[str, "pd.DataFrame | None"],
+                         passthrough: Mapping[str, int] | None = None, *, seed: int = 0) -> "pd.DataFrame":
+    """Compare observation kinds on one probe table: for each kind refit the probe policy on its features and
+    report the held-out R² of per-plan quality loss (mean and max over the non-empty plans) and the probe's test
+    gains over the best static policies (no learning curve).
+
+    Args:
+        features: kind name → feature table of :func:`skipenv.observations.feature_table` (``None`` = the
+            table's own observation).
+        passthrough: kind → trailing columns kept out of the PCA (default 2).
+
+    Returns:
+        One row per kind: ``observation, mean_test_r2, max_test_r2, per_input_reward_gain,
+        expected_flops_saved_gain`` and ``extra_cost`` (mean extra observation FLOPs / full-model FLOPs, when the
+        table has ``flops_full``).
+    """
+    import pandas as pd
+
+    rows = []
+    for kind, f in features.items():
+        rep = analyse(table, tau, passthrough=(passthrough or {}).get(kind, 2), learning_curve=[], seed=seed,
+                      features=f)
+        d = rep.differences.set_index(["contextual", "static", "metric"])
+        r2 = rep.prediction["test_r2_quality"].to_numpy(float)
+        extra = np.nan
+        if f is not None and "extra_flops" in f and "flops_full" in table.outcomes:
+            full = table.outcomes.groupby(["split", "doc"])["flops_full"].first().rename("flops_full").reset_index()
+            m = f[["split", "doc", "extra_flops"]].merge(full, on=["split", "doc"])
+            extra = float((m["extra_flops"] / m["flops_full"]).mean())
+        elif f is None:
+            extra = 0.0
+        rows.append({"observation": kind, "mean_test_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else np.nan,
+                     "max_test_r2": float(np.nanmax(r2)) if np.isfinite(r2).any() else np.nan,
+                     "per_input_reward_gain": float(d.loc[("probe (per-input)", "best static (per-input)", "reward"),
+                                                          "diff"]),
+                     "expected_flops_saved_gain": float(d.loc[("probe (expected)", "best static mixture (expected)",
+                                                               "flops_saved"), "diff"]),
+                     "extra_cost": extra})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------- plot
@@ -639,7 +684,8 @@ def config_key(config: dict) -> str:
 def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = None,
               menu: Mapping[str, SkipPlan] | Sequence[str] | None = None, num_train: int = 40, num_test: int = 20,
               tau: float | None = None, out_dir: str | Path = "runs/probe", progress: bool = True,
-              learning_curve: Sequence[int] | None = None, seed: int = 0) -> tuple[ProbeTable, ProbeReport]:
+              learning_curve: Sequence[int] | None = None, observations: Sequence[str] = (),
+              seed: int = 0) -> tuple[ProbeTable, ProbeReport]:
     """Evaluate (or load from ``out_dir/<config hash>``) the menu table, analyse it and write ``report.md``,
     ``summary.csv``, ``differences.csv``, ``learning_curve.csv`` and ``pareto.png`` into that folder.
 
@@ -649,6 +695,9 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
         menu: name → plan, or plan strings for :func:`parse_plan` (default :func:`default_menu`).
         tau: tolerance of the analysis (default ``env_kwargs["tau"]``, else 0.1).
         out_dir: parent folder of the cache / results.
+        observations: further observation kinds to compare with the env's (:mod:`skipenv.observations`, e.g.
+            ``("segments", "layer:4")``); adds ``observation_kinds.csv`` and a table to ``report.md``. Their
+            features are cached next to the table.
 
     Raises:
         ValueError: see :func:`evaluate_menu` and :func:`analyse`.
@@ -678,8 +727,30 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
                               config={"env_id": env_id, "env_kwargs": env_kwargs}, progress=progress)
         table.save(folder)
     report = analyse(table, tau, learning_curve=learning_curve, seed=seed)
+    text = report.to_markdown()
+    if observations:
+        import pandas as pd
+
+        from .observations import feature_table
+
+        feats: dict = {"pooled (env)": None}
+        passthrough = {}
+        k = json.loads(next(iter(table.config["menu"].values())))["spec"]["token_segments"]
+        for kind in observations:
+            path = folder / f"features_{kind.replace(':', '_')}.csv"
+            if path.exists():
+                f = pd.read_csv(path)
+            else:
+                f = feature_table(make_env, table, kind, progress=progress)
+                f.to_csv(path, index=False)
+            feats[kind], passthrough[kind] = f, 2 * k if kind == "segments" else 2
+        comparison = compare_observations(table, tau, feats, passthrough, seed=seed)
+        comparison.to_csv(folder / "observation_kinds.csv", index=False)
+        report.observations = comparison
+        text += "\n### Observation kinds (held-out R² of per-plan quality loss; probe gains on test)\n\n" + \
+            markdown_table(comparison) + "\n"
     (folder / "report.md").write_text(f"# Learnability probe: {env_id} {json.dumps(env_kwargs)}, "
-                                      f"{num_train} train / {num_test} test documents\n\n" + report.to_markdown())
+                                      f"{num_train} train / {num_test} test documents\n\n" + text)
     report.summary.to_csv(folder / "summary.csv", index=False)
     report.differences.to_csv(folder / "differences.csv", index=False)
     report.learning_curve.to_csv(folder / "learning_curve.csv", index=False)
@@ -703,6 +774,8 @@ def configure_parser(p) -> None:
     p.add_argument("--learning-curve", type=int, nargs="*", default=None,
                    help="train-document counts of the learning curve (default 1/4, 1/2, 3/4 of --train-docs)")
     p.add_argument("--env-kwargs", type=_json.loads, default={}, help="further gym.make kwargs as JSON")
+    p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
+                   help="observation kinds to compare with the env's: segments, layer:m (skipenv.observations)")
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -713,7 +786,7 @@ def main(args) -> int:
     env_kwargs = {"quality": args.quality, "tau": args.tau, **args.env_kwargs}
     _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
                           num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,
-                          learning_curve=args.learning_curve, seed=args.seed)
-    print(report.to_markdown())
+                          learning_curve=args.learning_curve, observations=args.observations, seed=args.seed)
+    print((report.folder / "report.md").read_text())
     print(f"saved: {report.folder}/ (outcomes.csv, observations.csv, report.md, summary.csv, pareto.png)")
     return 0

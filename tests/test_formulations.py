@@ -175,7 +175,8 @@ def test_metrics_hand_computed():
     assert m["constraint_met_rate"] == pytest.approx(2 / 3)
     assert m["mean_flops_saved"] == pytest.approx(0.8 / 3)
     assert m["mean_reward"] == pytest.approx((1.0 - 0.1 + 1.3) / 3)  # 1 + (1 - 1); (0.8 - 0.9) / 1; 1 + 0.3
-    assert m["mean_constraint_holds"] and m["quality_loss_ci_low"] <= m["mean_quality_loss"] <= m["quality_loss_ci_high"]
+    assert m["mean_constraint_holds"]
+    assert m["quality_loss_ci_low"] <= m["mean_quality_loss"] <= m["quality_loss_ci_high"]
     # a 50/50 randomised choice on one document is the average of its two rows
     w = formulation_metrics({"quality": [1.0, 0.8], "quality_full": [1.0, 1.0], "cost": [1.0, 0.5],
                              "weight": [0.5, 0.5], "document": [0, 0]}, tau=0.1)

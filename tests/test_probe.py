@@ -78,11 +78,11 @@ def tiny_table():
         return SwitchDecEnv("xsum", generator=g, split=split, num_examples=n, max_new_tokens=6,
                             max_input_tokens=96, disk_cache=False)
 
-    return probe.evaluate_menu(make_env, num_train=6, num_test=4, progress=False)
+    return make_env, probe.evaluate_menu(make_env, num_train=6, num_test=4, progress=False)
 
 
 def test_probe_end_to_end(tiny_table, tmp_path):
-    t = tiny_table
+    _, t = tiny_table
     assert len(t.outcomes) == (6 + 4) * len(t.plans) and t.empty == "skip nothing"
     assert t.observations.filter(like="obs_").shape == (10, 32 + 2)
     loaded = probe.ProbeTable.load(t.save(tmp_path / "table"))
@@ -113,3 +113,59 @@ def test_probe_end_to_end(tiny_table, tmp_path):
     assert "### Test policies" in rep.to_markdown()
     png = probe.plot_probe(rep, tmp_path / "pareto.png")
     assert png.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------ observation kinds
+def test_segment_features_agree_with_the_env_observation(tiny_table):
+    from skipenv.observations import extra_observation_flops, observation_features
+
+    make_env, _ = tiny_table
+    env = make_env("train", 2)
+    g, task = env.generator, env.task
+    prompt = task.format(env.examples[1], g.tokenizer, encoder_decoder=False)
+    pooled = g.observe([prompt])[0].numpy()  # the env's own observation path (forward hook on the first layer)
+    np.testing.assert_allclose(observation_features(g, prompt, "layer:1")[:-2], pooled, rtol=1e-4, atol=1e-5)
+    k, d = 8, g.hidden_size
+    f = observation_features(g, prompt, "segments", token_segments=k, max_input_tokens=task.max_input_tokens)
+    assert f.shape == ((k + 1) * d + 2 * k,)
+    sizes = np.array([e - s for s, e in prompt.segment_bounds(k)] + [len(prompt) - prompt.num_document_tokens])
+    pools = f[: (k + 1) * d].reshape(k + 1, d)
+    # the length-weighted mean of the segment pools and the rest of the prompt is the pooled first layer
+    np.testing.assert_allclose((sizes[:, None] * pools).sum(0) / len(prompt), pooled, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(f[(k + 1) * d: (k + 1) * d + k], sizes[:k] / task.max_input_tokens)
+    assert np.all(np.abs(f[-k:]) <= 1 + 1e-6)  # cosine similarities
+    # the tiny Llama's layers are identical in shape: layer:3 costs two layers more than the env, layer:2 one
+    one = extra_observation_flops(g, prompt, "layer:2")
+    assert one > 0 and extra_observation_flops(g, prompt, "layer:3") == 2 * one
+    assert extra_observation_flops(g, prompt, "segments") == 0
+    with pytest.raises(ValueError, match="observation kind"):
+        observation_features(g, prompt, "layer:0")
+
+
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")
+def test_segment_observation_wrapper(tiny_table):
+    from gymnasium.utils.env_checker import check_env
+
+    from skipenv.observations import SegmentObservation
+
+    make_env, _ = tiny_table
+    env = SegmentObservation(make_env("train", 3))
+    check_env(env, skip_render_check=True)
+    plain = make_env("train", 3)
+    o1, _ = plain.reset(options={"index": 2})
+    o2, _ = env.reset(options={"index": 2})
+    assert o2.shape == env.observation_space.shape == (34 + 9 * 32 + 16,)
+    np.testing.assert_array_equal(o1, o2[:34])
+
+
+def test_compare_observations(tiny_table):
+    from skipenv.observations import feature_table
+
+    make_env, t = tiny_table
+    feats = {"pooled (env)": None, "layer:2": feature_table(make_env, t, "layer:2", progress=False)}
+    assert len(feats["layer:2"]) == 10 and (feats["layer:2"]["extra_flops"] > 0).all()
+    cmp = probe.compare_observations(t, 0.5, feats)
+    assert list(cmp["observation"]) == ["pooled (env)", "layer:2"]
+    assert cmp.loc[0, "extra_cost"] == 0.0 and 0 < cmp.loc[1, "extra_cost"] < 1
+    base = probe.analyse(t, 0.5, learning_curve=[])  # the env-observation row is the plain analysis
+    assert cmp.loc[0, "mean_test_r2"] == pytest.approx(np.nanmean(base.prediction["test_r2_quality"]), nan_ok=True)
