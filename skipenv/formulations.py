@@ -38,7 +38,7 @@ from gymnasium import spaces
 from .rewards import constraint_satisfied, lexicographic_reward
 
 __all__ = ["FORMULATIONS", "LagrangeMultiplier", "ExpectedConstraint", "BudgetConditioned", "make_formulation",
-           "formulation_metrics", "bootstrap_ci"]
+           "formulation_metrics", "metrics_by_tau", "bootstrap_ci"]
 
 #: The named formulations (see the module docstring).
 FORMULATIONS = ("per_input", "expected", "budget")
@@ -325,3 +325,19 @@ def formulation_metrics(episodes, tau: float | None = None, *, n_resamples: int 
         "mean_constraint_holds": bool(mean_loss <= mean_tau + 1e-9),
         "mean_constraint_holds_ci": bool(upper <= mean_tau + 1e-9),
     }
+
+
+def metrics_by_tau(episodes, **kwargs):
+    """:func:`formulation_metrics` per tolerance of a budget-conditioned evaluation (one row per distinct
+    ``tau`` column value, sorted by tau): the quality-vs-FLOPs front one policy traces.
+
+    Raises:
+        ValueError: the table has no ``tau`` column.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(episodes)
+    if "tau" not in df:
+        raise ValueError("metrics_by_tau needs a 'tau' column (the tolerance of each episode)")
+    return pd.DataFrame([{"tau": float(t), **formulation_metrics(g, **kwargs)}
+                         for t, g in df.groupby("tau", sort=True)])

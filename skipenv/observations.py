@@ -157,7 +157,9 @@ def feature_table(env_factory, table, kind: str, *, progress: bool = True):
         table: the probe table (its ``observations`` give split, doc and example id).
 
     Returns:
-        DataFrame with ``split, doc, f_0 … f_{n-1}`` and ``extra_flops`` (see :func:`extra_observation_flops`).
+        DataFrame with ``split, doc, f_0 … f_{n-1}``, ``extra_flops`` (see :func:`extra_observation_flops`) and
+        ``flops_full`` (the full model's FLOPs on the document, from ``info`` of one skip-nothing step — served
+        from the env's cached reference).
     """
     import pandas as pd
     from tqdm import tqdm
@@ -172,7 +174,10 @@ def feature_table(env_factory, table, kind: str, *, progress: bool = True):
                                disable=not progress, leave=False):
             prompt = base.task.format(by_id[str(ex_id)], g.tokenizer, encoder_decoder=g.num_encoder_layers > 0)
             f = observation_features(g, prompt, kind, token_segments=k, max_input_tokens=base.task.max_input_tokens)
+            env.reset(options={"index": int(doc)})
+            *_, info = env.step(np.zeros(env.action_space.shape, dtype=env.action_space.dtype))
             rows.append({"split": split, "doc": int(doc), "extra_flops": extra_observation_flops(g, prompt, kind),
+                         "flops_full": int(info["flops_full"]),
                          **{f"f_{j}": float(v) for j, v in enumerate(f)}})
         env.close()
     return pd.DataFrame(rows)

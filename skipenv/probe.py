@@ -618,10 +618,8 @@ def compare_observations(table: ProbeTable, tau: float, features: Mapping[str, "
         d = rep.differences.set_index(["contextual", "static", "metric"])
         r2 = rep.prediction["test_r2_quality"].to_numpy(float)
         extra = np.nan
-        if f is not None and "extra_flops" in f and "flops_full" in table.outcomes:
-            full = table.outcomes.groupby(["split", "doc"])["flops_full"].first().rename("flops_full").reset_index()
-            m = f[["split", "doc", "extra_flops"]].merge(full, on=["split", "doc"])
-            extra = float((m["extra_flops"] / m["flops_full"]).mean())
+        if f is not None and "extra_flops" in f and "flops_full" in f:
+            extra = float((f["extra_flops"] / f["flops_full"]).mean())
         elif f is None:
             extra = 0.0
         rows.append({"observation": kind, "mean_test_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else np.nan,

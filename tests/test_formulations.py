@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from skipenv.formulations import (BudgetConditioned, ExpectedConstraint, LagrangeMultiplier, formulation_metrics,
-                                  make_formulation)
+                                  make_formulation, metrics_by_tau)
 from skipenv.rewards import lexicographic_reward
 
 
@@ -185,5 +185,9 @@ def test_metrics_hand_computed():
     assert w["constraint_met_rate"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="cost"):
         formulation_metrics({"quality": [1.0], "quality_full": [1.0]}, tau=0.1)
+    front = metrics_by_tau({**eps, "tau": [0.3, 0.1, 0.3]})
+    assert list(front["tau"]) == [0.1, 0.3] and list(front["num_documents"]) == [1, 2]
+    assert front.loc[1, "constraint_met_rate"] == 1.0  # losses 0 and 0.05 within 0.3
+    assert front.loc[0, "mean_reward"] == pytest.approx(-0.1)  # only the 0.8-quality episode had tau 0.1
     with pytest.raises(ValueError, match="sum to 1"):
         formulation_metrics({**eps, "weight": [0.5, 1, 1]}, tau=0.1)
