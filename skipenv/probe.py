@@ -21,8 +21,9 @@ For one env configuration the probe
      quality loss and FLOPs saved from the observation (standardised; the pooled hidden state PCA-reduced to 8
      components, the length features passed through). Per-input rule: the plan with
      the most predicted savings among those with predicted loss ``<= t``; expected rule: ``argmax_p S^_p - lam
-     L^_p``. ``t`` and ``lam`` are calibrated on out-of-fold predictions of the train documents (best mean reward;
-     most savings with the train mean loss within tau).
+     L^_p``, randomised between two ``lam`` like the static mixture. ``t`` and the ``lam`` distribution are
+     calibrated on out-of-fold predictions of the train documents (best mean reward; the LP of the static mixture
+     over the rules' train means).
 
    Differences contextual - best static come with paired percentile-bootstrap CIs over test documents, and a
    learning curve repeats the fit on subsets of the train documents;
@@ -314,7 +315,8 @@ class ProbePolicy:
         self.passthrough, self.empty, self.components = int(passthrough), empty, int(components)
         self.folds, self.seed = int(folds), int(seed)
         self.threshold: float | None = None
-        self.lam: float | None = None
+        self.lams: np.ndarray | None = None
+        self.lam_weights: np.ndarray | None = None
 
     # -- regression
     def _model(self, n_docs: int, n_features: int):
@@ -369,14 +371,18 @@ class ProbePolicy:
         cands = np.unique(np.concatenate([[-np.inf, tau], np.quantile(l_hat, np.linspace(0, 1, 41))]))
         scores = [r[np.arange(D), self._per_input_choice(l_hat, s_hat, t)].mean() for t in cands]
         self.threshold = float(cands[int(np.argmax(scores))])
-        # expected: the smallest multiplier whose train mean loss is within tau (most savings among those)
-        lams = np.concatenate([[0.0], np.logspace(-2, 3, 61), [np.inf]])
-        best, self.lam = -np.inf, np.inf
-        for lam in lams:
+        # expected: rules argmax S^ - lam L^ over a grid of lam, randomised like the static mixture — the LP over
+        # the rules' train (out-of-fold) mean loss / savings picks the best distribution within tau
+        self.lams = np.concatenate([[0.0], np.logspace(-2, 3, 61), [np.inf]])
+        m_loss, m_saved = [], []
+        for lam in self.lams:
             c = self._expected_choice(l_hat, s_hat, lam)
-            m_loss, m_saved = loss[np.arange(D), c].mean(), saved[np.arange(D), c].mean()
-            if m_loss <= tau + 1e-12 and m_saved > best + 1e-12:
-                best, self.lam = m_saved, float(lam)
+            m_loss.append(loss[np.arange(D), c].mean())
+            m_saved.append(saved[np.arange(D), c].mean())
+        try:
+            self.lam_weights = mixture_lp(m_loss, m_saved, tau)
+        except ValueError:  # no rule meets tau on the train documents: the most cautious one
+            self.lam_weights = np.eye(len(self.lams))[int(np.argmin(m_loss))]
         return self
 
     def predict_outcomes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -396,17 +402,23 @@ class ProbePolicy:
             return l_hat.argmin(1)
         return (s_hat - lam * l_hat).argmax(1)
 
-    def choose(self, X: np.ndarray, formulation: str) -> np.ndarray:
-        """Plan index per document ``[D]`` under ``"per_input"`` or ``"expected"``.
+    def plan_probabilities(self, X: np.ndarray, formulation: str) -> np.ndarray:
+        """The policy's plan distribution per document, ``[D, P]`` (rows sum to 1): one-hot under
+        ``"per_input"``; under ``"expected"`` a mixture of at most two ``lam`` rules (as the static mixture).
 
         Raises:
             ValueError: an unknown formulation.
         """
         l_hat, s_hat = self.predict_outcomes(X)
+        D = len(l_hat)
         if formulation == "per_input":
-            return self._per_input_choice(l_hat, s_hat, self.threshold)
+            return _one_hot(self._per_input_choice(l_hat, s_hat, self.threshold), self.P)
         if formulation == "expected":
-            return self._expected_choice(l_hat, s_hat, self.lam)
+            w = np.zeros((D, self.P))
+            for lam, p in zip(self.lams, self.lam_weights):
+                if p > 1e-9:
+                    w += p * _one_hot(self._expected_choice(l_hat, s_hat, lam), self.P)
+            return w / w.sum(1, keepdims=True)
         raise ValueError(f"unknown formulation {formulation!r}; the probe has 'per_input' and 'expected'")
 
 
@@ -524,8 +536,8 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
     W["best static (per-input)"] = _one_hot(np.full(D, static_pi), P)
     W["best static (expected)"] = _one_hot(np.full(D, static_ex), P)
     W["best static mixture (expected)"] = np.tile(mix, (D, 1))
-    W["probe (per-input)"] = _one_hot(probe.choose(te["X"], "per_input"), P)
-    W["probe (expected)"] = _one_hot(probe.choose(te["X"], "expected"), P)
+    W["probe (per-input)"] = probe.plan_probabilities(te["X"], "per_input")
+    W["probe (expected)"] = probe.plan_probabilities(te["X"], "expected")
     W["oracle (per-input)"] = _one_hot(per_input_oracle(te["quality"], te["quality_full"], te["cost"], tau), P)
     W["oracle (expected)"] = expected_oracle(te["loss"], te["saved"], tau)
     formulation = {"per-input": "per_input", "expected": "expected"}
@@ -580,10 +592,10 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
                                   _fit_policies(sub, tau, empty, passthrough, seed + rep))
             except ValueError:  # e.g. no static mixture meets tau on this subset
                 continue
-            a = _per_doc(te, _one_hot(pr.choose(te["X"], "per_input"), P), tau, "reward")
+            a = _per_doc(te, pr.plan_probabilities(te["X"], "per_input"), tau, "reward")
             b = _per_doc(te, _one_hot(np.full(D, s_pi), P), tau, "reward")
             adv_pi.append(float((a - b).mean()))
-            a = _per_doc(te, _one_hot(pr.choose(te["X"], "expected"), P), tau, "flops_saved")
+            a = _per_doc(te, pr.plan_probabilities(te["X"], "expected"), tau, "flops_saved")
             b = _per_doc(te, np.tile(m, (D, 1)), tau, "flops_saved")
             adv_ex.append(float((a - b).mean()))
         if adv_pi:

@@ -107,6 +107,8 @@ def test_probe_end_to_end(tiny_table, tmp_path):
         assert s.loc[name, "mean_reward"] <= s.loc["oracle (per-input)", "mean_reward"] + 1e-9
         assert s.loc[name, "mean_flops_saved"] <= s.loc["oracle (expected)", "mean_flops_saved"] + 1e-9 or \
             s.loc[name, "mean_quality_loss"] > tau
+    for w in rep.weights.values():  # every policy is a plan distribution per test document
+        assert w.shape == (4, len(t.plans)) and np.allclose(w.sum(1), 1.0) and (w >= 0).all()
     d = rep.differences
     assert {"reward", "flops_saved"} == set(d["metric"]) and (d["ci_low"] <= d["diff"] + 1e-12).all()
     assert list(rep.learning_curve["train_documents"]) == [4, 6]
