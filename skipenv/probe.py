@@ -431,9 +431,13 @@ class ProbeReport:
         summary: one row per test policy: ``policy, formulation, mean_quality, mean_quality_loss,
             constraint_met_rate, mean_flops_saved, mean_reward, quality_loss_ci_low/high, mean_constraint_holds``.
         differences: paired bootstrap CIs over test documents of ``contextual - static`` (``metric`` =
-            ``flops_saved`` or ``reward``; ``diff``, ``ci_low``, ``ci_high``).
+            ``flops_saved``, ``reward`` or ``quality_loss``; ``diff``, ``ci_low``, ``ci_high``). The row against
+            "static mixture at the probe's test quality (fit on test)" compares at equal mean quality loss with a
+            static mixture fitted on the test documents themselves (favouring the static side).
         prediction: held-out (test) R² of each plan's predicted quality loss.
-        learning_curve: per number of train documents: mean (and std over repeats) of the probe's advantage.
+        learning_curve: per number of train documents: mean (and std over repeats) of the probe's advantage over
+            the best static policy (per-input reward; expected FLOPs saved vs the train-fitted mixture, and vs the
+            static mixture at the probe's own test quality).
         weights: policy name → ``[D_test, P]`` plan probabilities (for re-analysis / plots).
         tau, plans: the tolerance and the menu.
         observations: the observation-kind comparison of :func:`run_probe` (or None).
@@ -501,6 +505,8 @@ def _weights_metrics(te: dict, w: np.ndarray, tau: float, seed: int) -> dict:
 def _per_doc(te: dict, w: np.ndarray, tau: float, metric: str) -> np.ndarray:
     if metric == "flops_saved":
         return (w * te["saved"]).sum(1)
+    if metric == "quality_loss":
+        return (w * te["loss"]).sum(1)
     return (w * _rewards(te["quality"], te["quality_full"], te["cost"], tau)).sum(1)
 
 
@@ -540,16 +546,26 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
     W["probe (expected)"] = probe.plan_probabilities(te["X"], "expected")
     W["oracle (per-input)"] = _one_hot(per_input_oracle(te["quality"], te["quality_full"], te["cost"], tau), P)
     W["oracle (expected)"] = expected_oracle(te["loss"], te["saved"], tau)
+    # the static front at the probe's own test quality, fitted on the test documents (favours the static side):
+    # the contextual policy has learnable headroom only if it beats this at equal mean quality loss
+    probe_loss = float(_per_doc(te, W["probe (expected)"], tau, "quality_loss").mean())
+    try:
+        eq = mixture_lp(te["loss"].mean(0), te["saved"].mean(0), probe_loss)
+        W["static mixture at the probe's test quality (fit on test)"] = np.tile(eq, (D, 1))
+    except ValueError:  # no static mixture reaches that quality
+        eq = None
     formulation = {"per-input": "per_input", "expected": "expected"}
     rows = []
     for name, w in W.items():
-        kind = next((v for k, v in formulation.items() if f"({k})" in name), "static plan")
+        kind = next((v for k, v in formulation.items() if f"({k})" in name),
+                    "expected" if "mixture" in name else "static plan")
         if name == "best static (per-input)":
             detail = names[static_pi]
         elif name == "best static (expected)":
             detail = names[static_ex]
         elif "mixture" in name:
-            detail = ", ".join(f"{names[j]} {p:.2f}" for j, p in enumerate(mix) if p > 1e-6)
+            pi = mix if name == "best static mixture (expected)" else eq
+            detail = ", ".join(f"{names[j]} {p:.2f}" for j, p in enumerate(pi) if p > 1e-6)
         else:
             detail = ""
         rows.append({"policy": name, "formulation": kind, "detail": detail,
@@ -561,7 +577,11 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
                    ("per_input", "reward", "oracle (per-input)", "best static (per-input)"),
                    ("expected", "flops_saved", "probe (expected)", "best static mixture (expected)"),
                    ("expected", "flops_saved", "probe (expected)", "best static (expected)"),
+                   ("expected", "quality_loss", "probe (expected)", "best static mixture (expected)"),
                    ("expected", "flops_saved", "oracle (expected)", "best static mixture (expected)")]
+    if eq is not None:
+        comparisons.insert(4, ("expected", "flops_saved", "probe (expected)",
+                               "static mixture at the probe's test quality (fit on test)"))
     diffs = []
     for form, metric, a, b in comparisons:
         d = _per_doc(te, W[a], tau, metric) - _per_doc(te, W[b], tau, metric)
@@ -583,7 +603,7 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
     rng = np.random.default_rng(seed)
     lc = []
     for n in sizes:
-        adv_pi, adv_ex = [], []
+        adv_pi, adv_ex, adv_eq = [], [], []
         for rep in range(repeats if n < n_tr else 1):
             idx = np.sort(rng.choice(n_tr, n, replace=False)) if n < n_tr else np.arange(n_tr)
             sub = {k: v[idx] for k, v in tr.items()}
@@ -595,13 +615,21 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
             a = _per_doc(te, pr.plan_probabilities(te["X"], "per_input"), tau, "reward")
             b = _per_doc(te, _one_hot(np.full(D, s_pi), P), tau, "reward")
             adv_pi.append(float((a - b).mean()))
-            a = _per_doc(te, pr.plan_probabilities(te["X"], "expected"), tau, "flops_saved")
+            w = pr.plan_probabilities(te["X"], "expected")
+            a = _per_doc(te, w, tau, "flops_saved")
             b = _per_doc(te, np.tile(m, (D, 1)), tau, "flops_saved")
             adv_ex.append(float((a - b).mean()))
+            try:  # against the static front at the probe's own test quality (fitted on test)
+                eq_n = mixture_lp(te["loss"].mean(0), te["saved"].mean(0), _per_doc(te, w, tau, "quality_loss").mean())
+                adv_eq.append(float(a.mean() - eq_n @ te["saved"].mean(0)))
+            except ValueError:
+                adv_eq.append(np.nan)
         if adv_pi:
             lc.append({"train_documents": n, "repeats": len(adv_pi),
                        "per_input_reward_gain": float(np.mean(adv_pi)), "per_input_std": float(np.std(adv_pi)),
-                       "expected_flops_saved_gain": float(np.mean(adv_ex)), "expected_std": float(np.std(adv_ex))})
+                       "expected_flops_saved_gain": float(np.mean(adv_ex)), "expected_std": float(np.std(adv_ex)),
+                       "expected_gain_at_equal_quality": float(np.nanmean(adv_eq)) if np.isfinite(adv_eq).any()
+                       else np.nan})
     return ProbeReport(summary, pd.DataFrame(diffs), pred, pd.DataFrame(lc), W, float(tau), list(names))
 
 
@@ -647,8 +675,9 @@ def compare_observations(table: ProbeTable, tau: float, features: Mapping[str, "
 # ---------------------------------------------------------------------------------------------- plot
 def plot_probe(report: ProbeReport, path: str | Path, *, title: str = "") -> Path:
     """Quality-vs-FLOPs plot of the test policies: x = mean FLOPs saved (% of the full model, observation
-    included), y = mean quality; static menu plans as grey circles (labelled), the other policies with one
-    marker each; the dashed line marks ``mean quality_full - tau`` (the expected constraint). Saved as PNG (Agg)."""
+    included), y = mean quality; static menu plans as small grey circles (labelled), the other policies with one
+    marker each, sized so that coinciding policies stay visible (nested markers); the dashed line marks
+    ``mean quality_full - tau`` (the expected constraint). Saved as PNG (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -657,27 +686,37 @@ def plot_probe(report: ProbeReport, path: str | Path, *, title: str = "") -> Pat
     s = report.summary.set_index("policy")
     q_full = float((s["mean_quality"] + s["mean_quality_loss"]).iloc[0])
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    statics = s[s["formulation"] == "static plan"]
-    ax.scatter(100 * statics["mean_flops_saved"], statics["mean_quality"], s=40, c="0.6", edgecolors="k",
-               zorder=3, label="static menu plans")
-    for name, row in statics.iterrows():
-        ax.annotate(name.removeprefix("static: "), (100 * row["mean_flops_saved"], row["mean_quality"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=7, color="0.3")
-    styles = {"best static (per-input)": ("s", "tab:blue"), "best static (expected)": ("s", "tab:orange"),
-              "best static mixture (expected)": ("*", "tab:orange"), "probe (per-input)": ("D", "tab:blue"),
-              "probe (expected)": ("D", "tab:orange"), "oracle (per-input)": ("^", "tab:blue"),
-              "oracle (expected)": ("^", "tab:orange")}
-    for name, (marker, color) in styles.items():
+    statics = s[s["formulation"] == "static plan"].sort_values("mean_flops_saved")
+    # markers nest where policies coincide: large open squares, then filled markers, small ones on top
+    styles = {  # name: (marker, colour, size, filled, zorder)
+        "best static (per-input)": ("s", "tab:blue", 320, False, 3),
+        "best static (expected)": ("s", "tab:orange", 320, False, 3),
+        "best static mixture (expected)": ("*", "tab:orange", 260, True, 4),
+        "oracle (per-input)": ("^", "tab:blue", 170, True, 4),
+        "oracle (expected)": ("^", "tab:orange", 170, True, 4),
+        "probe (per-input)": ("D", "tab:blue", 120, True, 5),
+        "probe (expected)": ("D", "tab:orange", 120, True, 5),
+        "static mixture at the probe's test quality (fit on test)": ("*", "tab:green", 90, True, 6)}
+    for name, (marker, color, size, filled, z) in styles.items():
         if name in s.index:
             row = s.loc[name]
-            ax.scatter(100 * row["mean_flops_saved"], row["mean_quality"], marker=marker, s=110, c=color,
-                       edgecolors="k", linewidths=0.8, zorder=4, label=name, alpha=0.9)
-    ax.axhline(q_full - report.tau, ls="--", c="tab:red", lw=1, label=f"expected constraint (quality_full - tau)")
+            ax.scatter(100 * row["mean_flops_saved"], row["mean_quality"], marker=marker, s=size,
+                       c=color if filled else "none", edgecolors=color if not filled else "k",
+                       linewidths=2.0 if not filled else 0.8, zorder=z, label=name)
+    ax.scatter(100 * statics["mean_flops_saved"], statics["mean_quality"], s=22, c="0.55", edgecolors="k",
+               linewidths=0.6, zorder=7, label="static menu plans")
+    xs, ys = 100 * statics["mean_flops_saved"].to_numpy(), statics["mean_quality"].to_numpy()
+    dx, dy = max(np.ptp(xs), 1e-9) * 0.04, max(np.ptp(ys), 1e-9) * 0.04
+    for i, name in enumerate(statics.index):  # labels of nearby plans are stacked downwards, one line each
+        clashes = int(np.sum((np.abs(xs[:i] - xs[i]) < dx) & (np.abs(ys[:i] - ys[i]) < dy)))
+        ax.annotate(name.removeprefix("static: "), (xs[i], ys[i]), textcoords="offset points",
+                    xytext=(5, 4 - 9 * clashes), fontsize=7, color="0.25")
+    ax.axhline(q_full - report.tau, ls="--", c="tab:red", lw=1, label="expected constraint (quality_full - tau)")
     ax.set_xlabel("mean FLOPs saved on the test documents (% of the full model, observation included)")
     ax.set_ylabel("mean quality on the test documents")
     ax.set_title(title or f"learnability probe (tau = {report.tau})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=0.6)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")

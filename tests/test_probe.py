@@ -110,7 +110,7 @@ def test_probe_end_to_end(tiny_table, tmp_path):
     for w in rep.weights.values():  # every policy is a plan distribution per test document
         assert w.shape == (4, len(t.plans)) and np.allclose(w.sum(1), 1.0) and (w >= 0).all()
     d = rep.differences
-    assert {"reward", "flops_saved"} == set(d["metric"]) and (d["ci_low"] <= d["diff"] + 1e-12).all()
+    assert {"reward", "flops_saved", "quality_loss"} == set(d["metric"]) and (d["ci_low"] <= d["diff"] + 1e-12).all()
     assert list(rep.learning_curve["train_documents"]) == [4, 6]
     assert "### Test policies" in rep.to_markdown()
     png = probe.plot_probe(rep, tmp_path / "pareto.png")
