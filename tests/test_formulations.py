@@ -191,3 +191,16 @@ def test_metrics_hand_computed():
     assert front.loc[0, "mean_reward"] == pytest.approx(-0.1)  # only the 0.8-quality episode had tau 0.1
     with pytest.raises(ValueError, match="sum to 1"):
         formulation_metrics({**eps, "weight": [0.5, 1, 1]}, tau=0.1)
+
+
+def test_unmodified_sb3_trains_on_the_wrappers(tiny_env_factory):
+    from stable_baselines3 import PPO
+
+    m = LagrangeMultiplier(0.0, lr=1.0, update_every=4)
+    env = ExpectedConstraint(tiny_env_factory(), tau=0.0, multiplier=m)
+    PPO("MlpPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu").learn(16)
+    assert m.num_updates == 4  # 16 episodes, one dual update per 4
+    budget = BudgetConditioned(tiny_env_factory())
+    model = PPO("MlpPolicy", budget, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu").learn(16)
+    obs, _ = budget.reset(seed=0, options={"tau": 0.05})
+    assert budget.action_space.contains(model.predict(obs, deterministic=True)[0].astype(np.int8))
