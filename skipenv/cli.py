@@ -132,6 +132,22 @@ SUBCOMMANDS["leaderboard"] = Subcommand(_configure_leaderboard, _run_leaderboard
                                         "evaluate policies (baselines, SB3 models, agents) and write a comparison table")
 
 
+def _configure_probe(p: argparse.ArgumentParser) -> None:
+    from .probe import configure_parser
+
+    configure_parser(p)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from .probe import main as probe_main
+
+    return probe_main(args)
+
+
+SUBCOMMANDS["probe"] = Subcommand(_configure_probe, _run_probe,
+                                  "learnability probe: static vs contextual vs oracle over a menu of plans")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(

@@ -1,0 +1,183 @@
+"""Richer observations for the skip decision, computed through the generator's public methods.
+
+The env's own observation is the hidden state after the first layer, mean-pooled over the whole input, plus two
+length features. Which documents tolerate which skip may depend on *where* the content sits and on deeper
+representations, so this module offers other observation kinds:
+
+- ``"pooled"`` — the env's observation (first layer, pooled over the input).
+- ``"segments"`` — the same first-layer hidden states ``h`` ``[T, d]`` pooled separately over each of the ``K``
+  document segments and over the rest of the prompt (template, instruction), each segment's length /
+  ``max_input_tokens``, and the cosine similarity of each segment's pooled state to the last prompt position's
+  state (which the first generated token is computed from). Shape ``[(K + 1) d + 2 K]``. It comes from the same
+  first-layer pass the env already charges as observation overhead, so it costs no extra FLOPs.
+- ``"layer:m"`` — the hidden state after ``m`` layers (``m >= 1``; ``layer:1`` equals ``pooled`` without the
+  lengths), pooled over the input, plus the two lengths. Costs the FLOPs of layers ``1 … m-1`` over the full
+  input on top of the charged first layer (:func:`extra_observation_flops`).
+
+:func:`observation_features` computes one kind for one input; :class:`SegmentObservation` is a Gymnasium
+observation wrapper that appends the ``"segments"`` features to the env's observation (no cost change);
+:func:`feature_table` builds the per-document feature table that :func:`skipenv.probe.compare_observations` uses
+to compare kinds by held-out R² of per-plan quality. Decoder-only generators only (the layerwise stepping behind it
+is implemented for them).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["OBSERVATION_KINDS", "observation_features", "extra_observation_flops", "SegmentObservation",
+           "feature_table"]
+
+OBSERVATION_KINDS = ("pooled", "segments", "layer:m")
+
+
+def _parse(kind: str) -> tuple[str, int]:
+    if kind in ("pooled", "segments"):
+        return kind, 1
+    if kind.startswith("layer:"):
+        try:
+            m = int(kind.split(":", 1)[1])
+        except ValueError:
+            m = 0
+        if m >= 1:
+            return "layer", m
+    raise ValueError(f"unknown observation kind {kind!r}; choose 'pooled', 'segments' or 'layer:m' with m >= 1")
+
+
+def _hidden_after(generator, prompt, num_layers: int) -> np.ndarray:
+    """Hidden states ``[T, d]`` (float32) after ``num_layers`` unmodified layers over the full input."""
+    if generator.num_encoder_layers:
+        raise NotImplementedError("richer observations need the layerwise prefill of a decoder-only generator "
+                                  "(Llama, GPT-2); encoder-decoder models have only the 'pooled' observation")
+    if num_layers > generator.num_decoder_layers:
+        raise ValueError(f"layer:{num_layers} exceeds the model's {generator.num_decoder_layers} layers")
+    stepper = generator.layer_stepper(prompt, (False,) * 1)
+    for layer in range(num_layers):
+        stepper.step(layer)
+    return stepper.hidden[0].float().cpu().numpy()
+
+
+def observation_features(generator, prompt, kind: str = "segments", *, token_segments: int = 8,
+                         max_input_tokens: int = 1024) -> np.ndarray:
+    """Features of one input (see the module docstring for each kind).
+
+    Args:
+        generator: a decoder-only :class:`~skipenv.generators.SkippableGenerator`.
+        prompt: the :class:`~skipenv.inputs.PromptInput` (``task.format(example, generator.tokenizer)``).
+        kind: ``"pooled"``, ``"segments"`` or ``"layer:m"``.
+        token_segments: ``K``, as in the env.
+        max_input_tokens: normaliser of the lengths (the task's ``max_input_tokens``).
+
+    Returns:
+        float32 vector: ``[d + 2]`` (pooled, layer:m) or ``[(K + 1) d + 2 K]`` (segments).
+
+    Raises:
+        ValueError: an unknown kind; NotImplementedError: an encoder-decoder generator.
+    """
+    name, m = _parse(kind)
+    h = _hidden_after(generator, prompt, m)
+    lengths = np.array([len(prompt), prompt.num_document_tokens], np.float32) / max_input_tokens
+    if name != "segments":
+        return np.concatenate([h.mean(0), lengths]).astype(np.float32)
+    d = h.shape[1]
+    bounds = prompt.segment_bounds(token_segments)
+    outside = np.ones(len(h), bool)
+    pools, sizes, cos = [], [], []
+    last = h[-1] / max(np.linalg.norm(h[-1]), 1e-12)
+    for s, e in bounds:
+        outside[s:e] = False
+        p = h[s:e].mean(0) if e > s else np.zeros(d, np.float32)
+        pools.append(p)
+        sizes.append((e - s) / max_input_tokens)
+        cos.append(float(p @ last / max(np.linalg.norm(p), 1e-12)))
+    rest = h[outside].mean(0) if outside.any() else np.zeros(d, np.float32)
+    return np.concatenate([*pools, rest, np.array(sizes), np.array(cos)]).astype(np.float32)
+
+
+def extra_observation_flops(generator, prompt, kind: str) -> int:
+    """FLOPs a kind costs beyond the env's charged first layer: 0 for ``pooled`` / ``segments``; for ``layer:m``
+    the analytic FLOPs of decoder layers ``1 … m-1`` over the full input (``generator.flops`` per candidate)."""
+    name, m = _parse(kind)
+    if name != "layer" or m == 1:
+        return 0
+    br = generator.flops(None, prompt, 0)
+    return int(sum(v for k, v in br.per_candidate.items()
+                   if k.startswith("decoder.") and k.rsplit(".", 1)[1].isdigit()
+                   and 1 <= int(k.rsplit(".", 1)[1]) < m and "cross" not in k))
+
+
+class SegmentObservation(gym.ObservationWrapper):
+    """Appends the ``"segments"`` features of the current input to a one-shot SwitchDec env's observation.
+
+    Observation: ``Box`` ``[n + (K + 1) d + 2 K]`` (features clipped to the env's bound). The features come from
+    the first-layer pass the env already charges, so ``cost`` is unchanged. Memoised per example id.
+
+    Raises:
+        ValueError: a non-1-D-Box observation space; NotImplementedError: an encoder-decoder generator.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        base = env.unwrapped
+        space = env.observation_space
+        if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"SegmentObservation needs a 1-D Box observation space, got {space}")
+        if base.generator.num_encoder_layers:
+            raise NotImplementedError("SegmentObservation supports decoder-only generators")
+        self.token_segments = base.plan_spec.token_segments
+        d, k = base.generator.hidden_size, self.token_segments
+        n = (k + 1) * d + 2 * k
+        bound = float(np.max(np.abs(space.high)))
+        self.observation_space = spaces.Box(np.concatenate([space.low, np.full(n, -bound)]).astype(space.dtype),
+                                            np.concatenate([space.high, np.full(n, bound)]).astype(space.dtype),
+                                            dtype=space.dtype)
+        self._bound = bound
+        self._memo: dict[str, np.ndarray] = {}
+
+    def observation(self, observation):
+        base = self.env.unwrapped
+        ex = base.example
+        f = self._memo.get(ex.id)
+        if f is None:
+            g = base.generator
+            prompt = base.task.format(ex, g.tokenizer, encoder_decoder=False)
+            f = observation_features(g, prompt, "segments", token_segments=self.token_segments,
+                                     max_input_tokens=base.task.max_input_tokens)
+            self._memo[ex.id] = f = np.clip(f, -self._bound, self._bound)
+        return np.concatenate([np.asarray(observation), f]).astype(self.observation_space.dtype)
+
+
+def feature_table(env_factory, table, kind: str, *, progress: bool = True):
+    """Features of ``kind`` for every document of a :class:`~skipenv.probe.ProbeTable`.
+
+    Args:
+        env_factory: ``(split, num_examples) -> env`` as given to :func:`skipenv.probe.evaluate_menu`.
+        table: the probe table (its ``observations`` give split, doc and example id).
+
+    Returns:
+        DataFrame with ``split, doc, f_0 … f_{n-1}``, ``extra_flops`` (see :func:`extra_observation_flops`) and
+        ``flops_full`` (the full model's FLOPs on the document, from ``info`` of one skip-nothing step — served
+        from the env's cached reference).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    rows = []
+    for split, obs in table.observations.groupby("split", sort=False):
+        env = env_factory(split, int(obs["doc"].max()) + 1)
+        base = env.unwrapped
+        g, k = base.generator, base.plan_spec.token_segments
+        by_id = {str(ex.id): ex for ex in base.examples}
+        for doc, ex_id in tqdm(list(zip(obs["doc"], obs["example_id"])), desc=f"{kind} features {split}",
+                               disable=not progress, leave=False):
+            prompt = base.task.format(by_id[str(ex_id)], g.tokenizer, encoder_decoder=g.num_encoder_layers > 0)
+            f = observation_features(g, prompt, kind, token_segments=k, max_input_tokens=base.task.max_input_tokens)
+            env.reset(options={"index": int(doc)})
+            *_, info = env.step(np.zeros(env.action_space.shape, dtype=env.action_space.dtype))
+            rows.append({"split": split, "doc": int(doc), "extra_flops": extra_observation_flops(g, prompt, kind),
+                         "flops_full": int(info["flops_full"]),
+                         **{f"f_{j}": float(v) for j, v in enumerate(f)}})
+        env.close()
+    return pd.DataFrame(rows)

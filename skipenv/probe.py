@@ -1,0 +1,841 @@
+"""Learnability probe: how much can a contextual policy gain over the best static policy, before training anyone?
+
+For one env configuration the probe
+
+1. evaluates a *menu* of candidate plans (:func:`default_menu`, or your own) on every one of ``N`` train and
+   ``M`` test documents through the public Gymnasium API (``reset(options={"index": i})`` + ``step``), collecting
+   a (documents x plans) table of quality, quality_full and cost, plus each document's observation
+   (:func:`evaluate_menu`; the table is cached as CSV so re-analysis runs no forward pass);
+2. fits, on the train documents only, the static and contextual policies below, and evaluates them on the test
+   documents under the per-input and the expected formulation (:mod:`skipenv.formulations`) (:func:`analyse`):
+
+   - best static plan — per-input: highest mean lexicographic reward; expected: most FLOPs saved with mean quality
+     loss ``<= tau`` (train means);
+   - best static mixture (expected) — a distribution ``pi`` over menu plans from the LP
+     ``max_pi sum_p pi_p S_p  s.t.  sum_p pi_p L_p <= tau, sum_p pi_p = 1, pi >= 0`` (``S``/``L``: train mean FLOPs
+     saved / quality loss per plan; :func:`mixture_lp`, ``scipy.optimize.linprog``);
+   - per-input oracle — on each test document the menu plan with the highest lexicographic reward (the cheapest
+     plan within tau); expected oracle — the LP over per-document plan distributions on the test documents
+     (:func:`expected_oracle`). Oracles see the test outcomes: they bound what any policy over the menu reaches;
+   - probe policy — ridge regressions (``RidgeCV``, regularisation by efficient leave-one-out CV) of every plan's
+     quality loss and FLOPs saved from the observation (standardised; the pooled hidden state PCA-reduced to 8
+     components, the length features passed through). Per-input rule: the plan with
+     the most predicted savings among those with predicted loss ``<= t``; expected rule: ``argmax_p S^_p - lam
+     L^_p``, randomised between two ``lam`` like the static mixture. ``t`` and the ``lam`` distribution are
+     calibrated on out-of-fold predictions of the train documents (best mean reward; the LP of the static mixture
+     over the rules' train means).
+
+   Differences contextual - best static come with paired percentile-bootstrap CIs over test documents, and a
+   learning curve repeats the fit on subsets of the train documents;
+3. draws the test policies in a quality-vs-FLOPs-saved plot (:func:`plot_probe`).
+
+The default menu and the question follow issue 12 of the project ("a benchmark with learnable headroom").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .formulations import bootstrap_ci, formulation_metrics
+from .plan import SkipPlan
+from .rewards import lexicographic_reward
+
+__all__ = ["default_menu", "parse_plan", "ProbeTable", "evaluate_menu", "mixture_lp", "expected_oracle",
+           "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "compare_observations", "plot_probe",
+           "run_probe"]
+
+#: Attention layer skipped by the default menu on models with >= 12 decoder layers: layer 6 of SmolLM2-135M's 30,
+#: the most redundant attention sublayer measured on XSum (agreement ~0.9 when skipped alone).
+DEFAULT_ATTENTION_LAYER = 6
+
+
+# ---------------------------------------------------------------------------------------------- menus
+def default_menu(spec) -> dict[str, SkipPlan]:
+    """The default menu for a :class:`~skipenv.plan.PlanSpec`: skip nothing; drop the last 1, 2, 3, 4 of the
+    ``K`` token segments; drop segment 3; drop segment 5 (0-based); skip the attention of one decoder layer
+    (layer :data:`DEFAULT_ATTENTION_LAYER` on models with >= 12 decoder layers, else the middle layer).
+    Token plans that do not fit ``K`` are left out.
+
+    Returns:
+        name → plan, in menu order.
+    """
+    k, layers = spec.token_segments, spec.num_decoder_layers
+    menu = {"skip nothing": spec.empty_plan()}
+    for n in range(1, 5):
+        if n < k:
+            menu[f"drop last {n}/{k} segments"] = SkipPlan.from_skips(spec, tokens=range(k - n, k))
+    for s in (3, 5):
+        if s < k:
+            menu[f"drop segment {s}"] = SkipPlan.from_skips(spec, tokens=[s])
+    if layers:
+        layer = DEFAULT_ATTENTION_LAYER if layers >= 12 else layers // 2
+        menu[f"skip attention {layer}"] = SkipPlan.from_skips(spec, attention=[layer])
+    return menu
+
+
+def parse_plan(text: str, spec) -> tuple[str, SkipPlan]:
+    """Parse ``"NAME:KIND=I,J;KIND=I"`` (kinds: ``attention``, ``ffn``, ``tokens`` — decoder layers / token
+    segments, 0-based; ``a-b`` ranges allowed) into ``(name, plan)``; e.g. ``"lead:tokens=6,7"``,
+    ``"mid:attention=6;ffn=10-12"``. Without ``NAME:`` the text itself is the name.
+
+    Raises:
+        ValueError: an unknown kind or a malformed index (the message shows the expected form).
+    """
+    name, _, body = text.rpartition(":")
+    name = name or body
+    kinds: dict[str, list[int]] = {"attention": [], "ffn": [], "tokens": []}
+    for part in filter(None, (p.strip() for p in body.split(";"))):
+        kind, eq, idx = part.partition("=")
+        if kind.strip() not in kinds or not eq:
+            raise ValueError(f"cannot parse plan {text!r}: expected 'NAME:KIND=I,J;KIND=I' with KIND in "
+                             f"{sorted(kinds)}, e.g. 'lead:tokens=6,7'")
+        for tok in filter(None, (t.strip() for t in idx.split(","))):
+            a, dash, b = tok.partition("-")
+            try:
+                kinds[kind.strip()] += list(range(int(a), int(b) + 1)) if dash else [int(a)]
+            except ValueError:
+                raise ValueError(f"cannot parse index {tok!r} in plan {text!r}; use integers or ranges a-b") from None
+    return name, SkipPlan.from_skips(spec, **kinds)
+
+
+# ---------------------------------------------------------------------------------------------- the table
+@dataclass
+class ProbeTable:
+    """The evaluated (documents x plans) table.
+
+    Attributes:
+        outcomes: one row per (split, document, plan): ``split, doc, example_id, plan, quality, quality_full,
+            cost, flops_saved, flops_full, reward`` (``doc`` = index in the split, ``reward`` = the env's reward).
+        observations: one row per (split, document): ``split, doc, example_id, obs_0 … obs_{n-1}``.
+        plans: menu plan names in order; ``empty``: name of the skip-nothing plan or None.
+        config: what was evaluated (env id, kwargs, menu JSON, sizes).
+    """
+
+    outcomes: pd.DataFrame
+    observations: pd.DataFrame
+    plans: list[str]
+    empty: str | None
+    config: dict = field(default_factory=dict)
+
+    def matrices(self, split: str, features: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+        """Arrays of one split, documents in split order: ``quality``, ``quality_full``, ``cost``, ``loss``
+        (quality_full - quality), ``saved`` (1 - cost), each ``[D, P]`` in :attr:`plans` order, and ``X`` the
+        observation ``[D, n]`` (or the ``f_*`` columns of ``features`` — rows keyed by ``split, doc``).
+
+        Raises:
+            ValueError: the split is missing or a document lacks a plan.
+        """
+        o = self.outcomes[self.outcomes["split"] == split]
+        if o.empty:
+            raise ValueError(f"the probe table has no documents of split {split!r}")
+        out = {}
+        for col in ("quality", "quality_full", "cost"):
+            m = o.pivot(index="doc", columns="plan", values=col)
+            if m.isna().any().any():
+                raise ValueError(f"split {split!r}: some documents lack an outcome for some plan")
+            out[col] = m[self.plans].to_numpy(float)
+        out["loss"], out["saved"] = out["quality_full"] - out["quality"], 1.0 - out["cost"]
+        obs = self.observations[self.observations["split"] == split].sort_values("doc")
+        if features is not None:
+            cols = [c for c in features.columns if c.startswith(("f_", "obs_"))]
+            obs = obs[["split", "doc"]].merge(features, on=["split", "doc"], how="left")
+        else:
+            cols = [c for c in obs.columns if c.startswith("obs_")]
+        out["X"] = obs[cols].to_numpy(float)
+        out["example_id"] = obs["example_id"].to_numpy() if "example_id" in obs else np.arange(len(obs))
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``outcomes.csv``, ``observations.csv`` and ``config.json`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.outcomes.to_csv(folder / "outcomes.csv", index=False)
+        self.observations.to_csv(folder / "observations.csv", index=False)
+        (folder / "config.json").write_text(json.dumps(dict(self.config, plans=self.plans, empty=self.empty),
+                                                       indent=1, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ProbeTable":
+        """Read a table written by :meth:`save` (floats round-trip exactly).
+
+        Raises:
+            FileNotFoundError: the folder lacks one of the three files.
+        """
+        import pandas as pd
+
+        folder = Path(folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        read = lambda name: pd.read_csv(folder / name,  # noqa: E731
+                                        dtype={"example_id": str})
+        return cls(read("outcomes.csv"), read("observations.csv"), list(cfg.pop("plans")), cfg.pop("empty"), cfg)
+
+
+def _menu_json(menu: Mapping[str, SkipPlan]) -> dict:
+    return {name: plan.to_json() for name, plan in menu.items()}
+
+
+def evaluate_menu(make_env: Callable[[str, int], object], menu: Mapping[str, SkipPlan] | None = None, *,
+                  num_train: int = 40, num_test: int = 20, splits: tuple[str, str] = ("train", "test"),
+                  config: dict | None = None, progress: bool = True) -> ProbeTable:
+    """Evaluate every menu plan on the first ``num_train`` / ``num_test`` documents of the two splits.
+
+    Args:
+        make_env: ``(split, num_examples) -> env`` building a one-shot SwitchDec env (e.g. a ``gym.make`` call).
+        menu: name → plan (default :func:`default_menu` of the env's plan spec).
+        num_train, num_test: documents per split (the first ones of each split).
+        splits: the (train, test) split names.
+        config: stored with the table (what was evaluated).
+        progress: tqdm bars.
+
+    Returns:
+        The :class:`ProbeTable`.
+
+    Raises:
+        ValueError: a plan the env's action space cannot express (e.g. with ``layer_block > 1``), or sizes < 2.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    if num_train < 2 or num_test < 2:
+        raise ValueError(f"the probe needs >= 2 train and >= 2 test documents, got {num_train} / {num_test}")
+    rows, obs_rows, names, empty = [], [], None, None
+    for split, n in zip(splits, (num_train, num_test)):
+        env = make_env(split, n)
+        base = env.unwrapped
+        if menu is None:
+            menu = default_menu(base.plan_spec)
+        names = list(menu)
+        empty = next((k for k, p in menu.items() if p.is_empty), None)
+        actions = {}
+        for name, plan in menu.items():
+            a = base.plan_to_action(plan)
+            if base.action_to_plan(a) != plan:
+                raise ValueError(f"menu plan {name!r} cannot be expressed by this env's action space "
+                                 f"({len(a)} bits: {base.action_labels}); use layer_block=1 and all candidates")
+            actions[name] = a
+        n = min(n, len(base.examples))
+        evaluator = getattr(base, "evaluator", None)  # batched full-model references when the env offers them
+        if hasattr(evaluator, "prefetch"):
+            evaluator.prefetch(base.examples[:n], progress=progress)
+        env.reset(seed=0)
+        bar = tqdm(total=n * len(menu), desc=f"probe {split}", disable=not progress)
+        for i in range(n):
+            for name, a in actions.items():
+                obs, _ = env.reset(options={"index": i})
+                _, reward, _, _, info = env.step(a)
+                rows.append({"split": split, "doc": i, "example_id": str(info["example_id"]), "plan": name,
+                             "quality": info["quality"], "quality_full": info["quality_full"],
+                             "cost": info["cost"], "flops_saved": info["flops_saved"],
+                             "flops_full": info.get("flops_full", np.nan), "reward": float(reward)})
+                bar.update(1)
+            obs_rows.append({"split": split, "doc": i, "example_id": str(info["example_id"]),
+                             **{f"obs_{j}": float(v) for j, v in enumerate(np.asarray(obs).ravel())}})
+        bar.close()
+        env.close()
+    cfg = dict(config or {}, menu=_menu_json(menu), num_train=num_train, num_test=num_test, splits=list(splits))
+    return ProbeTable(pd.DataFrame(rows), pd.DataFrame(obs_rows), names, empty, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- static / oracle
+def mixture_lp(mean_loss: Sequence[float], mean_saved: Sequence[float], tau: float) -> np.ndarray:
+    """Best static mixture: plan probabilities ``pi`` ``[P]`` maximising ``pi · mean_saved`` subject to
+    ``pi · mean_loss <= tau``, ``sum(pi) = 1``, ``pi >= 0`` (``scipy.optimize.linprog``, HiGHS).
+
+    Raises:
+        ValueError: no distribution satisfies the constraint (every plan loses more than ``tau`` on average).
+    """
+    from scipy.optimize import linprog
+
+    L, S = np.asarray(mean_loss, float), np.asarray(mean_saved, float)
+    res = linprog(-S, A_ub=L[None, :], b_ub=[tau], A_eq=np.ones((1, len(S))), b_eq=[1.0], bounds=(0, None),
+                  method="highs")
+    if res.status != 0:
+        raise ValueError(f"no mixture of the menu keeps the mean quality loss within tau={tau} "
+                         f"(smallest mean loss {L.min():.4f}); add a safer plan (e.g. skip nothing) to the menu")
+    pi = np.clip(res.x, 0.0, None)
+    return pi / pi.sum()
+
+
+def expected_oracle(loss: np.ndarray, saved: np.ndarray, tau: float) -> np.ndarray:
+    """Expected-constraint oracle: per-document plan distributions ``x`` ``[D, P]`` maximising the mean FLOPs
+    saved subject to the mean quality loss ``<= tau`` (an LP; at most one document gets a split distribution).
+
+    Args:
+        loss, saved: ``[D, P]`` per-document quality loss and FLOPs saved.
+
+    Raises:
+        ValueError: infeasible (no plan choice meets the mean constraint).
+    """
+    from scipy.optimize import linprog
+
+    D, P = loss.shape
+    a_eq = np.kron(np.eye(D), np.ones((1, P)))
+    res = linprog(-saved.ravel() / D, A_ub=loss.ravel()[None, :] / D, b_ub=[tau], A_eq=a_eq, b_eq=np.ones(D),
+                  bounds=(0, None), method="highs")
+    if res.status != 0:
+        raise ValueError(f"no choice of menu plans keeps the mean quality loss within tau={tau}")
+    x = np.clip(res.x.reshape(D, P), 0.0, None)
+    return x / x.sum(1, keepdims=True)
+
+
+def per_input_oracle(quality: np.ndarray, quality_full: np.ndarray, cost: np.ndarray, tau: float) -> np.ndarray:
+    """Per-input oracle: for each document the index of the menu plan with the highest lexicographic reward
+    (the cheapest plan within tau when one exists), shape ``[D]``; ties go to the first plan in menu order."""
+    r = _rewards(quality, quality_full, cost, tau)
+    return r.argmax(1)
+
+
+def _rewards(quality, quality_full, cost, tau) -> np.ndarray:
+    return np.vectorize(lambda q, f, c: lexicographic_reward(q, f, c, tau))(quality, quality_full, cost)
+
+
+# ---------------------------------------------------------------------------------------------- probe policy
+class ProbePolicy:
+    """Supervised contextual policy over a menu: predicts every plan's quality loss and FLOPs saved from the
+    observation, then applies a per-input or expected-constraint rule calibrated on the training documents.
+
+    Args:
+        passthrough: trailing observation columns not PCA-reduced (the env's 2 length features).
+        empty: index of the skip-nothing plan (its loss is known to be 0 and is not predicted), or None.
+        components: PCA components of the pooled hidden state (capped by documents - 1); the ridge penalty of
+            each target is chosen among 13 values in [1e-2, 1e4] by efficient leave-one-out CV (``RidgeCV``).
+        folds: K of the K-fold splits (capped by the number of documents).
+        seed: shuffling of the folds.
+    """
+
+    def __init__(self, *, passthrough: int = 2, empty: int | None = 0, components: int = 8,
+                 folds: int = 5, seed: int = 0):
+        self.passthrough, self.empty, self.components = int(passthrough), empty, int(components)
+        self.folds, self.seed = int(folds), int(seed)
+        self.threshold: float | None = None
+        self.lams: np.ndarray | None = None
+        self.lam_weights: np.ndarray | None = None
+
+    # -- regression
+    def _model(self, n_docs: int, n_features: int):
+        from sklearn.compose import ColumnTransformer
+        from sklearn.decomposition import PCA
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        pooled = max(n_features - self.passthrough, 0)
+        parts = []
+        if pooled:
+            ncomp = max(1, min(self.components, pooled, n_docs - 1))
+            parts.append(("pca", Pipeline([("scale", StandardScaler()),
+                                           ("pca", PCA(ncomp, random_state=self.seed))]), list(range(pooled))))
+        if self.passthrough:
+            parts.append(("lengths", StandardScaler(), list(range(pooled, n_features))))
+        return Pipeline([("features", ColumnTransformer(parts)),
+                         ("ridge", RidgeCV(alphas=np.logspace(-2, 4, 13), alpha_per_target=True))])
+
+    def _targets(self, loss, saved):
+        return np.hstack([loss, saved])
+
+    def _split(self, pred, P):
+        loss, saved = pred[:, :P].copy(), pred[:, P:]
+        if self.empty is not None:
+            loss[:, self.empty] = 0.0
+        return loss, saved
+
+    def fit(self, X: np.ndarray, loss: np.ndarray, saved: np.ndarray, quality_full: np.ndarray, tau: float):
+        """Fit the regressions on ``X`` ``[D, n]`` → ``loss``/``saved`` ``[D, P]``, and calibrate the per-input
+        threshold and the expected-constraint multiplier on out-of-fold predictions (K-fold over documents).
+
+        Raises:
+            ValueError: fewer than 4 documents.
+        """
+        from sklearn.model_selection import KFold, cross_val_predict
+
+        D, P = loss.shape
+        if D < 4:
+            raise ValueError(f"the probe policy needs >= 4 training documents, got {D}")
+        self.P, self.tau = P, float(tau)
+        Y = self._targets(loss, saved)
+        k = max(2, min(self.folds, D))
+        oof = cross_val_predict(self._model(D - int(np.ceil(D / k)), X.shape[1]), X, Y,
+                                cv=KFold(k, shuffle=True, random_state=self.seed))
+        self.model_ = self._model(D, X.shape[1]).fit(X, Y)
+        l_hat, s_hat = self._split(oof, P)
+        # per-input: the threshold t maximising the mean train reward (smallest t among ties)
+        quality = quality_full - loss
+        r = _rewards(quality, quality_full, 1.0 - saved, tau)
+        cands = np.unique(np.concatenate([[-np.inf, tau], np.quantile(l_hat, np.linspace(0, 1, 41))]))
+        scores = [r[np.arange(D), self._per_input_choice(l_hat, s_hat, t)].mean() for t in cands]
+        self.threshold = float(cands[int(np.argmax(scores))])
+        # expected: rules argmax S^ - lam L^ over a grid of lam, randomised like the static mixture — the LP over
+        # the rules' train (out-of-fold) mean loss / savings picks the best distribution within tau
+        self.lams = np.concatenate([[0.0], np.logspace(-2, 3, 61), [np.inf]])
+        m_loss, m_saved = [], []
+        for lam in self.lams:
+            c = self._expected_choice(l_hat, s_hat, lam)
+            m_loss.append(loss[np.arange(D), c].mean())
+            m_saved.append(saved[np.arange(D), c].mean())
+        try:
+            self.lam_weights = mixture_lp(m_loss, m_saved, tau)
+        except ValueError:  # no rule meets tau on the train documents: the most cautious one
+            self.lam_weights = np.eye(len(self.lams))[int(np.argmin(m_loss))]
+        return self
+
+    def predict_outcomes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted quality loss and FLOPs saved, each ``[D, P]``."""
+        return self._split(self.model_.predict(X), self.P)
+
+    def _per_input_choice(self, l_hat, s_hat, t):
+        safe = l_hat <= t
+        masked = np.where(safe, s_hat, -np.inf)
+        choice = masked.argmax(1)
+        none = ~safe.any(1)
+        choice[none] = l_hat[none].argmin(1)
+        return choice
+
+    def _expected_choice(self, l_hat, s_hat, lam):
+        if np.isinf(lam):
+            return l_hat.argmin(1)
+        return (s_hat - lam * l_hat).argmax(1)
+
+    def plan_probabilities(self, X: np.ndarray, formulation: str) -> np.ndarray:
+        """The policy's plan distribution per document, ``[D, P]`` (rows sum to 1): one-hot under
+        ``"per_input"``; under ``"expected"`` a mixture of at most two ``lam`` rules (as the static mixture).
+
+        Raises:
+            ValueError: an unknown formulation.
+        """
+        l_hat, s_hat = self.predict_outcomes(X)
+        D = len(l_hat)
+        if formulation == "per_input":
+            return _one_hot(self._per_input_choice(l_hat, s_hat, self.threshold), self.P)
+        if formulation == "expected":
+            w = np.zeros((D, self.P))
+            for lam, p in zip(self.lams, self.lam_weights):
+                if p > 1e-9:
+                    w += p * _one_hot(self._expected_choice(l_hat, s_hat, lam), self.P)
+            return w / w.sum(1, keepdims=True)
+        raise ValueError(f"unknown formulation {formulation!r}; the probe has 'per_input' and 'expected'")
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+@dataclass
+class ProbeReport:
+    """Results of :func:`analyse`.
+
+    Attributes:
+        summary: one row per test policy: ``policy, formulation, mean_quality, mean_quality_loss,
+            constraint_met_rate, mean_flops_saved, mean_reward, quality_loss_ci_low/high, mean_constraint_holds``.
+        differences: paired bootstrap CIs over test documents of ``contextual - static`` (``metric`` =
+            ``flops_saved``, ``reward`` or ``quality_loss``; ``diff``, ``ci_low``, ``ci_high``). The row against
+            "static mixture at the probe's test quality (fit on test)" compares at equal mean quality loss with a
+            static mixture fitted on the test documents themselves (favouring the static side).
+        prediction: held-out (test) R² of each plan's predicted quality loss.
+        learning_curve: per number of train documents: mean (and std over repeats) of the probe's advantage over
+            the best static policy (per-input reward; expected FLOPs saved vs the train-fitted mixture, and vs the
+            static mixture at the probe's own test quality).
+        weights: policy name → ``[D_test, P]`` plan probabilities (for re-analysis / plots).
+        tau, plans: the tolerance and the menu.
+        observations: the observation-kind comparison of :func:`run_probe` (or None).
+        folder: where :func:`run_probe` wrote the results (or None).
+    """
+
+    summary: pd.DataFrame
+    differences: pd.DataFrame
+    prediction: pd.DataFrame
+    learning_curve: pd.DataFrame
+    weights: dict
+    tau: float
+    plans: list
+    observations: pd.DataFrame | None = None
+    folder: Path | None = None
+
+    def to_markdown(self) -> str:
+        """The summary, differences, prediction and learning-curve tables as GitHub markdown."""
+        fmt = markdown_table
+        parts = [f"### Test policies (tau = {self.tau})", fmt(self.summary),
+                 "### Contextual - static (paired bootstrap, 95 % CI over test documents)", fmt(self.differences),
+                 "### Held-out R² of per-plan quality loss", fmt(self.prediction)]
+        if len(self.learning_curve):
+            parts += ["### Learning curve (advantage of the probe on the test documents)", fmt(self.learning_curve)]
+        return "\n\n".join(parts) + "\n"
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A DataFrame as a GitHub markdown table (floats formatted with ``floatfmt``; no extra dependency)."""
+    cell = lambda v: format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _one_hot(choice: np.ndarray, P: int) -> np.ndarray:
+    w = np.zeros((len(choice), P))
+    w[np.arange(len(choice)), choice] = 1.0
+    return w
+
+
+def _fit_policies(tr: dict, tau: float, empty: int | None, passthrough: int, seed: int):
+    """Train-split fits: best static per formulation, mixture, probe policy."""
+    r = _rewards(tr["quality"], tr["quality_full"], tr["cost"], tau)
+    static_pi = int(r.mean(0).argmax())
+    m_loss, m_saved = tr["loss"].mean(0), tr["saved"].mean(0)
+    feasible = np.where(m_loss <= tau + 1e-12)[0]
+    static_ex = int(feasible[m_saved[feasible].argmax()]) if len(feasible) else int(m_loss.argmin())
+    mix = mixture_lp(m_loss, m_saved, tau) if len(feasible) else _one_hot(np.array([static_ex]), len(m_loss))[0]
+    probe = ProbePolicy(passthrough=passthrough, empty=empty, seed=seed).fit(
+        tr["X"], tr["loss"], tr["saved"], tr["quality_full"], tau)
+    return static_pi, static_ex, mix, probe
+
+
+def _weights_metrics(te: dict, w: np.ndarray, tau: float, seed: int) -> dict:
+    import pandas as pd
+
+    D, P = w.shape
+    rows = pd.DataFrame({"document": np.repeat(np.arange(D), P), "weight": w.ravel(),
+                         "quality": te["quality"].ravel(), "quality_full": te["quality_full"].ravel(),
+                         "cost": te["cost"].ravel()})
+    return formulation_metrics(rows[rows["weight"] > 0], tau, seed=seed)
+
+
+def _per_doc(te: dict, w: np.ndarray, tau: float, metric: str) -> np.ndarray:
+    if metric == "flops_saved":
+        return (w * te["saved"]).sum(1)
+    if metric == "quality_loss":
+        return (w * te["loss"]).sum(1)
+    return (w * _rewards(te["quality"], te["quality_full"], te["cost"], tau)).sum(1)
+
+
+def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_curve: Sequence[int] | None = None,
+            repeats: int = 5, seed: int = 0, features: pd.DataFrame | None = None,
+            splits: tuple[str, str] | None = None) -> ProbeReport:
+    """Fit on the train documents, evaluate on the test documents (see the module docstring).
+
+    Args:
+        table: the evaluated menu.
+        tau: quality tolerance (quality units).
+        passthrough: trailing observation columns kept out of the PCA (2 for the SwitchDec observation).
+        learning_curve: numbers of train documents to refit on (default: 1/4, 1/2, 3/4 of them when >= 8 each;
+            ``[]`` for none); each size is repeated ``repeats`` times on random subsets.
+        seed: folds, bootstrap and subsets.
+        features: replace the observation by these columns (rows keyed by ``split, doc``) — to compare
+            observation kinds.
+        splits: (train, test) names (default: the table's).
+
+    Raises:
+        ValueError: too few documents, or no static mixture meets tau on the train documents.
+    """
+    import pandas as pd
+
+    train, test = splits or tuple(table.config.get("splits", ("train", "test")))
+    tr, te = table.matrices(train, features), table.matrices(test, features)
+    P = len(table.plans)
+    empty = table.plans.index(table.empty) if table.empty is not None else None
+    static_pi, static_ex, mix, probe = _fit_policies(tr, tau, empty, passthrough, seed)
+    D = len(te["loss"])
+    names = table.plans
+    W = {f"static: {n}": _one_hot(np.full(D, j), P) for j, n in enumerate(names)}
+    W["best static (per-input)"] = _one_hot(np.full(D, static_pi), P)
+    W["best static (expected)"] = _one_hot(np.full(D, static_ex), P)
+    W["best static mixture (expected)"] = np.tile(mix, (D, 1))
+    W["probe (per-input)"] = probe.plan_probabilities(te["X"], "per_input")
+    W["probe (expected)"] = probe.plan_probabilities(te["X"], "expected")
+    W["oracle (per-input)"] = _one_hot(per_input_oracle(te["quality"], te["quality_full"], te["cost"], tau), P)
+    W["oracle (expected)"] = expected_oracle(te["loss"], te["saved"], tau)
+    # the static front at the probe's own test quality, fitted on the test documents (favours the static side):
+    # the contextual policy has learnable headroom only if it beats this at equal mean quality loss
+    probe_loss = float(_per_doc(te, W["probe (expected)"], tau, "quality_loss").mean())
+    try:
+        eq = mixture_lp(te["loss"].mean(0), te["saved"].mean(0), probe_loss)
+        W["static mixture at the probe's test quality (fit on test)"] = np.tile(eq, (D, 1))
+    except ValueError:  # no static mixture reaches that quality
+        eq = None
+    formulation = {"per-input": "per_input", "expected": "expected"}
+    rows = []
+    for name, w in W.items():
+        kind = next((v for k, v in formulation.items() if f"({k})" in name),
+                    "expected" if "mixture" in name else "static plan")
+        if name == "best static (per-input)":
+            detail = names[static_pi]
+        elif name == "best static (expected)":
+            detail = names[static_ex]
+        elif "mixture" in name:
+            pi = mix if name == "best static mixture (expected)" else eq
+            detail = ", ".join(f"{names[j]} {p:.2f}" for j, p in enumerate(pi) if p > 1e-6)
+        else:
+            detail = ""
+        rows.append({"policy": name, "formulation": kind, "detail": detail,
+                     **_weights_metrics(te, w, tau, seed)})
+    summary = pd.DataFrame(rows).drop(columns=["num_documents", "mean_constraint_holds_ci"])
+
+    comparisons = [("per_input", "reward", "probe (per-input)", "best static (per-input)"),
+                   ("per_input", "flops_saved", "probe (per-input)", "best static (per-input)"),
+                   ("per_input", "reward", "oracle (per-input)", "best static (per-input)"),
+                   ("expected", "flops_saved", "probe (expected)", "best static mixture (expected)"),
+                   ("expected", "flops_saved", "probe (expected)", "best static (expected)"),
+                   ("expected", "quality_loss", "probe (expected)", "best static mixture (expected)"),
+                   ("expected", "flops_saved", "oracle (expected)", "best static mixture (expected)")]
+    if eq is not None:
+        comparisons.insert(4, ("expected", "flops_saved", "probe (expected)",
+                               "static mixture at the probe's test quality (fit on test)"))
+    diffs = []
+    for form, metric, a, b in comparisons:
+        d = _per_doc(te, W[a], tau, metric) - _per_doc(te, W[b], tau, metric)
+        lo, hi = bootstrap_ci(d, seed=seed)
+        diffs.append({"formulation": form, "metric": metric, "contextual": a, "static": b, "diff": float(d.mean()),
+                      "ci_low": lo, "ci_high": hi})
+
+    from sklearn.metrics import r2_score
+
+    l_hat, _ = probe.predict_outcomes(te["X"])
+    pred = pd.DataFrame({"plan": names, "test_r2_quality": [
+        float(r2_score(te["loss"][:, j], l_hat[:, j])) if j != empty and np.ptp(te["loss"][:, j]) > 0 else np.nan
+        for j in range(P)]})
+
+    n_tr = len(tr["loss"])
+    if learning_curve is None:
+        learning_curve = [n for n in (n_tr // 4, n_tr // 2, (3 * n_tr) // 4) if n >= 8]
+    sizes = sorted({int(n) for n in learning_curve if 4 <= int(n) < n_tr}) + [n_tr]
+    rng = np.random.default_rng(seed)
+    lc = []
+    for n in sizes:
+        adv_pi, adv_ex, adv_eq = [], [], []
+        for rep in range(repeats if n < n_tr else 1):
+            idx = np.sort(rng.choice(n_tr, n, replace=False)) if n < n_tr else np.arange(n_tr)
+            sub = {k: v[idx] for k, v in tr.items()}
+            try:
+                s_pi, _, m, pr = ((static_pi, static_ex, mix, probe) if n == n_tr else
+                                  _fit_policies(sub, tau, empty, passthrough, seed + rep))
+            except ValueError:  # e.g. no static mixture meets tau on this subset
+                continue
+            a = _per_doc(te, pr.plan_probabilities(te["X"], "per_input"), tau, "reward")
+            b = _per_doc(te, _one_hot(np.full(D, s_pi), P), tau, "reward")
+            adv_pi.append(float((a - b).mean()))
+            w = pr.plan_probabilities(te["X"], "expected")
+            a = _per_doc(te, w, tau, "flops_saved")
+            b = _per_doc(te, np.tile(m, (D, 1)), tau, "flops_saved")
+            adv_ex.append(float((a - b).mean()))
+            try:  # against the static front at the probe's own test quality (fitted on test)
+                eq_n = mixture_lp(te["loss"].mean(0), te["saved"].mean(0), _per_doc(te, w, tau, "quality_loss").mean())
+                adv_eq.append(float(a.mean() - eq_n @ te["saved"].mean(0)))
+            except ValueError:
+                adv_eq.append(np.nan)
+        if adv_pi:
+            lc.append({"train_documents": n, "repeats": len(adv_pi),
+                       "per_input_reward_gain": float(np.mean(adv_pi)), "per_input_std": float(np.std(adv_pi)),
+                       "expected_flops_saved_gain": float(np.mean(adv_ex)), "expected_std": float(np.std(adv_ex)),
+                       "expected_gain_at_equal_quality": float(np.nanmean(adv_eq)) if np.isfinite(adv_eq).any()
+                       else np.nan})
+    return ProbeReport(summary, pd.DataFrame(diffs), pred, pd.DataFrame(lc), W, float(tau), list(names))
+
+
+def compare_observations(table: ProbeTable, tau: float, features: Mapping[str, "pd.DataFrame | None"],
+                         passthrough: Mapping[str, int] | None = None, *, seed: int = 0) -> "pd.DataFrame":
+    """Compare observation kinds on one probe table: for each kind refit the probe policy on its features and
+    report the held-out R² of per-plan quality loss (mean and max over the non-empty plans) and the probe's test
+    gains over the best static policies (no learning curve).
+
+    Args:
+        features: kind name → feature table of :func:`skipenv.observations.feature_table` (``None`` = the
+            table's own observation).
+        passthrough: kind → trailing columns kept out of the PCA (default 2).
+
+    Returns:
+        One row per kind: ``observation, mean_test_r2, max_test_r2, per_input_reward_gain,
+        expected_flops_saved_gain`` and ``extra_cost`` (mean extra observation FLOPs / full-model FLOPs, when the
+        table has ``flops_full``).
+    """
+    import pandas as pd
+
+    rows = []
+    for kind, f in features.items():
+        rep = analyse(table, tau, passthrough=(passthrough or {}).get(kind, 2), learning_curve=[], seed=seed,
+                      features=f)
+        d = rep.differences.set_index(["contextual", "static", "metric"])
+        r2 = rep.prediction["test_r2_quality"].to_numpy(float)
+        extra = np.nan
+        if f is not None and "extra_flops" in f and "flops_full" in f:
+            extra = float((f["extra_flops"] / f["flops_full"]).mean())
+        elif f is None:
+            extra = 0.0
+        rows.append({"observation": kind, "mean_test_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else np.nan,
+                     "max_test_r2": float(np.nanmax(r2)) if np.isfinite(r2).any() else np.nan,
+                     "per_input_reward_gain": float(d.loc[("probe (per-input)", "best static (per-input)", "reward"),
+                                                          "diff"]),
+                     "expected_flops_saved_gain": float(d.loc[("probe (expected)", "best static mixture (expected)",
+                                                               "flops_saved"), "diff"]),
+                     "extra_cost": extra})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+def plot_probe(report: ProbeReport, path: str | Path, *, title: str = "") -> Path:
+    """Quality-vs-FLOPs plot of the test policies: x = mean FLOPs saved (% of the full model, observation
+    included), y = mean quality; static menu plans as small grey circles (labelled), the other policies with one
+    marker each, sized so that coinciding policies stay visible (nested markers); the dashed line marks
+    ``mean quality_full - tau`` (the expected constraint). Saved as PNG (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = report.summary.set_index("policy")
+    q_full = float((s["mean_quality"] + s["mean_quality_loss"]).iloc[0])
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    statics = s[s["formulation"] == "static plan"].sort_values("mean_flops_saved")
+    # markers nest where policies coincide: large open squares, then filled markers, small ones on top
+    styles = {  # name: (marker, colour, size, filled, zorder)
+        "best static (per-input)": ("s", "tab:blue", 320, False, 3),
+        "best static (expected)": ("s", "tab:orange", 320, False, 3),
+        "best static mixture (expected)": ("*", "tab:orange", 260, True, 4),
+        "oracle (per-input)": ("^", "tab:blue", 170, True, 4),
+        "oracle (expected)": ("^", "tab:orange", 170, True, 4),
+        "probe (per-input)": ("D", "tab:blue", 120, True, 5),
+        "probe (expected)": ("D", "tab:orange", 120, True, 5),
+        "static mixture at the probe's test quality (fit on test)": ("*", "tab:green", 90, True, 6)}
+    for name, (marker, color, size, filled, z) in styles.items():
+        if name in s.index:
+            row = s.loc[name]
+            ax.scatter(100 * row["mean_flops_saved"], row["mean_quality"], marker=marker, s=size,
+                       c=color if filled else "none", edgecolors=color if not filled else "k",
+                       linewidths=2.0 if not filled else 0.8, zorder=z, label=name)
+    ax.scatter(100 * statics["mean_flops_saved"], statics["mean_quality"], s=22, c="0.55", edgecolors="k",
+               linewidths=0.6, zorder=7, label="static menu plans")
+    xs, ys = 100 * statics["mean_flops_saved"].to_numpy(), statics["mean_quality"].to_numpy()
+    dx, dy = max(np.ptp(xs), 1e-9) * 0.04, max(np.ptp(ys), 1e-9) * 0.04
+    for i, name in enumerate(statics.index):  # labels of nearby plans are stacked downwards, one line each
+        clashes = int(np.sum((np.abs(xs[:i] - xs[i]) < dx) & (np.abs(ys[:i] - ys[i]) < dy)))
+        ax.annotate(name.removeprefix("static: "), (xs[i], ys[i]), textcoords="offset points",
+                    xytext=(5, 4 - 9 * clashes), fontsize=7, color="0.25")
+    ax.axhline(q_full - report.tau, ls="--", c="tab:red", lw=1, label="expected constraint (quality_full - tau)")
+    ax.set_xlabel("mean FLOPs saved on the test documents (% of the full model, observation included)")
+    ax.set_ylabel("mean quality on the test documents")
+    ax.set_title(title or f"learnability probe (tau = {report.tau})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=0.6)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def config_key(config: dict) -> str:
+    """A short hash of a probe configuration (names the cache folder)."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = None,
+              menu: Mapping[str, SkipPlan] | Sequence[str] | None = None, num_train: int = 40, num_test: int = 20,
+              tau: float | None = None, out_dir: str | Path = "runs/probe", progress: bool = True,
+              learning_curve: Sequence[int] | None = None, observations: Sequence[str] = (),
+              seed: int = 0) -> tuple[ProbeTable, ProbeReport]:
+    """Evaluate (or load from ``out_dir/<config hash>``) the menu table, analyse it and write ``report.md``,
+    ``summary.csv``, ``differences.csv``, ``learning_curve.csv`` and ``pareto.png`` into that folder.
+
+    Args:
+        env_id: a registered one-shot SwitchDec id.
+        env_kwargs: ``gym.make`` kwargs (``quality``, ``tau``, ``max_input_tokens``, ...).
+        menu: name → plan, or plan strings for :func:`parse_plan` (default :func:`default_menu`).
+        tau: tolerance of the analysis (default ``env_kwargs["tau"]``, else 0.1).
+        out_dir: parent folder of the cache / results.
+        observations: further observation kinds to compare with the env's (:mod:`skipenv.observations`, e.g.
+            ``("segments", "layer:4")``); adds ``observation_kinds.csv`` and a table to ``report.md``. Their
+            features are cached next to the table.
+
+    Raises:
+        ValueError: see :func:`evaluate_menu` and :func:`analyse`.
+    """
+    import gymnasium as gym
+
+    import skipenv  # noqa: F401  (registers the ids)
+
+    env_kwargs = dict(env_kwargs or {})
+    tau = float(tau if tau is not None else env_kwargs.get("tau", 0.1))
+
+    def make_env(split: str, n: int):
+        return gym.make(env_id, split=split, num_examples=n, **env_kwargs)
+
+    if menu is not None and not isinstance(menu, Mapping):
+        env = make_env("train", 1)
+        menu = dict(parse_plan(t, env.unwrapped.plan_spec) for t in menu)
+        env.close()
+    menu_cfg = _menu_json(menu) if menu is not None else "default"
+    cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,
+           "num_test": num_test}
+    folder = Path(out_dir) / config_key(cfg)
+    if (folder / "outcomes.csv").exists():
+        table = ProbeTable.load(folder)
+    else:
+        table = evaluate_menu(make_env, menu, num_train=num_train, num_test=num_test,
+                              config={"env_id": env_id, "env_kwargs": env_kwargs}, progress=progress)
+        table.save(folder)
+    report = analyse(table, tau, learning_curve=learning_curve, seed=seed)
+    text = report.to_markdown()
+    if observations:
+        import pandas as pd
+
+        from .observations import feature_table
+
+        feats: dict = {"pooled (env)": None}
+        passthrough = {}
+        k = json.loads(next(iter(table.config["menu"].values())))["spec"]["token_segments"]
+        for kind in observations:
+            path = folder / f"features_{kind.replace(':', '_')}.csv"
+            if path.exists():
+                f = pd.read_csv(path)
+            else:
+                f = feature_table(make_env, table, kind, progress=progress)
+                f.to_csv(path, index=False)
+            feats[kind], passthrough[kind] = f, 2 * k if kind == "segments" else 2
+        comparison = compare_observations(table, tau, feats, passthrough, seed=seed)
+        comparison.to_csv(folder / "observation_kinds.csv", index=False)
+        report.observations = comparison
+        text += "\n### Observation kinds (held-out R² of per-plan quality loss; probe gains on test)\n\n" + \
+            markdown_table(comparison) + "\n"
+    (folder / "report.md").write_text(f"# Learnability probe: {env_id} {json.dumps(env_kwargs)}, "
+                                      f"{num_train} train / {num_test} test documents\n\n" + text)
+    report.summary.to_csv(folder / "summary.csv", index=False)
+    report.differences.to_csv(folder / "differences.csv", index=False)
+    report.learning_curve.to_csv(folder / "learning_curve.csv", index=False)
+    plot_probe(report, folder / "pareto.png", title=f"{env_id}: learnability probe (tau = {tau})")
+    report.folder = folder
+    return table, report
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def configure_parser(p) -> None:
+    """Arguments of ``skipenv probe`` / ``benchmarks/learnability.py``."""
+    import json as _json
+
+    p.add_argument("--env", default="SwitchDec-XSum-v0", help="a one-shot SwitchDec env id")
+    p.add_argument("--train-docs", type=int, default=40, help="first N documents of the train split")
+    p.add_argument("--test-docs", type=int, default=20, help="first M documents of the test split")
+    p.add_argument("--quality", default="agreement", help="quality signal (gym.make kwarg)")
+    p.add_argument("--tau", type=float, default=0.1, help="quality tolerance (quality units)")
+    p.add_argument("--plan", action="append", default=None, metavar="NAME:KIND=I,J;KIND=I",
+                   help="a menu plan (repeatable; replaces the default menu), e.g. 'lead:tokens=6,7'")
+    p.add_argument("--learning-curve", type=int, nargs="*", default=None,
+                   help="train-document counts of the learning curve (default 1/4, 1/2, 3/4 of --train-docs)")
+    p.add_argument("--env-kwargs", type=_json.loads, default={}, help="further gym.make kwargs as JSON")
+    p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
+                   help="observation kinds to compare with the env's: segments, layer:m (skipenv.observations)")
+    p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main(args) -> int:
+    """Run the probe from parsed :func:`configure_parser` arguments; prints the report; returns 0."""
+    env_kwargs = {"quality": args.quality, "tau": args.tau, **args.env_kwargs}
+    _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
+                          num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,
+                          learning_curve=args.learning_curve, observations=args.observations, seed=args.seed)
+    print((report.folder / "report.md").read_text())
+    print(f"saved: {report.folder}/ (outcomes.csv, observations.csv, report.md, summary.csv, pareto.png)")
+    return 0

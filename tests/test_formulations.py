@@ -1,0 +1,206 @@
+"""Constraint formulations: dual-ascent arithmetic of the Lagrange multiplier against hand-computed values, the
+wrappers' rewards against skipenv.rewards on a scripted env, API checkers on a tiny-model env, and the metrics
+against hand-computed numbers."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from skipenv.formulations import (BudgetConditioned, ExpectedConstraint, LagrangeMultiplier, formulation_metrics,
+                                  make_formulation, metrics_by_tau)
+from skipenv.rewards import lexicographic_reward
+
+
+class ScriptedEnv(gym.Env):
+    """One-step episodes whose info carries the scripted (quality, cost) of each episode in turn."""
+
+    observation_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, outcomes):
+        self.outcomes, self.t = list(outcomes), 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        q, c = self.outcomes[self.t % len(self.outcomes)]
+        self.t += 1
+        return np.zeros(3, np.float32), 123.0, True, False, {"quality": q, "quality_full": 1.0, "cost": c}
+
+
+def run(env, n):
+    out = []
+    for _ in range(n):
+        env.reset()
+        out.append(env.step(0))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ expected constraint
+def test_dual_ascent_hand_computed():
+    m = LagrangeMultiplier(0.1, lr=0.5, update_every=2)
+    assert not m.observe(0.3) and m.value == 0.0  # buffer not full: no update
+    assert m.observe(0.5)  # mean violation ((0.3-0.1) + (0.5-0.1)) / 2 = 0.3 -> 0 + 0.5 * 0.3
+    assert m.value == pytest.approx(0.15)
+    m.observe(0.0), m.observe(0.0)  # mean violation -0.1 -> 0.15 - 0.05
+    assert m.value == pytest.approx(0.10)
+    m.observe(0.0), m.observe(0.0)
+    assert m.value == pytest.approx(0.05)
+    m.observe(0.0), m.observe(0.0)  # 0.05 - 0.05 = 0
+    assert m.value == pytest.approx(0.0, abs=1e-12)
+    m.observe(0.0), m.observe(0.0)  # projected: stays at 0, never negative
+    assert m.value == 0.0 and m.num_updates == 5
+
+
+def test_multiplier_bounded_and_validated():
+    m = LagrangeMultiplier(0.0, lr=10.0, update_every=1, lam_max=3.0)
+    m.observe(1.0)
+    assert m.value == 3.0
+    with pytest.raises(ValueError, match="tau"):
+        LagrangeMultiplier(-0.1)
+    with pytest.raises(ValueError, match="update_every"):
+        LagrangeMultiplier(0.1, update_every=0)
+
+
+def test_expected_reward_uses_multiplier_before_update():
+    # quality 0.7 (loss 0.3), cost 0.4; tau 0.1, lr 1, update after every episode
+    env = ExpectedConstraint(ScriptedEnv([(0.7, 0.4)]), tau=0.1, lr=1.0, update_every=1)
+    (_, r1, _, _, i1), (_, r2, _, _, i2) = run(env, 2)
+    assert i1["lagrange_multiplier"] == 0.0 and r1 == pytest.approx(0.6)  # (1 - 0.4) - 0 * 0.2
+    assert i2["lagrange_multiplier"] == pytest.approx(0.2)  # 0 + 1 * (0.3 - 0.1)
+    assert r2 == pytest.approx(0.6 - 0.2 * 0.2)
+    assert i2["constraint_violation"] == pytest.approx(0.2) and i2["lagrangian_reward"] == r2
+
+
+def test_multiplier_rises_when_violated_and_falls_to_zero_with_slack():
+    m = LagrangeMultiplier(0.1, lr=0.5, update_every=4)
+    env = ExpectedConstraint(ScriptedEnv([(0.6, 0.5)]), tau=0.1, multiplier=m)  # loss 0.4 > tau
+    run(env, 40)
+    high = m.value
+    assert high == pytest.approx(10 * 0.5 * 0.3)
+    env = ExpectedConstraint(ScriptedEnv([(1.0, 1.0)]), tau=0.1, multiplier=m)  # loss 0: slack 0.1
+    lams = [info["lagrange_multiplier"] for *_, info in run(env, 400)]
+    assert all(b <= a for a, b in zip(lams, lams[1:])) and lams[-1] == 0.0
+
+
+def test_frozen_multiplier_and_shared_tau_mismatch():
+    m = LagrangeMultiplier(0.1, lam_init=2.0, update_every=1)
+    env = ExpectedConstraint(ScriptedEnv([(0.5, 0.5)]), tau=0.1, multiplier=m, update=False)
+    run(env, 5)
+    assert m.value == 2.0
+    with pytest.raises(ValueError, match="same tau"):
+        ExpectedConstraint(ScriptedEnv([(1, 1)]), tau=0.2, multiplier=m)
+
+
+# ------------------------------------------------------------------------------------------ budget-conditioned
+def test_budget_reward_is_lexicographic_at_episode_tau():
+    env = BudgetConditioned(ScriptedEnv([(0.85, 0.6)]), tau_range=(0.0, 0.3))
+    obs, info = env.reset(seed=0, options={"tau": 0.2})
+    assert env.observation_space.shape == (4,) and obs[-1] == np.float32(0.2) and info["tau"] == 0.2
+    _, r, *_, info = env.step(0)
+    assert r == pytest.approx(1 + 0.4) and info["budget_constraint_satisfied"]  # loss 0.15 <= 0.2
+    env.reset(options={"tau": 0.1})
+    _, r, *_, info = env.step(0)
+    assert r == pytest.approx(lexicographic_reward(0.85, 1.0, 0.6, 0.1)) and r == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="outside tau_range"):
+        env.reset(options={"tau": 0.5})
+
+
+def test_budget_draws_are_seeded_and_in_range():
+    env = BudgetConditioned(ScriptedEnv([(1.0, 1.0)]), tau_range=(0.05, 0.25))
+    draws = [env.reset(seed=s)[0][-1] for s in (3, 3, 4)]
+    assert draws[0] == draws[1] != draws[2]
+    taus = [env.reset()[1]["tau"] for _ in range(200)]
+    assert 0.05 <= min(taus) and max(taus) <= 0.25 and np.std(taus) > 0.03
+    with pytest.raises(ValueError, match="tau_range"):
+        BudgetConditioned(ScriptedEnv([(1, 1)]), tau_range=(0.3, 0.1))
+
+
+def test_make_formulation():
+    base = ScriptedEnv([(1, 1)])
+    assert make_formulation(base, "per_input") is base
+    assert isinstance(make_formulation(base, "expected", tau=0.1), ExpectedConstraint)
+    assert isinstance(make_formulation(base, "budget"), BudgetConditioned)
+    with pytest.raises(ValueError, match="unknown formulation"):
+        make_formulation(base, "weighted")
+
+
+# ------------------------------------------------------------------------------------------ tiny-model env
+@pytest.fixture(scope="module")
+def tiny_env_factory():
+    from transformers import AutoTokenizer
+
+    from skipenv.assets import embedded_model_dir
+    from skipenv.envs import SwitchDecEnv
+    from skipenv.testing import tiny_generator
+
+    g = tiny_generator("llama", AutoTokenizer.from_pretrained(embedded_model_dir()))
+    return lambda: SwitchDecEnv("xsum", generator=g, num_examples=3, max_new_tokens=6, max_input_tokens=96,
+                                disk_cache=False)
+
+
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")
+def test_wrappers_pass_checkers(tiny_env_factory):
+    for wrap in (lambda e: ExpectedConstraint(e, tau=0.1), lambda e: BudgetConditioned(e)):
+        gym_check_env(wrap(tiny_env_factory()), skip_render_check=True)
+        sb3_check_env(wrap(tiny_env_factory()), warn=True)
+
+
+def test_budget_keeps_example_order_and_reward(tiny_env_factory):
+    plain, wrapped = tiny_env_factory(), BudgetConditioned(tiny_env_factory())
+    for seed in (0, 1):
+        o1, i1 = plain.reset(seed=seed)
+        o2, i2 = wrapped.reset(seed=seed)
+        assert i1["example_id"] == i2["example_id"] and np.array_equal(o1, o2[:-1])
+        a = np.ones(plain.action_space.n, dtype=np.int8)
+        *_, info = plain.step(a)
+        _, r, *_ = wrapped.step(a)
+        assert r == pytest.approx(lexicographic_reward(info["quality"], info["quality_full"], info["cost"],
+                                                       i2["tau"]))
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_metrics_hand_computed():
+    eps = {"quality": [1.0, 0.8, 0.95], "quality_full": [1.0, 1.0, 1.0], "cost": [1.0, 0.5, 0.7]}
+    m = formulation_metrics(eps, tau=0.1)
+    assert m["mean_quality"] == pytest.approx(0.9166667)
+    assert m["mean_quality_loss"] == pytest.approx(0.25 / 3)
+    assert m["constraint_met_rate"] == pytest.approx(2 / 3)
+    assert m["mean_flops_saved"] == pytest.approx(0.8 / 3)
+    assert m["mean_reward"] == pytest.approx((1.0 - 0.1 + 1.3) / 3)  # 1 + (1 - 1); (0.8 - 0.9) / 1; 1 + 0.3
+    assert m["mean_constraint_holds"]
+    assert m["quality_loss_ci_low"] <= m["mean_quality_loss"] <= m["quality_loss_ci_high"]
+    # a 50/50 randomised choice on one document is the average of its two rows
+    w = formulation_metrics({"quality": [1.0, 0.8], "quality_full": [1.0, 1.0], "cost": [1.0, 0.5],
+                             "weight": [0.5, 0.5], "document": [0, 0]}, tau=0.1)
+    assert w["num_documents"] == 1 and w["mean_flops_saved"] == pytest.approx(0.25)
+    assert w["mean_quality_loss"] == pytest.approx(0.1) and w["mean_constraint_holds"]
+    assert w["constraint_met_rate"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="cost"):
+        formulation_metrics({"quality": [1.0], "quality_full": [1.0]}, tau=0.1)
+    front = metrics_by_tau({**eps, "tau": [0.3, 0.1, 0.3]})
+    assert list(front["tau"]) == [0.1, 0.3] and list(front["num_documents"]) == [1, 2]
+    assert front.loc[1, "constraint_met_rate"] == 1.0  # losses 0 and 0.05 within 0.3
+    assert front.loc[0, "mean_reward"] == pytest.approx(-0.1)  # only the 0.8-quality episode had tau 0.1
+    with pytest.raises(ValueError, match="sum to 1"):
+        formulation_metrics({**eps, "weight": [0.5, 1, 1]}, tau=0.1)
+
+
+def test_unmodified_sb3_trains_on_the_wrappers(tiny_env_factory):
+    from stable_baselines3 import PPO
+
+    m = LagrangeMultiplier(0.0, lr=1.0, update_every=4)
+    env = ExpectedConstraint(tiny_env_factory(), tau=0.0, multiplier=m)
+    PPO("MlpPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu").learn(16)
+    assert m.num_updates == 4  # 16 episodes, one dual update per 4
+    budget = BudgetConditioned(tiny_env_factory())
+    model = PPO("MlpPolicy", budget, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu").learn(16)
+    obs, _ = budget.reset(seed=0, options={"tau": 0.05})
+    assert budget.action_space.contains(model.predict(obs, deterministic=True)[0].astype(np.int8))

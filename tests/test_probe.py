@@ -1,0 +1,173 @@
+"""Learnability probe: the static-mixture LP and the oracles against hand-solved examples, menu parsing, and the
+probe end to end on a tiny random-weight Llama (6 train / 4 test XSum documents)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skipenv import probe
+from skipenv.rewards import lexicographic_reward
+
+
+def test_mixture_lp_hand_solved():
+    # plans A (loss 0, saved 0), B (0.2, 0.3), C (0.05, 0.1); tau 0.1. Vertices of the feasible set: pure C
+    # (saved 0.1), A/B at pi_B = 0.5 (0.15), C/B at 0.05 + 0.15 pi_B = 0.1 -> pi_B = 1/3 (0.1 + 0.2/3 = 1/6).
+    pi = probe.mixture_lp([0.0, 0.2, 0.05], [0.0, 0.3, 0.1], 0.1)
+    np.testing.assert_allclose(pi, [0.0, 1 / 3, 2 / 3], atol=1e-9)
+    assert pi @ [0.0, 0.3, 0.1] == pytest.approx(1 / 6)
+    # a loose tau takes the best plan outright
+    np.testing.assert_allclose(probe.mixture_lp([0.0, 0.2, 0.05], [0.0, 0.3, 0.1], 0.5), [0, 1, 0], atol=1e-9)
+    with pytest.raises(ValueError, match="no mixture"):
+        probe.mixture_lp([0.2, 0.3], [0.1, 0.2], 0.1)
+
+
+def test_expected_oracle_hand_solved():
+    # doc 0 loses 0.1 for 0.4 saved, doc 1 loses 0.3 for 0.4: the budget 2 * 0.1 = 0.2 buys doc 0 fully and
+    # 0.1 / 0.3 = 1/3 of doc 1
+    loss = np.array([[0.0, 0.1], [0.0, 0.3]])
+    saved = np.array([[0.0, 0.4], [0.0, 0.4]])
+    x = probe.expected_oracle(loss, saved, 0.1)
+    np.testing.assert_allclose(x, [[0, 1], [2 / 3, 1 / 3]], atol=1e-9)
+    assert (x * saved).sum(1).mean() == pytest.approx((0.4 + 0.4 / 3) / 2)
+
+
+def test_per_input_oracle_hand_computed():
+    quality = np.array([[1.0, 0.95, 0.7], [1.0, 0.85, 0.95], [1.0, 0.5, 0.6]])
+    cost = np.array([[1.0, 0.8, 0.5], [1.0, 0.6, 0.9], [1.0, 0.7, 0.4]])
+    qf = np.ones_like(quality)
+    # doc 0: plan 1 within tau (0.05 <= 0.1), plan 2 not -> 1; doc 1: plan 2 (loss 0.05) -> 2; doc 2: nothing -> 0
+    np.testing.assert_array_equal(probe.per_input_oracle(quality, qf, cost, 0.1), [1, 2, 0])
+    # with tau 0.3 the cheapest plan within it: doc 0 -> 2 (loss 0.3), doc 1 -> 1, doc 2 -> 0
+    np.testing.assert_array_equal(probe.per_input_oracle(quality, qf, cost, 0.3), [2, 1, 0])
+
+
+def test_parse_plan_and_default_menu():
+    from skipenv.plan import PlanSpec, SkipPlan
+
+    spec = PlanSpec("llama", num_encoder_layers=0, num_decoder_layers=30, token_segments=8)
+    name, plan = probe.parse_plan("mid:attention=6;ffn=10-12;tokens=7", spec)
+    assert name == "mid" and plan == SkipPlan.from_skips(spec, attention=[6], ffn=[10, 11, 12], tokens=[7])
+    with pytest.raises(ValueError, match="KIND"):
+        probe.parse_plan("x:layers=3", spec)
+    menu = probe.default_menu(spec)
+    assert list(menu) == ["skip nothing", "drop last 1/8 segments", "drop last 2/8 segments",
+                          "drop last 3/8 segments", "drop last 4/8 segments", "drop segment 3", "drop segment 5",
+                          "skip attention 6"]
+    assert menu["drop last 2/8 segments"] == SkipPlan.from_skips(spec, tokens=[6, 7])
+
+
+def test_markdown_table():
+    import pandas as pd
+
+    assert probe.markdown_table(pd.DataFrame({"a": [0.12345], "b": ["x"]})) == "| a | b |\n|---|---|\n| 0.123 | x |"
+
+
+@pytest.fixture(scope="module")
+def tiny_table():
+    from transformers import AutoTokenizer
+
+    from skipenv.assets import embedded_model_dir
+    from skipenv.envs import SwitchDecEnv
+    from skipenv.testing import tiny_generator
+
+    # initializer_range 0.5 makes the random model sensitive to skips, so plans differ in agreement per document
+    g = tiny_generator("llama", AutoTokenizer.from_pretrained(embedded_model_dir()), initializer_range=0.5)
+
+    def make_env(split, n):
+        return SwitchDecEnv("xsum", generator=g, split=split, num_examples=n, max_new_tokens=6,
+                            max_input_tokens=96, disk_cache=False)
+
+    return make_env, probe.evaluate_menu(make_env, num_train=6, num_test=4, progress=False)
+
+
+def test_probe_end_to_end(tiny_table, tmp_path):
+    _, t = tiny_table
+    assert len(t.outcomes) == (6 + 4) * len(t.plans) and t.empty == "skip nothing"
+    assert t.observations.filter(like="obs_").shape == (10, 32 + 2)
+    loaded = probe.ProbeTable.load(t.save(tmp_path / "table"))
+    assert loaded.outcomes.equals(t.outcomes) and loaded.observations.equals(t.observations)
+
+    tau = 0.5
+    rep = probe.analyse(loaded, tau, learning_curve=[4], repeats=2)
+    s = rep.summary.set_index("policy")
+    te = t.outcomes[t.outcomes["split"] == "test"]
+    # the per-input oracle's reward, computed independently: per document, the best lexicographic reward
+    best = te.assign(r=[lexicographic_reward(q, f, c, tau) for q, f, c in
+                        zip(te["quality"], te["quality_full"], te["cost"])]).groupby("doc")["r"].max()
+    assert s.loc["oracle (per-input)", "mean_reward"] == pytest.approx(best.mean())
+    assert s.loc["oracle (per-input)", "constraint_met_rate"] == 1.0  # skip nothing is always within tau
+    # each static plan's row is the plain test mean of that plan
+    for name, g in te.groupby("plan"):
+        assert s.loc[f"static: {name}", "mean_flops_saved"] == pytest.approx(g["flops_saved"].mean())
+    # the expected oracle and the static mixture respect tau on the documents they were solved on
+    assert s.loc["oracle (expected)", "mean_quality_loss"] <= tau + 1e-9
+    for name in ("best static (per-input)", "best static mixture (expected)", "probe (per-input)",
+                 "probe (expected)"):
+        assert s.loc[name, "mean_reward"] <= s.loc["oracle (per-input)", "mean_reward"] + 1e-9
+        assert s.loc[name, "mean_flops_saved"] <= s.loc["oracle (expected)", "mean_flops_saved"] + 1e-9 or \
+            s.loc[name, "mean_quality_loss"] > tau
+    for w in rep.weights.values():  # every policy is a plan distribution per test document
+        assert w.shape == (4, len(t.plans)) and np.allclose(w.sum(1), 1.0) and (w >= 0).all()
+    d = rep.differences
+    assert {"reward", "flops_saved", "quality_loss"} == set(d["metric"]) and (d["ci_low"] <= d["diff"] + 1e-12).all()
+    assert list(rep.learning_curve["train_documents"]) == [4, 6]
+    assert "### Test policies" in rep.to_markdown()
+    png = probe.plot_probe(rep, tmp_path / "pareto.png")
+    assert png.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------ observation kinds
+def test_segment_features_agree_with_the_env_observation(tiny_table):
+    from skipenv.observations import extra_observation_flops, observation_features
+
+    make_env, _ = tiny_table
+    env = make_env("train", 2)
+    g, task = env.generator, env.task
+    prompt = task.format(env.examples[1], g.tokenizer, encoder_decoder=False)
+    pooled = g.observe([prompt])[0].numpy()  # the env's own observation path (forward hook on the first layer)
+    np.testing.assert_allclose(observation_features(g, prompt, "layer:1")[:-2], pooled, rtol=1e-4, atol=1e-5)
+    k, d = 8, g.hidden_size
+    f = observation_features(g, prompt, "segments", token_segments=k, max_input_tokens=task.max_input_tokens)
+    assert f.shape == ((k + 1) * d + 2 * k,)
+    sizes = np.array([e - s for s, e in prompt.segment_bounds(k)] + [len(prompt) - prompt.num_document_tokens])
+    pools = f[: (k + 1) * d].reshape(k + 1, d)
+    # the length-weighted mean of the segment pools and the rest of the prompt is the pooled first layer
+    np.testing.assert_allclose((sizes[:, None] * pools).sum(0) / len(prompt), pooled, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(f[(k + 1) * d: (k + 1) * d + k], sizes[:k] / task.max_input_tokens)
+    assert np.all(np.abs(f[-k:]) <= 1 + 1e-6)  # cosine similarities
+    # the tiny Llama's layers are identical in shape: layer:3 costs two layers more than the env, layer:2 one
+    one = extra_observation_flops(g, prompt, "layer:2")
+    assert one > 0 and extra_observation_flops(g, prompt, "layer:3") == 2 * one
+    assert extra_observation_flops(g, prompt, "segments") == 0
+    with pytest.raises(ValueError, match="observation kind"):
+        observation_features(g, prompt, "layer:0")
+
+
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")
+def test_segment_observation_wrapper(tiny_table):
+    from gymnasium.utils.env_checker import check_env
+
+    from skipenv.observations import SegmentObservation
+
+    make_env, _ = tiny_table
+    env = SegmentObservation(make_env("train", 3))
+    check_env(env, skip_render_check=True)
+    plain = make_env("train", 3)
+    o1, _ = plain.reset(options={"index": 2})
+    o2, _ = env.reset(options={"index": 2})
+    assert o2.shape == env.observation_space.shape == (34 + 9 * 32 + 16,)
+    np.testing.assert_array_equal(o1, o2[:34])
+
+
+def test_compare_observations(tiny_table):
+    from skipenv.observations import feature_table
+
+    make_env, t = tiny_table
+    feats = {"pooled (env)": None, "layer:2": feature_table(make_env, t, "layer:2", progress=False)}
+    assert len(feats["layer:2"]) == 10 and (feats["layer:2"]["extra_flops"] > 0).all()
+    cmp = probe.compare_observations(t, 0.5, feats)
+    assert list(cmp["observation"]) == ["pooled (env)", "layer:2"]
+    assert cmp.loc[0, "extra_cost"] == 0.0 and 0 < cmp.loc[1, "extra_cost"] < 1
+    base = probe.analyse(t, 0.5, learning_curve=[])  # the env-observation row is the plain analysis
+    assert cmp.loc[0, "mean_test_r2"] == pytest.approx(np.nanmean(base.prediction["test_r2_quality"]), nan_ok=True)
