@@ -113,6 +113,10 @@ def load_model_and_tokenizer(
         dtype: ``torch.float32`` (default), ``torch.bfloat16`` / ``"bfloat16"``, ``torch.float16`` / ``"float16"``.
         attn_implementation: passed to ``from_pretrained`` when given (``"eager"``, ``"sdpa"``, ...).
 
+    Also sets PyTorch's CPU thread count for this process (:func:`skipenv.threads.configure_torch_threads`: 1 in a
+    vector-env worker process, all available cores otherwise; ``SKIPENV_NUM_THREADS`` overrides, ``OMP_NUM_THREADS``
+    or an earlier ``torch.set_num_threads`` is respected).
+
     Returns:
         ``(model, tokenizer)``. Decoder-only tokenizers get ``padding_side="left"`` and, without a pad token,
         ``pad_token = eos_token``; the tokenizer's ``model_max_length`` is capped at the model's
@@ -122,10 +126,13 @@ def load_model_and_tokenizer(
     Raises:
         ModelUnavailableError: a Hub id that cannot be resolved (offline, not cached, or non-existent).
         skipenv.assets.AssetUnavailableError: the embedded model is not cached and cannot be fetched.
-        ValueError / RuntimeError: bad dtype / unavailable device.
+        ValueError / RuntimeError: bad dtype / unavailable device, or a bad ``SKIPENV_NUM_THREADS``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from .threads import configure_torch_threads
+
+    configure_torch_threads()  # one thread per vector-env worker process, all cores otherwise (SKIPENV_NUM_THREADS)
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     if is_embedded_model(name_or_path):

@@ -9,7 +9,12 @@ What is checked, in every family:
 - under non-empty plans the KV-cache path equals the no-cache path (tokens and per-step logits), and a batch equals
   its examples run one by one;
 - the analytic FLOPs equal ``torch.utils.flop_counter.FlopCounterMode`` (prefill, whole generation, observation);
-- errors: unsupported architecture, a plan for another model, inputs too long / emptied by the plan.
+- errors: unsupported architecture, a plan for another model, inputs too long / emptied by the plan;
+- patching: once per call, accelerate hooks kept (and still run), foreign instance-level forwards refused, the
+  wrap()-time self-check refuses a changed layer contract, two threads sharing a generator get the serial results;
+- the public checker ``skipenv.testing.check_generator`` passes for every entry of ``GENERATOR_CLASSES``.
+
+Module maps (which submodules form each sublayer) come from the family classes (``sublayer_modules``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""Default PyTorch thread count for processes running skipenv envs (skipenv.threads)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+import torch
+
+from skipenv import threads
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in (threads.NUM_THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_DEFAULT_AT_IMPORT", before)
+    yield monkeypatch
+    torch.set_num_threads(before)
+
+
+def test_in_process_env_gets_the_available_cores(clean_env):
+    torch.set_num_threads(4)  # as if torch's default were 4 threads
+    clean_env.setattr(threads, "_DEFAULT_AT_IMPORT", 4)
+    expected = min(len(os.sched_getaffinity(0)), 4)
+    assert threads.default_num_threads() == expected
+    assert threads.configure_torch_threads() == expected
+
+
+def test_override_and_bad_override(clean_env):
+    clean_env.setenv(threads.NUM_THREADS_ENV, "3")
+    assert threads.configure_torch_threads() == 3 == torch.get_num_threads()
+    clean_env.setenv(threads.NUM_THREADS_ENV, "3")  # our own setting is not mistaken for the user's
+    assert threads.default_num_threads() == 3
+    for bad in ("0", "-2", "two", "1.5"):
+        clean_env.setenv(threads.NUM_THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=f"{threads.NUM_THREADS_ENV}='{bad}'"):
+            threads.configure_torch_threads()
+
+
+def test_user_choice_is_respected(clean_env):
+    clean_env.setenv("OMP_NUM_THREADS", "1")
+    assert threads.default_num_threads() is None
+    clean_env.delenv("OMP_NUM_THREADS")
+    torch.set_num_threads(max(1, threads._DEFAULT_AT_IMPORT + 1))  # the user called torch.set_num_threads
+    assert threads.default_num_threads() is None
+    assert threads.configure_torch_threads() == threads._DEFAULT_AT_IMPORT + 1
+
+
+def _child(queue):
+    for var in (threads.NUM_THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.pop(var, None)
+    torch.set_num_threads(4)  # as if torch's default were 4 threads: an in-process env would keep min(cores, 4)
+    threads._DEFAULT_AT_IMPORT = 4
+    queue.put((threads.default_num_threads(), threads.configure_torch_threads(), torch.get_num_threads()))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: 1 thread is also the in-process default")
+def test_vector_env_worker_process_gets_one_thread():
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue,))
+    proc.start()
+    got = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert got == (1, 1, 1)
