@@ -119,9 +119,10 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
 
     notes = []
     recorded_version, ours = _version_tuple(record.skipenv_version), _version_tuple(__version__)
+    version_ok = recorded_version is not None and (ours is None or recorded_version <= ours)
     if recorded_version is None:
         notes.append(f"unknown skipenv version {record.skipenv_version!r} in the record")
-    elif ours is not None and recorded_version > ours:
+    elif not version_ok:
         notes.append(f"record made by skipenv {record.skipenv_version}, newer than this skipenv {__version__}")
     if env is None:
         env = gym.make(record.env_id, **record.env_kwargs)
@@ -138,6 +139,5 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
         _, _, _, _, info = base.step(base.plan_to_action(plan))
     mismatches = {k: (getattr(record, k), float(info[k])) for k in CHECKED
                   if not math.isclose(getattr(record, k), float(info[k]), rel_tol=rtol, abs_tol=atol)}
-    ok = not mismatches and fingerprint_ok and not (recorded_version is None or (ours is not None and
-                                                                                 recorded_version > ours))
+    ok = not mismatches and fingerprint_ok and version_ok
     return ValidationResult(ok=ok, mismatches=mismatches, replayed=info, notes=notes)

@@ -16,6 +16,8 @@ from skipenv.envs import SwitchDecEnv
 from skipenv.records import EpisodeRecord, validate
 from skipenv.testing import tiny_generator
 
+pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
+
 
 @pytest.fixture(scope="module")
 def generator():

@@ -16,6 +16,8 @@ from skipenv.cache import CacheWarning, DiskCache
 from skipenv.envs import SwitchDecEnv, SwitchDecLayerwiseEnv
 from skipenv.testing import tiny_generator
 
+pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
+
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_tokenizer):
