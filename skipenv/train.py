@@ -4,7 +4,7 @@ table (CSV + JSON) and a quality-vs-FLOPs scatter plot next to the policy.
 
 Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget: about 5 minutes on 2 idle CPU cores.
 The job states torch's thread setting and the machine's load first (warning when the load average exceeds the
-cores), prints a time estimate after the first PPO rollout, and labels every progress bar; with standard error
+cores), prints a time estimate after the first 8 PPO episodes, and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
 """
 
@@ -23,7 +23,7 @@ __all__ = ["train_ppo", "run_main_job", "configure_parser", "main"]
 
 
 def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path | None = None,
-              device: str = "cpu", progress_bar: bool = True, on_first_rollout=None, **overrides):
+              device: str = "cpu", progress_bar: bool = True, on_early_speed=None, **overrides):
     """Train PPO (``MlpPolicy``, :data:`skipenv.sb3.ALGORITHMS` defaults) on a one-shot env and return the model.
 
     Episodes are one step long, so ``gamma`` and ``gae_lambda`` do not matter; the advantage is the reward minus
@@ -34,15 +34,15 @@ def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path |
     Args:
         progress_bar: a tqdm bar labelled ``train ppo`` (episodes, rate, time left, mean reward of the last 64
             episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.progress`).
-        on_first_rollout: called as ``on_first_rollout(episodes_done, seconds)`` after the first rollout, e.g. to
-            print a time estimate.
+        on_early_speed: called once as ``on_early_speed(episodes_done, seconds)`` after the first 8 episodes (or
+            the first rollout, if shorter), e.g. to print a time estimate.
     """
     from .sb3 import make_sb3
 
     model = make_sb3("ppo", env, seed=seed, device=device, out_dir=out_dir, total_timesteps=total_timesteps,
                      **overrides)
     model.learn(total_timesteps=total_timesteps,
-                callback=_TrainingProgress.make("train ppo", total_timesteps, progress_bar, on_first_rollout))
+                callback=_TrainingProgress.make("train ppo", total_timesteps, progress_bar, on_early_speed))
     if out_dir is not None:
         model.save(Path(out_dir) / "policy.zip")
     return model
@@ -53,7 +53,7 @@ class _TrainingProgress:
     redrawn only on a terminal). Built lazily so that importing this module does not import SB3 / torch."""
 
     @staticmethod
-    def make(label: str, total: int, show: bool, on_first_rollout=None):
+    def make(label: str, total: int, show: bool, on_early_speed=None, after: int = 8):
         from collections import deque
 
         from stable_baselines3.common.callbacks import BaseCallback
@@ -63,7 +63,7 @@ class _TrainingProgress:
             def _on_training_start(self) -> None:
                 self.t0 = time.perf_counter()
                 self.rewards = deque(maxlen=64)
-                self.first = True
+                self.reported = on_early_speed is None
                 self.bar = tqdm(total=total, desc=label, unit="episode", disable=not show, dynamic_ncols=False)
 
             def _on_step(self) -> bool:
@@ -73,12 +73,17 @@ class _TrainingProgress:
                 self.bar.update(self.training_env.num_envs)
                 if self.rewards and self.n_calls % 8 == 0:
                     self.bar.set_postfix(reward=f"{sum(self.rewards) / len(self.rewards):.3f}", refresh=False)
+                if not self.reported and self.num_timesteps >= after:
+                    self._report()
                 return True
 
             def _on_rollout_end(self) -> None:
-                if self.first and on_first_rollout is not None:
-                    on_first_rollout(self.num_timesteps, time.perf_counter() - self.t0)
-                self.first = False
+                if not self.reported:
+                    self._report()
+
+            def _report(self) -> None:
+                self.reported = True
+                on_early_speed(self.num_timesteps, time.perf_counter() - self.t0)
 
             def _on_training_end(self) -> None:
                 self.bar.close()
@@ -156,13 +161,13 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         s_gen = max(s_per_ref or 0.0, 3 * s_step)  # one ROUGE generation per evaluation episode
         left_train = (total_timesteps - done) * s_step
         left_eval = n_eval * (s_step + s_gen) + test_examples * s_gen  # + references of the test documents
-        say(f"skipenv train: {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
+        say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
             f"~{_minutes(left_train + left_eval)} (training ~{_minutes(left_train)}, evaluation of {n_eval} "
             f"episodes ~{_minutes(left_eval)})")
 
     say(f"skipenv train: [2/3] training PPO for {total_timesteps} episodes (monitor.csv and tensorboard/ in {out})")
     ppo = train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out, device=device,
-                    progress_bar=progress_bar, on_first_rollout=eta)
+                    progress_bar=progress_bar, on_early_speed=eta)
     t_train = time.perf_counter() - t0
 
     say(f"skipenv train: [3/3] evaluating ppo, random:0.5 and skip-nothing on {test_examples} test documents")
