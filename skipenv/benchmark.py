@@ -252,10 +252,11 @@ def pareto_figure(summary: pd.DataFrame, *, quality_col: str = "quality", episod
     """Scatter of mean ``quality_col`` against mean FLOPs saved per policy, with the Pareto front and the constraint.
 
     * Each policy is one marker (colour + shape, named in the legend); policies whose points coincide are drawn
-      side by side around the shared point and named together next to it ("a = b"), so none is hidden.
+      side by side on a small circle around the shared point and marked "(same point as a)" in the legend, so
+      none is hidden.
     * With ``episodes``, every episode is a faint small marker of its policy's style ("one episode" in the legend).
     * The Pareto front (:func:`pareto_front`) is drawn as the attainment staircase (for each FLOPs saving, the best
-      quality reached by a policy saving at least as much) and its members are ringed in black.
+      quality reached by a policy saving at least as much); its policies get a thick black outline.
     * With ``tau``, a dashed line at the mean full-model quality minus ``tau``: points below it miss the constraint
       ``q ≥ q_full − tau`` on average (exact for agreement, where ``q_full = 1``).
     * The y-axis and the default title name the quality signal (``quality_name``, e.g. ``"agreement"``; inferred
@@ -291,26 +292,32 @@ def pareto_figure(summary: pd.DataFrame, *, quality_col: str = "quality", episod
     xy = summary[["flops_saved", quality_col]].to_numpy(dtype=float)
     front = pareto_front(xy)
     offsets = {i: (0.0, 0.0) for i in range(len(xy))}
+    labels = list(names)
     for g in _coincident_groups(xy):
         if len(g) < 2:
             continue
-        for k, i in enumerate(g):  # spread the markers on a small circle (in points) around the shared point
+        radius = max(6.0, 2.2 * len(g))  # points: markers (~9 pt wide) around the circle do not overlap
+        for k, i in enumerate(g):  # spread the markers on a small circle around the shared point
             angle = np.pi / 2 + 2 * np.pi * k / len(g)
-            offsets[i] = (7 * np.cos(angle), 7 * np.sin(angle))
-        ax.annotate(" = ".join(names[i] for i in g) + " (same point)", xy=tuple(xy[g[0]]), xytext=(12, -14),
-                    textcoords="offset points", fontsize=7, color="0.2")
+            offsets[i] = (radius * np.cos(angle), radius * np.sin(angle))
+            if k:
+                labels[i] = f"{names[i]} (same point as {names[g[0]]})"
     for i, name in enumerate(names):
         c, m = style[name]
-        tr = offset_copy(ax.transData, fig=fig, x=offsets[i][0], y=offsets[i][1], units="points")
+        tr = (offset_copy(ax.transData, fig=fig, x=offsets[i][0], y=offsets[i][1], units="points")
+              if offsets[i] != (0.0, 0.0) else ax.transData)
         ax.scatter([xy[i, 0]], [xy[i, 1]], s=70, color=c, marker=m, edgecolor="k", zorder=3, transform=tr,
                    linewidths=1.8 if i in front else 0.6)
         handles.append(Line2D([], [], ls="", marker=m, markersize=8, markerfacecolor=c, markeredgecolor="k",
-                              label=name))
+                              label=labels[i]))
+    finite = xy[~np.isnan(xy).any(axis=1)]
+    if len(finite):  # offset markers do not enter matplotlib's automatic limits: add every point explicitly
+        ax.update_datalim(finite)
+        ax.autoscale_view()
     if front:
         f = xy[front]
         ax.step(f[:, 0], f[:, 1], where="pre", color="k", lw=1, alpha=0.6, zorder=2)
-        handles.append(Line2D([], [], color="k", lw=1, alpha=0.6,
-                              label="Pareto front (members ringed: " + ", ".join(names[i] for i in front) + ")"))
+        handles.append(Line2D([], [], color="k", lw=1, alpha=0.6, label="Pareto front (its policies: thick outline)"))
     if tau is not None:
         full_col = quality_col.replace("quality", "quality_full", 1)
         q_full = float(summary[full_col].mean()) if full_col in summary else 1.0

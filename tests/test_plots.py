@@ -34,6 +34,10 @@ def test_pareto_figure_names_metric_front_constraint_and_every_policy(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     s = _summary()
+    fig = pareto_figure(s, tau=0.1, quality_name="agreement")  # no episodes: limits must come from the policies
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] < 0.010 < 0.809 < ax.get_ylim()[1]
     fig = pareto_figure(s, episodes=_episodes(s), tau=0.1, quality_name="agreement")
     FigureCanvasAgg(fig).draw()
     ax = fig.axes[0]
@@ -41,19 +45,24 @@ def test_pareto_figure_names_metric_front_constraint_and_every_policy(tmp_path):
     assert "FLOPs saved" in ax.get_xlabel()
     legend = _legend_texts(ax)
     for name in s["policy"]:
-        assert name in legend
-    front = next(t for t in legend if t.startswith("Pareto front"))
-    assert "lead:4" in front and "calibrated:4" not in front  # lead:4 dominates calibrated:4
+        assert any(t.split(" (")[0] == name for t in legend), name
+    assert "skip-nothing (same point as ppo)" in legend
+    assert any(t.startswith("Pareto front") for t in legend)
     assert any("τ = 0.1" in t for t in legend) and any("one episode" in t for t in legend)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x0 < s["flops_saved"].min() and s["flops_saved"].max() < x1  # every policy inside the axes
+    assert y0 < s["quality"].min() and s["quality"].max() < y1
     # the tau line: a horizontal line at q_full - tau = 0.9
     hlines = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1 and ln.get_ydata()[0] == pytest.approx(0.9)]
     assert hlines
     # the coincident policies are drawn at different places on the canvas and named together
-    big = [c for c in ax.collections if c.get_sizes()[0] >= 50]
+    big = [c for c in ax.collections if c.get_sizes()[0] >= 50]  # one per policy, in summary order
     assert len(big) == 5
     centres = [c.get_offset_transform().transform(c.get_offsets()[0]) for c in big[:2]]  # ppo, skip-nothing
     assert np.hypot(*(centres[0] - centres[1])) > 5  # pixels apart
-    assert any("ppo = skip-nothing" in t.get_text() for t in ax.texts)
+    # front members (thick outline): ppo, skip-nothing, lead:4, random:0.5 -- not calibrated:4 (lead:4 dominates it)
+    thick = [name for name, c in zip(s["policy"], big) if c.get_linewidths()[0] > 1]
+    assert thick == ["ppo", "skip-nothing", "lead:4", "random:0.5"]
     png = plot_pareto(s, tmp_path / "sub" / "p.png", tau=0.1, quality_name="agreement")
     assert png.stat().st_size > 5000
 
