@@ -147,6 +147,16 @@ SUBCOMMANDS["leaderboard"] = Subcommand(_configure_leaderboard, _run_leaderboard
                                         "table and plot to --out")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` after every option's help, except for on/off flags and empty lists."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if d is False or d is None or d is argparse.SUPPRESS or (isinstance(d, (list, dict)) and not d):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`.
 
@@ -159,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_DefaultsFormatter)
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
