@@ -108,10 +108,13 @@ def _threads_line() -> tuple[str, str | None]:
             f"{cores} CPU core(s); load average {load:.1f}")
     warning = None
     if load > cores:
+        advice = ("torch already uses one thread, so expect the job to be slower until the load drops"
+                  if threads == 1 else
+                  "if several PyTorch processes share the machine, give each fewer threads, e.g. "
+                  "`OMP_NUM_THREADS=1 skipenv train ...` (README, \"Speed\")")
         warning = (f"skipenv train: warning: the load average ({load:.1f}) exceeds the {cores} CPU core(s): other "
-                   f"processes compete for the CPU, and this job may take several times longer than usual. "
-                   f"If several PyTorch processes share the machine, give each fewer threads, e.g. "
-                   f"`OMP_NUM_THREADS=1 skipenv train ...` (README, \"Speed\").")
+                   f"processes compete for the CPU, and this job may take several times longer than usual; "
+                   f"{advice}.")
     return line, warning
 
 

@@ -105,8 +105,12 @@ def test_threads_line_and_oversubscription_warning(monkeypatch):
     assert f"torch uses {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS=3)" in line and "2 CPU core(s)" in line
     assert warning is None
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     _, warning = train._threads_line()
     assert "7.5" in warning and "OMP_NUM_THREADS=1" in warning
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    _, warning = train._threads_line()
+    assert "7.5" in warning and "already uses one thread" in warning
 
 
 def test_training_bar_is_labelled_and_reports_early_speed(capsys):
