@@ -345,6 +345,9 @@ def learning_curves_figure(curves: dict[str, pd.DataFrame], *, window: int = 32,
                            title: str = "training: episode reward"):
     """Episode reward (moving average over ``window`` episodes) against timesteps, one labelled line per run.
 
+    A run whose curve equals an earlier one's is drawn with hollow markers on top and labelled "(same curve as
+    ...)", so it is not hidden.
+
     Args:
         curves: run name → DataFrame with columns ``timestep`` and ``reward``.
         title: the figure's title.
@@ -362,13 +365,20 @@ def learning_curves_figure(curves: dict[str, pd.DataFrame], *, window: int = 32,
     algos = list(dict.fromkeys(name.split(" ")[0] for name in curves))
     colors = {a: colormaps["tab10"].colors[i % 10] for i, a in enumerate(algos)}
     seen: dict[str, int] = {}
+    drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
     for name, c in curves.items():
         if len(c) == 0:
             continue
         algo = name.split(" ")[0]
         k = seen[algo] = seen.get(algo, -1) + 1
-        ax.plot(c["timestep"], c["reward"].rolling(window, min_periods=1).mean(), label=name, color=colors[algo],
-                ls=["-", "--", ":", "-."][k % 4], lw=1.3)
+        x, y = c["timestep"].to_numpy(float), c["reward"].rolling(window, min_periods=1).mean().to_numpy(float)
+        same = next((n for n, x0, y0 in drawn if len(x0) == len(x) and np.allclose(x0, x) and np.allclose(y0, y)),
+                    None)
+        style = dict(color=colors[algo], ls=["-", "--", ":", "-."][k % 4], lw=1.3)
+        if same is not None:  # a curve equal to an earlier one: hollow markers on top keep both visible
+            style.update(marker="o", markersize=5, markerfacecolor="none", markevery=max(len(x) // 12, 1))
+        ax.plot(x, y, label=name if same is None else f"{name} (same curve as {same})", **style)
+        drawn.append((name, x, y))
     ax.set_xlabel("timestep")
     ax.set_ylabel(f"episode reward (moving average over {window} episodes)")
     ax.set_title(title)

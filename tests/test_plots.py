@@ -82,6 +82,10 @@ def test_learning_curves_figure_labels_every_run(tmp_path):
     fig = learning_curves_figure(curves, window=8)
     ax = fig.axes[0]
     assert _legend_texts(ax) == list(curves)
+    twin = {**curves, "a2c seed 1": curves["a2c seed 0"].copy()}  # identical runs: the second stays visible
+    ax2 = learning_curves_figure(twin, window=8).axes[0]
+    assert _legend_texts(ax2)[-1] == "a2c seed 1 (same curve as a2c seed 0)"
+    assert ax2.get_lines()[-1].get_marker() == "o" and ax2.get_lines()[-2].get_marker() in ("None", "", None)
     assert "moving average over 8" in ax.get_ylabel() and ax.get_xlabel() == "timestep" and ax.get_title()
     styles = {(ln.get_color(), ln.get_linestyle()) for ln in ax.get_lines()}
     assert len(styles) == 3  # every run distinguishable
