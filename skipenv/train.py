@@ -165,8 +165,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         left_train = (total_timesteps - done) * s_step
         left_eval = n_eval * (s_step + s_gen) + test_examples * s_gen  # + references of the test documents
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
-            f"~{_minutes(left_train + left_eval)} (training ~{_minutes(left_train)}, evaluation of {n_eval} "
-            f"episodes ~{_minutes(left_eval)})")
+            f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)} "
+            f"(much less when the test references are already cached)")
 
     say(f"skipenv train: [2/3] training PPO for {total_timesteps} episodes (monitor.csv and tensorboard/ in {out})")
     ppo = train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out, device=device,
