@@ -61,11 +61,11 @@ def main(argv=None) -> None:
     static = [B.SkipNothing(test), B.every_other_layer(test, "attention"), B.every_other_layer(test, "ffn"),
               B.lead_truncation(test, 6), B.lead_truncation(test, 4)]
     calibrated = B.calibrate_static_drop(calib_env, 4, num_examples=8)
-    static.append(B.StaticPlan(test, calibrated.plan, name="calibrated-4"))
+    static.append(B.StaticPlan(test, calibrated.plan, name="calibrated:4"))
     for pol in static:
         run(pol, pol.name, 0)
     for seed in args.seeds:
-        run(B.RandomPolicy(test, 0.5, seed=seed), "random-0.5", seed)
+        run(B.RandomPolicy(test, 0.5, seed=seed), "random:0.5", seed)
     if args.oracle:
         bits = list(range(test.action_space.n - test.plan_spec.token_segments, test.action_space.n))
         run(B.OraclePolicy(test, max_skips=4, candidate_bits=bits), "oracle-tokens (upper ref.)", 0)

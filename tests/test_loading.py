@@ -125,3 +125,21 @@ def test_load_generator_wraps(tiny_bart_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "skipenv.generators", fake)
     out = load_generator(tiny_bart_dir)
     assert out[0] == "wrapped" and out[1] == "BartForConditionalGeneration"
+
+
+def test_loading_prints_no_weight_loading_bar(tiny_llama_dir, capfd):
+    """transformers' per-tensor "Loading weights" bar is silenced (it printed on every env creation); the caller's
+    progress-bar setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    load_model_and_tokenizer(str(tiny_llama_dir))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err, err
+    assert hf_logging.is_progress_bar_enabled()
+    # the bar really exists without the guard (so this test can fail)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+    assert "Loading weights" in capfd.readouterr().err

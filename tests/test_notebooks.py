@@ -57,7 +57,8 @@ def _printed_text(nb) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    """Execute the notebook in a fresh kernel (working dir: a temp dir); any cell error fails the test."""
+    """Execute the notebook in a fresh kernel (working dir: a temp dir); any cell error fails the test. Afterwards no
+    temporary ``skipenv-*`` folder is left behind and tqdm did not warn about missing ipywidgets."""
     pytest.importorskip("ipykernel")
     nbclient = pytest.importorskip("nbclient")
 
@@ -77,10 +78,14 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
                                      resources={"metadata": {"path": str(workdir)}})
     client.execute()  # raises CellExecutionError (with the cell's traceback) on the first failing cell
 
+    leftover = sorted(p.name for p in (tmp_path / "tmp").glob("skipenv-*"))
+    assert not leftover, f"{path.name} left temporary folders behind: {leftover}"
+    printed = _printed_text(nb)
+    assert "IProgress not found" not in printed, f"{path.name} printed tqdm's IProgress warning"
     pngs = sorted((figures / path.stem).glob("*.png"))
     assert pngs, f"{path.name} saved no figure under {figures / path.stem}"
     empty = [p.name for p in pngs if p.stat().st_size == 0]
     assert not empty, f"{path.name} saved empty figures: {empty}"
     expected = MUST_PRINT.get(path.stem)
     if expected is not None:
-        assert expected in _printed_text(nb), f"{path.name} did not print {expected!r}"
+        assert expected in printed, f"{path.name} did not print {expected!r}"

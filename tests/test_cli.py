@@ -1,0 +1,131 @@
+"""The ``skipenv`` command line: cheap help (no torch / pandas), defaults and help text on every option, progress that
+stays readable in log files, the main job's thread / load report and its labelled training bar."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skipenv.cli import SUBCOMMANDS, build_parser, main
+from skipenv.progress import LineWriter, log_friendly_progress
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "pandas", "transformers", "stable_baselines3", "matplotlib")
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["leaderboard"], ["download"]], ids=lambda a: " ".join(a) or "top")
+def test_help_imports_no_heavy_module(argv):
+    """``python -m skipenv.cli [SUB] --help`` as a user runs it: the import log (``-X importtime``) of the process
+    lists none of torch, pandas, transformers, SB3, matplotlib."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "skipenv.cli", *argv, "--help"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage: skipenv" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "skipenv" in imported  # the log is real
+    loaded = sorted(m for m in imported if m.split(".")[0] in HEAVY)
+    assert not loaded, loaded
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_option_has_help_and_help_shows_defaults(capsys):
+    subs = _subparsers(build_parser())
+    assert set(subs) == set(SUBCOMMANDS)
+    for name, p in subs.items():
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
+                continue
+            assert a.help, f"skipenv {name}: {a.option_strings or a.dest} has no help text"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 256)", "(default: 32)", "(default: 20)", "(default: 0)", "(default: cpu)",
+                    "(default: smollm2-135m-instruct)", "(default: SwitchDec-XSum-v0)", "(default: runs/ppo-xsum)"):
+        assert default in text, default
+    with pytest.raises(SystemExit):
+        main(["leaderboard", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("(default: [0, 1, 2])", "(default: 20)", "(default: test)", "(default: runs/leaderboard)",
+                   "episodes.csv", "summary.csv", "pareto.png", "random:RATE"):
+        assert needle in text, needle
+
+
+def test_line_writer_throttles_redraws_per_bar():
+    out, now = io.StringIO(), [0.0]
+    w = LineWriter(out, interval_s=30, clock=lambda: now[0])
+    w.write("\rtrain ppo:   0%| | 0/256")
+    for t, n in ((1, 1), (10, 10), (31, 40), (40, 50)):
+        now[0] = t
+        w.write(f"\rtrain ppo:  {n}%| | {n}/256")
+        w.write(f"\reval ppo:  {n}%| | {n}/20")
+    now[0] = 41
+    w.write("\rtrain ppo: 100%|\u2588\u2588| 256/256")
+    w.write("\r" + " " * 40 + "\r")  # a leave=False bar clearing itself
+    w.write("a warning line\n")
+    assert out.getvalue().splitlines() == [
+        "train ppo:   0%| | 0/256", "eval ppo:  1%| | 1/20", "train ppo:  40%| | 40/256", "eval ppo:  40%| | 40/20",
+        "train ppo: 100%|##| 256/256", "a warning line"]
+
+
+def test_log_friendly_progress_only_without_a_terminal(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with log_friendly_progress(5) as active:
+        assert active and isinstance(sys.stderr, LineWriter)
+    assert isinstance(sys.stderr, io.StringIO)
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Tty())
+    with log_friendly_progress() as active:
+        assert not active and isinstance(sys.stderr, Tty)
+
+
+def test_threads_line_and_oversubscription_warning(monkeypatch):
+    import torch
+
+    from skipenv import train
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    line, warning = train._threads_line()
+    assert f"torch uses {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS=3)" in line and "2 CPU core(s)" in line
+    assert warning is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    _, warning = train._threads_line()
+    assert "7.5" in warning and "OMP_NUM_THREADS=1" in warning
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    _, warning = train._threads_line()
+    assert "7.5" in warning and "already uses one thread" in warning
+
+
+def test_training_bar_is_labelled_and_reports_early_speed(capsys):
+    """The callback of the main job on a plain Gymnasium env (PPO, 48 steps): a ``train ppo`` bar in episodes and
+    one early-speed report after 8 episodes."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.monitor import Monitor
+
+    from skipenv.train import _TrainingProgress
+
+    calls = []
+    model = PPO("MlpPolicy", Monitor(gym.make("CartPole-v1")), n_steps=32, batch_size=16, n_epochs=1, seed=0,
+                device="cpu")
+    model.learn(48, callback=_TrainingProgress.make("train ppo", 48, True, lambda d, s: calls.append((d, s))))
+    err = capsys.readouterr().err
+    assert "train ppo" in err and "episode" in err
+    assert len(calls) == 1 and calls[0][0] == 8 and calls[0][1] > 0
