@@ -177,7 +177,9 @@ def test_cache_path_that_is_a_file_is_one_clear_error(generator, tmp_path, monke
     f = tmp_path / "not-a-folder"
     f.write_text("x")
     monkeypatch.setenv("SKIPENV_CACHE", str(f))
-    with pytest.raises(NotADirectoryError, match="SKIPENV_CACHE") as err:
+    from skipenv.assets import AssetError
+
+    with pytest.raises(AssetError, match="SKIPENV_CACHE") as err:
         make(generator, disk_cache=True)
     assert "\n" not in str(err.value) and err.value.__cause__ is None
 
