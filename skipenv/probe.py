@@ -38,13 +38,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .formulations import bootstrap_ci, formulation_metrics
 from .plan import SkipPlan
 from .rewards import lexicographic_reward
+
+if TYPE_CHECKING:  # annotations only; pandas is imported where it is used
+    import pandas as pd
 
 __all__ = ["default_menu", "parse_plan", "ProbeTable", "evaluate_menu", "mixture_lp", "expected_oracle",
            "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "compare_observations", "plot_probe",
