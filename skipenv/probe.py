@@ -829,8 +829,9 @@ def configure_parser(p) -> None:
     p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
                    help="observation kinds to compare with the env's: segments, layer:m (skipenv.observations)")
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the probe policy's randomisation, the learning-curve subsets and the bootstrap CIs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args) -> int:
