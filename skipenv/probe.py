@@ -29,7 +29,7 @@ For one env configuration the probe
    learning curve repeats the fit on subsets of the train documents;
 3. draws the test policies in a quality-vs-FLOPs-saved plot (:func:`plot_probe`).
 
-The default menu and the question follow issue 12 of the project ("a benchmark with learnable headroom").
+Command line: ``skipenv probe`` (README, "Constraint formulations and the learnability probe", has a measured run).
 """
 
 from __future__ import annotations
