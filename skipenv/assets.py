@@ -48,6 +48,7 @@ __all__ = [
     "AssetError",
     "AssetUnavailableError",
     "AssetIntegrityError",
+    "CacheLocationError",
     "Wheel",
     "FileAsset",
     "WHEELS",
@@ -69,6 +70,11 @@ _CHUNK = 1 << 20
 
 class AssetError(RuntimeError):
     """Base class of the errors raised by :mod:`skipenv.assets`."""
+
+
+class CacheLocationError(AssetError):
+    """The skipenv cache path (``$SKIPENV_CACHE`` or the default) is a file, or a folder in it cannot be created.
+    The one error for a bad cache location, raised by :func:`cache_dir` and by the environments' disk caches."""
 
 
 class AssetUnavailableError(AssetError):
@@ -221,8 +227,8 @@ def cache_dir() -> Path:
     ``$SKIPENV_CACHE`` if set, else ``$XDG_CACHE_HOME/skipenv``, else ``~/.cache/skipenv``.
 
     Raises:
-        AssetError: the path exists but is not a folder, or cannot be created (the message names the path, the
-            variable and the fix).
+        CacheLocationError: the path exists but is not a folder, or cannot be created (the message names the path,
+            the variable and the fix; the ``OSError`` of a failed creation is its ``__cause__``).
     """
     env = os.environ.get(CACHE_ENV)
     if env:
@@ -233,14 +239,14 @@ def cache_dir() -> Path:
         root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "skipenv"
         source = "the default location"
     if root.exists() and not root.is_dir():
-        raise AssetError(
+        raise CacheLocationError(
             f"the skipenv cache {root} ({source}) is a file, not a folder; point ${CACHE_ENV} at a folder "
             f"(it is created if missing) or move that file away"
         )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise AssetError(
+        raise CacheLocationError(
             f"cannot create the skipenv cache folder {root} ({source}): {e.strerror or e}; point ${CACHE_ENV} at a "
             f"writable folder"
         ) from e

@@ -1,6 +1,6 @@
 """Skip plans: which attention / FFN sublayers and which document-token segments one input skips.
 
-Vocabulary (see DESIGN.md): a *candidate* is a unit that can be skipped — the ``attention`` sublayer of one layer,
+Vocabulary: a *candidate* is a unit that can be skipped — the ``attention`` sublayer of one layer,
 the ``ffn`` sublayer of one layer, or one of ``K`` contiguous ``tokens`` segments of the skippable document. A
 :class:`SkipPlan` is the full decision for one input; a :class:`PlanSpec` describes which candidates a model has.
 

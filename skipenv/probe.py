@@ -29,7 +29,7 @@ For one env configuration the probe
    learning curve repeats the fit on subsets of the train documents;
 3. draws the test policies in a quality-vs-FLOPs-saved plot (:func:`plot_probe`).
 
-The default menu and the question follow issue 12 of the project ("a benchmark with learnable headroom").
+Command line: ``skipenv probe`` (README, "Constraint formulations and the learnability probe", has a measured run).
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .formulations import bootstrap_ci, formulation_metrics
 from .plan import SkipPlan
 from .rewards import lexicographic_reward
+
+if TYPE_CHECKING:  # annotations only; pandas is imported where it is used
+    import pandas as pd
 
 __all__ = ["default_menu", "parse_plan", "ProbeTable", "evaluate_menu", "mixture_lp", "expected_oracle",
            "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "compare_observations", "plot_probe",
@@ -826,7 +829,8 @@ def configure_parser(p) -> None:
     p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
                    help="observation kinds to compare with the env's: segments, layer:m (skipenv.observations)")
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds, bootstrap and subsets")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the probe policy's randomisation, the learning-curve subsets and the bootstrap CIs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

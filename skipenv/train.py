@@ -2,7 +2,8 @@
 save the policy, evaluate it on the XSum test split against the random policy and "skip nothing", and write a
 table (CSV + JSON) and a quality-vs-FLOPs scatter plot next to the policy.
 
-Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget: about 5 minutes on 2 idle CPU cores.
+Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget, assets already cached: about 2.5–5
+minutes on 2 idle CPU cores (measured; ~11 minutes on a machine loaded by other jobs — the printed estimate tells).
 The job states torch's thread setting and the machine's load first (warning when the load average exceeds the
 cores), prints a time estimate after the first 8 PPO episodes, and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
@@ -127,7 +128,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                  env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True) -> pd.DataFrame:
     """Train PPO, evaluate against baselines on the test split, save policy / tables / plot. Returns the summary.
 
-    Defaults fit about 10 minutes on 2 CPU cores: the full-model reference (one greedy summary) of each of the
+    Defaults fit the budget in the module docstring: the full-model reference (one greedy summary) of each of the
     ``train_examples`` + ``test_examples`` documents is computed once and cached on disk; a PPO step is then one
     teacher-forced forward pass; evaluation generates one summary per (policy, test document) for ROUGE-L.
     """

@@ -7,6 +7,18 @@ import os
 import pytest
 
 
+#: fixtures that read the embedded assets: a test using one (directly or through another fixture) is marked
+#: ``assets`` at collection, so ``-m "not assets"`` runs offline on an empty cache
+ASSET_FIXTURES = frozenset({"smollm2_tokenizer", "xsum_task"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if ASSET_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("assets") is None:
+            item.add_marker(pytest.mark.assets)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _persistent_skipenv_cache():
     """Keep the embedded assets between runs: use ``$SKIPENV_CACHE`` if set, else the default user cache."""
@@ -25,6 +37,23 @@ def smollm2_tokenizer():
     from skipenv.assets import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=False)))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(smollm2_tokenizer):
+    """A tiny random-weight Llama generator with the embedded SmolLM2 tokenizer
+    (:func:`skipenv.testing.tiny_generator`); one per test module, so a module's monkeypatching stays in it."""
+    from skipenv.testing import tiny_generator
+
+    return tiny_generator("llama", smollm2_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def xsum_task():
+    """The embedded XSum task with a 96-token input budget (short prompts for tiny models)."""
+    from skipenv.tasks import make_task
+
+    return make_task("xsum", max_input_tokens=96)
 
 
 @pytest.fixture(scope="session")

@@ -20,12 +20,8 @@ pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
 
 
 @pytest.fixture(scope="module")
-def generator():
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
-
-    return tiny_generator("llama", AutoTokenizer.from_pretrained(embedded_model_dir()), num_hidden_layers=6)
+def generator(smollm2_tokenizer):
+    return tiny_generator("llama", smollm2_tokenizer, num_hidden_layers=6)
 
 
 def make(generator, **kw):

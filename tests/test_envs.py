@@ -19,16 +19,6 @@ from skipenv.testing import tiny_generator
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_tokenizer):
-    return smollm2_tokenizer
-
-
-@pytest.fixture(scope="module")
-def generator(tokenizer):
-    return tiny_generator("llama", tokenizer)
-
-
 def make(generator, cls=SwitchDecEnv, tmp_cache=True, **kw):
     kw.setdefault("num_examples", 3)
     kw.setdefault("max_new_tokens", 6)
@@ -37,20 +27,20 @@ def make(generator, cls=SwitchDecEnv, tmp_cache=True, **kw):
     return cls("xsum", generator=generator, **kw)
 
 
-def test_checkers_pass_one_shot(generator):
-    env = make(generator)
+def test_checkers_pass_one_shot(tiny_llama):
+    env = make(tiny_llama)
     gym_check_env(env, skip_render_check=True)
-    sb3_check_env(make(generator), warn=True)
+    sb3_check_env(make(tiny_llama), warn=True)
 
 
-def test_checkers_pass_layerwise(generator):
-    env = make(generator, SwitchDecLayerwiseEnv)
+def test_checkers_pass_layerwise(tiny_llama):
+    env = make(tiny_llama, SwitchDecLayerwiseEnv)
     gym_check_env(env, skip_render_check=True)
-    sb3_check_env(make(generator, SwitchDecLayerwiseEnv), warn=True)
+    sb3_check_env(make(tiny_llama, SwitchDecLayerwiseEnv), warn=True)
 
 
-def test_spaces_and_info(generator):
-    env = make(generator)
+def test_spaces_and_info(tiny_llama):
+    env = make(tiny_llama)
     assert env.action_space.n == 2 * 4 + 8  # 4 layers x {attention, ffn} + 8 token segments
     assert env.observation_space.shape == (32 + 2,)
     obs, info = env.reset(seed=1)
@@ -67,8 +57,8 @@ def test_spaces_and_info(generator):
     assert "time_s" not in info
 
 
-def test_more_skipping_costs_less(generator):
-    env = make(generator)
+def test_more_skipping_costs_less(tiny_llama):
+    env = make(tiny_llama)
     env.reset(seed=0)
     a = np.zeros(env.action_space.n, dtype=np.int8)
     costs = []
@@ -80,12 +70,12 @@ def test_more_skipping_costs_less(generator):
     assert all(c2 < c1 for c1, c2 in zip(costs, costs[1:]))
 
 
-def test_candidates_and_blocks(generator):
-    env = make(generator, candidates=("attention",))
+def test_candidates_and_blocks(tiny_llama):
+    env = make(tiny_llama, candidates=("attention",))
     assert env.action_space.n == 4
     plan = env.action_to_plan(np.array([1, 0, 0, 1]))
     assert plan.decoder_attention == (True, False, False, True) and not any(plan.decoder_ffn + plan.tokens)
-    env = make(generator, layer_block=2, token_segments=4)
+    env = make(tiny_llama, layer_block=2, token_segments=4)
     assert env.action_space.n == 2 + 2 + 4
     assert env.action_labels[:2] == ["decoder.attention.0-1", "decoder.attention.2-3"]
     plan = env.action_to_plan(np.array([0, 1, 1, 0, 0, 0, 0, 1]))
@@ -93,24 +83,24 @@ def test_candidates_and_blocks(generator):
     assert plan.decoder_ffn == (True, True, False, False) and plan.tokens == (False, False, False, True)
     assert (env.plan_to_action(plan) == np.array([0, 1, 1, 0, 0, 0, 0, 1])).all()
     with pytest.raises(ValueError, match="candidate"):
-        make(generator, candidates=("heads",))
+        make(tiny_llama, candidates=("heads",))
 
 
-def test_invalid_actions_are_rejected(generator):
-    env = make(generator)
+def test_invalid_actions_are_rejected(tiny_llama):
+    env = make(tiny_llama)
     env.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         env.step(np.zeros(3))
     with pytest.raises(ValueError, match="0 or 1"):
         env.step(np.full(env.action_space.n, 2))
-    lw = make(generator, SwitchDecLayerwiseEnv)
+    lw = make(tiny_llama, SwitchDecLayerwiseEnv)
     lw.reset(seed=0)
     with pytest.raises(ValueError, match="Discrete"):
         lw.step(7)
 
 
-def test_same_seed_same_episodes(generator):
-    a, b = make(generator, num_examples=5), make(generator, num_examples=5)
+def test_same_seed_same_episodes(tiny_llama):
+    a, b = make(tiny_llama, num_examples=5), make(tiny_llama, num_examples=5)
     a.action_space.seed(3)
     b.action_space.seed(3)
     for i in range(6):
@@ -123,8 +113,8 @@ def test_same_seed_same_episodes(generator):
         assert ra[1] == rb[1] and ra[4] == rb[4]
 
 
-def test_env_pickles(generator):
-    env = make(generator)
+def test_env_pickles(tiny_llama):
+    env = make(tiny_llama)
     env.reset(seed=0)
     clone = pickle.loads(pickle.dumps(env))
     act = np.zeros(env.action_space.n, dtype=np.int8)
@@ -134,9 +124,9 @@ def test_env_pickles(generator):
     assert env.step(act)[4] == clone.step(act)[4]
 
 
-def test_layerwise_episode_matches_one_shot(generator):
-    lw = make(generator, SwitchDecLayerwiseEnv, token_segments=4)
-    one = make(generator, token_segments=4)
+def test_layerwise_episode_matches_one_shot(tiny_llama):
+    lw = make(tiny_llama, SwitchDecLayerwiseEnv, token_segments=4)
+    one = make(tiny_llama, token_segments=4)
     obs, _ = lw.reset(options={"index": 0})
     assert obs[-1] == 1.0  # token step flag
     actions = [2, 1, 0, 3, 2]  # skip last 50% tokens, then layers: attn, keep, both, ffn
@@ -151,57 +141,57 @@ def test_layerwise_episode_matches_one_shot(generator):
     assert info["plan"] == expected["plan"] and info["reward"] == expected["reward"]
 
 
-def test_layerwise_hidden_state_is_real(generator):
+def test_layerwise_hidden_state_is_real(tiny_llama):
     """The layerwise observation after layer l equals the hidden state the model itself produces there."""
     import torch
 
-    lw = make(generator, SwitchDecLayerwiseEnv, token_segments=4)
+    lw = make(tiny_llama, SwitchDecLayerwiseEnv, token_segments=4)
     lw.reset(options={"index": 0})
     obs, *_ = lw.step(0)  # keep all tokens
     obs, *_ = lw.step(0)  # layer 0 kept
     prompt = lw.prompt()
     with torch.inference_mode():
-        hs = generator.model(input_ids=torch.tensor([prompt.input_ids]), output_hidden_states=True).hidden_states
+        hs = tiny_llama.model(input_ids=torch.tensor([prompt.input_ids]), output_hidden_states=True).hidden_states
     np.testing.assert_allclose(obs[:32], hs[1][0].mean(0).numpy(), atol=1e-5)
 
 
-def test_quality_modes_and_reward_modes(generator):
+def test_quality_modes_and_reward_modes(tiny_llama):
     for quality in ("agreement", "rouge", "reference", "fidelity", "likelihood"):
-        env = make(generator, quality=quality, reward_mode="vector")
+        env = make(tiny_llama, quality=quality, reward_mode="vector")
         env.reset(seed=0)
         _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
         assert info["reward_vector"] == (info["quality"], info["cost"])
         assert info["quality"] == pytest.approx(info["quality_full"])
         if quality in ("rouge", "fidelity"):
             assert "text" in info
-    env = make(generator, reward_mode="weighted", cost_weight=0.5)
+    env = make(tiny_llama, reward_mode="weighted", cost_weight=0.5)
     env.reset(seed=0)
     _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
     assert r == pytest.approx(info["quality"] - 0.5 * info["cost"])
     with pytest.warns(DeprecationWarning, match="cost_weight"):  # the old name of the weight still works
-        old = make(generator, reward_mode="weighted", lam=0.25)
+        old = make(tiny_llama, reward_mode="weighted", lam=0.25)
     old.reset(seed=0)
     _, r, *_, info = old.step(np.zeros(old.action_space.n, dtype=np.int8))
     assert r == pytest.approx(info["quality"] - 0.25 * info["cost"])
     with pytest.raises(ValueError, match="quality"):
-        make(generator, quality="bleu")
+        make(tiny_llama, quality="bleu")
 
 
-def test_record_time_is_opt_in(generator):
-    env = make(generator, record_time=True)
+def test_record_time_is_opt_in(tiny_llama):
+    env = make(tiny_llama, record_time=True)
     env.reset(seed=0)
     assert env.step(np.zeros(env.action_space.n, dtype=np.int8))[4]["time_s"] >= 0
 
 
-def test_full_reference_disk_cache_survives_corruption(generator, tmp_path, monkeypatch):
+def test_full_reference_disk_cache_survives_corruption(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("SKIPENV_CACHE", str(tmp_path))
-    env = make(generator, disk_cache=True)
+    env = make(tiny_llama, disk_cache=True)
     env.reset(options={"index": 0})
     first = env.step(np.zeros(env.action_space.n, dtype=np.int8))[4]
     files = list((tmp_path / "full").glob("*/*.json"))
     assert len(files) == 1
     files[0].write_text("{not json")
-    env2 = make(generator, disk_cache=True)
+    env2 = make(tiny_llama, disk_cache=True)
     env2.reset(options={"index": 0})
     with pytest.warns(CacheWarning, match="unreadable"):
         assert env2.step(np.zeros(env.action_space.n, dtype=np.int8))[4] == first
@@ -210,8 +200,8 @@ def test_full_reference_disk_cache_survives_corruption(generator, tmp_path, monk
     assert cache.get("k") == [1, 2] and cache.get("other") is None
 
 
-def test_reset_options(generator):
-    env = make(generator)
+def test_reset_options(tiny_llama):
+    env = make(tiny_llama)
     ex_id = env.examples[2].id
     assert env.reset(options={"example_id": ex_id})[1]["example_id"] == ex_id
     with pytest.raises(ValueError, match="not in split"):
@@ -228,12 +218,12 @@ def test_registered_ids():
 
 
 @pytest.mark.parametrize("env_id", ["SwitchDec-CNNDM-v0", "SwitchDec-SQuAD-v0", "SwitchDec-SST2-v0"])
-def test_hub_only_ids_fail_clearly_offline(env_id, generator, hf_offline, monkeypatch):
+def test_hub_only_ids_fail_clearly_offline(env_id, tiny_llama, hf_offline, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     from skipenv.tasks import DatasetUnavailableError
 
     with pytest.raises(DatasetUnavailableError, match="(?i)hub|offline|reach"):
-        gym.make(env_id, generator=generator)
+        gym.make(env_id, generator=tiny_llama)
 
 
 def test_encoder_decoder_env(tiny_bart_tokenizer):
@@ -252,23 +242,23 @@ def test_encoder_decoder_env(tiny_bart_tokenizer):
         SwitchDecLayerwiseEnv("xsum", generator=bart, num_examples=2, disk_cache=False)
 
 
-def test_prefetch_batches_references(generator):
-    env = make(generator, num_examples=4)
+def test_prefetch_batches_references(tiny_llama):
+    env = make(tiny_llama, num_examples=4)
     assert env.prefetch(batch_size=3, progress=False) == 4
     assert env.prefetch(progress=False) == 0  # all cached now
     for ex in env.examples:
-        single = generator.generate([env.prompt(ex)], None, max_new_tokens=env.max_new_tokens)
+        single = tiny_llama.generate([env.prompt(ex)], None, max_new_tokens=env.max_new_tokens)
         assert list(env.full_output(ex).tokens) == single.tokens[0]
 
 
 @pytest.mark.parametrize("env_id", ["SwitchDec-XSum-v0", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
                                     "SwitchDec-RottenTomatoes-v0"])
-def test_every_offline_id_passes_both_checkers(env_id, generator):
+def test_every_offline_id_passes_both_checkers(env_id, tiny_llama):
     kw = {"num_examples": 3, "max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False}
-    env = skipenv.make(env_id, generator=generator, **kw)
+    env = skipenv.make(env_id, generator=tiny_llama, **kw)
     assert env.spec.kwargs["num_examples"] == 3 and "generator" not in env.spec.kwargs
     gym_check_env(env.unwrapped, skip_render_check=True)
-    sb3_check_env(skipenv.make(env_id, generator=generator, **kw).unwrapped, warn=True)
+    sb3_check_env(skipenv.make(env_id, generator=tiny_llama, **kw).unwrapped, warn=True)
 
 
 @pytest.mark.assets

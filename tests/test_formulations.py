@@ -134,15 +134,10 @@ def test_make_formulation():
 
 # ------------------------------------------------------------------------------------------ tiny-model env
 @pytest.fixture(scope="module")
-def tiny_env_factory():
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
+def tiny_env_factory(tiny_llama):
     from skipenv.envs import SwitchDecEnv
-    from skipenv.testing import tiny_generator
 
-    g = tiny_generator("llama", AutoTokenizer.from_pretrained(embedded_model_dir()))
-    return lambda: SwitchDecEnv("xsum", generator=g, num_examples=3, max_new_tokens=6, max_input_tokens=96,
+    return lambda: SwitchDecEnv("xsum", generator=tiny_llama, num_examples=3, max_new_tokens=6, max_input_tokens=96,
                                 disk_cache=False)
 
 

@@ -20,28 +20,12 @@ from hypothesis import strategies as st
 
 import skipenv
 from skipenv.envs import Evaluator, SwitchDecEnv, SwitchDecLayerwiseEnv, model_fingerprint
+from skipenv.assets import CacheLocationError
 from skipenv.envs.cache import CacheWarning, value_checksum
 from skipenv.records import EpisodeRecord, validate
 from skipenv.testing import tiny_generator
 
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_tokenizer):
-    return smollm2_tokenizer
-
-
-@pytest.fixture(scope="module")
-def generator(tokenizer):
-    return tiny_generator("llama", tokenizer)
-
-
-@pytest.fixture(scope="module")
-def task():
-    from skipenv.tasks import make_task
-
-    return make_task("xsum", max_input_tokens=96)
 
 
 KW = {"num_examples": 2, "max_new_tokens": 6, "max_input_tokens": 96, "disk_cache": False}
@@ -67,31 +51,31 @@ def count_generate(generator, monkeypatch) -> Counter:
 # full-output cache: identity
 
 
-def test_cache_key_covers_input_budget_and_model(generator, tokenizer, task, tmp_path, monkeypatch):
+def test_cache_key_covers_input_budget_and_model(tiny_llama, smollm2_tokenizer, xsum_task, tmp_path, monkeypatch):
     from skipenv.tasks import make_task
 
-    ex = task.examples("train")[0]
-    first = Evaluator(generator, task, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
-    calls = count_generate(generator, monkeypatch)
-    assert Evaluator(generator, task, max_new_tokens=6, cache_root=tmp_path).full_output(ex) == first
+    ex = xsum_task.examples("train")[0]
+    first = Evaluator(tiny_llama, xsum_task, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
+    calls = count_generate(tiny_llama, monkeypatch)
+    assert Evaluator(tiny_llama, xsum_task, max_new_tokens=6, cache_root=tmp_path).full_output(ex) == first
     assert calls["generate"] == 0  # same input, budget and model: read from disk
     other_instruction = make_task("xsum", max_input_tokens=96, instruction="Summarise the article in five words.")
-    Evaluator(generator, other_instruction, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
+    Evaluator(tiny_llama, other_instruction, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
     assert calls["generate"] == 1  # a changed prompt is a new key
-    Evaluator(generator, task, max_new_tokens=5, cache_root=tmp_path).full_output(ex)
+    Evaluator(tiny_llama, xsum_task, max_new_tokens=5, cache_root=tmp_path).full_output(ex)
     assert calls["generate"] == 2  # a changed budget is a new key
     edited = dataclasses.replace(ex, document="Breaking news. " + ex.document)  # the lead survives truncation
-    Evaluator(generator, task, max_new_tokens=6, cache_root=tmp_path).full_output(edited)  # same id, new text
+    Evaluator(tiny_llama, xsum_task, max_new_tokens=6, cache_root=tmp_path).full_output(edited)  # same id, new text
     assert calls["generate"] == 3
 
 
-def test_model_fingerprint_covers_every_weight_and_is_remembered(tokenizer):
-    a, b = tiny_generator("llama", tokenizer), tiny_generator("llama", tokenizer)
+def test_model_fingerprint_covers_every_weight_and_is_remembered(smollm2_tokenizer):
+    a, b = tiny_generator("llama", smollm2_tokenizer), tiny_generator("llama", smollm2_tokenizer)
     assert model_fingerprint(a) == model_fingerprint(b)
     with torch.no_grad():  # a late layer only, embeddings untouched (the old fingerprint read the first 4096 numbers)
         b.model.model.layers[-1].mlp.down_proj.weight.neg_()
     assert model_fingerprint(a) != model_fingerprint(b)  # in-place edit noticed (tensor version counters)
-    c = tiny_generator("llama", tokenizer)
+    c = tiny_generator("llama", smollm2_tokenizer)
     with torch.no_grad():
         c.model.model.layers[-1].mlp.down_proj.weight.neg_()
     assert model_fingerprint(c) == model_fingerprint(b)
@@ -136,51 +120,49 @@ BAD_ENTRIES = [
 
 
 @pytest.mark.parametrize("name,edit,fix_checksum,reason", BAD_ENTRIES, ids=[b[0] for b in BAD_ENTRIES])
-def test_bad_cache_entry_is_dropped_and_recomputed(name, edit, fix_checksum, reason, generator, task, tmp_path,
+def test_bad_cache_entry_is_dropped_and_recomputed(name, edit, fix_checksum, reason, tiny_llama, xsum_task, tmp_path,
                                                    monkeypatch):
-    ex = task.examples("train")[0]
-    clean = Evaluator(generator, task, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
+    ex = xsum_task.examples("train")[0]
+    clean = Evaluator(tiny_llama, xsum_task, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
     _rewrite(_stored_file(tmp_path), edit, fix_checksum)
-    calls = count_generate(generator, monkeypatch)
+    calls = count_generate(tiny_llama, monkeypatch)
     with pytest.warns(CacheWarning, match=reason):
-        again = Evaluator(generator, task, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
+        again = Evaluator(tiny_llama, xsum_task, max_new_tokens=6, cache_root=tmp_path).full_output(ex)
     assert again == clean and calls["generate"] == 1
     assert json.loads(_stored_file(tmp_path).read_text())["value"]["tokens"] == list(clean.tokens)  # repaired
 
 
-def test_cache_folder_removed_mid_run_is_recreated(generator, task, tmp_path):
-    ev = Evaluator(generator, task, max_new_tokens=6, cache_root=tmp_path)
-    a, b = task.examples("train")[:2]
+def test_cache_folder_removed_mid_run_is_recreated(tiny_llama, xsum_task, tmp_path):
+    ev = Evaluator(tiny_llama, xsum_task, max_new_tokens=6, cache_root=tmp_path)
+    a, b = xsum_task.examples("train")[:2]
     ev.full_output(a)
     shutil.rmtree(tmp_path / "full")
     ev.full_output(b)
     assert len(list((tmp_path / "full").glob("*/*.json"))) == 1
 
 
-def test_read_only_cache_falls_back_to_memory_with_one_warning(generator, task, tmp_path, monkeypatch):
+def test_read_only_cache_falls_back_to_memory_with_one_warning(tiny_llama, xsum_task, tmp_path, monkeypatch):
     import skipenv.envs.cache as cache_module
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(cache_module.tempfile, "mkstemp", refuse)  # root ignores chmod: refuse writes instead
-    ev = Evaluator(generator, task, max_new_tokens=6, cache_root=tmp_path)
+    ev = Evaluator(tiny_llama, xsum_task, max_new_tokens=6, cache_root=tmp_path)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        for ex in task.examples("train")[:3]:
+        for ex in xsum_task.examples("train")[:3]:
             ev.full_output(ex)
     assert [str(w.message) for w in seen if issubclass(w.category, CacheWarning)].__len__() == 1
     assert ev.disk.in_memory and not list(tmp_path.glob("full/*/*.json"))
 
 
-def test_cache_path_that_is_a_file_is_one_clear_error(generator, tmp_path, monkeypatch):
+def test_cache_path_that_is_a_file_is_one_clear_error(tiny_llama, tmp_path, monkeypatch):
     f = tmp_path / "not-a-folder"
     f.write_text("x")
     monkeypatch.setenv("SKIPENV_CACHE", str(f))
-    from skipenv.assets import AssetError
-
-    with pytest.raises(AssetError, match="SKIPENV_CACHE") as err:
-        make(generator, disk_cache=True)
+    with pytest.raises(CacheLocationError, match="SKIPENV_CACHE") as err:
+        make(tiny_llama, disk_cache=True)
     assert "\n" not in str(err.value) and err.value.__cause__ is None
 
 
@@ -199,10 +181,10 @@ BAD_KWARGS = [
 
 
 @pytest.mark.parametrize("name,value", BAD_KWARGS, ids=[f"{n}={v!r}" for n, v in BAD_KWARGS])
-def test_bad_constructor_argument_is_named(name, value, generator):
+def test_bad_constructor_argument_is_named(name, value, tiny_llama):
     arg = "candidate" if name == "candidates" else name
     with pytest.raises(ValueError, match=arg):
-        make(generator, **{name: value})
+        make(tiny_llama, **{name: value})
 
 
 def test_arguments_are_checked_before_anything_loads():
@@ -217,8 +199,8 @@ BAD_OPTIONS = [({"index": "abc"}, "index"), ({"index": 1.7}, "index"), ({"index"
 
 @pytest.mark.parametrize("options,match", BAD_OPTIONS, ids=[repr(o) for o, _ in BAD_OPTIONS])
 @pytest.mark.parametrize("cls", [SwitchDecEnv, SwitchDecLayerwiseEnv], ids=["one-shot", "layerwise"])
-def test_bad_reset_options_are_named(options, match, cls, generator):
-    env = make(generator, cls)
+def test_bad_reset_options_are_named(options, match, cls, tiny_llama):
+    env = make(tiny_llama, cls)
     with pytest.raises(ValueError, match=match):
         env.reset(options=options)
     assert env.reset(options={"index": np.int64(1)})[1]["example_id"] == env.examples[1].id
@@ -226,16 +208,16 @@ def test_bad_reset_options_are_named(options, match, cls, generator):
 
 @pytest.mark.parametrize("action", [np.array([None] * 16), np.zeros(3), np.full(16, 2), "abc", None,
                                     np.full(16, np.nan), [[0] * 16]], ids=lambda a: repr(a)[:30])
-def test_bad_one_shot_actions(action, generator):
-    env = make(generator)
+def test_bad_one_shot_actions(action, tiny_llama):
+    env = make(tiny_llama)
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action"):
         env.step(action)
 
 
 @pytest.mark.parametrize("action", [None, "1", 1.5, 7, -1, [1], np.array([1, 2]), True], ids=repr)
-def test_bad_layerwise_actions(action, generator):
-    env = make(generator, SwitchDecLayerwiseEnv)
+def test_bad_layerwise_actions(action, tiny_llama):
+    env = make(tiny_llama, SwitchDecLayerwiseEnv)
     env.reset(seed=0)
     with pytest.raises(ValueError, match="Discrete"):
         env.step(action)
@@ -246,8 +228,8 @@ def test_bad_layerwise_actions(action, generator):
 
 
 @pytest.mark.parametrize("cls", [SwitchDecEnv, SwitchDecLayerwiseEnv], ids=["one-shot", "layerwise"])
-def test_step_after_termination_names_reset(cls, generator):
-    env = make(generator, cls)
+def test_step_after_termination_names_reset(cls, tiny_llama):
+    env = make(tiny_llama, cls)
     env.reset(seed=0)
     terminated = False
     while not terminated:
@@ -259,8 +241,8 @@ def test_step_after_termination_names_reset(cls, generator):
 
 
 @pytest.mark.parametrize("cls", [SwitchDecEnv, SwitchDecLayerwiseEnv], ids=["one-shot", "layerwise"])
-def test_render_ansi(cls, generator):
-    env = make(generator, cls, render_mode="ansi")
+def test_render_ansi(cls, tiny_llama):
+    env = make(tiny_llama, cls, render_mode="ansi")
     assert env.render() is None  # nothing to show before the first reset
     env.reset(seed=0)
     text = env.render()
@@ -271,10 +253,10 @@ def test_render_ansi(cls, generator):
     assert f"reward {reward:.3f}" in env.render()
 
 
-def test_sb3_make_vec_env_rgb_array_warns_and_runs(generator):
+def test_sb3_make_vec_env_rgb_array_warns_and_runs(tiny_llama):
     from stable_baselines3.common.env_util import make_vec_env
 
-    with skipenv.envs.registration.sharing(generator=generator):
+    with skipenv.envs.registration.sharing(generator=tiny_llama):
         with pytest.warns(UserWarning, match="render_mode='rgb_array'"):
             venv = make_vec_env("SwitchDec-XSum-v0", n_envs=2, env_kwargs=KW)
     obs = venv.reset()
@@ -283,16 +265,16 @@ def test_sb3_make_vec_env_rgb_array_warns_and_runs(generator):
     assert dones.all() and np.isfinite(rewards).all() and "quality" in infos[0]
 
 
-def test_generator_through_gym_make_kwargs_warns_and_stays_out_of_the_spec(generator):
+def test_generator_through_gym_make_kwargs_warns_and_stays_out_of_the_spec(tiny_llama):
     with pytest.warns(UserWarning, match=r"skipenv\.make"):
-        env = gym.make("SwitchDec-XSum-v0", generator=generator, **KW)
+        env = gym.make("SwitchDec-XSum-v0", generator=tiny_llama, **KW)
     assert "generator" not in env.spec.kwargs  # the wrapper's spec deep-copies the base spec: no model in it
     assert json.loads(env.spec.to_json())["kwargs"]["num_examples"] == 2
-    assert env.unwrapped.generator is generator
+    assert env.unwrapped.generator is tiny_llama
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the supported way is silent
-        shared = skipenv.make("SwitchDec-XSum-v0", generator=generator, **KW)
-    assert shared.unwrapped.generator is generator and "generator" not in shared.spec.kwargs
+        shared = skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, **KW)
+    assert shared.unwrapped.generator is tiny_llama and "generator" not in shared.spec.kwargs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,25 +290,25 @@ def _record(env, action, env_id):
     return EpisodeRecord.from_step(env, info, env_id=env_id, env_kwargs=KW)
 
 
-def test_records_validate_only_for_the_same_model_and_a_known_version(generator, tokenizer):
-    env = make(generator)
+def test_records_validate_only_for_the_same_model_and_a_known_version(tiny_llama, smollm2_tokenizer):
+    env = make(tiny_llama)
     a = np.zeros(env.action_space.n, dtype=np.int8)
     a[[1, 9]] = 1
     rec = _record(env, [a], "SwitchDec-XSum-v0")
-    assert validate(rec, env=make(generator))
-    other = tiny_generator("llama", tokenizer, seed=1)
+    assert validate(rec, env=make(tiny_llama))
+    other = tiny_generator("llama", smollm2_tokenizer, seed=1)
     result = validate(rec, env=make(other))
     assert not result and any("fingerprint" in n for n in result.notes)
     for version in ("99.0.0", "abc", ""):
-        result = validate(dataclasses.replace(rec, skipenv_version=version), env=make(generator))
+        result = validate(dataclasses.replace(rec, skipenv_version=version), env=make(tiny_llama))
         assert not result and result.notes
 
 
-def test_layerwise_record_validates(generator):
-    lw = make(generator, SwitchDecLayerwiseEnv)
+def test_layerwise_record_validates(tiny_llama):
+    lw = make(tiny_llama, SwitchDecLayerwiseEnv)
     rec = _record(lw, [2, 1, 0, 3, 2], "SwitchDec-XSum-Layerwise-v0")
-    assert validate(rec, env=make(generator, SwitchDecLayerwiseEnv))
-    assert not validate(dataclasses.replace(rec, cost=rec.cost * 0.5), env=make(generator, SwitchDecLayerwiseEnv))
+    assert validate(rec, env=make(tiny_llama, SwitchDecLayerwiseEnv))
+    assert not validate(dataclasses.replace(rec, cost=rec.cost * 0.5), env=make(tiny_llama, SwitchDecLayerwiseEnv))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,9 +347,9 @@ def _check_step(env, action):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(kw=kwargs, opts=options, action=actions)
-def test_fuzz_one_shot(generator, kw, opts, action):
+def test_fuzz_one_shot(tiny_llama, kw, opts, action):
     try:
-        env = make(generator, **{"max_new_tokens": 4, "num_examples": 2, **kw})
+        env = make(tiny_llama, **{"max_new_tokens": 4, "num_examples": 2, **kw})
     except DOCUMENTED:
         return
     try:
@@ -387,8 +369,8 @@ def test_fuzz_one_shot(generator, kw, opts, action):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(steps=st.lists(st.one_of(st.integers(-1, 4), scalars), min_size=1, max_size=8), opts=options)
-def test_fuzz_layerwise(generator, steps, opts):
-    env = make(generator, SwitchDecLayerwiseEnv, max_new_tokens=4)
+def test_fuzz_layerwise(tiny_llama, steps, opts):
+    env = make(tiny_llama, SwitchDecLayerwiseEnv, max_new_tokens=4)
     try:
         env.reset(seed=0, options=opts)
     except DOCUMENTED:

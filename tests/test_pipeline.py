@@ -15,21 +15,8 @@ from skipenv.envs import (ActionCodec, Evaluator, LayerwiseCodec, LexicographicR
                           Reward, SwitchDecEnv, SwitchDecLayerwiseEnv, VectorReward, WeightedReward)
 from skipenv.envs.quality import Measurement, get_signal
 from skipenv.rewards import lexicographic_reward, weighted_reward
-from skipenv.testing import tiny_generator
 
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
-
-
-@pytest.fixture(scope="module")
-def generator(smollm2_tokenizer):
-    return tiny_generator("llama", smollm2_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def task():
-    from skipenv.tasks import make_task
-
-    return make_task("xsum", max_input_tokens=96)
 
 
 def evaluator(generator, task, **kw):
@@ -76,8 +63,8 @@ class SavingsOrNothing(Reward):
         return outcome.flops_saved if outcome.quality >= outcome.quality_full - self.tau else -1.0
 
 
-def test_toy_quality_signal_and_toy_reward_run_in_an_env(generator, monkeypatch):
-    env = SwitchDecEnv("xsum", generator=generator, quality=DocumentKept(), reward=SavingsOrNothing(0.3),
+def test_toy_quality_signal_and_toy_reward_run_in_an_env(tiny_llama, monkeypatch):
+    env = SwitchDecEnv("xsum", generator=tiny_llama, quality=DocumentKept(), reward=SavingsOrNothing(0.3),
                        num_examples=2, max_new_tokens=6, max_input_tokens=96, disk_cache=False, token_segments=4)
     assert env.quality == "document-kept" and env.tau == 0.3
     env.reset(options={"index": 0})
@@ -98,13 +85,13 @@ def test_toy_quality_signal_and_toy_reward_run_in_an_env(generator, monkeypatch)
 # outcomes are tau- and reward-independent; one evaluator serves many envs
 
 
-def test_tau_sweep_over_cached_outcomes_runs_no_forward_pass(generator, task, monkeypatch):
-    ev = evaluator(generator, task, quality="agreement")
+def test_tau_sweep_over_cached_outcomes_runs_no_forward_pass(tiny_llama, xsum_task, monkeypatch):
+    ev = evaluator(tiny_llama, xsum_task, quality="agreement")
     taus = (0.0, 0.05, 0.2, 0.5)
     envs = [SwitchDecEnv(evaluator=ev, tau=t, split="train", num_examples=3) for t in taus]
     rng = np.random.default_rng(0)
     actions = [(rng.random(envs[0].action_space.n) < 0.2).astype(np.int8) for _ in range(3)]
-    calls = count_calls(generator, monkeypatch)
+    calls = count_calls(tiny_llama, monkeypatch)
     first = []
     for i, a in enumerate(actions):
         envs[0].reset(options={"index": i})
@@ -122,8 +109,8 @@ def test_tau_sweep_over_cached_outcomes_runs_no_forward_pass(generator, task, mo
     assert dict(calls) == before  # no generate / score / observe for the other taus
 
 
-def test_one_evaluator_serves_one_shot_and_layerwise(generator, task, monkeypatch):
-    ev = evaluator(generator, task, token_segments=4)
+def test_one_evaluator_serves_one_shot_and_layerwise(tiny_llama, xsum_task, monkeypatch):
+    ev = evaluator(tiny_llama, xsum_task, token_segments=4)
     one = SwitchDecEnv(evaluator=ev, num_examples=2)
     lw = SwitchDecLayerwiseEnv(evaluator=ev, num_examples=2)
     assert one.evaluator is lw.evaluator is ev
@@ -133,14 +120,14 @@ def test_one_evaluator_serves_one_shot_and_layerwise(generator, task, monkeypatc
     assert terminated
     plan = lw.last_outcome.plan
     assert lw.plan_to_actions(plan) == [1, 0, 2, 3, 1]
-    calls = count_calls(generator, monkeypatch)
+    calls = count_calls(tiny_llama, monkeypatch)
     one.reset(options={"index": 1})  # observation memoised by the shared evaluator
     again = one.step(one.plan_to_action(plan))[4]
     assert again == info and sum(calls.values()) == 0
 
 
-def test_outcome_is_what_is_cached_and_infos_are_fresh(generator, task):
-    ev = evaluator(generator, task)
+def test_outcome_is_what_is_cached_and_infos_are_fresh(tiny_llama, xsum_task):
+    ev = evaluator(tiny_llama, xsum_task)
     env = SwitchDecEnv(evaluator=ev, num_examples=1)
     env.reset(options={"index": 0})
     a = np.zeros(env.action_space.n, dtype=np.int8)
@@ -184,8 +171,8 @@ def test_quality_names():
         get_signal("bleu")
 
 
-def test_codecs_validate_actions(generator):
-    spec = generator.plan_spec(4)
+def test_codecs_validate_actions(tiny_llama):
+    spec = tiny_llama.plan_spec(4)
     codec = ActionCodec(spec, ("attention", "tokens"), layer_block=2)
     assert codec.labels == ["decoder.attention.0-1", "decoder.attention.2-3", "tokens.0", "tokens.1", "tokens.2",
                             "tokens.3"]

@@ -64,15 +64,12 @@ def test_markdown_table():
 
 
 @pytest.fixture(scope="module")
-def tiny_table():
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
+def tiny_table(smollm2_tokenizer):
     from skipenv.envs import SwitchDecEnv
     from skipenv.testing import tiny_generator
 
     # initializer_range 0.5 makes the random model sensitive to skips, so plans differ in agreement per document
-    g = tiny_generator("llama", AutoTokenizer.from_pretrained(embedded_model_dir()), initializer_range=0.5)
+    g = tiny_generator("llama", smollm2_tokenizer, initializer_range=0.5)
 
     def make_env(split, n):
         return SwitchDecEnv("xsum", generator=g, split=split, num_examples=n, max_new_tokens=6,

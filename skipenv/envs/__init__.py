@@ -20,7 +20,8 @@ Guarantees:
   class and metric, the EOS id, the gold target, and the model fingerprint (a digest of the config and all weights).
 - Every cached entry carries a SHA-256 checksum and is schema-checked on read; a corrupt, edited or malformed entry
   is dropped with a ``CacheWarning`` and recomputed. A cache folder removed while running is recreated; a
-  read-only cache keeps values in memory (one warning); ``SKIPENV_CACHE`` pointing at a file is one clear error.
+  read-only cache keeps values in memory (one warning); ``SKIPENV_CACHE`` pointing at a file is one clear error
+  (:class:`skipenv.assets.CacheLocationError`).
 - Infos are fresh objects: editing one never changes a later step. Outcomes are cached independently of ``tau``
   and the reward, so re-rewarding them runs no forward pass.
 """

@@ -32,20 +32,21 @@ class CacheWarning(UserWarning):
 
 
 def cache_root() -> Path:
-    """The skipenv cache folder (see :func:`skipenv.assets.cache_dir`).
+    """The skipenv cache folder (see :func:`skipenv.assets.cache_dir`); a folder that cannot be created for lack of
+    permission is still returned (the :class:`DiskCache` on it then keeps values in memory).
 
     Raises:
-        NotADirectoryError: ``$SKIPENV_CACHE`` (or the default folder) is a regular file — one line naming it.
+        skipenv.assets.CacheLocationError: ``$SKIPENV_CACHE`` (or the default folder) is a regular file or lies
+            under one — one line naming it.
     """
-    from ..assets import CACHE_ENV, cache_dir
+    from ..assets import CACHE_ENV, CacheLocationError, cache_dir
 
     try:
         return cache_dir()
-    except (FileExistsError, NotADirectoryError):
-        raise NotADirectoryError(f"the skipenv cache folder ({CACHE_ENV}={os.environ.get(CACHE_ENV)!r}) is a "
-                                 f"regular file or lies under one; point {CACHE_ENV} at a folder") from None
-    except PermissionError:  # read-only: DiskCache falls back to memory
-        configured = os.environ.get(CACHE_ENV)
+    except CacheLocationError as e:
+        if not isinstance(e.__cause__, PermissionError):
+            raise
+        configured = os.environ.get(CACHE_ENV)  # read-only: DiskCache falls back to memory
         if configured:
             return Path(configured).expanduser()
         xdg = os.environ.get("XDG_CACHE_HOME")
@@ -70,14 +71,16 @@ class DiskCache:
             short reason; a value with a reason is dropped (with a :class:`CacheWarning`) and recomputed.
 
     Raises:
-        NotADirectoryError: the cache root (or the namespace folder) exists and is a regular file.
+        skipenv.assets.CacheLocationError: the cache root (or the namespace folder) is or lies under a regular file.
     """
 
     def __init__(self, namespace: str, root: Path | str | None = None,
                  validate: Callable[[Any], str | None] | None = None):
+        from ..assets import CacheLocationError
+
         base = Path(root) if root is not None else cache_root()
         if base.exists() and not base.is_dir():
-            raise NotADirectoryError(
+            raise CacheLocationError(
                 f"the skipenv cache folder {base} is a regular file; point SKIPENV_CACHE at a folder (or unset it)"
             ) from None
         self.dir = base / namespace
@@ -86,7 +89,7 @@ class DiskCache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise NotADirectoryError(f"cache path {self.dir} (or a folder above it) is a regular file: remove it or "
+            raise CacheLocationError(f"cache path {self.dir} (or a folder above it) is a regular file: remove it or "
                                      f"point SKIPENV_CACHE at a folder") from None
         except OSError as e:
             self._fall_back_to_memory(e)

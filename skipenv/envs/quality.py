@@ -97,12 +97,9 @@ class Agreement(QualitySignal):
         return Measurement(float(metrics.agreement(argmax, list(full.tokens))), 1.0)
 
 
-class ReferenceMetric(QualitySignal):
-    """The task metric of the plan's generated output against the gold target (see module docstring)."""
+class _GeneratedOutputSignal(QualitySignal):
+    """A signal that generates the plan's output (the empty plan reuses the full output) and scores its text."""
 
-    name = "reference"
-    #: ROUGE-L against references is noisy (±0.02 between equally good summaries), so 0.02.
-    default_tau = 0.02
     generates = True
 
     def measure(self, evaluator, example, plan, full) -> Measurement:
@@ -110,25 +107,37 @@ class ReferenceMetric(QualitySignal):
             text, n = full.text, full.num_generated
         else:
             text, n = evaluator.generate(example, plan)
-        return Measurement(float(evaluator.task.score(text, example)), float(full.target_score), text, n)
+        value, full_value = self.score_text(evaluator, example, text, full)
+        return Measurement(float(value), float(full_value), text, n)
+
+    def score_text(self, evaluator, example, text: str, full) -> tuple[float, float]:
+        """``(quality of text, quality of the full output)`` on this signal's scale."""
+        raise NotImplementedError
 
 
-class Fidelity(QualitySignal):
+class ReferenceMetric(_GeneratedOutputSignal):
+    """The task metric of the plan's generated output against the gold target (see module docstring)."""
+
+    name = "reference"
+    #: ROUGE-L against references is noisy (±0.02 between equally good summaries), so 0.02.
+    default_tau = 0.02
+
+    def score_text(self, evaluator, example, text, full):
+        return evaluator.task.score(text, example), full.target_score
+
+
+class Fidelity(_GeneratedOutputSignal):
     """The task metric of the plan's generated output against the full output (see module docstring)."""
 
     name = "fidelity"
     default_tau = 0.10
-    generates = True
 
-    def measure(self, evaluator, example, plan, full) -> Measurement:
-        if plan.is_empty:
-            return Measurement(1.0, 1.0, full.text, full.num_generated)
-        text, n = evaluator.generate(example, plan)
-        if text == full.text:  # identical output: fidelity 1 even where the metric sees no words
-            return Measurement(1.0, 1.0, text, n)
+    def score_text(self, evaluator, example, text, full):
+        if text == full.text:  # identical output (the empty plan included): 1 even where the metric sees no words
+            return 1.0, 1.0
         task = evaluator.task
         as_target = dataclasses.replace(example, reference=full.text, label=task.post_process(full.text))
-        return Measurement(float(task.score(text, as_target)), 1.0, text, n)
+        return task.score(text, as_target), 1.0
 
 
 class Likelihood(QualitySignal):
