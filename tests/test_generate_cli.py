@@ -114,3 +114,21 @@ def test_cli_is_registered_and_needs_a_source():
     with pytest.raises(SystemExit) as e:
         main(["generate", "--policy", "lead:4"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_policy_zip_algorithm_is_read_from_the_file(kwargs, tmp_path, algo):
+    import stable_baselines3 as sb3
+
+    from skipenv.policies import _sb3_class, load_policy
+    from skipenv.sb3 import train_sb3
+
+    env = gym.make("SwitchDec-XSum-v0", **kwargs).unwrapped
+    train_sb3(algo, env, total_timesteps=4, out_dir=tmp_path, progress_bar=False)
+    assert _sb3_class(tmp_path / "policy.zip") is {"ppo": sb3.PPO, "a2c": sb3.A2C}[algo]
+    policy = load_policy(str(tmp_path / "policy.zip"), env)
+    obs, _ = env.reset(options={"index": 0})
+    assert env.action_space.contains(policy(obs))
+    other = gym.make("SwitchDec-XSum-v0", **{**kwargs, "token_segments": 8}).unwrapped
+    with pytest.raises(ValueError, match="pass the --env / env kwargs it was trained with"):
+        load_policy(str(tmp_path / "policy.zip"), other)
