@@ -179,8 +179,8 @@ def _features(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
 
 
 def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.PathLike | None = None,
-                        seed: int = 0, mc_samples: int = 32, on_policy: bool = True, ridge_alpha: float = 1.0,
-                        progress: bool = True) -> dict:
+                        seed: int = 0, mc_samples: int = 32, on_policy: bool = True, on_policy_samples: int = 4,
+                        ridge_alpha: float = 1.0, progress: bool = True) -> dict:
     """Off-policy estimates of ``target``'s mean reward from logged datasets, and its on-policy value.
 
     Estimators over the ``N`` pooled rounds ``(x_i, a_i, r_i)`` with logging probability ``μ(a_i | x_i)`` and
@@ -193,13 +193,15 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
     - DR ``= DM + (1/N) Σ w_i (r_i − r̂(x_i, a_i))``.
 
     The on-policy value runs ``π`` in the recorded env (rebuilt from the dataset's env spec) on each logged
-    document (one run per logged round; deterministic policies are run once per document) and averages the reward.
+    document and averages the reward: ``on_policy_samples`` draws per logged round for a stochastic ``π`` (its
+    reward varies with the draw), one run per document for a deterministic ``π``.
 
     Args:
         names: one or more dataset names / ids recorded by :func:`record_dataset` from the same env.
         target: target policy spec or file (:func:`skipenv.policies.load_policy`).
         root: datasets folder (default ``MINARI_DATASETS_PATH``).
-        on_policy: also compute the on-policy value (runs the model once per logged round).
+        on_policy: also compute the on-policy value (runs the model on every logged document).
+        on_policy_samples: draws of a stochastic target per logged round for the on-policy value.
 
     Returns:
         dict with ``target``, ``logging`` (specs), ``episodes``, ``ips``, ``snips``, ``dm``, ``dr``,
@@ -269,10 +271,12 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
             if not stochastic and ex_id in memo:
                 values.append(memo[ex_id])
                 continue
-            obs, _ = env.reset(options={"example_id": str(ex_id)})
-            _, reward, _, _, _ = env.step(sample_action(pi_policy, obs, rng))
-            memo[ex_id] = float(reward)
-            values.append(float(reward))
+            draws = []
+            for _ in range(max(1, int(on_policy_samples)) if stochastic else 1):
+                obs, _ = env.reset(options={"example_id": str(ex_id)})
+                draws.append(float(env.step(sample_action(pi_policy, obs, rng))[1]))
+            memo[ex_id] = float(np.mean(draws))
+            values.append(memo[ex_id])
         out["on_policy"] = float(np.mean(values))
         for k in ("ips", "snips", "dm", "dr"):
             out[f"error_{k}"] = out[k] - out["on_policy"]
@@ -305,6 +309,8 @@ def configure_parser(p) -> None:
     ev.add_argument("--policy", required=True, help="target policy: " + POLICY_HELP)
     ev.add_argument("--seed", type=int, default=0, help="seed of stochastic target policies (default: 0)")
     ev.add_argument("--no-on-policy", action="store_true", help="skip the on-policy check (no model runs)")
+    ev.add_argument("--on-policy-samples", type=int, default=4,
+                    help="draws per logged document of a stochastic target for the on-policy value (default: 4)")
     ev.add_argument("--out", default=None, help="also write the estimates as JSON to this file")
     for q in (rec, ev):
         q.add_argument("--root", default=None,
@@ -328,12 +334,16 @@ def main(args) -> int:
             print(f"load it with: minari.load_dataset({ds.spec.dataset_id!r})")
             return 0
         res = evaluate_off_policy(args.dataset, args.policy, root=args.root, seed=args.seed,
-                                  on_policy=not args.no_on_policy, progress=not args.no_progress)
+                                  on_policy=not args.no_on_policy, on_policy_samples=args.on_policy_samples,
+                                  progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"skipenv dataset {args.dataset_command}: {e}", file=sys.stderr)
         return 1
     print(f"target {res['target']} on {res['episodes']} logged rounds of {', '.join(res['logging'])} "
           f"(support {res['support']:.0%}, effective sample size {res['ess']:.1f})")
+    if res["support"] == 0:
+        print("the logged actions never include the target's: IPS is 0 and SNIPS undefined; DR reduces to DM "
+              "(log with a policy that covers the target's actions)")
     print(f"{'estimator':<10}{'value':>10}{'error':>10}")
     for k in ("ips", "snips", "dm", "dr"):
         err = f"{res[f'error_{k}']:+10.4f}" if res["on_policy"] is not None else f"{'':>10}"
