@@ -205,7 +205,8 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
 
     Returns:
         dict with ``target``, ``logging`` (specs), ``episodes``, ``ips``, ``snips``, ``dm``, ``dr``,
-        ``on_policy`` (or ``None``), ``error_<est>`` = estimate − on-policy value, ``ess`` (effective sample size
+        ``on_policy`` (or ``None``), ``error_<est>`` = estimate − on-policy value (``snips`` and its error are ``None``
+        when no logged action has target probability > 0), ``ess`` (effective sample size
         ``(Σw)² / Σw²``) and ``support`` (fraction of rounds with ``π(a_i | x_i) > 0``).
 
     Raises:
@@ -260,7 +261,7 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
         acts = np.stack([sample_action(pi_policy, xi) for xi in x])
         dm_terms = model.predict(_features(x, acts))
     out = {"target": target, "logging": specs, "episodes": int(n),
-           "ips": float(np.mean(w * r)), "snips": float(np.sum(w * r) / np.sum(w)) if w.sum() > 0 else float("nan"),
+           "ips": float(np.mean(w * r)), "snips": float(np.sum(w * r) / np.sum(w)) if w.sum() > 0 else None,
            "dm": float(dm_terms.mean()), "dr": float(dm_terms.mean() + np.mean(w * (r - r_hat_logged))),
            "ess": float(w.sum() ** 2 / np.sum(w ** 2)) if np.any(w > 0) else 0.0,
            "support": float(np.mean(pi > 0)), "on_policy": None}
@@ -279,7 +280,7 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
             values.append(memo[ex_id])
         out["on_policy"] = float(np.mean(values))
         for k in ("ips", "snips", "dm", "dr"):
-            out[f"error_{k}"] = out[k] - out["on_policy"]
+            out[f"error_{k}"] = None if out[k] is None else out[k] - out["on_policy"]
     return out
 
 
@@ -346,6 +347,9 @@ def main(args) -> int:
               "(log with a policy that covers the target's actions)")
     print(f"{'estimator':<10}{'value':>10}{'error':>10}")
     for k in ("ips", "snips", "dm", "dr"):
+        if res[k] is None:
+            print(f"{k.upper():<10}{'n/a':>10}")
+            continue
         err = f"{res[f'error_{k}']:+10.4f}" if res["on_policy"] is not None else f"{'':>10}"
         print(f"{k.upper():<10}{res[k]:>10.4f}{err}")
     if res["on_policy"] is not None:
