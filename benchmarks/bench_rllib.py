@@ -50,7 +50,10 @@ def sb3_throughput(env_id: str, kw: dict, steps: int, batch: int, examples: int)
 
     t0 = time.perf_counter()
     env = gym.make(env_id, split="train", num_examples=examples, **kw).unwrapped
-    env.evaluator.prefetch(env.examples, progress=False)
+    if hasattr(env, "prefetch"):  # warm full-model references (the env method, or its evaluator's in older trees)
+        env.prefetch(progress=False)
+    else:
+        env.evaluator.prefetch(env.examples, progress=False)
     model = make_sb3("ppo", env, n_steps=batch, batch_size=min(32, batch))
     setup = time.perf_counter() - t0
     model.learn(total_timesteps=batch)  # warm-up rollout (observations of every document computed once)

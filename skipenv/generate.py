@@ -298,7 +298,8 @@ def configure_parser(p) -> None:
     from .policies import POLICY_HELP
 
     p.add_argument("--policy", required=True, help=POLICY_HELP)
-    p.add_argument("--env", default="SwitchDec-XSum-v0", help="the env id the policy was trained for (default: SwitchDec-XSum-v0)")
+    p.add_argument("--env", default="SwitchDec-XSum-v0",
+                   help="the env id the policy was trained for (default: SwitchDec-XSum-v0)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="one document, given inline")
     src.add_argument("--file", help="a UTF-8 text file holding one document")

@@ -173,9 +173,11 @@ def load_bandit_data(dataset) -> dict[str, np.ndarray]:
 
 
 def _features(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """Reward-model features: observation, action bits and the number of skipped bits."""
+    """Reward-model features ``[N, d + 2 + n + 2]``: observation, action bits, the number of skipped bits and an
+    indicator of "nothing skipped" (the reward jumps there: the full model always keeps the quality constraint)."""
     a = np.asarray(actions, np.float64)
-    return np.hstack([np.asarray(obs, np.float64), a, a.sum(1, keepdims=True)])
+    k = a.sum(1, keepdims=True)
+    return np.hstack([np.asarray(obs, np.float64), a, k, (k == 0).astype(np.float64)])
 
 
 def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.PathLike | None = None,
@@ -188,8 +190,8 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
 
     - IPS ``= (1/N) Σ w_i r_i``; SNIPS ``= Σ w_i r_i / Σ w_i``;
     - DM ``= (1/N) Σ E_{a∼π(·|x_i)} r̂(x_i, a)`` with ``r̂`` a ridge regression on (observation, action bits,
-      number of skipped bits) fitted on the logged rounds; the expectation is exact for deterministic ``π`` and an
-      average of ``mc_samples`` draws otherwise;
+      number of skipped bits, "nothing skipped") fitted on the logged rounds; the expectation is exact for
+      deterministic ``π`` and an average of ``mc_samples`` draws otherwise;
     - DR ``= DM + (1/N) Σ w_i (r_i − r̂(x_i, a_i))``.
 
     The on-policy value runs ``π`` in the recorded env (rebuilt from the dataset's env spec) on each logged
@@ -205,8 +207,8 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
 
     Returns:
         dict with ``target``, ``logging`` (specs), ``episodes``, ``ips``, ``snips``, ``dm``, ``dr``,
-        ``on_policy`` (or ``None``), ``error_<est>`` = estimate − on-policy value (``snips`` and its error are ``None``
-        when no logged action has target probability > 0), ``ess`` (effective sample size
+        ``on_policy`` (or ``None``), ``error_<est>`` = estimate − on-policy value (``snips`` and its error are
+        ``None`` when no logged action has target probability > 0), ``ess`` (effective sample size
         ``(Σw)² / Σw²``) and ``support`` (fraction of rounds with ``π(a_i | x_i) > 0``).
 
     Raises:
