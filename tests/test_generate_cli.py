@@ -132,3 +132,15 @@ def test_policy_zip_algorithm_is_read_from_the_file(kwargs, tmp_path, algo):
     other = gym.make("SwitchDec-XSum-v0", **{**kwargs, "token_segments": 8}).unwrapped
     with pytest.raises(ValueError, match="pass the --env / env kwargs it was trained with"):
         load_policy(str(tmp_path / "policy.zip"), other)
+
+
+def test_repository_agent_policy_pt(kwargs, tmp_path):
+    from skipenv.algorithms import ConstrainedPG
+
+    env = gym.make("SwitchDec-XSum-v0", **kwargs).unwrapped
+    agent = ConstrainedPG(env, seed=3)
+    agent.save(tmp_path / "policy.pt")
+    pg = PolicyGenerator(str(tmp_path / "policy.pt"), env_kwargs=kwargs)
+    r = pg.generate(NEW_TEXT)
+    obs = pg.observation(pg.prompt(pg.example(NEW_TEXT)))
+    assert r.action == agent(obs).astype(int).tolist() and r.policy.startswith("pg:")
