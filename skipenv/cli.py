@@ -173,6 +173,39 @@ SUBCOMMANDS["probe"] = Subcommand(_configure_probe, _run_probe,
                                   "learnability probe: static vs contextual vs oracle over a menu of plans")
 
 
+# ---- generate / dataset (their arguments and work live in skipenv.generate / skipenv.offline) --------------------
+
+
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    from .generate import configure_parser
+
+    configure_parser(p)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .generate import main as generate_main
+
+    return generate_main(args)
+
+
+def _configure_dataset(p: argparse.ArgumentParser) -> None:
+    from .offline import configure_parser
+
+    configure_parser(p)
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from .offline import main as dataset_main
+
+    return dataset_main(args)
+
+
+SUBCOMMANDS["generate"] = Subcommand(_configure_generate, _run_generate,
+                                     "apply a policy (policy.zip, policy.pt or a baseline spec) to your own text")
+SUBCOMMANDS["dataset"] = Subcommand(_configure_dataset, _run_dataset,
+                                    "record Minari datasets of logged episodes; off-policy evaluation on them")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`.
 

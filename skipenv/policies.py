@@ -1,0 +1,141 @@
+"""Policies from one string, and their action probabilities.
+
+:func:`load_policy` turns what a user types into a policy for a one-shot :class:`~skipenv.envs.SwitchDecEnv`:
+
+- a static baseline spec of :data:`skipenv.benchmark.POLICY_SPECS` (``skip-nothing``, ``lead:4``, ``random:0.1``,
+  ``every-other:ffn``, ``calibrated:4``, ``sb3:ppo:PATH.zip``, ``pg:PATH.pt``, ...);
+- the path of a stable-baselines3 ``policy.zip`` (PPO, A2C or DQN: the algorithm is read from the file);
+- the path of a repository agent's ``policy.pt`` (:class:`~skipenv.algorithms.ConstrainedPG`).
+
+:func:`action_probability` and :func:`sample_action` give the probability a policy assigns to an action and a
+draw from it — what off-policy evaluation needs of the logging and the target policy (:mod:`skipenv.offline`).
+Deterministic policies put probability 1 on their action; :class:`~skipenv.baselines.RandomPolicy` is a product
+of Bernoulli(``rate``) bits; an SB3 model with ``stochastic=True`` uses its action distribution.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_policy", "action_probability", "sample_action", "is_stochastic", "POLICY_HELP"]
+
+#: one line for command-line help
+POLICY_HELP = ("a baseline spec (skip-nothing, lead:K, random:RATE, every-other:attention|ffn|both, calibrated:N, "
+               "oracle), a stable-baselines3 policy.zip, or a repository agent's policy.pt")
+
+
+def _sb3_class(path: Path):
+    """The SB3 algorithm class that saved ``path``, read from the zip's ``data`` entry (its policy class)."""
+    import json
+
+    import stable_baselines3 as sb3
+
+    with zipfile.ZipFile(path) as z:
+        if "data" not in z.namelist():
+            raise ValueError(f"{path} is not a stable-baselines3 save (no 'data' entry in the zip)")
+        data = json.loads(z.read("data").decode("utf-8"))
+    module = str((data.get("policy_class") or {}).get("__module__", ""))
+    if ".dqn." in module:
+        return sb3.DQN
+    return sb3.PPO if "n_epochs" in data or "clip_range" in data else sb3.A2C
+
+
+def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: str = "cpu",
+                stochastic: bool = False):
+    """Build a policy ``observation -> action`` for ``env`` from a spec or a saved file.
+
+    Args:
+        spec: a baseline spec, a ``.zip`` (SB3) or a ``.pt`` (ConstrainedPG) path (see the module docstring).
+        env: the one-shot env the policy acts in (its action layout and plan spec); ``env.unwrapped`` is used.
+        seed: seed of stochastic policies.
+        calibration_env: train-split env for ``calibrated:N`` (default ``env``).
+        device: torch device of learned policies.
+        stochastic: for SB3 models, sample from the action distribution instead of the mode (a logging policy).
+
+    Returns:
+        A callable with a ``name``; SB3 models are :class:`~skipenv.baselines.SB3Policy` with ``stochastic`` set.
+
+    Raises:
+        FileNotFoundError: a ``.zip`` / ``.pt`` path that does not exist.
+        ValueError: an unknown spec (lists the valid forms), or a policy whose action shape does not fit ``env``.
+    """
+    from .baselines import SB3Policy
+    from .benchmark import make_policy
+
+    env = env.unwrapped
+    path = Path(spec)
+    if spec.endswith((".zip", ".pt")):
+        if not path.is_file():
+            raise FileNotFoundError(f"policy file {spec!r} does not exist; train one (e.g. `skipenv train`) or pass "
+                                    f"a baseline spec such as 'lead:4'")
+        if spec.endswith(".zip"):
+            cls = _sb3_class(path)
+            model = cls.load(str(path), device=device)
+            if model.action_space != env.action_space or model.observation_space.shape != env.observation_space.shape:
+                raise ValueError(f"{spec} was trained for action space {model.action_space} and observations of shape "
+                                 f"{model.observation_space.shape}, but this env has {env.action_space} and "
+                                 f"{env.observation_space.shape}: pass the --env / env kwargs it was trained with")
+            policy = SB3Policy(model, name=f"{cls.__name__.lower()}:{path.parent.name or path.stem}")
+        else:
+            policy = make_policy(f"pg:{spec}", env, seed=seed)
+    else:
+        policy = make_policy(spec, env, seed=seed, calibration_env=calibration_env)
+    if isinstance(policy, SB3Policy):
+        policy.stochastic = bool(stochastic)
+    return policy
+
+
+def is_stochastic(policy) -> bool:
+    """Whether ``policy`` draws its action at random (then :func:`action_probability` is not 0/1)."""
+    from .baselines import RandomPolicy
+
+    return isinstance(policy, RandomPolicy) or bool(getattr(policy, "stochastic", False))
+
+
+def _sb3_distribution(policy, observation):
+    import torch
+
+    model = policy.model
+    obs_t, _ = model.policy.obs_to_tensor(np.asarray(observation, dtype=np.float32))
+    with torch.no_grad():
+        return model.policy.get_distribution(obs_t)
+
+
+def sample_action(policy, observation, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Draw an action from ``policy`` (its own action for deterministic policies); ``int8``, shape ``[n]``.
+
+    ``rng`` is used by stochastic SB3 models (random baselines keep their own seeded generator)."""
+    if getattr(policy, "stochastic", False):
+        import torch
+
+        dist = _sb3_distribution(policy, observation)
+        if rng is not None:
+            torch.manual_seed(int(rng.integers(2**31)))
+        return dist.sample()[0].cpu().numpy().astype(np.int8)
+    return np.asarray(policy(observation)).astype(np.int8)
+
+
+def action_probability(policy, observation, action) -> float:
+    """Probability that ``policy`` takes ``action`` (shape ``[n]``, 0/1) after ``observation``.
+
+    - :class:`~skipenv.baselines.RandomPolicy` with rate ``r``: ``r^k (1 − r)^(n − k)``, ``k`` = skipped bits.
+    - an SB3 model with ``stochastic=True``: ``exp(log_prob)`` of its action distribution (a product of Bernoulli
+      bits for ``MultiBinary``).
+    - every other policy is deterministic: 1.0 if ``policy(observation)`` equals ``action``, else 0.0 (calling it
+      draws nothing, so this is exact for static plans and SB3 models used with ``deterministic=True``).
+    """
+    from .baselines import RandomPolicy
+
+    a = np.asarray(action).astype(np.int64).reshape(-1)
+    if isinstance(policy, RandomPolicy):
+        k = int(a.sum())
+        return float(policy.rate ** k * (1.0 - policy.rate) ** (len(a) - k))
+    if getattr(policy, "stochastic", False):
+        import torch
+
+        dist = _sb3_distribution(policy, observation)
+        return float(torch.exp(dist.log_prob(torch.as_tensor(a[None], dtype=torch.float32))).item())
+    return float(np.array_equal(np.asarray(policy(observation)).astype(np.int64).reshape(-1), a))
