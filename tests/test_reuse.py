@@ -105,25 +105,30 @@ def test_every_reuse_path_matches_from_scratch_and_the_plain_model(gen, name):
 
 
 def test_reused_path_computes_only_the_tail(gen):
-    """A lead-truncation plan runs layer 0 over the processed input's tail + target only; a plan skipping the FFN
-    of the last layer runs layer 0 over the tail and the last layer over every position."""
+    """What the attention sublayers really compute (positions per call): a lead-truncation plan runs every layer over
+    the last kept input position + the target only; a plan skipping the FFN of the last layer runs no layer but the
+    last (the stored state covers input + target); a plan skipping a sublayer of layer 1 and the last segment runs
+    layer 0 over the tail and the later layers over every position."""
     inp = PromptInput(tuple(range(3, 43)), (0, 40), "doc")  # 40 document tokens, 10 per segment
     target = [5, 9, 11]
     plans = _plans(gen)
-    gen.score([inp], [target], None)  # stores the input's prefix state
+    L = gen.num_decoder_layers
     seen: list[tuple[int, int]] = []
-    layers = gen._decoder_layers()
-    handles = [layer.register_forward_pre_hook(
+    attention = [gen.sublayer_modules("decoder", i).attention[-1] for i in range(L)]
+    handles = [m.register_forward_pre_hook(
         lambda m, a, k, i=i: seen.append((i, (a[0] if a else k["hidden_states"]).shape[1])), with_kwargs=True)
-        for i, layer in enumerate(layers)]
+        for i, m in enumerate(attention)]
     try:
-        gen.score([inp], [target], plans["lead"])  # keeps positions 0..19: s = 20
-        assert seen == [(i, 1 + 3) for i in range(len(layers))]  # s = 19: the last kept position + the target
+        gen.score([inp], [target], None)  # computes the stored state of input + target
         seen.clear()
-        gen.score([inp], [target], plans["ffn_late"])  # s = 39 (last input position recomputed), j = L - 1
-        L = len(layers)
-        assert seen[:L - 1] == [(i, 1 + 3) for i in range(L - 1)]
-        assert seen[-1] == (L - 1, 43)
+        gen.score([inp], [target], plans["lead"])  # keeps positions 0..19: s = 19 (the last one is recomputed)
+        assert seen == [(i, 1 + 3) for i in range(L)]
+        seen.clear()
+        gen.score([inp], [target], plans["ffn_late"])
+        assert seen == [(L - 1, 43)]
+        seen.clear()
+        gen.score([inp], [target], plans["attn_1_and_tokens"])  # drops positions 30..39: s = 30, j = 1
+        assert seen == [(0, 3)] + [(i, 33) for i in range(2, L)]
     finally:
         for h in handles:
             h.remove()
@@ -132,6 +137,8 @@ def test_reused_path_computes_only_the_tail(gen):
 def test_plan_reuse_point():
     assert plan_reuse_point([1, 2, 3, 4, 5], [1, 2, 4, 5], [False, True], [False, False]) == (2, 1)
     assert plan_reuse_point([1, 2, 3], [1, 2, 3], [False, False], [False, False]) == (2, 2)  # last one recomputed
+    assert plan_reuse_point([1, 2, 3], [1, 2, 3], [False, False], [False, False], num_logits=3) == (0, 2)
+    assert plan_reuse_point([1, 2, 3], [1, 2, 3], [False, False], [False, True]) == (3, 1)  # nothing to recompute
     assert plan_reuse_point([1, 2, 3], [7, 3], [False, False], [True, False]) == (0, 0)
 
 
@@ -140,16 +147,17 @@ def test_store_bytes_cap_and_lru():
     c = g.config
     hd = c.hidden_size // c.num_attention_heads
     T = 20
-    # per token: keys + values of every layer, the residual stream entering layers 1..L-1; float32
-    per_input = 4 * T * (c.num_hidden_layers * 2 * c.num_key_value_heads * hd + (c.num_hidden_layers - 1) * c.hidden_size)
+    # per token of input + target (1 token): keys + values of every layer, the residual stream entering layers
+    # 1..L-1; float32
+    per_input = 4 * (T + 1) * (c.num_hidden_layers * 2 * c.num_key_value_heads * hd + (c.num_hidden_layers - 1) * c.hidden_size)
     g.prefix_store = PrefixStore(max_bytes=2 * per_input)
     inputs = [PromptInput(tuple(range(k + 2, k + 2 + T)), (0, T), f"d{k}") for k in range(3)]
     for inp in inputs:
         g.score([inp], [[5]], None)
     store = g.prefix_store
     assert store.nbytes == 2 * per_input and store.peak_bytes == 2 * per_input and len(store) == 2
-    assert store.get(inputs[0].input_ids) is None  # least recently used: evicted
-    assert store.get(inputs[2].input_ids) is not None
+    assert store.get(inputs[0].input_ids + (5,)) is None  # least recently used: evicted (key: input + target)
+    assert store.get(inputs[2].input_ids + (5,)) is not None
     with pytest.raises(ValueError, match="max_bytes"):
         PrefixStore(max_bytes=-1)
 

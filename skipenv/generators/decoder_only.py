@@ -44,9 +44,7 @@ class _ReusedDecoding(_CausalDecoding):
 
     def __init__(self, generator, ids, mask, plan, state):
         self.generator, self.ids, self.mask, self.new = generator, ids, mask, ids
-        n = ids.shape[1]
-        self._first, self.cache = reused_forward(generator, state, ids[0].tolist(), plan, num_logits=1,
-                                                 prompt_length=n)
+        self._first, self.cache = reused_forward(generator, state, ids[0].tolist(), plan, num_logits=1)
 
     def next_logits(self) -> torch.Tensor:
         if self._first is not None:
@@ -70,15 +68,15 @@ class DecoderOnlyGenerator(SkippableGenerator):
         self.prefix_store: PrefixStore | None = PrefixStore() if reuse_enabled_by_default() else None
 
     @contextlib.contextmanager
-    def _reusing(self, inputs, reuse: bool, use_cache: bool = True):
-        """While active (one input, reuse on, a store), this thread's model calls start from the input's stored
-        prefix state (computed now if missing)."""
+    def _reusing(self, inputs, reuse: bool, use_cache: bool = True, target=None):
+        """While active (one input, reuse on, a store), this thread's model calls start from the stored prefix state
+        of the input (followed by ``target`` when scoring), computed now if missing."""
         store = getattr(self, "prefix_store", None)
         if not (reuse and use_cache and store is not None and len(inputs) == 1 and
                 isinstance(inputs[0], PromptInput)):
             yield
             return
-        full_ids = tuple(int(i) for i in inputs[0].input_ids)
+        full_ids = tuple(int(i) for i in inputs[0].input_ids) + tuple(int(i) for i in (target or ()))
         limit = self._max_positions()
         if limit is not None and len(full_ids) > limit:
             yield  # the from-scratch path raises the length error
@@ -124,7 +122,7 @@ class DecoderOnlyGenerator(SkippableGenerator):
     generate.__doc__ = SkippableGenerator.generate.__doc__
 
     def score(self, inputs, targets, plan=None, *, reuse: bool = True):
-        with self._reusing(inputs, reuse):
+        with self._reusing(inputs, reuse, target=targets[0] if len(targets) == 1 else None):
             return super().score(inputs, targets, plan)
 
     score.__doc__ = SkippableGenerator.score.__doc__
@@ -154,8 +152,7 @@ class DecoderOnlyGenerator(SkippableGenerator):
         state = self._active_state()
         if state is not None and len(prompts) == 1 and self._active_plan is not None:
             m = len(targets[0])
-            logits, _ = reused_forward(self, state, prompts[0] + targets[0], self._active_plan, num_logits=m + 1,
-                                       prompt_length=len(prompts[0]))
+            logits, _ = reused_forward(self, state, prompts[0] + targets[0], self._active_plan, num_logits=m + 1)
             return [logits[0, :m]]
         ids, mask = self._pad([p + t for p, t in zip(prompts, targets)])
         # logits only where targets are predicted: the last max(m)+1 columns (skips the LM head over the prompt)

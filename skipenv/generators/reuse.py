@@ -10,7 +10,9 @@ removed token; the common prefix of the two id lists) and whose first skipped su
 - only positions ``>= s`` of layers ``< j`` (the rest of the prompt and the target / new tokens) and all positions of
   layers ``>= j`` have to be computed.
 
-A :class:`PrefixState` holds, for one full input of ``T`` tokens, the full model's keys / values of every layer and
+A :class:`PrefixState` holds, for one sequence of ``T`` tokens (the input for generation; the input followed by the
+scored target for teacher-forced scoring, so that a plan skipping only sublayers scores the full output from the
+stored layers ``< j`` of *every* position), the full model's keys / values of every layer and
 the residual stream entering every layer ``>= 1`` (float tensors in the model's dtype: for the embedded
 SmolLM2-135M at float32, 30 layers × (2 × 192 + 576) floats × 4 bytes = 115 200 bytes per token, about 46 MB for a
 400-token input). A :class:`PrefixStore` keeps them in a byte-capped LRU (default :data:`DEFAULT_MAX_BYTES`, 1 GiB:
@@ -22,6 +24,7 @@ and the KV cache are built by transformers):
 
 1. the tail ``ids[s:]`` through layers ``< j`` with a KV cache holding the stored keys / values of positions
    ``< s`` (position ids continue from ``s``); stopped before layer ``j`` (or run to the logits when ``j = L``);
+   skipped when ``s = N``;
 2. when ``j < L``: all positions through layers ``>= j``, the residual stream entering layer ``j`` being the stored
    one for positions ``< s`` and the output of call 1 for the rest (layers ``< j`` are replaced by bodies that
    return it); their keys / values (from call 1) are put into the cache afterwards, for decoding.
@@ -150,18 +153,20 @@ class PrefixStore:
 
 
 def plan_reuse_point(full_ids: Sequence[int], ids: Sequence[int], decoder_attention: Sequence[bool],
-                     decoder_ffn: Sequence[bool]) -> tuple[int, int]:
-    """``(s, j)``: ``s`` = length of the common prefix of the full input ids and the processed ids, capped at
-    ``len(ids) - 1`` (the last input position is always recomputed: it predicts the first new token); ``j`` = the
-    first layer with a skipped sublayer (``L`` if none)."""
+                     decoder_ffn: Sequence[bool], num_logits: int = 1) -> tuple[int, int]:
+    """``(s, j)`` for running ``ids`` from the state of ``full_ids``: ``j`` = the first layer with a skipped sublayer
+    (``L`` if none); ``s`` = length of the common prefix of the two id lists, capped at ``len(ids) - num_logits``
+    when ``j = L`` (the positions whose logits are needed are computed; with ``j < L`` every position's logits come
+    from layers ``>= j`` anyway)."""
     s = 0
     for a, b in zip(full_ids, ids):
         if a != b:
             break
         s += 1
-    s = min(s, len(ids) - 1)
     j = next((i for i, (a, f) in enumerate(zip(decoder_attention, decoder_ffn)) if a or f), len(decoder_attention))
-    return s, j
+    if j == len(decoder_attention):
+        s = min(s, len(ids) - num_logits)
+    return max(s, 0), j
 
 
 class _Stop(Exception):
@@ -197,14 +202,14 @@ def compute_state(generator, ids: Sequence[int]) -> PrefixState:
     return PrefixState(tuple(int(i) for i in ids), keys, values, hidden)
 
 
-def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, num_logits: int,
-                   prompt_length: int) -> tuple[torch.Tensor, SkipAwareCache]:
+def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *,
+                   num_logits: int) -> tuple[torch.Tensor, SkipAwareCache]:
     """The plan's forward pass over ``ids`` (one row: the processed input, followed by target tokens when scoring)
     starting from ``state``; the plan's layer bodies must be installed (inside ``generator.skipping(plan)``).
 
     Args:
-        ids: processed ids ``[N]``; the first ``prompt_length`` are the processed input.
-        num_logits: logits kept at the last positions (``<= N - s``).
+        ids: processed ids ``[N]`` (the processed input, followed by the target tokens when scoring).
+        num_logits: logits kept at the last positions (``1 <= num_logits <= N``).
 
     Returns:
         ``(logits [1, num_logits, V], cache)``: the cache holds keys / values of all ``N`` positions, ready for
@@ -212,7 +217,7 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, n
     """
     layers = generator._decoder_layers()
     num_layers = len(layers)
-    s, j = plan_reuse_point(state.ids, list(ids)[:prompt_length], plan.decoder_attention, plan.decoder_ffn)
+    s, j = plan_reuse_point(state.ids, ids, plan.decoder_attention, plan.decoder_ffn, num_logits)
     n = len(ids)
     device = generator.device
     full = torch.tensor([list(ids)], dtype=torch.long, device=device)
@@ -225,20 +230,22 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, n
         first.update(state.keys[i][:, :, :s], state.values[i][:, :, :s], i)
     if j == num_layers:  # tokens only: one call over the tail
         return generator._forward(full[:, s:], mask, cache, logits_to_keep=num_logits), cache
-    # call 1: the tail through layers < j
-    def stop(module, args, kwargs):
-        raise _Stop(_hidden_of(args, kwargs))
+    if s < n:  # call 1: the tail through layers < j
+        def stop(module, args, kwargs):
+            raise _Stop(_hidden_of(args, kwargs))
 
-    handle = layers[j].register_forward_pre_hook(stop, with_kwargs=True)
-    try:
-        generator._forward(full[:, s:], mask, first, logits_to_keep=1)
-    except _Stop as e:
-        tail = e.hidden
-    else:  # pragma: no cover - the hook always fires
-        raise RuntimeError(f"layer {j} was never called")
-    finally:
-        handle.remove()
-    stream = torch.cat([state.hidden[j][:, :s].to(tail.dtype), tail], 1)
+        handle = layers[j].register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            generator._forward(full[:, s:], mask, first, logits_to_keep=1)
+        except _Stop as e:
+            tail = e.hidden
+        else:  # pragma: no cover - the hook always fires
+            raise RuntimeError(f"layer {j} was never called")
+        finally:
+            handle.remove()
+        stream = torch.cat([state.hidden[j][:, :s].to(tail.dtype), tail], 1)
+    else:  # every position of layers < j is the full model's (scoring the sequence the state was computed on)
+        stream = state.hidden[j][:, :n]
 
     # call 2: all positions through layers >= j (layers < j hand over the residual stream entering layer j)
     def inject(hidden_states, **kwargs):
