@@ -134,6 +134,34 @@ def test_reused_path_computes_only_the_tail(gen):
             h.remove()
 
 
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_encoder_decoder_reuses_the_encoder_output(family):
+    """Encoder-decoder: plans that keep every token and encoder sublayer take the stored encoder output (the encoder
+    runs once per input); every plan gives the from-scratch results."""
+    torch.manual_seed(0)
+    g = tiny_generator(family)
+    inp = PromptInput(tuple(range(3, 30)), (2, 26), "doc")
+    target = [5, 9, 11, 7]
+    calls = []
+    handle = g._encoder_layers()[0].register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        spec = g.plan_spec(SEGMENTS)
+        E, D = g.num_encoder_layers, g.num_decoder_layers
+        decoder_only_skip = SkipPlan(spec, (False,) * E, (False,) * E, (True,) + (False,) * (D - 1), (False,) * D,
+                                     (False,) * SEGMENTS)
+        for _ in range(2):
+            g.score([inp], [target], decoder_only_skip)
+            g.generate([inp], decoder_only_skip, max_new_tokens=4)
+        assert len(calls) == 1
+        rng = np.random.default_rng(0)
+        size = len(spec.empty_plan().to_action())
+        for plan in [None, decoder_only_skip] + [
+                SkipPlan.from_action((rng.random(size) < 0.2).astype(np.int8), spec) for _ in range(6)]:
+            _check_same(g, inp, target, plan)
+    finally:
+        handle.remove()
+
+
 def test_plan_reuse_point():
     assert plan_reuse_point([1, 2, 3, 4, 5], [1, 2, 4, 5], [False, True], [False, False]) == (2, 1)
     assert plan_reuse_point([1, 2, 3], [1, 2, 3], [False, False], [False, False]) == (2, 2)  # last one recomputed

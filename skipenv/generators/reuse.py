@@ -86,7 +86,9 @@ class PrefixState:
 
 
 class PrefixStore:
-    """A byte-capped LRU of :class:`PrefixState`, keyed by the full input ids (thread-safe).
+    """A byte-capped LRU of :class:`PrefixState` (encoder-decoder models:
+    :class:`~skipenv.generators.encoder_decoder.EncoderState`), keyed by the ids they were computed on
+    (thread-safe).
 
     Args:
         max_bytes: the cap (``>= 0``; default :data:`DEFAULT_MAX_BYTES`); a state larger than the cap is not kept.
