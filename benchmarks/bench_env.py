@@ -142,7 +142,8 @@ def reuse_benchmark(args) -> None:
         full = old.full_output(ex)
         new.full_output(ex)
         old.observation_features(ex), new.observation_features(ex)
-        new.score(ex, full.tokens, None)
+        for _ in range(gen.prefix_store.admit_after):  # the prefix state (input + full output)
+            new.score(ex, full.tokens, None)
         ids = torch.tensor([list(old.prompt(ex).input_ids) + list(full.tokens)])
         with torch.inference_mode():
             for _ in range(2):
@@ -198,7 +199,7 @@ def reuse_benchmark(args) -> None:
           f"{episodes / t_seq:.2f} episodes/s; ratio {t_seq / t_vec:.2f}×")
 
     # the prefix store: bytes per document, peak at the default cap
-    store = PrefixStore(DEFAULT_MAX_BYTES)
+    store = PrefixStore(DEFAULT_MAX_BYTES, admit_after=1)
     gen.prefix_store = store
     per_doc = []
     docs = list(task.examples("train"))[: args.fill]

@@ -24,7 +24,9 @@ SEGMENTS = 4
 @pytest.fixture(scope="module", params=DECODER_ONLY)
 def gen(request):
     torch.manual_seed(0)
-    return tiny_generator(request.param)
+    g = tiny_generator(request.param)
+    g.prefix_store = PrefixStore(admit_after=1)  # every call takes the reused path (default: from the 2nd request)
+    return g
 
 
 @st.composite
@@ -178,14 +180,14 @@ def test_store_bytes_cap_and_lru():
     # per token of input + target (1 token): keys + values of every layer, the residual stream entering layers
     # 1..L-1; float32
     per_input = 4 * (T + 1) * (c.num_hidden_layers * 2 * c.num_key_value_heads * hd + (c.num_hidden_layers - 1) * c.hidden_size)
-    g.prefix_store = PrefixStore(max_bytes=2 * per_input)
+    g.prefix_store = PrefixStore(max_bytes=2 * per_input, admit_after=1)
     inputs = [PromptInput(tuple(range(k + 2, k + 2 + T)), (0, T), f"d{k}") for k in range(3)]
     for inp in inputs:
         g.score([inp], [[5]], None)
     store = g.prefix_store
     assert store.nbytes == 2 * per_input and store.peak_bytes == 2 * per_input and len(store) == 2
-    assert store.get(inputs[0].input_ids + (5,)) is None  # least recently used: evicted (key: input + target)
-    assert store.get(inputs[2].input_ids + (5,)) is not None
+    assert store.get(inputs[0].input_ids) is None and store.evictions == 1  # least recently used: evicted
+    assert store.get(inputs[2].input_ids).ids == inputs[2].input_ids + (5,)  # the state covers input + target
     with pytest.raises(ValueError, match="max_bytes"):
         PrefixStore(max_bytes=-1)
 
@@ -201,6 +203,14 @@ def test_off_switches(monkeypatch):
     assert len(g.prefix_store) == 0 and g.prefix_store.misses == 0
     g.generate([g_inp for g_inp in [inp, inp]], None, max_new_tokens=2)  # batches are never reused
     assert len(g.prefix_store) == 0
+    # default admission: an input's state is computed on its second request; full-model generation computes none
+    g.generate([inp], None, max_new_tokens=2)
+    g.score([inp], [[4, 5]], None)
+    assert len(g.prefix_store) == 0
+    g.score([inp], [[4, 5]], None)
+    assert len(g.prefix_store) == 1 and g.prefix_store.get(inp.input_ids).ids == inp.input_ids + (4, 5)
+    with pytest.raises(ValueError, match="admit_after"):
+        PrefixStore(admit_after=0)
 
 
 @pytest.mark.assets
@@ -211,6 +221,7 @@ def test_reuse_on_smollm2_xsum():
     from skipenv.tasks import make_task
 
     g = load_generator()
+    g.prefix_store = PrefixStore(admit_after=1)
     task = make_task("xsum", source="embedded")
     examples = list(task.examples("train"))[:2]
     spec = g.plan_spec(8)

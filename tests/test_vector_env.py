@@ -23,7 +23,11 @@ KW = dict(num_examples=5, max_new_tokens=6, max_input_tokens=96, disk_cache=Fals
 
 @pytest.fixture(scope="module")
 def generator(smollm2_tokenizer):
-    return tiny_generator("llama", smollm2_tokenizer)
+    from skipenv.generators.reuse import PrefixStore
+
+    g = tiny_generator("llama", smollm2_tokenizer)
+    g.prefix_store = PrefixStore(admit_after=1)  # every row of the vector env takes the reused path
+    return g
 
 
 def make_vec(generator, n, **kw):

@@ -68,25 +68,31 @@ class DecoderOnlyGenerator(SkippableGenerator):
         self.prefix_store: PrefixStore | None = PrefixStore() if reuse_enabled_by_default() else None
 
     @contextlib.contextmanager
-    def _reusing(self, inputs, reuse: bool, use_cache: bool = True, target=None):
+    def _reusing(self, inputs, reuse: bool, use_cache: bool = True, target=None, plan=None):
         """While active (one input, reuse on, a store), this thread's model calls start from the stored prefix state
-        of the input (followed by ``target`` when scoring), computed now if missing."""
+        of the input (computed now over the input, followed by ``target`` when scoring, on the store's
+        ``admit_after``-th request; a full-model generation never computes one: it would gain nothing)."""
         store = getattr(self, "prefix_store", None)
         if not (reuse and use_cache and store is not None and len(inputs) == 1 and
                 isinstance(inputs[0], PromptInput)):
             yield
             return
-        full_ids = tuple(int(i) for i in inputs[0].input_ids) + tuple(int(i) for i in (target or ()))
+        key = tuple(int(i) for i in inputs[0].input_ids)
+        full_ids = key + tuple(int(i) for i in (target or ()))
         limit = self._max_positions()
         if limit is not None and len(full_ids) > limit:
             yield  # the from-scratch path raises the length error
             return
         with self._lock:
-            state = store.get(full_ids)
+            state = store.get(key)
             if state is None:
+                worth = target is not None or (plan is not None and not plan.is_empty)
+                if not (worth and store.admit(key)):
+                    yield
+                    return
                 with torch.inference_mode():
                     state = compute_state(self, full_ids)
-                store.put(state)
+                store.put(state, key)
             previous = getattr(_ACTIVE, "value", None)
             _ACTIVE.value = (self, state)
             try:
@@ -116,7 +122,7 @@ class DecoderOnlyGenerator(SkippableGenerator):
 
     def generate(self, inputs, plan=None, *, max_new_tokens: int = 32, use_cache: bool = True, stop=None,
                  reuse: bool = True):
-        with self._reusing(inputs, reuse, use_cache):
+        with self._reusing(inputs, reuse, use_cache, plan=plan):
             return super().generate(inputs, plan, max_new_tokens=max_new_tokens, use_cache=use_cache, stop=stop)
 
     generate.__doc__ = SkippableGenerator.generate.__doc__

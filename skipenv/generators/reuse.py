@@ -17,7 +17,8 @@ the residual stream entering every layer ``>= 1`` (float tensors in the model's 
 SmolLM2-135M at float32, 30 layers × (2 × 192 + 576) floats × 4 bytes = 115 200 bytes per token, about 46 MB for a
 400-token input). A :class:`PrefixStore` keeps them in a byte-capped LRU (default :data:`DEFAULT_MAX_BYTES`, 1 GiB:
 about 23 such inputs); the state of an input is computed lazily, by one single-row forward pass of the full model
-over the input, the first time a call on that input needs it.
+over the input (and the scored target), the second time a call on that input needs it (see
+:class:`PrefixStore`).
 
 The reused path runs in at most two model calls, both the model's own ``forward`` (masks, rotary / learned positions
 and the KV cache are built by transformers):
@@ -87,27 +88,48 @@ class PrefixState:
 
 class PrefixStore:
     """A byte-capped LRU of :class:`PrefixState` (encoder-decoder models:
-    :class:`~skipenv.generators.encoder_decoder.EncoderState`), keyed by the ids they were computed on
-    (thread-safe).
+    :class:`~skipenv.generators.encoder_decoder.EncoderState`), keyed by the input ids (thread-safe).
+
+    Computing a state costs one forward pass of the full model, which pays only if the input comes back: by default
+    a state is computed on the second call that needs it (``admit_after=2``), so inputs seen once (e.g. one
+    evaluation episode per test document) cost no more than without reuse.
 
     Args:
         max_bytes: the cap (``>= 0``; default :data:`DEFAULT_MAX_BYTES`); a state larger than the cap is not kept.
+        admit_after: compute an input's state on its ``admit_after``-th request (integer ``>= 1``; default 2).
 
     Attributes:
         nbytes: bytes held now. peak_bytes: the most held at once. hits, misses: lookups that found / did not find
-            a state.
+            a state. evictions: states dropped to stay under the cap.
 
     Raises:
-        ValueError: a negative or non-integer ``max_bytes``.
+        ValueError: a negative or non-integer ``max_bytes``, ``admit_after < 1``.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
+    #: inputs whose request count is remembered (oldest forgotten first)
+    _SEEN_LIMIT = 1 << 16
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, admit_after: int = 2):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
-        self.max_bytes = int(max_bytes)
+        if isinstance(admit_after, bool) or not isinstance(admit_after, int) or admit_after < 1:
+            raise ValueError(f"admit_after must be an integer >= 1, got {admit_after!r}")
+        self.max_bytes, self.admit_after = int(max_bytes), int(admit_after)
         self._states: OrderedDict[tuple[int, ...], PrefixState] = OrderedDict()
+        self._seen: OrderedDict[int, int] = OrderedDict()
         self._lock = threading.Lock()
-        self.nbytes = self.peak_bytes = self.hits = self.misses = 0
+        self.nbytes = self.peak_bytes = self.hits = self.misses = self.evictions = 0
+
+    def admit(self, ids: Sequence[int]) -> bool:
+        """Count a request for the state of ``ids``; ``True`` when it should be computed now (the
+        ``admit_after``-th request or later)."""
+        key = hash(tuple(int(i) for i in ids))
+        with self._lock:
+            n = self._seen.pop(key, 0) + 1
+            self._seen[key] = n
+            while len(self._seen) > self._SEEN_LIMIT:
+                self._seen.popitem(last=False)
+            return n >= self.admit_after
 
     def __len__(self) -> int:
         return len(self._states)
@@ -123,10 +145,12 @@ class PrefixStore:
             self.hits += 1
             return state
 
-    def put(self, state: PrefixState) -> None:
+    def put(self, state: PrefixState, key: Sequence[int] | None = None) -> None:
+        """Keep ``state`` under ``key`` (default: its ids), evicting the least recently used states over the cap."""
         size = state.nbytes
+        key = state.ids if key is None else tuple(int(i) for i in key)
         with self._lock:
-            old = self._states.pop(state.ids, None)
+            old = self._states.pop(key, None)
             if old is not None:
                 self.nbytes -= old.nbytes
             if size > self.max_bytes:
@@ -134,20 +158,22 @@ class PrefixStore:
             while self._states and self.nbytes + size > self.max_bytes:
                 _, evicted = self._states.popitem(last=False)
                 self.nbytes -= evicted.nbytes
-            self._states[state.ids] = state
+                self.evictions += 1
+            self._states[key] = state
             self.nbytes += size
             self.peak_bytes = max(self.peak_bytes, self.nbytes)
 
     def clear(self) -> None:
         with self._lock:
             self._states.clear()
+            self._seen.clear()
             self.nbytes = 0
 
     def __getstate__(self) -> dict:  # the states are a cache: a pickled copy starts empty
-        return {"max_bytes": self.max_bytes}
+        return {"max_bytes": self.max_bytes, "admit_after": self.admit_after}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["max_bytes"])
+        self.__init__(state["max_bytes"], state.get("admit_after", 2))
 
     def __repr__(self) -> str:
         return (f"PrefixStore({len(self)} inputs, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, "
