@@ -158,7 +158,8 @@ class DecoderOnlyGenerator(SkippableGenerator):
         state = self._active_state()
         if state is not None and len(prompts) == 1 and self._active_plan is not None:
             m = len(targets[0])
-            logits, _ = reused_forward(self, state, prompts[0] + targets[0], self._active_plan, num_logits=m + 1)
+            logits, _ = reused_forward(self, state, prompts[0] + targets[0], self._active_plan, num_logits=m + 1,
+                                       need_cache=False)
             return [logits[0, :m]]
         ids, mask = self._pad([p + t for p, t in zip(prompts, targets)])
         # logits only where targets are predicted: the last max(m)+1 columns (skips the LM head over the prompt)

@@ -230,18 +230,20 @@ def compute_state(generator, ids: Sequence[int]) -> PrefixState:
     return PrefixState(tuple(int(i) for i in ids), keys, values, hidden)
 
 
-def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *,
-                   num_logits: int) -> tuple[torch.Tensor, SkipAwareCache]:
+def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, num_logits: int,
+                   need_cache: bool = True) -> tuple[torch.Tensor, SkipAwareCache | None]:
     """The plan's forward pass over ``ids`` (one row: the processed input, followed by target tokens when scoring)
     starting from ``state``; the plan's layer bodies must be installed (inside ``generator.skipping(plan)``).
 
     Args:
         ids: processed ids ``[N]`` (the processed input, followed by the target tokens when scoring).
         num_logits: logits kept at the last positions (``1 <= num_logits <= N``).
+        need_cache: return the KV cache of all positions (for decoding); ``False`` (scoring) saves building it.
 
     Returns:
         ``(logits [1, num_logits, V], cache)``: the cache holds keys / values of all ``N`` positions, ready for
-        decoding (a :class:`SkipAwareCache` for the plan's skipped attention sublayers).
+        decoding (a :class:`SkipAwareCache` for the plan's skipped attention sublayers); ``None`` without
+        ``need_cache`` when layers ``>= j`` ran without one.
     """
     layers = generator._decoder_layers()
     num_layers = len(layers)
@@ -252,10 +254,12 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *,
     mask = torch.ones_like(full)
     cache = SkipAwareCache(generator.config, plan.decoder_attention)
     if j == 0:  # nothing reusable: from scratch
+        cache = cache if need_cache else None
         return generator._forward(full, mask, cache, logits_to_keep=num_logits), cache
     first = SkipAwareCache(generator.config, [False] * num_layers) if j < num_layers else cache
-    for i in range(min(j, num_layers)):
-        first.update(state.keys[i][:, :, :s], state.values[i][:, :, :s], i)
+    if s < n:
+        for i in range(min(j, num_layers)):
+            first.update(state.keys[i][:, :, :s], state.values[i][:, :, :s], i)
     if j == num_layers:  # tokens only: one call over the tail
         return generator._forward(full[:, s:], mask, cache, logits_to_keep=num_logits), cache
     if s < n:  # call 1: the tail through layers < j
@@ -283,8 +287,14 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *,
         return hidden_states
 
     bodies = [(layers[0], inject)] + [(layers[i], identity) for i in range(1, j)]
+    if not need_cache:
+        cache = None
     with replaced_forwards(bodies):
         logits = generator._forward(full, mask, cache, logits_to_keep=num_logits)
-    for i in range(j):
-        cache.update(first.layers[i].keys, first.layers[i].values, i)
+    if cache is not None:
+        for i in range(j):
+            if s < n:
+                cache.update(first.layers[i].keys, first.layers[i].values, i)
+            else:
+                cache.update(state.keys[i][:, :, :n], state.values[i][:, :, :n], i)
     return logits, cache
