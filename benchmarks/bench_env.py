@@ -212,9 +212,9 @@ def reuse_benchmark(args) -> None:
         before = store.nbytes
         new.score(ex, [gen.eos_token_id], None)
         if store.nbytes > before:
-            per_doc.append((store.nbytes - before) / len(new.prompt(ex)))
+            per_doc.append((store.nbytes - before) / (len(new.prompt(ex)) + 1))  # state over input + 1 token
     if docs:
-        print(f"\nprefix store: {statistics.mean(per_doc):,.0f} bytes per prompt token "
+        print(f"\nprefix store: {statistics.mean(per_doc):,.0f} bytes per token "
               f"({statistics.mean(per_doc) * 400 / 2**20:.1f} MiB for a 400-token prompt); after {len(docs)} "
               f"documents: {len(store)} kept, peak {store.peak_bytes / 2**20:.0f} MiB of the "
               f"{DEFAULT_MAX_BYTES / 2**20:.0f} MiB cap; RSS {_rss_mb():.0f} MiB "
