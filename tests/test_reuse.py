@@ -142,6 +142,7 @@ def test_encoder_decoder_reuses_the_encoder_output(family):
     runs once per input); every plan gives the from-scratch results."""
     torch.manual_seed(0)
     g = tiny_generator(family)
+    g.prefix_store = PrefixStore()
     inp = PromptInput(tuple(range(3, 30)), (2, 26), "doc")
     target = [5, 9, 11, 7]
     calls = []
@@ -162,6 +163,16 @@ def test_encoder_decoder_reuses_the_encoder_output(family):
             _check_same(g, inp, target, plan)
     finally:
         handle.remove()
+
+
+def _evaluator(g, **kw):
+    """An Evaluator on a stand-in task (the reuse switch needs no data)."""
+    from skipenv.envs import Evaluator
+
+    class _Task:
+        max_new_tokens = 4
+
+    return Evaluator(g, _Task(), disk_cache=False, **kw)
 
 
 def test_plan_reuse_point():
@@ -193,10 +204,15 @@ def test_store_bytes_cap_and_lru():
 
 
 def test_off_switches(monkeypatch):
-    monkeypatch.setenv("SKIPENV_REUSE", "0")
-    assert tiny_generator("gpt2").prefix_store is None
-    monkeypatch.delenv("SKIPENV_REUSE")
     g = tiny_generator("gpt2")
+    assert g.prefix_store is None  # a bare generator runs every call from scratch
+    monkeypatch.setenv("SKIPENV_REUSE", "0")
+    assert not _evaluator(g).reuse and g.prefix_store is None
+    assert not _evaluator(g, reuse=None).reuse
+    monkeypatch.delenv("SKIPENV_REUSE")
+    assert not _evaluator(g, reuse=False).reuse and g.prefix_store is None
+    assert _evaluator(g).reuse and isinstance(g.prefix_store, PrefixStore)  # attached by the evaluator
+    assert g.prefix_store.max_bytes == 1 << 30 and g.prefix_store.admit_after == 2
     inp = PromptInput(tuple(range(3, 20)), (0, 17), "doc")
     g.score([inp], [[4, 5]], None, reuse=False)
     g.generate([inp], None, max_new_tokens=2, reuse=False)

@@ -14,7 +14,7 @@ from ..inputs import PromptInput
 from ..plan import SkipPlan
 from .adapter import SkipAwareCache, replaced_forwards
 from .base import SkippableGenerator, _left_pad, _positions, _StopForward
-from .reuse import PrefixStore, compute_state, reuse_enabled_by_default, reused_forward
+from .reuse import PrefixStore, compute_state, reused_forward
 
 #: the prefix state of the call running on this thread: (generator, PrefixState, full input ids)
 _ACTIVE = threading.local()
@@ -59,13 +59,14 @@ class DecoderOnlyGenerator(SkippableGenerator):
 
     Attributes:
         prefix_store: the :class:`~skipenv.generators.reuse.PrefixStore` of the full model's computation per input
-            that single-input :meth:`generate` / :meth:`score` calls start from (``None`` = no reuse; the default is
-            a 1 GiB store unless ``SKIPENV_REUSE=0``). Assign a new store to change the cap.
+            that single-input :meth:`generate` / :meth:`score` calls start from. ``None`` (the default of a bare
+            generator: every call runs from scratch, so its executed FLOPs are the plan's) = no reuse; an
+            :class:`~skipenv.envs.Evaluator` attaches a 1 GiB store unless ``reuse=False`` or ``SKIPENV_REUSE=0``.
     """
 
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer)
-        self.prefix_store: PrefixStore | None = PrefixStore() if reuse_enabled_by_default() else None
+        self.prefix_store: PrefixStore | None = None
 
     @contextlib.contextmanager
     def _reusing(self, inputs, reuse: bool, use_cache: bool = True, target=None, plan=None):
@@ -73,8 +74,9 @@ class DecoderOnlyGenerator(SkippableGenerator):
         of the input (computed now over the input, followed by ``target`` when scoring, on the store's
         ``admit_after``-th request; a full-model generation never computes one: it would gain nothing)."""
         store = getattr(self, "prefix_store", None)
-        if not (reuse and use_cache and store is not None and len(inputs) == 1 and
-                isinstance(inputs[0], PromptInput)):
+        if not (reuse and use_cache and store is not None and isinstance(inputs, (list, tuple))
+                and len(inputs) == 1 and isinstance(inputs[0], PromptInput)
+                and (plan is None or isinstance(plan, SkipPlan)) and (target is None or isinstance(target, (list, tuple)))):
             yield
             return
         key = tuple(int(i) for i in inputs[0].input_ids)

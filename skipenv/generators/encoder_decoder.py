@@ -14,7 +14,8 @@ import torch
 from ..plan import SkipPlan
 from .adapter import encoder_decoder_cache, self_attention_cache
 from .base import SkippableGenerator, _right_pad
-from .reuse import PrefixStore, reuse_enabled_by_default
+from ..inputs import PromptInput
+from .reuse import PrefixStore
 
 __all__ = ["EncoderDecoderGenerator", "EncoderState"]
 
@@ -68,12 +69,14 @@ class EncoderDecoderGenerator(SkippableGenerator):
 
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer)
-        #: encoder outputs of the full model per input (``None`` = no reuse; ``SKIPENV_REUSE=0`` turns it off)
-        self.prefix_store: PrefixStore | None = PrefixStore() if reuse_enabled_by_default() else None
+        #: encoder outputs of the full model per input (``None``, the default of a bare generator = no reuse; an
+        #: :class:`~skipenv.envs.Evaluator` attaches a store unless ``reuse=False`` or ``SKIPENV_REUSE=0``)
+        self.prefix_store: PrefixStore | None = None
 
     @contextlib.contextmanager
     def _reusing(self, inputs, reuse: bool):
-        active = reuse and getattr(self, "prefix_store", None) is not None and len(inputs) == 1
+        active = (reuse and getattr(self, "prefix_store", None) is not None and isinstance(inputs, (list, tuple))
+                  and len(inputs) == 1 and isinstance(inputs[0], PromptInput))
         previous = getattr(_ACTIVE, "value", None)
         _ACTIVE.value = (self, tuple(int(i) for i in inputs[0].input_ids)) if active else None
         try:

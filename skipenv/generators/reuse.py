@@ -35,8 +35,10 @@ This is the simulator's speed only: the FLOPs an environment charges for a plan 
 float round-off (the stored prefix was computed in a pass of another length): log-probabilities agree to ``1e-4``
 and argmax / generated tokens are identical on the property tests (``tests/test_reuse.py``).
 
-Turn it off with ``SKIPENV_REUSE=0`` in the environment, ``reuse=False`` on an env / :class:`Evaluator`, or
-``generator.prefix_store = None``.
+Who turns it on: a bare generator has no store (``generator.prefix_store is None``: every call runs from scratch, so
+the FLOPs it executes are the plan's); an :class:`~skipenv.envs.Evaluator` (so every SwitchDec env) attaches a
+:class:`PrefixStore` unless ``reuse=False`` or ``SKIPENV_REUSE=0`` is set in the environment. ``generate`` /
+``score`` take ``reuse=False`` to bypass the store for one call.
 """
 
 from __future__ import annotations
