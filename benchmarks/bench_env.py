@@ -157,25 +157,27 @@ def reuse_benchmark(args) -> None:
     for name, draw in mixes.items():
         t_old, t_new, t_bare = [], [], []
         for ex in examples:
-            t_bare.append(bare_forward(ex))  # the unit, measured next to the episodes (the load varies)
             for _ in range(args.episodes):
                 plan = draw()
                 for ev, ts in ((old, t_old), (new, t_new)):
                     t0 = time.perf_counter()
                     ev.outcome(ex, plan)
                     ts.append(time.perf_counter() - t0)
+                t_bare.append(bare_forward(ex))  # the unit, next to each episode (the machine's load varies)
         a, b, u = statistics.mean(t_old), statistics.mean(t_new), statistics.mean(t_bare)
-        bare += t_bare  # mean: the mix's throughput (empty plans cost ~0)
-        rows.append((name, 1 / a, 1 / b, a / b, u / b, u / a))
+        bare += t_bare  # means: the mix's throughput (empty plans cost ~0)
+        paired = statistics.median(x / y for x, y in zip(t_old, t_new) if y > 1e-3)
+        rows.append((name, 1 / a, 1 / b, a / b, paired, u / a, u / b))
         print(f"  {name}: old {a:.3f} s/episode, new {b:.3f} s/episode, bare forward {u:.3f} s", flush=True)
     unit = statistics.mean(bare)
     prompt_tokens = statistics.mean(len(old.prompt(ex)) for ex in examples)
     print(f"\nbare forward pass of the full model over prompt + full output (mean of {len(bare)}, "
           f"{prompt_tokens:.0f} prompt tokens on average): {unit:.3f} s = the unit\n")
-    print("| plan mix | episodes / s, reuse off | reuse on | speed-up | episodes per bare forward, off | on |")
-    print("|---|---|---|---|---|---|")
-    for name, eo, en, sp, per, per_old in rows:
-        print(f"| {name} | {eo:.2f} | {en:.2f} | {sp:.2f}× | {per_old:.2f} | {per:.2f} |")
+    print("| plan mix | episodes / s, reuse off | reuse on | speed-up (throughput) | median paired speed-up | "
+          "episodes per bare forward, off | on |")
+    print("|---|---|---|---|---|---|---|")
+    for name, eo, en, sp, paired, per_old, per in rows:
+        print(f"| {name} | {eo:.2f} | {en:.2f} | {sp:.2f}× | {paired:.2f}× | {per_old:.2f} | {per:.2f} |")
 
     # vector env, N = 8, vs 8 single envs stepped one after another (both with reuse, fresh outcome caches)
     n = 8
