@@ -211,10 +211,10 @@ def reuse_benchmark(args) -> None:
     docs = list(task.examples("train"))[: args.fill]
     t0 = time.perf_counter()
     for ex in docs:
-        before = store.nbytes
         new.score(ex, [gen.eos_token_id], None)
-        if store.nbytes > before:
-            per_doc.append((store.nbytes - before) / (len(new.prompt(ex)) + 1))  # state over input + 1 token
+        state = store.get(new.prompt(ex).input_ids)
+        if state is not None:
+            per_doc.append(state.nbytes / len(state.ids))  # the state covers input + 1 token
     if docs:
         print(f"\nprefix store: {statistics.mean(per_doc):,.0f} bytes per token "
               f"({statistics.mean(per_doc) * 400 / 2**20:.1f} MiB for a 400-token prompt); after {len(docs)} "
