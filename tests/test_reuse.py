@@ -190,7 +190,8 @@ def test_store_bytes_cap_and_lru():
     T = 20
     # per token of input + target (1 token): keys + values of every layer, the residual stream entering layers
     # 1..L-1; float32
-    per_input = 4 * (T + 1) * (c.num_hidden_layers * 2 * c.num_key_value_heads * hd + (c.num_hidden_layers - 1) * c.hidden_size)
+    L, d = c.num_hidden_layers, c.hidden_size
+    per_input = 4 * (T + 1) * (L * 2 * c.num_key_value_heads * hd + (L - 1) * d)
     g.prefix_store = PrefixStore(max_bytes=2 * per_input, admit_after=1)
     inputs = [PromptInput(tuple(range(k + 2, k + 2 + T)), (0, T), f"d{k}") for k in range(3)]
     for inp in inputs:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -160,7 +159,7 @@ class SwitchDecVectorEnv(VectorEnv):
         return out
 
     def close_extras(self, **kwargs):
-        for env in self.envs:
+        for env in getattr(self, "envs", ()):  # () when the constructor failed
             env.close()
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from .adapter import SkipAwareCache, replaced_forwards
 from .base import SkippableGenerator, _left_pad, _positions, _StopForward
 from .reuse import PrefixStore, compute_state, reused_forward
 
-#: the prefix state of the call running on this thread: (generator, PrefixState, full input ids)
+#: the call running on this thread: (generator, PrefixState) while it reuses, and the active plan
 _ACTIVE = threading.local()
 
 __all__ = ["DecoderOnlyGenerator", "LayerStepper"]
@@ -76,7 +76,8 @@ class DecoderOnlyGenerator(SkippableGenerator):
         store = getattr(self, "prefix_store", None)
         if not (reuse and use_cache and store is not None and isinstance(inputs, (list, tuple))
                 and len(inputs) == 1 and isinstance(inputs[0], PromptInput)
-                and (plan is None or isinstance(plan, SkipPlan)) and (target is None or isinstance(target, (list, tuple)))):
+                and (plan is None or isinstance(plan, SkipPlan))
+                and (target is None or isinstance(target, (list, tuple)))):
             yield
             return
         key = tuple(int(i) for i in inputs[0].input_ids)
