@@ -1,7 +1,18 @@
-"""Episodes per second of SwitchDec-XSum-v0 (embedded SmolLM2, CPU) with quality="agreement" and quality="rouge",
-cold and warm caches, next to the time of one bare forward pass of the full model over the same inputs (the floor).
+"""Episodes per second of SwitchDec-XSum-v0 (embedded SmolLM2, CPU): prefix reuse on vs off, per plan mix; the
+native vector env vs sequential envs; the reuse store's memory. Also the cold / warm cache table (--caches).
 
-    python benchmarks/bench_env.py --episodes 6
+    python benchmarks/bench_env.py --docs 4 --episodes 3
+
+Default run, side by side on the same warm references (full outputs and prefix states computed before timing), XSum
+train documents, quality="agreement", outcome cache off: for each document and plan mix, ``--episodes`` plans are
+drawn and each is timed with reuse off (every plan from scratch: the old path) and on, alternately. Mixes: (a) "PPO
+initial" (each action bit skipped with probability 0.02, as SB3's policy starts in ``skipenv.sb3.make_sb3``), (b)
+"lead-N" (drop the last 1..7 of 8 segments), (c) one attention or FFN sublayer, (d) uniform random bits. The unit is
+one bare forward pass of the full model over prompt + full output (what a warm step cost before reuse). Then the
+vector env (N = 8, one step = 8 episodes) against 8 single envs stepped one after another, and the store's bytes per
+document and peak while ``--fill`` documents pass through it at the default 1 GiB cap.
+
+    python benchmarks/bench_env.py --caches --episodes 6
 
 "cold" = first episode on each document: the full-model reference (one greedy generation) is computed, plus the
 observation; "warm" = references and observations cached (disk / memory), new random plans (no LRU hits);
@@ -29,9 +40,15 @@ def main(argv=None) -> None:
     p.add_argument("--episodes", type=int, default=6, help="documents (episodes per setting)")
     p.add_argument("--max-input-tokens", type=int, default=512)
     p.add_argument("--soak", type=int, default=0, help="run the memory soak for this many episodes instead")
+    p.add_argument("--caches", action="store_true", help="the cold / warm / LRU cache table instead")
+    p.add_argument("--docs", type=int, default=4, help="documents of the reuse comparison")
+    p.add_argument("--vector-steps", type=int, default=3, help="vector-env steps (of 8 episodes)")
+    p.add_argument("--fill", type=int, default=30, help="documents pushed through the prefix store (0: skip)")
     args = p.parse_args(argv)
     if args.soak:
         return soak(args.soak)
+    if not args.caches:
+        return reuse_benchmark(args)
 
 
     import skipenv
@@ -78,6 +95,138 @@ def main(argv=None) -> None:
         print(f"{q:<10} {ph:<6} {med:>10.3f} {eps:>11.2f} {ratio:>15.2f}")
     print("\nagreement = one teacher-forced forward pass per step (prompt + full-model summary) under the plan;"
           "\nrouge = one greedy generation under the plan per step. cold adds the full model's reference generation.")
+
+
+def _plan_mixes(spec, rng):
+    """name → a function drawing one plan of that mix."""
+    from skipenv import SkipPlan
+
+    L, K = spec.num_decoder_layers, spec.token_segments
+    no = (False,) * L
+    size = len(spec.empty_plan().to_action())
+
+    def bits(p):
+        return lambda: SkipPlan.from_action((rng.random(size) < p).astype(np.int8), spec)
+
+    def lead():
+        k = int(rng.integers(1, K))
+        return SkipPlan(spec, (), (), no, no, (False,) * (K - k) + (True,) * k)
+
+    def single():
+        i, attn = int(rng.integers(L)), bool(rng.integers(2))
+        one = tuple(j == i for j in range(L))
+        return SkipPlan(spec, (), (), one if attn else no, no if attn else one, (False,) * K)
+
+    return {"(a) PPO initial (p=0.02)": bits(0.02), "(b) lead-N": lead, "(c) one sublayer": single,
+            "(d) uniform random": bits(0.5)}
+
+
+def reuse_benchmark(args) -> None:
+    import skipenv
+    from skipenv.envs import Evaluator, shared_generator
+    from skipenv.envs.registration import sharing
+    from skipenv.generators.reuse import DEFAULT_MAX_BYTES, PrefixStore
+    from skipenv.loading import DEFAULT_MODEL
+    from skipenv.tasks import make_task
+
+    rng = np.random.default_rng(0)
+    gen = shared_generator(DEFAULT_MODEL)
+    if gen.prefix_store is None:
+        gen.prefix_store = PrefixStore()
+    task = make_task("xsum", max_input_tokens=args.max_input_tokens)
+    old = Evaluator(gen, task, lru_size=0, reuse=False)
+    new = Evaluator(gen, task, lru_size=0, reuse=True)
+    examples = list(task.examples("train"))[: args.docs]
+    sequences = {}
+    for ex in examples:  # warm: full outputs (disk cache), observations, prefix states
+        full = old.full_output(ex)
+        new.full_output(ex)
+        old.observation_features(ex), new.observation_features(ex)
+        for _ in range(gen.prefix_store.admit_after):  # the prefix state (input + full output)
+            new.score(ex, full.tokens, None)
+        sequences[ex.id] = torch.tensor([list(old.prompt(ex).input_ids) + list(full.tokens)])
+
+    def bare_forward(ex) -> float:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            gen.model(input_ids=sequences[ex.id], logits_to_keep=1)
+            return time.perf_counter() - t0
+
+    mixes = _plan_mixes(old.spec, rng)
+    rows, bare = [], []
+    for name, draw in mixes.items():
+        t_old, t_new, t_bare = [], [], []
+        for ex in examples:
+            for _ in range(args.episodes):
+                plan = draw()
+                for ev, ts in ((old, t_old), (new, t_new)):
+                    t0 = time.perf_counter()
+                    ev.outcome(ex, plan)
+                    ts.append(time.perf_counter() - t0)
+                t_bare.append(bare_forward(ex))  # the unit, next to each episode (the machine's load varies)
+        a, b, u = statistics.mean(t_old), statistics.mean(t_new), statistics.mean(t_bare)
+        bare += t_bare  # means: the mix's throughput (empty plans cost ~0)
+        paired = statistics.median(x / y for x, y in zip(t_old, t_new) if y > 1e-3)
+        rows.append((name, 1 / a, 1 / b, a / b, paired, u / a, u / b))
+        print(f"  {name}: old {a:.3f} s/episode, new {b:.3f} s/episode, bare forward {u:.3f} s", flush=True)
+    unit = statistics.mean(bare)
+    prompt_tokens = statistics.mean(len(old.prompt(ex)) for ex in examples)
+    print(f"\nbare forward pass of the full model over prompt + full output (mean of {len(bare)}, "
+          f"{prompt_tokens:.0f} prompt tokens on average): {unit:.3f} s = the unit\n")
+    print("| plan mix | episodes / s, reuse off | reuse on | speed-up (throughput) | median paired speed-up | "
+          "episodes per bare forward, off | on |")
+    print("|---|---|---|---|---|---|---|")
+    for name, eo, en, sp, paired, per_old, per in rows:
+        print(f"| {name} | {eo:.2f} | {en:.2f} | {sp:.2f}× | {paired:.2f}× | {per_old:.2f} | {per:.2f} |")
+
+    # vector env, N = 8, vs 8 single envs stepped one after another (both with reuse, fresh outcome caches)
+    n = 8
+    kw = dict(split="train", num_examples=args.docs, max_input_tokens=args.max_input_tokens, lru_size=0)
+    with sharing(generator=gen):
+        vec = gym_make_vec(n, kw)
+        singles = [skipenv.make("SwitchDec-XSum-v0", **kw).unwrapped for _ in range(n)]
+    draw = mixes["(a) PPO initial (p=0.02)"]
+    vec.reset(seed=0)
+    for i, env in enumerate(singles):
+        env.reset(seed=i)
+    t_vec = t_seq = 0.0
+    for _ in range(args.vector_steps):
+        actions = np.stack([vec.envs[0].plan_to_action(draw()) for _ in range(n)])
+        t0 = time.perf_counter()
+        vec.step(actions)
+        t_vec += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for env, a in zip(singles, actions):
+            env.step(a)
+            env.reset()
+        t_seq += time.perf_counter() - t0
+    episodes = n * args.vector_steps
+    print(f"\nvector env N={n}: {episodes / t_vec:.2f} episodes/s; 8 single envs in sequence: "
+          f"{episodes / t_seq:.2f} episodes/s; ratio {t_seq / t_vec:.2f}×")
+
+    # the prefix store: bytes per document, peak at the default cap
+    store = PrefixStore(DEFAULT_MAX_BYTES, admit_after=1)
+    gen.prefix_store = store
+    per_doc = []
+    docs = list(task.examples("train"))[: args.fill]
+    t0 = time.perf_counter()
+    for ex in docs:
+        new.score(ex, [gen.eos_token_id], None)
+        state = store.get(new.prompt(ex).input_ids)
+        if state is not None:
+            per_doc.append(state.nbytes / len(state.ids))  # the state covers input + 1 token
+    if docs:
+        print(f"\nprefix store: {statistics.mean(per_doc):,.0f} bytes per token "
+              f"({statistics.mean(per_doc) * 400 / 2**20:.1f} MiB for a 400-token prompt); after {len(docs)} "
+              f"documents: {len(store)} kept, peak {store.peak_bytes / 2**20:.0f} MiB of the "
+              f"{DEFAULT_MAX_BYTES / 2**20:.0f} MiB cap; RSS {_rss_mb():.0f} MiB "
+              f"({(time.perf_counter() - t0) / len(docs):.2f} s per document to fill)")
+
+
+def gym_make_vec(n, kw):
+    import gymnasium as gym
+
+    return gym.make_vec("SwitchDec-XSum-v0", num_envs=n, vectorization_mode="vector_entry_point", **kw).unwrapped
 
 
 def _rss_mb() -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ALGORITHMS", "make_sb3", "train_sb3", "load_sb3", "monitor_curve"]
+__all__ = ["ALGORITHMS", "make_sb3", "train_sb3", "load_sb3", "monitor_curve", "sb3_vec_env"]
 
 #: default hyper-parameters for one-step / short episodes on a small CPU budget
 ALGORITHMS = {
@@ -91,3 +91,90 @@ def monitor_curve(path: str | Path):
     df = pd.read_csv(path, skiprows=1)
     return pd.DataFrame({"timestep": df["l"].cumsum(), "reward": df["r"],
                          **{k: df[k] for k in ("quality", "cost") if k in df}})
+
+
+def sb3_vec_env(vector_env, *, seed: int | None = None, monitor: str | Path | None = None):
+    """An SB3 ``VecEnv`` over a :class:`~skipenv.envs.vector.SwitchDecVectorEnv` (its ``step`` evaluates the ``N``
+    plans together), wrapped in SB3's ``VecMonitor`` (episode reward / length and quality, cost,
+    constraint_satisfied; a CSV when ``monitor`` is a path). Use it as ``PPO("MlpPolicy", sb3_vec_env(vec))``.
+
+    Args:
+        vector_env: e.g. ``gym.make_vec("SwitchDec-XSum-v0", num_envs=8, vectorization_mode="vector_entry_point")``.
+        seed: seed of the first reset (row ``i`` gets ``seed + i``); SB3's ``VecEnv.seed`` works as well.
+
+    Raises:
+        TypeError: ``vector_env`` is not a :class:`~skipenv.envs.vector.SwitchDecVectorEnv`.
+    """
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from .envs.vector import SwitchDecVectorEnv
+
+    if not isinstance(vector_env, SwitchDecVectorEnv):
+        raise TypeError(f"expected a SwitchDecVectorEnv (gym.make_vec(..., vectorization_mode='vector_entry_point'))"
+                        f", got {type(vector_env).__name__}")
+    env = _SB3VectorAdapter(vector_env)
+    if seed is not None:
+        env.seed(seed)
+    return VecMonitor(env, filename=None if monitor is None else str(monitor),
+                      info_keywords=("quality", "cost", "constraint_satisfied"))
+
+
+def _sb3_vec_env_class():
+    from stable_baselines3.common.vec_env import VecEnv
+
+    class SB3VectorAdapter(VecEnv):
+        """SB3 ``VecEnv`` API over a :class:`~skipenv.envs.vector.SwitchDecVectorEnv` (same-step autoreset: SB3's
+        convention, ``terminal_observation`` in each finished row's info)."""
+
+        def __init__(self, vector_env):
+            self.vector_env = vector_env
+            self._actions = None
+            super().__init__(vector_env.num_envs, vector_env.single_observation_space,
+                             vector_env.single_action_space)
+
+        def reset(self):
+            seeds = self._seeds if any(s is not None for s in self._seeds) else None
+            options = self._options[0] or None
+            obs, _ = self.vector_env.reset(seed=seeds, options=options)
+            self.reset_infos = [{"example_id": env.example.id} for env in self.vector_env.envs]
+            self._reset_seeds()
+            self._reset_options()
+            return obs
+
+        def step_async(self, actions):
+            self._actions = actions
+
+        def step_wait(self):
+            obs, rewards, terminated, truncated, infos = self.vector_env.step(self._actions)
+            out = []
+            for i, info in enumerate(self.vector_env.last_infos):
+                info = dict(info)
+                info["terminal_observation"] = infos["final_obs"][i]
+                info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+                out.append(info)
+            return obs, rewards.astype("float32"), terminated | truncated, out
+
+        def close(self):
+            self.vector_env.close()
+
+        def _rows(self, indices):
+            return [self.vector_env.envs[i] for i in self._get_indices(indices)]
+
+        def get_attr(self, attr_name, indices=None):
+            return [getattr(env, attr_name) for env in self._rows(indices)]
+
+        def set_attr(self, attr_name, value, indices=None):
+            for env in self._rows(indices):
+                setattr(env, attr_name, value)
+
+        def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+            return [getattr(env, method_name)(*method_args, **method_kwargs) for env in self._rows(indices)]
+
+        def env_is_wrapped(self, wrapper_class, indices=None):
+            return [isinstance(env, wrapper_class) for env in self._rows(indices)]
+
+    return SB3VectorAdapter
+
+
+def _SB3VectorAdapter(vector_env):
+    return _sb3_vec_env_class()(vector_env)

@@ -187,6 +187,12 @@ class Evaluator:
         cache_root: folder of the disk cache (default ``$SKIPENV_CACHE``).
         lru_size: entries of the in-memory (example, plan) → :class:`Outcome` cache (``>= 0``; 0 disables it).
         record_time: put wall-clock seconds in the outcome (off by default: makes infos irreproducible).
+        reuse: start each plan from the full model's stored computation on the input (decoder-only: KV cache and
+            residual stream of the prefix shared with the full input, see :mod:`skipenv.generators.reuse`;
+            encoder-decoder: the encoder output): same outcomes, several times faster for plans that remove late
+            tokens or skip late sublayers; FLOPs are still charged as if the plan ran from scratch. Attaches a
+            :class:`~skipenv.generators.reuse.PrefixStore` (1 GiB cap) to the generator if it has none. ``False``
+            runs every plan from scratch; ``SKIPENV_REUSE=0`` turns the default off process-wide.
 
     Raises:
         ValueError: an unknown quality, ``max_new_tokens < 1``, ``token_segments < 0`` or ``lru_size < 0``.
@@ -194,8 +200,19 @@ class Evaluator:
 
     def __init__(self, generator, task, *, quality: str | QualitySignal = "agreement", token_segments: int = 8,
                  max_new_tokens: int | None = None, disk_cache: bool = True, cache_root=None, lru_size: int = 4096,
-                 record_time: bool = False):
+                 record_time: bool = False, reuse: bool | None = None):
         self.signal = get_signal(quality)
+        if reuse is None:
+            from ..generators.reuse import reuse_enabled_by_default
+
+            reuse = reuse_enabled_by_default()
+        if not isinstance(reuse, bool):
+            raise ValueError(f"reuse must be True, False or None (= unless SKIPENV_REUSE=0), got {reuse!r}")
+        self.reuse = reuse
+        if reuse and hasattr(generator, "prefix_store") and generator.prefix_store is None:
+            from ..generators.reuse import PrefixStore
+
+            generator.prefix_store = PrefixStore()
         for name, v, low in (("token_segments", token_segments, 0), ("lru_size", lru_size, 0),
                              ("max_new_tokens", max_new_tokens, 1)):
             if v is None and name == "max_new_tokens":
@@ -282,7 +299,7 @@ class Evaluator:
             full = self._cached_full(example)
             if full is None:
                 out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
-                                              stop=self.task.output_complete)
+                                              stop=self.task.output_complete, **self._reuse_kwargs())
                 full = self._store_full(example, self._new_full(example, out.tokens[0], out.texts[0]))
             self._full[example.id] = full
         if self.signal.needs_target_logprob and full.target_logprob is None:  # cached by another signal
@@ -331,12 +348,15 @@ class Evaluator:
     def generate(self, example, plan: SkipPlan) -> tuple[str, int]:
         """Greedy output of ``plan`` on ``example``: ``(text, tokens generated)``."""
         out = self.generator.generate([self.prompt(example)], plan, max_new_tokens=self.max_new_tokens,
-                                      stop=self.task.output_complete)
+                                      stop=self.task.output_complete, **self._reuse_kwargs())
         return out.texts[0], out.num_generated[0]
+
+    def _reuse_kwargs(self) -> dict:
+        return {} if self.reuse else {"reuse": False}
 
     def score(self, example, target_ids, plan: SkipPlan | None):
         """Teacher-forced scoring of ``target_ids`` after ``example``'s input under ``plan`` (``ScoreOutput``)."""
-        return self.generator.score([self.prompt(example)], [list(target_ids)], plan)[0]
+        return self.generator.score([self.prompt(example)], [list(target_ids)], plan, **self._reuse_kwargs())[0]
 
     def target_ids(self, example) -> list[int]:
         """The tokenised gold target followed by EOS."""

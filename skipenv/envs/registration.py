@@ -17,6 +17,8 @@ __all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "sharing"
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
 _LAYERWISE = "skipenv.envs.switchdec:SwitchDecLayerwiseEnv"
+#: native vector env of the one-shot ids (``gym.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``)
+_VECTOR = "skipenv.envs.vector:SwitchDecVectorEnv"
 
 #: id → (entry point, kwargs)
 SPECS: dict[str, tuple[str, dict]] = {
@@ -38,10 +40,13 @@ ENV_IDS: tuple[str, ...] = tuple(SPECS)
 
 def register_envs() -> None:
     """Register every id in :data:`ENV_IDS` (idempotent). Episodes are one step (one-shot) or ``L + 1`` steps
-    (layerwise), so no ``max_episode_steps`` is set."""
+    (layerwise), so no ``max_episode_steps`` is set. One-shot ids also get a ``vector_entry_point``
+    (:class:`~skipenv.envs.vector.SwitchDecVectorEnv`)."""
     for env_id, (entry_point, kwargs) in SPECS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs), disable_env_checker=False)
+            vector = _VECTOR if entry_point == _ONE_SHOT else None
+            gym.register(id=env_id, entry_point=entry_point, vector_entry_point=vector, kwargs=dict(kwargs),
+                         disable_env_checker=False)
 
 
 #: objects handed to the env constructor by :func:`make` (kept out of gymnasium's spec kwargs)

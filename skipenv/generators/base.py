@@ -336,7 +336,8 @@ class SkippableGenerator:
     # ------------------------------------------------------------------ operations
     @torch.inference_mode()
     def generate(self, inputs: Sequence[PromptInput], plan: SkipPlan | None = None, *, max_new_tokens: int = 32,
-                 use_cache: bool = True, stop: Callable[[str], bool] | None = None) -> GenerationOutput:
+                 use_cache: bool = True, stop: Callable[[str], bool] | None = None,
+                 reuse: bool = True) -> GenerationOutput:
         """Greedy generation for a batch under one plan (token segments are removed per input).
 
         Args:
@@ -347,6 +348,8 @@ class SkippableGenerator:
                 the same tokens.
             stop: optional stop rule on the decoded text so far (e.g. :meth:`skipenv.tasks.Task.output_complete`);
                 a row stops after the token that makes it true.
+            reuse: decoder-only models, one input: start the prefill from the full model's stored computation on
+                the input (:mod:`skipenv.generators.reuse`; same tokens, less work). Ignored otherwise.
 
         Returns:
             :class:`GenerationOutput`.
@@ -405,7 +408,7 @@ class SkippableGenerator:
 
     @torch.inference_mode()
     def score(self, inputs: Sequence[PromptInput], targets: Sequence[Sequence[int]],
-              plan: SkipPlan | None = None) -> list[ScoreOutput]:
+              plan: SkipPlan | None = None, *, reuse: bool = True) -> list[ScoreOutput]:
         """Teacher-forced scoring under ``plan``: one forward pass over the batch (decoder-only: ``input + target``;
         encoder-decoder: the encoder once, the decoder over ``[start] + target[:-1]``).
 
@@ -413,6 +416,8 @@ class SkippableGenerator:
             inputs: ``B`` formatted inputs.
             targets: ``B`` target token-id lists (e.g. the full model's greedy output, or a tokenised reference).
             plan: the plan (``None`` = full model).
+            reuse: decoder-only models, one input: start from the full model's stored computation on the input
+                (:mod:`skipenv.generators.reuse`; same results up to float round-off, less work). Ignored otherwise.
 
         Returns:
             ``B`` :class:`ScoreOutput` (log-probabilities and argmax at the ``m_i`` target positions).

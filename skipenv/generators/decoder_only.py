@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -12,6 +14,10 @@ from ..inputs import PromptInput
 from ..plan import SkipPlan
 from .adapter import SkipAwareCache, replaced_forwards
 from .base import SkippableGenerator, _left_pad, _positions, _StopForward
+from .reuse import PrefixStore, compute_state, reused_forward
+
+#: the call running on this thread: (generator, PrefixState) while it reuses, and the active plan
+_ACTIVE = threading.local()
 
 __all__ = ["DecoderOnlyGenerator", "LayerStepper"]
 
@@ -33,9 +39,102 @@ class _CausalDecoding:
         self.mask = torch.cat([self.mask, torch.ones_like(self.new, dtype=self.mask.dtype)], 1)
 
 
+class _ReusedDecoding(_CausalDecoding):
+    """A :class:`_CausalDecoding` whose prefill was computed from a stored prefix state (see ``reuse.py``)."""
+
+    def __init__(self, generator, ids, mask, plan, state):
+        self.generator, self.ids, self.mask, self.new = generator, ids, mask, ids
+        self._first, self.cache = reused_forward(generator, state, ids[0].tolist(), plan, num_logits=1)
+
+    def next_logits(self) -> torch.Tensor:
+        if self._first is not None:
+            logits, self._first = self._first[:, -1], None
+            return logits
+        return super().next_logits()
+
+
 class DecoderOnlyGenerator(SkippableGenerator):
     """Decoder-only (causal LM) families: left-padded batches, explicit position ids, a
-    :class:`~skipenv.generators.adapter.SkipAwareCache` per call."""
+    :class:`~skipenv.generators.adapter.SkipAwareCache` per call.
+
+    Attributes:
+        prefix_store: the :class:`~skipenv.generators.reuse.PrefixStore` of the full model's computation per input
+            that single-input :meth:`generate` / :meth:`score` calls start from. ``None`` (the default of a bare
+            generator: every call runs from scratch, so its executed FLOPs are the plan's) = no reuse; an
+            :class:`~skipenv.envs.Evaluator` attaches a 1 GiB store unless ``reuse=False`` or ``SKIPENV_REUSE=0``.
+    """
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        self.prefix_store: PrefixStore | None = None
+
+    @contextlib.contextmanager
+    def _reusing(self, inputs, reuse: bool, use_cache: bool = True, target=None, plan=None):
+        """While active (one input, reuse on, a store), this thread's model calls start from the stored prefix state
+        of the input (computed now over the input, followed by ``target`` when scoring, on the store's
+        ``admit_after``-th request; a full-model generation never computes one: it would gain nothing)."""
+        store = getattr(self, "prefix_store", None)
+        if not (reuse and use_cache and store is not None and isinstance(inputs, (list, tuple))
+                and len(inputs) == 1 and isinstance(inputs[0], PromptInput)
+                and (plan is None or isinstance(plan, SkipPlan))
+                and (target is None or isinstance(target, (list, tuple)))):
+            yield
+            return
+        key = tuple(int(i) for i in inputs[0].input_ids)
+        full_ids = key + tuple(int(i) for i in (target or ()))
+        limit = self._max_positions()
+        if limit is not None and len(full_ids) > limit:
+            yield  # the from-scratch path raises the length error
+            return
+        with self._lock:
+            state = store.get(key)
+            if state is None:
+                worth = target is not None or (plan is not None and not plan.is_empty)
+                if not (worth and store.admit(key)):
+                    yield
+                    return
+                with torch.inference_mode():
+                    state = compute_state(self, full_ids)
+                store.put(state, key)
+            previous = getattr(_ACTIVE, "value", None)
+            _ACTIVE.value = (self, state)
+            try:
+                yield
+            finally:
+                _ACTIVE.value = previous
+
+    @contextlib.contextmanager
+    def skipping(self, plan):
+        with super().skipping(plan) as checked:
+            previous = getattr(_ACTIVE, "plan", None)
+            _ACTIVE.plan = checked
+            try:
+                yield checked
+            finally:
+                _ACTIVE.plan = previous
+
+    skipping.__doc__ = SkippableGenerator.skipping.__doc__
+
+    @property
+    def _active_plan(self):
+        return getattr(_ACTIVE, "plan", None)
+
+    def _active_state(self):
+        value = getattr(_ACTIVE, "value", None)
+        return value[1] if value is not None and value[0] is self else None
+
+    def generate(self, inputs, plan=None, *, max_new_tokens: int = 32, use_cache: bool = True, stop=None,
+                 reuse: bool = True):
+        with self._reusing(inputs, reuse, use_cache, plan=plan):
+            return super().generate(inputs, plan, max_new_tokens=max_new_tokens, use_cache=use_cache, stop=stop)
+
+    generate.__doc__ = SkippableGenerator.generate.__doc__
+
+    def score(self, inputs, targets, plan=None, *, reuse: bool = True):
+        with self._reusing(inputs, reuse, target=targets[0] if len(targets) == 1 else None):
+            return super().score(inputs, targets, plan)
+
+    score.__doc__ = SkippableGenerator.score.__doc__
 
     def _pad(self, seqs):
         return _left_pad(seqs, self.pad_token_id, self.device)
@@ -53,9 +152,18 @@ class DecoderOnlyGenerator(SkippableGenerator):
         return out.logits
 
     def _begin_decoding(self, ids, mask, plan, use_cache):
+        state = self._active_state()
+        if state is not None and use_cache and ids.shape[0] == 1:
+            return _ReusedDecoding(self, ids, mask, plan, state)
         return _CausalDecoding(self, ids, mask, plan, use_cache)
 
     def _target_logits(self, prompts, targets):
+        state = self._active_state()
+        if state is not None and len(prompts) == 1 and self._active_plan is not None:
+            m = len(targets[0])
+            logits, _ = reused_forward(self, state, prompts[0] + targets[0], self._active_plan, num_logits=m + 1,
+                                       need_cache=False)
+            return [logits[0, :m]]
         ids, mask = self._pad([p + t for p, t in zip(prompts, targets)])
         # logits only where targets are predicted: the last max(m)+1 columns (skips the LM head over the prompt)
         logits = self._forward(ids, mask, None, logits_to_keep=max(len(t) for t in targets) + 1)

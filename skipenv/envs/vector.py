@@ -1,0 +1,166 @@
+"""A native Gymnasium vector env over :class:`~skipenv.envs.switchdec.SwitchDecEnv`.
+
+``gym.make_vec("SwitchDec-XSum-v0", num_envs=N, vectorization_mode="vector_entry_point")`` builds a
+:class:`SwitchDecVectorEnv`: ``N`` one-shot envs in this process that share one generator, one
+:class:`~skipenv.envs.evaluator.Evaluator` (full outputs, observations, outcome cache, the generator's prefix store)
+and one reward. ``step`` evaluates the ``N`` plans together through the shared evaluator: a (document, plan) pair that
+occurs in several rows is run once, and each row of a decoder-only generator starts from the full model's stored
+computation on its document (:mod:`skipenv.generators.reuse`) — on a CPU that is cheaper than one padded forward pass
+over the ``N`` rows, which could not reuse per-document prefixes. Episodes are one step, so the env resets a
+finished row in the same ``step`` (Gymnasium's ``AutoresetMode.SAME_STEP``: the returned observation is the next
+episode's, the finished one's is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``).
+
+Results equal ``N`` single envs reset with seeds ``seed, seed + 1, …`` and stepped with the same actions (tested).
+For stable-baselines3 use :func:`skipenv.sb3.sb3_vec_env`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+__all__ = ["SwitchDecVectorEnv"]
+
+#: kwargs that the shared evaluator / reward define (passed only to the first env)
+_EVALUATOR_KWARGS = ("model", "device", "dtype", "task_source", "generator", "quality", "token_segments",
+                     "max_input_tokens", "max_new_tokens", "record_time", "disk_cache", "lru_size", "reward_mode",
+                     "tau", "cost_weight", "lam", "reuse")
+
+
+class SwitchDecVectorEnv(VectorEnv):
+    """``num_envs`` :class:`~skipenv.envs.switchdec.SwitchDecEnv` rows sharing one evaluator and reward.
+
+    Args:
+        num_envs: rows (integer ``>= 1``).
+        task, **kwargs: as :class:`~skipenv.envs.switchdec.SwitchDecEnv` (``evaluator=`` / ``generator=`` /
+            ``reward=`` objects may be given; a ``reuse`` flag sets the evaluator's prefix reuse).
+
+    Attributes:
+        envs: the ``N`` single envs (row ``i`` is reset with seed ``seed + i``).
+        last_infos: the per-row ``info`` dicts of the last ``step`` (finished episodes), as the single envs return them.
+
+    Raises:
+        ValueError: ``num_envs < 1`` or a bad env kwarg (as :class:`SwitchDecEnv`).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 1, task: Any = "xsum", **kwargs):
+        from .registration import sharing
+        from .switchdec import SwitchDecEnv
+
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        kwargs.pop("max_episode_steps", None)
+        reuse = kwargs.pop("reuse", None)
+        first = SwitchDecEnv(task, **kwargs)  # takes objects shared by skipenv.make / sharing() too
+        if reuse is not None:
+            first.evaluator.reuse = bool(reuse)
+        rest = {k: v for k, v in kwargs.items() if k not in _EVALUATOR_KWARGS and k not in ("evaluator", "reward")}
+        with sharing():  # the other rows take the first row's evaluator and reward, nothing else shared
+            self.envs = [first] + [SwitchDecEnv(task, evaluator=first.evaluator, reward=first.reward, **rest)
+                                   for _ in range(int(num_envs) - 1)]
+        self.num_envs = int(num_envs)
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.render_mode = None
+        self.last_infos: list[dict] = [{} for _ in range(self.num_envs)]
+        self._obs = np.zeros((self.num_envs,) + self.single_observation_space.shape, dtype=np.float32)
+
+    # ------------------------------------------------------------------ shared objects
+    @property
+    def evaluator(self):
+        return self.envs[0].evaluator
+
+    @property
+    def generator(self):
+        return self.envs[0].generator
+
+    @property
+    def reward(self):
+        return self.envs[0].reward
+
+    # ------------------------------------------------------------------ Gymnasium VectorEnv API
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
+        """Reset every row. ``seed``: an int (row ``i`` gets ``seed + i``), a list of ``N`` seeds, or ``None``.
+        ``options``: passed to every row's ``reset``. Returns ``(observations [N, d + 2], infos)``."""
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        infos: list[dict] = []
+        for i, (env, s) in enumerate(zip(self.envs, seeds)):
+            self._obs[i], info = env.reset(seed=s, options=options)
+            infos.append(info)
+        return self._obs.copy(), self._merge(infos)
+
+    def step(self, actions):
+        """Run the ``N`` plans (``actions`` ``[N, n]``), reward them, reset every row (same step).
+
+        Returns:
+            ``(observations [N, d + 2] of the next episodes, rewards [N], terminated [N] (all True),
+            truncated [N] (all False), infos)``; ``infos`` holds the finished episodes' values as arrays (Gymnasium
+            vector convention) plus ``final_obs`` / ``final_info`` (row ``i``: the single env's observation / info).
+        """
+        actions = np.asarray(actions)
+        if actions.shape[0] != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} actions (one row per env), got shape {actions.shape}")
+        for env in self.envs:
+            env._check_can_step()
+        plans = [env.codec.decode(a) for env, a in zip(self.envs, actions)]
+        outcomes = self.evaluate_together([env.example for env in self.envs], plans)
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        final_obs = np.zeros_like(self._obs)
+        infos: list[dict] = []
+        for i, (env, o) in enumerate(zip(self.envs, outcomes)):
+            env._last_outcome, env._episode_over = o, True
+            info = env._info(o)
+            rewards[i] = float(info["reward"])
+            final_obs[i] = env._observation()
+            infos.append(info)
+            self._obs[i], _ = env.reset()
+        self.last_infos = infos
+        merged = self._merge(infos)
+        merged["final_obs"] = final_obs
+        merged["final_info"] = np.array(infos, dtype=object)
+        merged["_final_obs"] = merged["_final_info"] = np.ones(self.num_envs, dtype=bool)
+        terminated = np.ones(self.num_envs, dtype=bool)
+        return self._obs.copy(), rewards, terminated, np.zeros(self.num_envs, dtype=bool), merged
+
+    def evaluate_together(self, examples, plans):
+        """Outcomes of ``N`` (example, plan) pairs through the shared evaluator; a pair that occurs in several rows
+        is run once (the outcome cache)."""
+        return [self.evaluator.outcome(ex, plan) for ex, plan in zip(examples, plans)]
+
+    @staticmethod
+    def _merge(infos: list[dict]) -> dict:
+        """Per-row info dicts → Gymnasium's vector info: one array per key plus a ``_key`` mask."""
+        keys = list(dict.fromkeys(k for info in infos for k in info))
+        out: dict[str, Any] = {}
+        for k in keys:
+            values = [info.get(k) for info in infos]
+            mask = np.array([k in info for info in infos])
+            if all(isinstance(v, (bool, np.bool_)) for v, m in zip(values, mask) if m):
+                arr = np.array([bool(v) if m else False for v, m in zip(values, mask)])
+            elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                     for v, m in zip(values, mask) if m):
+                arr = np.array([v if m else 0 for v, m in zip(values, mask)])
+            else:
+                arr = np.empty(len(infos), dtype=object)
+                arr[:] = values
+            out[k], out["_" + k] = arr, mask
+        return out
+
+    def close_extras(self, **kwargs):
+        for env in getattr(self, "envs", ()):  # () when the constructor failed
+            env.close()
+
+    def __repr__(self) -> str:
+        return f"SwitchDecVectorEnv(num_envs={self.num_envs}, {self.envs[0].task.name}, {self.generator!r})"

@@ -1,0 +1,302 @@
+"""Prefix reuse: run a plan from what the full model already computed for the same input (decoder-only models).
+
+In a causal decoder, position ``p`` of layer ``i`` depends only on the input ids at positions ``<= p`` and on the
+layers ``< i``. So for a plan whose processed input first differs from the full input at position ``s`` (the first
+removed token; the common prefix of the two id lists) and whose first skipped sublayer is in layer ``j``
+(``j = L`` when only tokens are skipped):
+
+- positions ``< s`` of every layer ``< j`` are the full model's computation: their keys / values and the residual
+  stream entering layer ``j`` can be taken from the full model's run on the same input;
+- only positions ``>= s`` of layers ``< j`` (the rest of the prompt and the target / new tokens) and all positions of
+  layers ``>= j`` have to be computed.
+
+A :class:`PrefixState` holds, for one sequence of ``T`` tokens (the input for generation; the input followed by the
+scored target for teacher-forced scoring, so that a plan skipping only sublayers scores the full output from the
+stored layers ``< j`` of *every* position), the full model's keys / values of every layer and
+the residual stream entering every layer ``>= 1`` (float tensors in the model's dtype: for the embedded
+SmolLM2-135M at float32, 30 layers × (2 × 192 + 576) floats × 4 bytes = 115 200 bytes per token, about 46 MB for a
+400-token input). A :class:`PrefixStore` keeps them in a byte-capped LRU (default :data:`DEFAULT_MAX_BYTES`, 1 GiB:
+about 23 such inputs); the state of an input is computed lazily, by one single-row forward pass of the full model
+over the input (and the scored target), the second time a call on that input needs it (see
+:class:`PrefixStore`).
+
+The reused path runs in at most two model calls, both the model's own ``forward`` (masks, rotary / learned positions
+and the KV cache are built by transformers):
+
+1. the tail ``ids[s:]`` through layers ``< j`` with a KV cache holding the stored keys / values of positions
+   ``< s`` (position ids continue from ``s``); stopped before layer ``j`` (or run to the logits when ``j = L``);
+   skipped when ``s = N``;
+2. when ``j < L``: all positions through layers ``>= j``, the residual stream entering layer ``j`` being the stored
+   one for positions ``< s`` and the output of call 1 for the rest (layers ``< j`` are replaced by bodies that
+   return it); their keys / values (from call 1) are put into the cache afterwards, for decoding.
+
+This is the simulator's speed only: the FLOPs an environment charges for a plan are those of running it from scratch
+(:meth:`~skipenv.generators.SkippableGenerator.flops` does not change). Results equal the from-scratch path up to
+float round-off (the stored prefix was computed in a pass of another length): log-probabilities agree to ``1e-4``
+and argmax / generated tokens are identical on the property tests (``tests/test_reuse.py``).
+
+Who turns it on: a bare generator has no store (``generator.prefix_store is None``: every call runs from scratch, so
+the FLOPs it executes are the plan's); an :class:`~skipenv.envs.Evaluator` (so every SwitchDec env) attaches a
+:class:`PrefixStore` unless ``reuse=False`` or ``SKIPENV_REUSE=0`` is set in the environment. ``generate`` /
+``score`` take ``reuse=False`` to bypass the store for one call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .adapter import SkipAwareCache, replaced_forwards
+
+__all__ = ["DEFAULT_MAX_BYTES", "PrefixState", "PrefixStore", "reuse_enabled_by_default", "plan_reuse_point"]
+
+#: Default byte cap of a :class:`PrefixStore` (1 GiB).
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+def reuse_enabled_by_default() -> bool:
+    """``False`` if the environment variable ``SKIPENV_REUSE`` is ``0`` / ``false`` / ``no`` / ``off``, else
+    ``True``."""
+    return os.environ.get("SKIPENV_REUSE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclass
+class PrefixState:
+    """The full model's computation on one input that later plans can reuse.
+
+    Attributes:
+        ids: the full input ids, ``T`` of them.
+        keys, values: per layer, the keys / values of the ``T`` positions, ``[1, kv_heads, T, head_dim]`` each
+            (GPT-2: ``[1, heads, T, head_dim]``).
+        hidden: per layer ``i``, the residual stream entering layer ``i``, ``[1, T, d]`` (``hidden[0]`` is ``None``:
+            a plan that skips a sublayer of layer 0 reuses nothing).
+    """
+
+    ids: tuple[int, ...]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    hidden: list[torch.Tensor | None]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors of this state."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values, *self.hidden) if t is not None)
+
+
+class PrefixStore:
+    """A byte-capped LRU of :class:`PrefixState` (encoder-decoder models:
+    :class:`~skipenv.generators.encoder_decoder.EncoderState`), keyed by the input ids (thread-safe).
+
+    Computing a state costs one forward pass of the full model, which pays only if the input comes back: by default
+    a state is computed on the second call that needs it (``admit_after=2``), so inputs seen once (e.g. one
+    evaluation episode per test document) cost no more than without reuse.
+
+    Args:
+        max_bytes: the cap (``>= 0``; default :data:`DEFAULT_MAX_BYTES`); a state larger than the cap is not kept.
+        admit_after: compute an input's state on its ``admit_after``-th request (integer ``>= 1``; default 2).
+
+    Attributes:
+        nbytes: bytes held now. peak_bytes: the most held at once. hits, misses: lookups that found / did not find
+            a state. evictions: states dropped to stay under the cap.
+
+    Raises:
+        ValueError: a negative or non-integer ``max_bytes``, ``admit_after < 1``.
+    """
+
+    #: inputs whose request count is remembered (oldest forgotten first)
+    _SEEN_LIMIT = 1 << 16
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, admit_after: int = 2):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        if isinstance(admit_after, bool) or not isinstance(admit_after, int) or admit_after < 1:
+            raise ValueError(f"admit_after must be an integer >= 1, got {admit_after!r}")
+        self.max_bytes, self.admit_after = int(max_bytes), int(admit_after)
+        self._states: OrderedDict[tuple[int, ...], PrefixState] = OrderedDict()
+        self._seen: OrderedDict[int, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = self.peak_bytes = self.hits = self.misses = self.evictions = 0
+
+    def admit(self, ids: Sequence[int]) -> bool:
+        """Count a request for the state of ``ids``; ``True`` when it should be computed now (the
+        ``admit_after``-th request or later)."""
+        key = hash(tuple(int(i) for i in ids))
+        with self._lock:
+            n = self._seen.pop(key, 0) + 1
+            self._seen[key] = n
+            while len(self._seen) > self._SEEN_LIMIT:
+                self._seen.popitem(last=False)
+            return n >= self.admit_after
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, ids: Sequence[int]) -> PrefixState | None:
+        key = tuple(int(i) for i in ids)
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                self.misses += 1
+                return None
+            self._states.move_to_end(key)
+            self.hits += 1
+            return state
+
+    def put(self, state: PrefixState, key: Sequence[int] | None = None) -> None:
+        """Keep ``state`` under ``key`` (default: its ids), evicting the least recently used states over the cap."""
+        size = state.nbytes
+        key = state.ids if key is None else tuple(int(i) for i in key)
+        with self._lock:
+            old = self._states.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            if size > self.max_bytes:
+                return
+            while self._states and self.nbytes + size > self.max_bytes:
+                _, evicted = self._states.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+                self.evictions += 1
+            self._states[key] = state
+            self.nbytes += size
+            self.peak_bytes = max(self.peak_bytes, self.nbytes)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
+            self._seen.clear()
+            self.nbytes = 0
+
+    def __getstate__(self) -> dict:  # the states are a cache: a pickled copy starts empty
+        return {"max_bytes": self.max_bytes, "admit_after": self.admit_after}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_bytes"], state.get("admit_after", 2))
+
+    def __repr__(self) -> str:
+        return (f"PrefixStore({len(self)} inputs, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, "
+                f"hits={self.hits}, misses={self.misses})")
+
+
+def plan_reuse_point(full_ids: Sequence[int], ids: Sequence[int], decoder_attention: Sequence[bool],
+                     decoder_ffn: Sequence[bool], num_logits: int = 1) -> tuple[int, int]:
+    """``(s, j)`` for running ``ids`` from the state of ``full_ids``: ``j`` = the first layer with a skipped sublayer
+    (``L`` if none); ``s`` = length of the common prefix of the two id lists, capped at ``len(ids) - num_logits``
+    when ``j = L`` (the positions whose logits are needed are computed; with ``j < L`` every position's logits come
+    from layers ``>= j`` anyway)."""
+    s = 0
+    for a, b in zip(full_ids, ids):
+        if a != b:
+            break
+        s += 1
+    j = next((i for i, (a, f) in enumerate(zip(decoder_attention, decoder_ffn)) if a or f), len(decoder_attention))
+    if j == len(decoder_attention):
+        s = min(s, len(ids) - num_logits)
+    return max(s, 0), j
+
+
+class _Stop(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+def _hidden_of(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def compute_state(generator, ids: Sequence[int]) -> PrefixState:
+    """Run the full model once over ``ids`` (one row, no padding) and collect its :class:`PrefixState`.
+    Call under ``torch.inference_mode()`` and the generator's lock, with no layer bodies replaced."""
+    layers = generator._decoder_layers()
+    hidden: list[torch.Tensor | None] = [None] * len(layers)
+
+    def hook(i):
+        def record(module, args, kwargs):
+            hidden[i] = _hidden_of(args, kwargs).detach()
+        return record
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers) if i]
+    cache = SkipAwareCache(generator.config, [False] * len(layers))
+    tensor = torch.tensor([list(ids)], dtype=torch.long, device=generator.device)
+    try:
+        generator._forward(tensor, torch.ones_like(tensor), cache, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    keys = [cache.layers[i].keys for i in range(len(layers))]
+    values = [cache.layers[i].values for i in range(len(layers))]
+    return PrefixState(tuple(int(i) for i in ids), keys, values, hidden)
+
+
+def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, num_logits: int,
+                   need_cache: bool = True) -> tuple[torch.Tensor, SkipAwareCache | None]:
+    """The plan's forward pass over ``ids`` (one row: the processed input, followed by target tokens when scoring)
+    starting from ``state``; the plan's layer bodies must be installed (inside ``generator.skipping(plan)``).
+
+    Args:
+        ids: processed ids ``[N]`` (the processed input, followed by the target tokens when scoring).
+        num_logits: logits kept at the last positions (``1 <= num_logits <= N``).
+        need_cache: return the KV cache of all positions (for decoding); ``False`` (scoring) saves building it.
+
+    Returns:
+        ``(logits [1, num_logits, V], cache)``: the cache holds keys / values of all ``N`` positions, ready for
+        decoding (a :class:`SkipAwareCache` for the plan's skipped attention sublayers); ``None`` without
+        ``need_cache`` when layers ``>= j`` ran without one.
+    """
+    layers = generator._decoder_layers()
+    num_layers = len(layers)
+    s, j = plan_reuse_point(state.ids, ids, plan.decoder_attention, plan.decoder_ffn, num_logits)
+    n = len(ids)
+    device = generator.device
+    full = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    mask = torch.ones_like(full)
+    cache = SkipAwareCache(generator.config, plan.decoder_attention)
+    if j == 0:  # nothing reusable: from scratch
+        cache = cache if need_cache else None
+        return generator._forward(full, mask, cache, logits_to_keep=num_logits), cache
+    first = SkipAwareCache(generator.config, [False] * num_layers) if j < num_layers else cache
+    if s < n:
+        for i in range(min(j, num_layers)):
+            first.update(state.keys[i][:, :, :s], state.values[i][:, :, :s], i)
+    if j == num_layers:  # tokens only: one call over the tail
+        return generator._forward(full[:, s:], mask, cache, logits_to_keep=num_logits), cache
+    if s < n:  # call 1: the tail through layers < j
+        def stop(module, args, kwargs):
+            raise _Stop(_hidden_of(args, kwargs))
+
+        handle = layers[j].register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            generator._forward(full[:, s:], mask, first, logits_to_keep=1)
+        except _Stop as e:
+            tail = e.hidden
+        else:  # pragma: no cover - the hook always fires
+            raise RuntimeError(f"layer {j} was never called")
+        finally:
+            handle.remove()
+        stream = torch.cat([state.hidden[j][:, :s].to(tail.dtype), tail], 1)
+    else:  # every position of layers < j is the full model's (scoring the sequence the state was computed on)
+        stream = state.hidden[j][:, :n]
+
+    # call 2: all positions through layers >= j (layers < j hand over the residual stream entering layer j)
+    def inject(hidden_states, **kwargs):
+        return stream
+
+    def identity(hidden_states, **kwargs):
+        return hidden_states
+
+    bodies = [(layers[0], inject)] + [(layers[i], identity) for i in range(1, j)]
+    if not need_cache:
+        cache = None
+    with replaced_forwards(bodies):
+        logits = generator._forward(full, mask, cache, logits_to_keep=num_logits)
+    if cache is not None:
+        for i in range(j):
+            if s < n:
+                cache.update(first.layers[i].keys, first.layers[i].values, i)
+            else:
+                cache.update(state.keys[i][:, :, :n], state.values[i][:, :, :n], i)
+    return logits, cache
