@@ -296,7 +296,8 @@ def configure_parser(p) -> None:
 
     from .policies import POLICY_HELP
 
-    sub = p.add_subparsers(dest="dataset_command", metavar="{record,evaluate}", required=True)
+    sub = p.add_subparsers(dest="dataset_command", metavar="{record,evaluate}", required=True,
+                          help="record: log episodes of a policy as a Minari dataset; evaluate: off-policy estimates from one")
     rec = sub.add_parser("record",
                          help="log a policy's episodes (with its action probabilities) as a Minari dataset")
     rec.add_argument("--env", default="SwitchDec-XSum-v0", help="one-shot env id (default: SwitchDec-XSum-v0)")

@@ -42,8 +42,12 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_option_has_help_and_help_shows_defaults(capsys):
     subs = _subparsers(build_parser())
     assert set(subs) == set(SUBCOMMANDS)
-    for name, p in subs.items():
+    todo = list(subs.items())
+    while todo:  # nested subcommands too (``skipenv dataset record``)
+        name, p = todo.pop()
         for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo += [(f"{name} {n}", q) for n, q in a.choices.items()]
             if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
                 continue
             assert a.help, f"skipenv {name}: {a.option_strings or a.dest} has no help text"
