@@ -28,6 +28,7 @@ one length check. The architecture types only say how a batch is padded and run:
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -45,6 +46,9 @@ from .adapter import (
     replaced_forwards,
 )
 from .flops import FlopsBreakdown, FlopsModel
+
+#: per-thread plan of the active :meth:`SkippableGenerator.skipping` block
+_SKIPPING = threading.local()
 
 __all__ = [
     "SkippableGenerator",
@@ -274,7 +278,17 @@ class SkippableGenerator:
             for layer, a, f in zip(layers, attn, ffn) if a or f
         ]
         with self._lock, replaced_forwards(replacements):
-            yield plan
+            previous = getattr(_SKIPPING, "plan", None)
+            _SKIPPING.plan = plan  # read by the prefix-reuse paths (:attr:`_active_plan`)
+            try:
+                yield plan
+            finally:
+                _SKIPPING.plan = previous
+
+    @property
+    def _active_plan(self) -> SkipPlan | None:
+        """The plan of the :meth:`skipping` block this thread is in (``None`` outside one)."""
+        return getattr(_SKIPPING, "plan", None)
 
     @staticmethod
     def prepare_ids(inputs: Sequence[PromptInput], plan: SkipPlan) -> list[list[int]]:

@@ -103,22 +103,6 @@ class DecoderOnlyGenerator(SkippableGenerator):
             finally:
                 _ACTIVE.value = previous
 
-    @contextlib.contextmanager
-    def skipping(self, plan):
-        with super().skipping(plan) as checked:
-            previous = getattr(_ACTIVE, "plan", None)
-            _ACTIVE.plan = checked
-            try:
-                yield checked
-            finally:
-                _ACTIVE.plan = previous
-
-    skipping.__doc__ = SkippableGenerator.skipping.__doc__
-
-    @property
-    def _active_plan(self):
-        return getattr(_ACTIVE, "plan", None)
-
     def _active_state(self):
         value = getattr(_ACTIVE, "value", None)
         return value[1] if value is not None and value[0] is self else None

@@ -84,18 +84,6 @@ class EncoderDecoderGenerator(SkippableGenerator):
         finally:
             _ACTIVE.value = previous
 
-    @contextlib.contextmanager
-    def skipping(self, plan):
-        with super().skipping(plan) as checked:
-            previous = getattr(_ACTIVE, "plan", None)
-            _ACTIVE.plan = checked
-            try:
-                yield checked
-            finally:
-                _ACTIVE.plan = previous
-
-    skipping.__doc__ = SkippableGenerator.skipping.__doc__
-
     def generate(self, inputs, plan=None, *, max_new_tokens: int = 32, use_cache: bool = True, stop=None,
                  reuse: bool = True):
         with self._reusing(inputs, reuse):
@@ -113,7 +101,7 @@ class EncoderDecoderGenerator(SkippableGenerator):
         """The encoder output for ``ids`` ``[B, T]``: from the store when one full input runs with no encoder
         sublayer skipped (then the encoder is the full model's), else computed."""
         value = getattr(_ACTIVE, "value", None)
-        plan = plan if plan is not None else getattr(_ACTIVE, "plan", None)
+        plan = plan if plan is not None else self._active_plan
         if (value is None or value[0] is not self or plan is None or ids.shape[0] != 1
                 or any(plan.encoder_attention) or any(plan.encoder_ffn) or tuple(ids[0].tolist()) != value[1]):
             return self.model.get_encoder()(input_ids=ids, attention_mask=mask)
