@@ -37,14 +37,16 @@ def cache_root() -> Path:
     Raises:
         NotADirectoryError: ``$SKIPENV_CACHE`` (or the default folder) is a regular file — one line naming it.
     """
-    from ..assets import CACHE_ENV, cache_dir
+    from ..assets import CACHE_ENV, AssetError, cache_dir
 
     try:
         return cache_dir()
-    except (FileExistsError, NotADirectoryError):
-        raise NotADirectoryError(f"the skipenv cache folder ({CACHE_ENV}={os.environ.get(CACHE_ENV)!r}) is a "
-                                 f"regular file or lies under one; point {CACHE_ENV} at a folder") from None
-    except PermissionError:  # read-only: DiskCache falls back to memory
+    except AssetError as e:  # cache_dir reports both "is a file" and "cannot be created" as AssetError
+        cause = e.__cause__
+        if cause is None or isinstance(cause, (FileExistsError, NotADirectoryError)):
+            raise NotADirectoryError(f"the skipenv cache folder ({CACHE_ENV}={os.environ.get(CACHE_ENV)!r}) is a "
+                                     f"regular file or lies under one; point {CACHE_ENV} at a folder") from None
+        # cannot be created (read-only parent, disk full ...): DiskCache falls back to memory with one warning
         configured = os.environ.get(CACHE_ENV)
         if configured:
             return Path(configured).expanduser()
