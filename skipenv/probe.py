@@ -755,11 +755,24 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
 
     import skipenv  # noqa: F401  (registers the ids)
 
+    from .envs import SwitchDecEnv
+    from .observations import _parse as _parse_observation_kind
+
     env_kwargs = dict(env_kwargs or {})
+    reserved = sorted({"split", "num_examples"} & set(env_kwargs))
+    if reserved:
+        raise ValueError(f"env_kwargs {reserved} are set by the probe itself; choose the documents with "
+                         f"num_train / num_test (--train-docs / --test-docs)")
+    for kind in observations:  # checked before anything is evaluated
+        _parse_observation_kind(kind)
     tau = float(tau if tau is not None else env_kwargs.get("tau", 0.1))
 
     def make_env(split: str, n: int):
-        return gym.make(env_id, split=split, num_examples=n, **env_kwargs)
+        env = gym.make(env_id, split=split, num_examples=n, **env_kwargs)
+        if not isinstance(env.unwrapped, SwitchDecEnv):
+            raise ValueError(f"the probe needs a one-shot env (SwitchDecEnv); {env_id!r} is a "
+                             f"{type(env.unwrapped).__name__}: use the id without '-Layerwise'")
+        return env
 
     if menu is not None and not isinstance(menu, Mapping):
         env = make_env("train", 1)
@@ -811,27 +824,32 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
 # ---------------------------------------------------------------------------------------------- command line
 def configure_parser(p) -> None:
     """Arguments of ``skipenv probe`` / ``benchmarks/learnability.py``."""
-    import json as _json
+    from .cli import json_object, nonnegative_int, positive_int
 
     p.add_argument("--env", default="SwitchDec-XSum-v0", help="a one-shot SwitchDec env id")
-    p.add_argument("--train-docs", type=int, default=40, help="first N documents of the train split")
-    p.add_argument("--test-docs", type=int, default=20, help="first M documents of the test split")
+    p.add_argument("--train-docs", type=positive_int, default=40, help="first N documents of the train split")
+    p.add_argument("--test-docs", type=positive_int, default=20, help="first M documents of the test split")
     p.add_argument("--quality", default="agreement", help="quality signal (gym.make kwarg)")
     p.add_argument("--tau", type=float, default=0.1, help="quality tolerance (quality units)")
     p.add_argument("--plan", action="append", default=None, metavar="NAME:KIND=I,J;KIND=I",
                    help="a menu plan (repeatable; replaces the default menu), e.g. 'lead:tokens=6,7'")
-    p.add_argument("--learning-curve", type=int, nargs="*", default=None,
+    p.add_argument("--learning-curve", type=positive_int, nargs="*", default=None,
                    help="train-document counts of the learning curve (default 1/4, 1/2, 3/4 of --train-docs)")
-    p.add_argument("--env-kwargs", type=_json.loads, default={}, help="further gym.make kwargs as JSON")
+    p.add_argument("--env-kwargs", type=json_object, default={}, help="further gym.make kwargs as JSON")
     p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
                    help="observation kinds to compare with the env's: segments, layer:m (skipenv.observations)")
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the analysis (fold shuffling, learning-curve subsets, randomised policies)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args) -> int:
     """Run the probe from parsed :func:`configure_parser` arguments; prints the report; returns 0."""
+    both = sorted({"quality", "tau"} & set(args.env_kwargs))
+    if both:
+        raise ValueError(f"set {' and '.join(both)} with --{' / --'.join(both)}, not in --env-kwargs (the analysis "
+                         f"uses the flag's value)")
     env_kwargs = {"quality": args.quality, "tau": args.tau, **args.env_kwargs}
     _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
                           num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,

@@ -59,3 +59,67 @@ def test_uncreatable_cache_folder_falls_back_to_memory(generator, tmp_path, monk
     assert np.isfinite(reward) and env.evaluator.disk.in_memory
     assert len([w for w in seen if issubclass(w.category, CacheWarning)]) == 1
     assert not target.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line: a bad input is one line on stderr and a non-zero exit code, never a traceback, and is caught
+# before the model or the data load (these cases return in well under a second of work)
+
+BAD_CLI = [
+    (["train", "--total-timesteps", "-5"], 2, "--total-timesteps"),
+    (["train", "--train-examples", "x"], 2, "--train-examples"),
+    (["train", "--env", "NoSuch-v0"], 1, "NoSuch"),
+    (["leaderboard", "skip-nothing", "--episodes", "0"], 2, "--episodes"),
+    (["leaderboard", "skip-nothing", "--env-kwargs", "[1]"], 2, "JSON object"),
+    (["leaderboard", "skip-nothing", "--env-kwargs", "{bad"], 2, "JSON"),
+    (["leaderboard", "skip-nothing", "lead:abc"], 1, "lead:abc"),
+    (["leaderboard", "lead:"], 1, "lead:"),
+    (["leaderboard", "random:2"], 1, "random:2"),
+    (["leaderboard", "calibrated:0"], 1, "calibrated:0"),
+    (["leaderboard", "oracle:x"], 1, "oracle:x"),
+    (["leaderboard", "every-other:heads"], 1, "every-other:heads"),
+    (["leaderboard", "sb3:ppo"], 1, "sb3:ppo"),
+    (["leaderboard", "ppo:/nonexistent"], 1, "ppo:/nonexistent"),
+    (["leaderboard", "skip-nothing", "--env", "NoSuch-v0"], 1, "NoSuch"),
+    (["probe", "--train-docs", "0"], 2, "--train-docs"),
+    (["probe", "--observations", "nosuch"], 1, "nosuch"),
+    (["probe", "--env-kwargs", '{"num_examples": 3}'], 1, "num_examples"),
+    (["probe", "--env-kwargs", '{"tau": 0.5}'], 1, "--tau"),
+    (["probe", "--env-kwargs", '{"quality": "reference"}'], 1, "--quality"),
+]
+
+
+@pytest.mark.parametrize("argv,code,named", BAD_CLI, ids=[" ".join(a) for a, _, _ in BAD_CLI])
+def test_cli_bad_input_is_one_line_without_traceback(argv, code, named, tmp_path, capsys, monkeypatch):
+    from skipenv import cli
+
+    monkeypatch.delenv("SKIPENV_TRACEBACK", raising=False)
+    try:
+        rc = cli.main([*argv, "--out", str(tmp_path / "out")])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == code
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and named in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
+    """Only errors caused by the input or the machine become one line; a programming error keeps its traceback."""
+    from skipenv import cli
+
+    def broken(args):
+        raise AttributeError("a bug")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "download", cli.Subcommand(lambda p: None, broken, "broken"))
+    with pytest.raises(AttributeError, match="a bug"):
+        cli.main(["download"])
+
+
+def test_unknown_device_names_the_device():
+    from skipenv.loading import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
