@@ -123,3 +123,64 @@ def test_unknown_device_names_the_device():
 
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# formulation wrappers: every argument checked (a NaN lam_max used to make every later reward NaN)
+
+BAD_MULTIPLIER = [
+    ({"lam_max": float("nan"), "lam_init": 0.5}, "lam_max"), ({"lam_max": None}, "lam_max"),
+    ({"update_every": 2.5}, "update_every"), ({"update_every": "8"}, "update_every"),
+    ({"update_every": True}, "update_every"), ({"tau": "0.1"}, "tau"), ({"tau": True}, "tau"),
+    ({"lr": float("inf")}, "lr"), ({"lam_init": -1.0}, "lam_init"),
+]
+
+
+@pytest.mark.parametrize("kw,named", BAD_MULTIPLIER, ids=[repr(k) for k, _ in BAD_MULTIPLIER])
+def test_lagrange_multiplier_arguments_are_checked(kw, named):
+    from skipenv.formulations import LagrangeMultiplier
+
+    with pytest.raises(ValueError, match=named):
+        LagrangeMultiplier(**{"tau": 0.1, **kw})
+
+
+def test_expected_constraint_rewards_stay_finite_with_infinite_lam_max(generator):
+    from skipenv.formulations import ExpectedConstraint
+
+    w = ExpectedConstraint(make(generator), tau=0.0, lam_max=float("inf"), lam_init=1.0, update_every=1, lr=1.0)
+    w.reset(seed=0)
+    for _ in range(3):
+        w.reset()
+        _, reward, *_, info = w.step(np.ones(w.action_space.n, dtype=np.int8))  # skip everything: big loss
+        assert np.isfinite(reward) and reward == pytest.approx(
+            (1 - info["cost"]) - info["lagrange_multiplier"] * info["constraint_violation"])
+
+
+@pytest.mark.parametrize("bad", [3, "multiplier"])
+def test_expected_constraint_refuses_a_non_multiplier(bad, generator):
+    from skipenv.formulations import ExpectedConstraint
+
+    with pytest.raises(ValueError, match="LagrangeMultiplier"):
+        ExpectedConstraint(make(generator), tau=0.1, multiplier=bad)
+
+
+@pytest.mark.parametrize("tau_range", [(0, 0.1, 0.2), 0.1, "ab", (float("nan"), 1), (0.2, 0.1), (-0.1, 0.1),
+                                       (0, float("inf")), (True, 0.2)], ids=repr)
+def test_budget_conditioned_bad_tau_range(tau_range, generator):
+    from skipenv.formulations import BudgetConditioned
+
+    with pytest.raises(ValueError, match="tau_range"):
+        BudgetConditioned(make(generator), tau_range=tau_range)
+
+
+@pytest.mark.parametrize("options,named", [({"tau": "abc"}, "options\\['tau'\\]"), ({"tau": True}, "options"),
+                                           ({"tau": [0.1]}, "options"), ({"tau": float("nan")}, "options"),
+                                           ({"tau": 0.5}, "outside tau_range"), ([1], "dict")], ids=repr)
+def test_budget_conditioned_bad_reset_options(options, named, generator):
+    from skipenv.formulations import BudgetConditioned
+
+    w = BudgetConditioned(make(generator), tau_range=(0.0, 0.3))
+    with pytest.raises(ValueError, match=named):
+        w.reset(seed=0, options=options)
+    obs, info = w.reset(seed=0, options={"tau": 0.2, "index": 1})  # a good tau next to an env option
+    assert obs[-1] == np.float32(0.2) and info["tau"] == 0.2 and w.unwrapped.example is w.unwrapped.examples[1]
