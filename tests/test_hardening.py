@@ -184,3 +184,24 @@ def test_budget_conditioned_bad_reset_options(options, named, generator):
         w.reset(seed=0, options=options)
     obs, info = w.reset(seed=0, options={"tau": 0.2, "index": 1})  # a good tau next to an env option
     assert obs[-1] == np.float32(0.2) and info["tau"] == 0.2 and w.unwrapped.example is w.unwrapped.examples[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data files
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_data_file_with_utf8_byte_order_mark(suffix, tmp_path):
+    """A UTF-8 file with a byte-order mark (as Windows editors save it) reads like the same file without one, for
+    every text format (pandas already dropped it for CSV; JSON and JSON Lines refused the file)."""
+    from skipenv.tasks import make_task
+
+    row = {"id": "a", "document": "Café owners welcomed the new park.", "summary": "Park welcomed."}
+    text = {".jsonl": json.dumps(row, ensure_ascii=False) + "\n", ".json": json.dumps([row], ensure_ascii=False),
+            ".csv": "id,document,summary\na,Café owners welcomed the new park.,Park welcomed.\n"}[suffix]
+    plain, bom = tmp_path / f"plain{suffix}", tmp_path / f"bom{suffix}"
+    plain.write_bytes(text.encode("utf-8"))
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    read = [[(e.id, e.document, e.reference) for e in make_task("xsum", source=str(f)).examples("all")]
+            for f in (plain, bom)]
+    assert read[0] == read[1] == [("a", row["document"], row["summary"])]

@@ -153,8 +153,10 @@ def _clean(value: Any) -> Any:
 
 
 def _decode_utf8(data: bytes, path: Path) -> str:
+    """UTF-8 text of a data file; a leading byte-order mark (Windows editors write one) is dropped, as pandas does
+    for CSV."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DataFileError(
