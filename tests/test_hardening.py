@@ -205,3 +205,54 @@ def test_data_file_with_utf8_byte_order_mark(suffix, tmp_path):
     read = [[(e.id, e.document, e.reference) for e in make_task("xsum", source=str(f)).examples("all")]
             for f in (plain, bom)]
     assert read[0] == read[1] == [("a", row["document"], row["summary"])]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# disk cache: a failing write or an odd entry never stops the run
+
+
+@pytest.fixture(scope="module")
+def task():
+    from skipenv.tasks import make_task
+
+    return make_task("xsum", max_input_tokens=96)
+
+
+def _write_failure(kind, evaluator, example, monkeypatch):
+    import skipenv.envs.cache as cache_module
+
+    if kind == "disk full":
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(cache_module.json, "dump", full)
+    else:  # a folder sits where the entry's file goes
+        evaluator.disk._path(evaluator._disk_key(example)).mkdir(parents=True)
+
+
+@pytest.mark.parametrize("kind", ["disk full", "folder at the entry path"])
+def test_failed_cache_write_falls_back_to_memory(kind, generator, task, tmp_path, monkeypatch):
+    from skipenv.envs import Evaluator
+
+    reference = Evaluator(generator, task, max_new_tokens=4, disk_cache=False)
+    ev = Evaluator(generator, task, max_new_tokens=4, cache_root=tmp_path)
+    a, b = task.examples("train")[:2]
+    _write_failure(kind, ev, a, monkeypatch)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        outs = [ev.full_output(x) for x in (a, b, a)]
+    assert outs == [reference.full_output(x) for x in (a, b, a)]
+    assert ev.disk.in_memory and not [p for p in tmp_path.rglob("*.json") if p.is_file()]
+    assert any("in memory" in str(w.message) for w in seen if issubclass(w.category, CacheWarning))
+
+
+def test_absurdly_nested_cache_entry_is_dropped(generator, task, tmp_path):
+    from skipenv.envs import Evaluator
+
+    ex = task.examples("train")[0]
+    good = Evaluator(generator, task, max_new_tokens=4, cache_root=tmp_path).full_output(ex)
+    (entry,) = tmp_path.rglob("*.json")
+    entry.write_text("[" * 100_000)  # json raises RecursionError, not ValueError
+    with pytest.warns(CacheWarning, match="unreadable: RecursionError"):
+        again = Evaluator(generator, task, max_new_tokens=4, cache_root=tmp_path).full_output(ex)
+    assert again == good and json.loads(entry.read_text())["value"]["tokens"] == list(good.tokens)
