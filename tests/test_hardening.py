@@ -256,3 +256,25 @@ def test_absurdly_nested_cache_entry_is_dropped(generator, task, tmp_path):
     with pytest.warns(CacheWarning, match="unreadable: RecursionError"):
         again = Evaluator(generator, task, max_new_tokens=4, cache_root=tmp_path).full_output(ex)
     assert again == good and json.loads(entry.read_text())["value"]["tokens"] == list(good.tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# constructor arguments the earlier table missed
+
+MORE_BAD_KWARGS = [
+    ({"task": 123}, "task must be"), ({"task": None}, "task must be"), ({"task_source": ""}, "task_source"),
+    ({"cost_weight": 2.0}, "cost_weight"), ({"cost_weight": 2.0, "reward_mode": "vector"}, "cost_weight"),
+    ({"token_segments": 0, "candidates": ("tokens",)}, "no action bits"),
+]
+
+
+@pytest.mark.parametrize("kw,match", MORE_BAD_KWARGS, ids=[repr(k) for k, _ in MORE_BAD_KWARGS])
+def test_more_bad_constructor_arguments_are_named(kw, match, generator):
+    task = kw.pop("task", "xsum")
+    with pytest.raises(ValueError, match=match):
+        SwitchDecEnv(task, generator=generator, **{**KW, **kw})
+
+
+def test_lam_with_the_lexicographic_reward_is_refused(generator):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="reward_mode='weighted'"):
+        make(generator, lam=0.5)

@@ -60,9 +60,19 @@ def _check_int(name: str, v, low: int, allow_none: bool = True) -> None:
         raise ValueError(f"{name} must be an integer >= {low}{' or None' if allow_none else ''}, got {v!r}")
 
 
-def _check_kwargs(*, split, reward_mode, tau, token_segments, max_input_tokens, max_new_tokens, num_examples,
+def _check_kwargs(*, task, task_source, split, reward_mode, tau, token_segments, max_input_tokens, max_new_tokens, num_examples,
                   cost_weight, record_time, disk_cache, lru_size, model, reward) -> None:
     """Validate every constructor argument once, before anything is loaded (messages name the argument)."""
+    from ..tasks.base import Task
+
+    if not isinstance(task, (str, Task)):
+        raise ValueError(f"task must be a task name such as 'xsum' or a skipenv Task, got {type(task).__name__}")
+    if task_source is not None and not (isinstance(task_source, str) and task_source.strip()) \
+            and not hasattr(task_source, "__fspath__"):
+        raise ValueError(f"task_source must be 'embedded', 'hub' or a data file path, got {task_source!r}")
+    if cost_weight is not None and reward is None and reward_mode != "weighted":
+        raise ValueError(f"cost_weight (or lam) weighs the cost in reward_mode='weighted' only; it has no effect with "
+                         f"reward_mode={reward_mode!r}: drop it or pass reward_mode='weighted'")
     if not isinstance(split, str):
         raise ValueError(f"split must be a string ('train', 'validation', 'test' or 'all'), got {split!r}")
     if reward is None and reward_mode not in REWARD_MODES:
@@ -113,7 +123,7 @@ class _SwitchDecBase(gym.Env):
             warnings.warn("the env kwarg lam= is deprecated; use cost_weight= (the weight of the cost in "
                           "reward_mode='weighted')", DeprecationWarning, stacklevel=2)
             cost_weight = lam
-        _check_kwargs(split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
+        _check_kwargs(task=task, task_source=task_source, split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
                       max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens, num_examples=num_examples,
                       cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
                       model=model, reward=reward)
