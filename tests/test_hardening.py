@@ -278,3 +278,65 @@ def test_more_bad_constructor_arguments_are_named(kw, match, generator):
 def test_lam_with_the_lexicographic_reward_is_refused(generator):
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="reward_mode='weighted'"):
         make(generator, lam=0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# episode records: tampered files are refused by name; a replay env with other settings does not validate
+
+
+@pytest.fixture(scope="module")
+def record(generator):
+    from skipenv.records import EpisodeRecord
+
+    env = make(generator, tau=0.3)
+    env.reset(options={"index": 1})
+    info = env.step(np.ones(env.action_space.n, dtype=np.int8))[4]
+    return EpisodeRecord.from_step(env, info, env_id="SwitchDec-XSum-v0", env_kwargs={**KW, "tau": 0.3})
+
+
+TAMPERED = [("foo", 1, "unknown fields"), ("reward", "1.0", "reward"), ("reward", float("nan"), "reward"),
+            ("cost", True, "cost"), ("env_kwargs", [1], "env_kwargs"), ("skipenv_version", None, "skipenv_version"),
+            ("example_id", 5, "example_id")]
+
+
+@pytest.mark.parametrize("field,value,named", TAMPERED, ids=[f"{f}={v!r}" for f, v, _ in TAMPERED])
+def test_tampered_record_json_is_refused_by_name(field, value, named, record):
+    from skipenv.records import EpisodeRecord
+
+    d = json.loads(record.to_json())
+    d[field] = value
+    with pytest.raises(ValueError, match=named):
+        EpisodeRecord.from_json(json.dumps(d))
+    with pytest.raises(ValueError, match="JSON object"):
+        EpisodeRecord.from_json("[1, 2]")
+
+
+@pytest.mark.parametrize("kw,note", [({}, "tau"), ({"tau": 0.3, "quality": "fidelity"}, "quality"),
+                                     ({"tau": 0.3, "layer_block": 2}, "layer_block"),
+                                     ({"tau": 0.3, "token_segments": 4}, "token_segments"),
+                                     ({"tau": 0.3, "split": "all"}, "split")], ids=repr)
+def test_record_does_not_validate_in_an_env_with_other_settings(kw, note, record, generator):
+    """Skipping everything scores the same under several settings, so the numbers alone used to validate."""
+    from skipenv.records import validate
+
+    assert validate(record, env=make(generator, tau=0.3))
+    if "token_segments" in kw:  # the plan itself no longer fits: a named PlanError
+        from skipenv.plan import PlanError
+
+        with pytest.raises(PlanError):
+            validate(record, env=make(generator, **kw))
+        return
+    result = validate(record, env=make(generator, **kw))
+    assert not result and any(note in n for n in result.notes), result.notes
+
+
+def test_record_of_another_task_or_env_class_does_not_validate(record, generator):
+    import dataclasses
+
+    from skipenv.records import validate
+
+    result = validate(dataclasses.replace(record, env_id="SwitchDec-DisflQA-v0"), env=make(generator, tau=0.3))
+    assert not result and any("task differs" in n for n in result.notes)
+    result = validate(dataclasses.replace(record, env_id="SwitchDec-XSum-Layerwise-v0"),
+                      env=make(generator, tau=0.3))
+    assert not result and any("SwitchDecLayerwiseEnv" in n for n in result.notes)
