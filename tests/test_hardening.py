@@ -340,3 +340,28 @@ def test_record_of_another_task_or_env_class_does_not_validate(record, generator
     result = validate(dataclasses.replace(record, env_id="SwitchDec-XSum-Layerwise-v0"),
                       env=make(generator, tau=0.3))
     assert not result and any("SwitchDecLayerwiseEnv" in n for n in result.notes)
+
+
+def test_rows_dropped_from_a_local_file_are_reported(tmp_path):
+    """7 of 10 QA rows without a usable answer were left out with no word; the counts sat in ``load_stats``."""
+    from skipenv.tasks import make_task
+
+    answers = ["Paris", "", None, ["Paris", "paris"], [], {"text": ["Paris"]}, {"text": []}, 42, [None], [""]]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps({"id": str(i), "passage": "Paris is the capital of France.",
+                                          "question": "What is the capital of France?", "answer": a})
+                              for i, a in enumerate(answers)))
+    task = make_task("disflqa", source=str(path))
+    with pytest.warns(UserWarning, match=r"qa.jsonl: 7 of 10 rows dropped \(all: .*\)"):
+        exs = task.examples("all")
+    assert [tuple(e.answers) for e in exs] == [("Paris",), ("Paris", "paris"), ("Paris",)]
+    assert task.load_stats["all"]["rows"] - task.load_stats["all"]["kept"] == 7
+
+
+def test_embedded_data_drops_stay_quiet():
+    """The embedded XSum drops one empty row by design: no warning on every env creation."""
+    from skipenv.tasks import make_task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_task("xsum").examples("train")

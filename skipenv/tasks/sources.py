@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 import math
 import numbers
 import os
@@ -642,6 +643,12 @@ class FileSource(ExampleSource):
                 f"(make_task(..., document_column=..., target_column=...)) and that every row has a non-empty "
                 f"document and gold target"
             )
+        dropped = sum(s["rows"] - s["kept"] for s in self.stats.values())
+        if dropped and not self.embedded_asset:  # the user's own file: say that rows were left out, and why
+            rows = sum(s["rows"] for s in self.stats.values())
+            reasons = "; ".join(f"{n}: {_dropped(s)}" for n, s in self.stats.items() if s["rows"] > s["kept"])
+            warnings.warn(f"{self._origin()}: {dropped} of {rows} rows dropped ({reasons}); the counts are in "
+                          f"task.load_stats", UserWarning, stacklevel=4)
         if isinstance(raw, dict):
             self._own_splits = {n: exs for n, (exs, _) in converted.items()}
         else:
