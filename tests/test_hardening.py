@@ -365,3 +365,14 @@ def test_embedded_data_drops_stay_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_task("xsum").examples("train")
+
+
+@pytest.mark.parametrize("text", ["😀😀", "...", "!!! ???", "👍"])
+def test_rouge_of_identical_texts_without_word_tokens_is_one(text):
+    """The docstring promised 1.0 for identical non-empty texts in any script; emoji / punctuation-only texts
+    scored 0.0 (no tokens). Different token-less texts still score 0."""
+    from skipenv import metrics
+
+    assert metrics.rouge(text, text) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert metrics.rouge(text, "😢")["rougeL"] == 0.0
+    assert metrics.rouge("   ", "   ")["rougeL"] == 0.0
