@@ -85,7 +85,7 @@ def parse_plan(text: str, spec) -> tuple[str, SkipPlan]:
     ``"mid:attention=6;ffn=10-12"``. Without ``NAME:`` the text itself is the name.
 
     Raises:
-        ValueError: an unknown kind or a malformed index (the message shows the expected form).
+        ValueError: an unknown kind, a malformed index or a reversed range (the message shows the expected form).
     """
     name, _, body = text.rpartition(":")
     name = name or body
@@ -98,9 +98,12 @@ def parse_plan(text: str, spec) -> tuple[str, SkipPlan]:
         for tok in filter(None, (t.strip() for t in idx.split(","))):
             a, dash, b = tok.partition("-")
             try:
-                kinds[kind.strip()] += list(range(int(a), int(b) + 1)) if dash else [int(a)]
+                lo, hi = int(a), int(b) if dash else int(a)
             except ValueError:
                 raise ValueError(f"cannot parse index {tok!r} in plan {text!r}; use integers or ranges a-b") from None
+            if hi < lo:
+                raise ValueError(f"empty range {tok!r} in plan {text!r}: write it low-high, e.g. {hi}-{lo}")
+            kinds[kind.strip()] += list(range(lo, hi + 1))
     return name, SkipPlan.from_skips(spec, **kinds)
 
 
@@ -776,7 +779,13 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
 
     if menu is not None and not isinstance(menu, Mapping):
         env = make_env("train", 1)
-        menu = dict(parse_plan(t, env.unwrapped.plan_spec) for t in menu)
+        parsed = [parse_plan(t, env.unwrapped.plan_spec) for t in menu]
+        names = [n for n, _ in parsed]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"plan name(s) {repeated} given more than once in the menu; give each plan its own "
+                             f"NAME: prefix")
+        menu = dict(parsed)
         env.close()
     menu_cfg = _menu_json(menu) if menu is not None else "default"
     cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,

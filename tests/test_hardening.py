@@ -376,3 +376,26 @@ def test_rouge_of_identical_texts_without_word_tokens_is_one(text):
     assert metrics.rouge(text, text) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     assert metrics.rouge(text, "😢")["rougeL"] == 0.0
     assert metrics.rouge("   ", "   ")["rougeL"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# probe menus
+
+
+def test_probe_plan_with_a_reversed_range_is_refused():
+    from skipenv.plan import PlanSpec
+    from skipenv.probe import parse_plan
+
+    spec = PlanSpec(model_type="llama", num_encoder_layers=0, num_decoder_layers=4, token_segments=8)
+    assert parse_plan("x:tokens=1-3", spec)[1] == parse_plan("x:tokens=1,2,3", spec)[1]
+    with pytest.raises(ValueError, match="empty range '3-1'.*1-3"):
+        parse_plan("x:tokens=3-1", spec)  # was a plan that skips nothing
+
+
+def test_probe_menu_with_a_repeated_name_is_refused(generator, tmp_path):
+    from skipenv.envs.registration import sharing
+    from skipenv.probe import run_probe
+
+    with sharing(generator=generator), pytest.raises(ValueError, match=r"\['a'\] given more than once"):
+        run_probe(env_kwargs={"max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False},
+                  menu=["a:tokens=1", "a:tokens=2"], num_train=2, num_test=2, out_dir=tmp_path, progress=False)
