@@ -130,8 +130,9 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
         entry, defaults = SPECS[record.env_id]
         if entry.rsplit(":", 1)[1] != type(base).__name__:
             notes.append(f"{record.env_id} is a {entry.rsplit(':', 1)[1]}, the replay env a {type(base).__name__}")
-        if defaults.get("task") != base.task.name:
-            notes.append(f"task differs: {record.env_id} is {defaults.get('task')!r}, replay {base.task.name!r}")
+        task = record.env_kwargs.get("task", defaults.get("task"))  # gym.make kwargs may override the id's task
+        if isinstance(task, str) and task.strip().lower().replace("-", "_") != base.task.name:
+            notes.append(f"task differs: recorded {task!r} ({record.env_id}), replay {base.task.name!r}")
     if record.split != base.split:
         notes.append(f"split differs: recorded {record.split!r}, replay {base.split!r}")
     kw = record.env_kwargs

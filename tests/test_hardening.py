@@ -337,6 +337,9 @@ def test_record_of_another_task_or_env_class_does_not_validate(record, generator
 
     result = validate(dataclasses.replace(record, env_id="SwitchDec-DisflQA-v0"), env=make(generator, tau=0.3))
     assert not result and any("task differs" in n for n in result.notes)
+    overridden = dataclasses.replace(record, env_id="SwitchDec-DisflQA-v0", env_kwargs={**record.env_kwargs,
+                                                                                      "task": "xsum"})
+    assert validate(overridden, env=make(generator, tau=0.3))  # gym.make(id, task=...) overrode the id's task
     result = validate(dataclasses.replace(record, env_id="SwitchDec-XSum-Layerwise-v0"),
                       env=make(generator, tau=0.3))
     assert not result and any("SwitchDecLayerwiseEnv" in n for n in result.notes)
