@@ -402,3 +402,67 @@ def test_probe_menu_with_a_repeated_name_is_refused(generator, tmp_path):
     with sharing(generator=generator), pytest.raises(ValueError, match=r"\['a'\] given more than once"):
         run_probe(env_kwargs={"max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False},
                   menu=["a:tokens=1", "a:tokens=2"], num_train=2, num_test=2, out_dir=tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# property-based fuzzing of the wrappers and of record files: documented exceptions only, finite rewards
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(max_size=3), st.lists(st.floats(0, 1), max_size=3))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(kw=st.fixed_dictionaries({}, optional={"tau": scalars, "lr": scalars, "update_every": scalars,
+                                              "lam_init": scalars, "lam_max": scalars}),
+       tau_range=st.one_of(scalars, st.tuples(scalars, scalars)),
+       options=st.one_of(st.none(), st.dictionaries(st.sampled_from(["tau", "index"]), scalars, max_size=2)))
+def test_fuzz_formulations(generator, kw, tau_range, options):
+    from skipenv.formulations import BudgetConditioned, ExpectedConstraint
+
+    action = np.ones(16, dtype=np.int8)
+    try:
+        w = ExpectedConstraint(make(generator), **{"tau": 0.1, "update_every": 1, **kw})
+    except ValueError:
+        pass
+    else:
+        for _ in range(3):
+            w.reset(seed=0)
+            assert np.isfinite(w.step(action)[1])
+    try:
+        b = BudgetConditioned(make(generator), tau_range=tau_range)
+    except ValueError:
+        return
+    try:
+        obs, _ = b.reset(seed=0, options=options)
+    except ValueError:
+        return
+    assert b.observation_space.contains(obs) and np.isfinite(b.step(action)[1])
+
+
+record_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                              st.dictionaries(st.text(max_size=3), inner,
+                                                                              max_size=3)), max_leaves=5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.dictionaries(st.sampled_from(["env_id", "split", "example_id", "plan", "reward", "quality",
+                                              "quality_full", "cost", "model_fingerprint", "skipenv_version",
+                                              "env_kwargs", "extra"]), record_values, max_size=3))
+def test_fuzz_record_files(record, edits):
+    from skipenv.records import EpisodeRecord
+
+    d = {**json.loads(record.to_json()), **edits}
+    try:
+        text = json.dumps(d)
+    except ValueError:
+        return
+    try:
+        again = EpisodeRecord.from_json(text)
+    except ValueError:
+        return
+    assert all(isinstance(getattr(again, k), float) or isinstance(getattr(again, k), int)
+               for k in ("reward", "quality", "quality_full", "cost"))
