@@ -466,3 +466,52 @@ def test_fuzz_record_files(record, edits):
         return
     assert all(isinstance(getattr(again, k), float) or isinstance(getattr(again, k), int)
                for k in ("reward", "quality", "quality_full", "cost"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sharing(): objects reach envs built in the block's thread only; elsewhere the env says it loads its own model
+
+
+def test_env_built_outside_the_sharing_thread_warns(generator, monkeypatch):
+    import threading
+
+    from skipenv.envs.registration import SHARING_ENV, sharing
+
+    monkeypatch.delenv(SHARING_ENV, raising=False)
+    seen: dict = {}
+
+    def build_in_thread():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            try:  # a model that cannot load: the warning comes before the load
+                SwitchDecEnv("xsum", model="/no/such/model", **KW)
+            except Exception as e:  # noqa: BLE001
+                seen["error"] = type(e).__name__
+        seen["warnings"] = [str(x.message) for x in w if "sharing()" in str(x.message)]
+
+    with sharing(generator=generator):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert make_plain(generator=None).generator is generator  # same thread: shared, no warning
+        t = threading.Thread(target=build_in_thread)
+        t.start()
+        t.join()
+    assert len(seen["warnings"]) == 1 and "'/no/such/model'" in seen["warnings"][0], seen
+    import os
+
+    assert SHARING_ENV not in os.environ  # closed again
+
+
+def test_env_in_a_process_started_inside_sharing_warns(generator, monkeypatch):
+    from skipenv.envs.registration import SHARING_ENV
+
+    monkeypatch.setenv(SHARING_ENV, "1")  # what a spawned worker inherits
+    with pytest.warns(UserWarning, match="sharing"), pytest.raises(Exception):
+        SwitchDecEnv("xsum", model="/no/such/model", **KW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(generator)  # a generator of its own: nothing to warn about
+
+
+def make_plain(**kw):
+    return SwitchDecEnv("xsum", **{**KW, **kw})

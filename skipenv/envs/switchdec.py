@@ -109,9 +109,14 @@ class _SwitchDecBase(gym.Env):
                  lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
                  reward: Reward | None = None, render_mode: str | None = None):
         super().__init__()
-        from .registration import shared_objects
+        from .registration import shared_objects, sharing_elsewhere
 
         injected = shared_objects()
+        if generator is None and evaluator is None and not injected and sharing_elsewhere():
+            warnings.warn(f"a skipenv.sharing() block is open in another thread or in the process that started this "
+                          f"one, but its objects do not reach this env (they do not cross threads or processes): it "
+                          f"loads its own model {model!r}. Build the env in the block's thread, or pass generator= "
+                          f"explicitly", UserWarning, stacklevel=2)
         generator = generator if generator is not None else injected.get("generator")
         evaluator = evaluator if evaluator is not None else injected.get("evaluator")
         reward = reward if reward is not None else injected.get("reward")
