@@ -447,9 +447,8 @@ def check_policy_spec(spec: str) -> tuple[str, str]:
     if kind in ("lead", "calibrated") or (kind == "oracle" and arg):
         form = {"lead": "lead:KEEP_SEGMENTS", "calibrated": "calibrated:NUM_SUBLAYERS",
                 "oracle": "oracle[:MAX_SKIPS]"}[kind]
-        low = 1 if kind == "calibrated" else 0
-        if not arg.strip().isdigit() or int(arg) < low:
-            raise bad(f"{form} with an integer >= {low}, e.g. {kind}:4")
+        if not arg.strip().isdigit():
+            raise bad(f"{form} with an integer >= 0, e.g. {kind}:4")
         return kind, arg
     if kind == "oracle":
         return kind, arg

@@ -75,7 +75,7 @@ BAD_CLI = [
     (["leaderboard", "skip-nothing", "lead:abc"], 1, "lead:abc"),
     (["leaderboard", "lead:"], 1, "lead:"),
     (["leaderboard", "random:2"], 1, "random:2"),
-    (["leaderboard", "calibrated:0"], 1, "calibrated:0"),
+    (["leaderboard", "calibrated:-1"], 1, "calibrated:-1"),
     (["leaderboard", "oracle:x"], 1, "oracle:x"),
     (["leaderboard", "every-other:heads"], 1, "every-other:heads"),
     (["leaderboard", "sb3:ppo"], 1, "sb3:ppo"),
