@@ -515,3 +515,22 @@ def test_env_in_a_process_started_inside_sharing_warns(generator, monkeypatch):
 
 def make_plain(**kw):
     return SwitchDecEnv("xsum", **{**KW, **kw})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a generator whose hidden states hold NaN (float16 overflow, corrupt weights)
+
+
+@pytest.mark.parametrize("cls,layer", [(SwitchDecEnv, 0), (SwitchDecLayerwiseEnv, 2)], ids=["one-shot", "layerwise"])
+def test_non_finite_hidden_states_are_an_error_not_an_observation(cls, layer, smollm2_tokenizer):
+    """A NaN weight gave NaN observations outside the observation space while the agreement quality reported 1.0."""
+    import torch
+
+    g = tiny_generator("llama", smollm2_tokenizer, seed=3)
+    with torch.no_grad():
+        g.model.model.layers[layer].self_attn.q_proj.weight[0, 0] = float("nan")
+    env = make(g, cls)
+    with pytest.raises(RuntimeError, match="not finite.*float32"):
+        env.reset(seed=0)
+        for _ in range(layer + 2):  # layerwise: the NaN shows once layer `layer` has run
+            env.step(0)

@@ -326,6 +326,16 @@ class _SwitchDecBase(gym.Env):
         if self._episode_over:
             raise RuntimeError("the episode is over (terminated); call reset() before step()")
 
+    def _finite(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` if every entry is finite; else the generator produced NaN / inf hidden states (e.g. float16
+        overflow or corrupt weights), which would give a policy garbage and the quality signals meaningless
+        numbers."""
+        if not np.isfinite(obs).all():
+            raise RuntimeError(f"the observation of example {self.example.id!r} is not finite: the generator's hidden "
+                               f"states hold NaN or inf (model dtype {self.generator.model.dtype}); load it in "
+                               f"float32 (dtype='float32') or check its weights")
+        return obs
+
     def _length_features(self, example) -> np.ndarray:
         p = self._evaluator.prompt(example)
         return np.array([len(p) / self.max_input_tokens, p.num_document_tokens / self.max_input_tokens],
@@ -444,7 +454,7 @@ class SwitchDecEnv(_SwitchDecBase):
 
     def _observation(self) -> np.ndarray:
         h = np.clip(self._evaluator.observation_features(self.example), -OBS_BOUND, OBS_BOUND)
-        return np.concatenate([h, self._length_features(self.example)]).astype(np.float32)
+        return self._finite(np.concatenate([h, self._length_features(self.example)]).astype(np.float32))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self._start_episode(seed, options)
@@ -501,7 +511,8 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
         spent = 0.0 if token_step else self._spent_fraction()
         extra = [max(self._layer, 0) / self.num_layers, spent, float(token_step)]
         h = np.clip(pooled, -OBS_BOUND, OBS_BOUND)
-        return np.concatenate([h, self._length_features(self.example), np.array(extra, np.float32)]).astype(np.float32)
+        return self._finite(np.concatenate([h, self._length_features(self.example),
+                                            np.array(extra, np.float32)]).astype(np.float32))
 
     def _spent_fraction(self) -> float:
         plan = self.codec.plan(self._tokens, self._attn, self._ffn)
