@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -602,6 +603,11 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
     n_tr = len(tr["loss"])
     if learning_curve is None:
         learning_curve = [n for n in (n_tr // 4, n_tr // 2, (3 * n_tr) // 4) if n >= 8]
+    else:
+        outside = sorted({int(n) for n in learning_curve if not 4 <= int(n) < n_tr})
+        if outside:
+            warnings.warn(f"learning-curve sizes {outside} left out: each must be >= 4 and below the {n_tr} train "
+                          f"documents (the full {n_tr} is always included)", UserWarning, stacklevel=2)
     sizes = sorted({int(n) for n in learning_curve if 4 <= int(n) < n_tr}) + [n_tr]
     rng = np.random.default_rng(seed)
     lc = []
