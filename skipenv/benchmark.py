@@ -519,6 +519,9 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
 
     for spec in policies:  # every spec is checked before anything loads
         check_policy_spec(spec)
+    repeated = sorted({p for p in policies if list(policies).count(p) > 1})
+    if repeated:  # the same episodes twice under one name would double their count in the CIs
+        raise ValueError(f"policy spec(s) {repeated} given more than once; list each policy once")
     kwargs = dict(env_kwargs or {})
     kwargs.pop("split", None)
     episodes = kwargs.pop("num_examples", episodes)

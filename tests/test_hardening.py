@@ -80,6 +80,7 @@ BAD_CLI = [
     (["leaderboard", "every-other:heads"], 1, "every-other:heads"),
     (["leaderboard", "sb3:ppo"], 1, "sb3:ppo"),
     (["leaderboard", "ppo:/nonexistent"], 1, "ppo:/nonexistent"),
+    (["leaderboard", "lead:4", "skip-nothing", "lead:4"], 1, "more than once"),
     (["leaderboard", "skip-nothing", "--env", "NoSuch-v0"], 1, "NoSuch"),
     (["probe", "--train-docs", "0"], 2, "--train-docs"),
     (["probe", "--observations", "nosuch"], 1, "nosuch"),
