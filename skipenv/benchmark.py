@@ -421,10 +421,53 @@ def make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
 STOCHASTIC_KINDS = ("random",)
 
 
+def check_policy_spec(spec: str) -> tuple[str, str]:
+    """Check the syntax of a policy spec without building anything; returns ``(kind, argument)``.
+
+    Raises:
+        ValueError: unknown kind or a bad argument (names the spec and its valid form).
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"a policy spec must be a string such as 'lead:4', got {spec!r}")
+    kind, _, arg = spec.partition(":")
+
+    def bad(form: str) -> ValueError:
+        return ValueError(f"bad policy spec {spec!r}: expected {form}")
+
+    if kind == "skip-nothing" and not arg:
+        return kind, arg
+    if kind == "random":
+        try:
+            rate = float(arg or 0.5)
+        except ValueError:
+            raise bad("random:RATE with RATE a number in [0, 1], e.g. random:0.25") from None
+        if not 0.0 <= rate <= 1.0:
+            raise bad("random:RATE with RATE a number in [0, 1], e.g. random:0.25")
+        return kind, arg
+    if kind in ("lead", "calibrated") or (kind == "oracle" and arg):
+        form = {"lead": "lead:KEEP_SEGMENTS", "calibrated": "calibrated:NUM_SUBLAYERS",
+                "oracle": "oracle[:MAX_SKIPS]"}[kind]
+        if not arg.strip().isdigit():
+            raise bad(f"{form} with an integer >= 0, e.g. {kind}:4")
+        return kind, arg
+    if kind == "oracle":
+        return kind, arg
+    if kind == "every-other" and arg in ("", "attention", "ffn", "both"):
+        return kind, arg
+    if kind == "sb3":
+        algo, _, path = arg.partition(":")
+        if not algo or not path:
+            raise bad("sb3:ALGO:PATH.zip, e.g. sb3:ppo:runs/ppo-xsum/policy.zip")
+        return kind, arg
+    if kind == "pg" and arg:
+        return kind, arg
+    raise ValueError(f"unknown policy spec {spec!r}; valid forms: {', '.join(POLICY_SPECS)}")
+
+
 def _make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
     from . import baselines as B
 
-    kind, _, arg = spec.partition(":")
+    kind, arg = check_policy_spec(spec)
     if kind == "skip-nothing":
         return B.SkipNothing(env)
     if kind == "random":
@@ -442,10 +485,14 @@ def _make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
         from .sb3 import load_sb3
 
         algo, _, path = arg.partition(":")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"policy spec {spec!r}: no file {path} (give the saved model's .zip path)")
         return B.SB3Policy(load_sb3(algo, path), name=f"{algo}:{Path(path).parent.name}")
     if kind == "pg":
         from .algorithms import ConstrainedPG
 
+        if not Path(arg).is_file():
+            raise FileNotFoundError(f"policy spec {spec!r}: no file {arg} (give the saved agent's .pt path)")
         agent = ConstrainedPG.load(arg, env)
         agent.name = f"pg:{Path(arg).parent.name}"
         return agent
@@ -468,10 +515,20 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
 
     import skipenv  # noqa: F401
 
+    from .envs import SwitchDecEnv
+
+    for spec in policies:  # every spec is checked before anything loads
+        check_policy_spec(spec)
+    repeated = sorted({p for p in policies if list(policies).count(p) > 1})
+    if repeated:  # the same episodes twice under one name would double their count in the CIs
+        raise ValueError(f"policy spec(s) {repeated} given more than once; list each policy once")
     kwargs = dict(env_kwargs or {})
     kwargs.pop("split", None)
     episodes = kwargs.pop("num_examples", episodes)
     env = gym.make(env_id, split=split, num_examples=episodes, **kwargs).unwrapped
+    if not isinstance(env, SwitchDecEnv):
+        raise ValueError(f"the leaderboard evaluates one-shot envs (SwitchDecEnv); {env_id!r} is a "
+                         f"{type(env).__name__}: use the id without '-Layerwise'")
     calib = None
     rows = []
     used: set[str] = set()

@@ -19,7 +19,57 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["Subcommand", "SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["Subcommand", "SUBCOMMANDS", "build_parser", "main", "positive_int", "nonnegative_int", "json_object"]
+
+
+# ---- argument types: a bad value is a usage error (one line, exit code 2) before anything loads ----------------
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
+def json_object(text: str) -> dict:
+    """``--env-kwargs`` type: a JSON object (``{"max_input_tokens": 256}``)."""
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}); expected an object such as "
+                                         f"'{{\"max_input_tokens\": 256}}'") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of gym.make kwargs, got {type(v).__name__} {text!r}")
+    return v
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The one-line message of an error caused by the user's input or machine (bad argument, missing file, unknown
+    env id, unavailable asset or model); ``None`` for anything else (a bug: its traceback is kept)."""
+    import gymnasium.error
+
+    from .assets import AssetError
+    from .generators.adapter import UnsupportedModelError
+    from .tasks.sources import DatasetUnavailableError
+
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        return e.args[0]
+    if isinstance(e, (ValueError, OSError, gymnasium.error.Error, AssetError, DatasetUnavailableError,
+                      UnsupportedModelError)):
+        return str(e) or type(e).__name__
+    return None
 
 
 @dataclass(frozen=True)
@@ -114,15 +164,15 @@ def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
                    help="policy specs, each one of: " + ", ".join(POLICY_SPECS))
     p.add_argument("--env", default="SwitchDec-XSum-v0", help="environment id (one-shot)")
     p.add_argument("--split", default="test", help="split evaluated (train, validation or test)")
-    p.add_argument("--episodes", type=int, default=20, help="evaluate the first N examples of the split")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    p.add_argument("--episodes", type=positive_int, default=20, help="evaluate the first N examples of the split")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2],
                    help="seeds of stochastic policies (random:RATE); deterministic policies run once")
     p.add_argument("--extra-quality", nargs="*", default=[], metavar="SIGNAL",
                    help="also report these quality signals, e.g. rouge (one generation per episode)")
     p.add_argument("--out", default="runs/leaderboard",
                    help="output folder: episodes.csv (one row per episode), summary.csv (all columns), pareto.png")
     p.add_argument("--device", default="cpu", help="torch device of the generator")
-    p.add_argument("--env-kwargs", type=json.loads, default={},
+    p.add_argument("--env-kwargs", type=json_object, default={},
                    help='further gym.make kwargs as JSON (use the ones the agents were trained with), '
                         'e.g. \'{"max_input_tokens": 256}\'')
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -225,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``skipenv`` console script; returns the exit code (2 for usage errors)."""
+    """Entry point of the ``skipenv`` console script; returns the exit code: 2 for usage errors, 1 for an error
+    caused by the input or the machine (bad value, missing file or asset, unknown env id: printed as one line
+    without traceback unless ``SKIPENV_TRACEBACK=1``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -233,8 +285,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from .progress import log_friendly_progress
 
-    with log_friendly_progress():  # periodic plain lines instead of in-place bars when stderr is a log file
-        return int(args._run(args) or 0)
+    try:
+        with log_friendly_progress():  # periodic plain lines instead of in-place bars when stderr is a log file
+            return int(args._run(args) or 0)
+    except Exception as e:  # noqa: BLE001 - user errors become one line; anything else keeps its traceback
+        import os
+
+        message = _user_error(e)
+        if message is None or os.environ.get("SKIPENV_TRACEBACK"):
+            raise
+        print(f"skipenv {args.command}: error: {message}\n(set SKIPENV_TRACEBACK=1 to see the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .rewards import constraint_satisfied, lexicographic_reward
+from .rewards import check_tau, constraint_satisfied, lexicographic_reward
 
 __all__ = ["FORMULATIONS", "LagrangeMultiplier", "ExpectedConstraint", "BudgetConditioned", "make_formulation",
            "formulation_metrics", "metrics_by_tau", "bootstrap_ci"]
@@ -78,18 +78,19 @@ class LagrangeMultiplier:
         lam_max: upper bound of the multiplier (keeps the reward scale bounded; ``inf`` to disable).
 
     Raises:
-        ValueError: a negative ``tau`` / ``lr`` / ``lam_init``, ``update_every < 1`` or ``lam_max < lam_init``.
+        ValueError: ``tau`` / ``lr`` / ``lam_init`` not a finite real number ``>= 0``, ``update_every`` not an
+            integer ``>= 1``, or ``lam_max`` NaN or ``< lam_init``.
     """
 
     def __init__(self, tau: float, *, lr: float = 0.5, update_every: int = 8, lam_init: float = 0.0,
                  lam_max: float = 100.0):
         for name, v in (("tau", tau), ("lr", lr), ("lam_init", lam_init)):
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        if int(update_every) < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
-        if lam_max < lam_init:
-            raise ValueError(f"lam_max ({lam_max}) must be >= lam_init ({lam_init})")
+            check_tau(v, name)  # a finite real number >= 0 (the message names the argument)
+        if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
+        if isinstance(lam_max, bool) or not isinstance(lam_max, (int, float, np.number)) or np.isnan(lam_max) \
+                or lam_max < lam_init:
+            raise ValueError(f"lam_max must be a number >= lam_init ({lam_init}) (inf allowed), got {lam_max!r}")
         self.tau, self.lr, self.update_every = float(tau), float(lr), int(update_every)
         self.lam_max = float(lam_max)
         self.value = float(lam_init)
@@ -138,6 +139,9 @@ class ExpectedConstraint(gym.Wrapper):
         super().__init__(env)
         if multiplier is None:
             multiplier = LagrangeMultiplier(tau, **multiplier_kwargs)
+        elif not isinstance(multiplier, LagrangeMultiplier):
+            raise ValueError(f"multiplier must be a LagrangeMultiplier (shared between wrappers), got "
+                             f"{type(multiplier).__name__}")
         elif multiplier_kwargs or abs(multiplier.tau - float(tau)) > 1e-12:
             raise ValueError("pass either a shared multiplier (with the same tau) or multiplier kwargs, not both; "
                              f"multiplier.tau={multiplier.tau}, tau={tau}, kwargs={sorted(multiplier_kwargs)}")
@@ -185,9 +189,13 @@ class BudgetConditioned(gym.Wrapper):
 
     def __init__(self, env: gym.Env, tau_range: Sequence[float] = DEFAULT_TAU_RANGE):
         super().__init__(env)
-        low, high = (float(v) for v in tau_range)
-        if not (np.isfinite(low) and np.isfinite(high) and 0 <= low <= high):
-            raise ValueError(f"tau_range must be (low, high) with 0 <= low <= high, got {tuple(tau_range)}")
+        try:
+            low, high = (check_tau(v, "tau_range") for v in tau_range)
+            ok = low <= high
+        except (TypeError, ValueError):  # not two finite numbers >= 0
+            ok = False
+        if not ok:
+            raise ValueError(f"tau_range must be (low, high) with 0 <= low <= high finite numbers, got {tau_range!r}")
         space = env.observation_space
         if not isinstance(space, spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"BudgetConditioned needs a 1-D Box observation space, got {space}")
@@ -201,6 +209,8 @@ class BudgetConditioned(gym.Wrapper):
         return np.append(np.asarray(obs), self.tau).astype(self.observation_space.dtype)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"reset options must be a dict such as {{'tau': 0.1}} or None, got {options!r}")
         options = dict(options or {})
         tau = options.pop("tau", None)
         if seed is not None:
@@ -209,7 +219,7 @@ class BudgetConditioned(gym.Wrapper):
         if tau is None:
             self.tau = float(self._rng.uniform(*self.tau_range))
         else:
-            tau = float(tau)
+            tau = check_tau(tau, "options['tau']")
             if not self.tau_range[0] <= tau <= self.tau_range[1]:
                 raise ValueError(f"options['tau']={tau} lies outside tau_range {self.tau_range}; widen tau_range")
             self.tau = tau

@@ -69,11 +69,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"`` (CUDA if available, else CPU) → ``torch.device``.
 
     Raises:
+        ValueError: not a device string torch knows (e.g. ``"tpu"``).
         RuntimeError: CUDA (or MPS) was asked for but is not available in this PyTorch build / machine.
     """
     if isinstance(device, str) and device.strip().lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             f"device {str(device)!r} was requested but CUDA is not available (torch {torch.__version__}, "

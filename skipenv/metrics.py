@@ -87,9 +87,12 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     LCS variant (not ``rougeLsum``).
 
     Returns:
-        ``{"rouge1": f, "rouge2": f, "rougeL": f}``, each in ``[0, 1]``; all ``0.0`` when either side has no
-        tokens.
+        ``{"rouge1": f, "rouge2": f, "rougeL": f}``, each in ``[0, 1]``; all ``1.0`` for identical non-blank texts
+        (also those without word tokens, e.g. only emoji or punctuation); otherwise all ``0.0`` when either side
+        has no tokens.
     """
+    if prediction == reference and prediction.strip():
+        return {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     scores = _scorer().score(reference, prediction)  # rouge-score's order is (target, prediction)
     return {k: float(v.fmeasure) for k, v in scores.items()}
 

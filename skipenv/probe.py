@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -88,7 +89,7 @@ def parse_plan(text: str, spec) -> tuple[str, SkipPlan]:
     ``"mid:attention=6;ffn=10-12"``. Without ``NAME:`` the text itself is the name.
 
     Raises:
-        ValueError: an unknown kind or a malformed index (the message shows the expected form).
+        ValueError: an unknown kind, a malformed index or a reversed range (the message shows the expected form).
     """
     name, _, body = text.rpartition(":")
     name = name or body
@@ -101,9 +102,12 @@ def parse_plan(text: str, spec) -> tuple[str, SkipPlan]:
         for tok in filter(None, (t.strip() for t in idx.split(","))):
             a, dash, b = tok.partition("-")
             try:
-                kinds[kind.strip()] += list(range(int(a), int(b) + 1)) if dash else [int(a)]
+                lo, hi = int(a), int(b) if dash else int(a)
             except ValueError:
                 raise ValueError(f"cannot parse index {tok!r} in plan {text!r}; use integers or ranges a-b") from None
+            if hi < lo:
+                raise ValueError(f"empty range {tok!r} in plan {text!r}: write it low-high, e.g. {hi}-{lo}")
+            kinds[kind.strip()] += list(range(lo, hi + 1))
     return name, SkipPlan.from_skips(spec, **kinds)
 
 
@@ -602,6 +606,11 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
     n_tr = len(tr["loss"])
     if learning_curve is None:
         learning_curve = [n for n in (n_tr // 4, n_tr // 2, (3 * n_tr) // 4) if n >= 8]
+    else:
+        outside = sorted({int(n) for n in learning_curve if not 4 <= int(n) < n_tr})
+        if outside:
+            warnings.warn(f"learning-curve sizes {outside} left out: each must be >= 4 and below the {n_tr} train "
+                          f"documents (the full {n_tr} is always included)", UserWarning, stacklevel=2)
     sizes = sorted({int(n) for n in learning_curve if 4 <= int(n) < n_tr}) + [n_tr]
     rng = np.random.default_rng(seed)
     lc = []
@@ -758,15 +767,34 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
 
     import skipenv  # noqa: F401  (registers the ids)
 
+    from .envs import SwitchDecEnv
+    from .observations import _parse as _parse_observation_kind
+
     env_kwargs = dict(env_kwargs or {})
+    reserved = sorted({"split", "num_examples"} & set(env_kwargs))
+    if reserved:
+        raise ValueError(f"env_kwargs {reserved} are set by the probe itself; choose the documents with "
+                         f"num_train / num_test (--train-docs / --test-docs)")
+    for kind in observations:  # checked before anything is evaluated
+        _parse_observation_kind(kind)
     tau = float(tau if tau is not None else env_kwargs.get("tau", 0.1))
 
     def make_env(split: str, n: int):
-        return gym.make(env_id, split=split, num_examples=n, **env_kwargs)
+        env = gym.make(env_id, split=split, num_examples=n, **env_kwargs)
+        if not isinstance(env.unwrapped, SwitchDecEnv):
+            raise ValueError(f"the probe needs a one-shot env (SwitchDecEnv); {env_id!r} is a "
+                             f"{type(env.unwrapped).__name__}: use the id without '-Layerwise'")
+        return env
 
     if menu is not None and not isinstance(menu, Mapping):
         env = make_env("train", 1)
-        menu = dict(parse_plan(t, env.unwrapped.plan_spec) for t in menu)
+        parsed = [parse_plan(t, env.unwrapped.plan_spec) for t in menu]
+        names = [n for n, _ in parsed]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"plan name(s) {repeated} given more than once in the menu; give each plan its own "
+                             f"NAME: prefix")
+        menu = dict(parsed)
         env.close()
     menu_cfg = _menu_json(menu) if menu is not None else "default"
     cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,
@@ -814,28 +842,32 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
 # ---------------------------------------------------------------------------------------------- command line
 def configure_parser(p) -> None:
     """Arguments of ``skipenv probe`` / ``benchmarks/learnability.py``."""
-    import json as _json
+    from .cli import json_object, nonnegative_int, positive_int
 
     p.add_argument("--env", default="SwitchDec-XSum-v0", help="a one-shot SwitchDec env id")
-    p.add_argument("--train-docs", type=int, default=40, help="first N documents of the train split")
-    p.add_argument("--test-docs", type=int, default=20, help="first M documents of the test split")
+    p.add_argument("--train-docs", type=positive_int, default=40, help="first N documents of the train split")
+    p.add_argument("--test-docs", type=positive_int, default=20, help="first M documents of the test split")
     p.add_argument("--quality", default="agreement", help="quality signal (gym.make kwarg)")
     p.add_argument("--tau", type=float, default=0.1, help="quality tolerance (quality units)")
     p.add_argument("--plan", action="append", default=None, metavar="NAME:KIND=I,J;KIND=I",
                    help="a menu plan (repeatable; replaces the default menu), e.g. 'lead:tokens=6,7'")
-    p.add_argument("--learning-curve", type=int, nargs="*", default=None,
+    p.add_argument("--learning-curve", type=positive_int, nargs="*", default=None,
                    help="train-document counts of the learning curve (default 1/4, 1/2, 3/4 of --train-docs)")
-    p.add_argument("--env-kwargs", type=_json.loads, default={}, help="further gym.make kwargs as JSON")
+    p.add_argument("--env-kwargs", type=json_object, default={}, help="further gym.make kwargs as JSON")
     p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
                    help="observation kinds to compare with the env's: segments, layer:m (skipenv.observations)")
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the probe policy's randomisation, the learning-curve subsets and the bootstrap CIs")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the analysis (fold shuffling, learning-curve subsets, randomised policies)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args) -> int:
     """Run the probe from parsed :func:`configure_parser` arguments; prints the report; returns 0."""
+    both = sorted({"quality", "tau"} & set(args.env_kwargs))
+    if both:
+        raise ValueError(f"set {' and '.join(both)} with --{' / --'.join(both)}, not in --env-kwargs (the analysis "
+                         f"uses the flag's value)")
     env_kwargs = {"quality": args.quality, "tau": args.tau, **args.env_kwargs}
     _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
                           num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,

@@ -68,11 +68,30 @@ class EpisodeRecord:
 
     @classmethod
     def from_json(cls, s: str) -> "EpisodeRecord":
-        """Parse a record; raises ``ValueError`` naming missing fields."""
+        """Parse a record.
+
+        Raises:
+            ValueError: not JSON, not an object, missing or unknown fields, or a field of the wrong type (numbers
+                must be finite reals, ``env_kwargs`` an object, the others strings); the message names them.
+        """
         d = json.loads(s)
+        if not isinstance(d, dict):
+            raise ValueError(f"not an EpisodeRecord: expected a JSON object, got {type(d).__name__}")
         missing = [f for f in cls.__dataclass_fields__ if f not in d and f != "env_kwargs"]
         if missing:
             raise ValueError(f"not an EpisodeRecord: missing fields {missing}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"not an EpisodeRecord: unknown fields {unknown}")
+        bad = [k for k in CHECKED if isinstance(d[k], bool) or not isinstance(d[k], (int, float))
+               or not math.isfinite(d[k])]
+        bad += [k for k in ("env_id", "split", "example_id", "plan", "model_fingerprint", "skipenv_version")
+                if not isinstance(d[k], str)]
+        if not isinstance(d.get("env_kwargs", {}), dict):
+            bad.append("env_kwargs")
+        if bad:
+            raise ValueError(f"not an EpisodeRecord: bad value of {bad} (numbers must be finite, env_kwargs an "
+                             f"object, the rest strings)")
         return cls(**d)
 
 
@@ -97,6 +116,65 @@ class ValidationResult:
         return self.ok
 
 
+def _settings_differ(record: EpisodeRecord, base) -> list[str]:
+    """Notes for every setting of ``record`` (env id, split, and the ``env_kwargs`` that change the numbers) that
+    the replaying env ``base`` does not have; empty when they agree."""
+    from .envs.quality import get_signal
+    from .envs.registration import SPECS
+
+    notes = []
+    spec = getattr(base, "spec", None)
+    if spec is not None and spec.id != record.env_id:
+        notes.append(f"env id differs: recorded {record.env_id}, replay {spec.id}")
+    elif record.env_id in SPECS:
+        entry, defaults = SPECS[record.env_id]
+        if entry.rsplit(":", 1)[1] != type(base).__name__:
+            notes.append(f"{record.env_id} is a {entry.rsplit(':', 1)[1]}, the replay env a {type(base).__name__}")
+        task = record.env_kwargs.get("task", defaults.get("task"))  # gym.make kwargs may override the id's task
+        if isinstance(task, str) and task.strip().lower().replace("-", "_") != base.task.name:
+            notes.append(f"task differs: recorded {task!r} ({record.env_id}), replay {base.task.name!r}")
+    if record.split != base.split:
+        notes.append(f"split differs: recorded {record.split!r}, replay {base.split!r}")
+    kw = record.env_kwargs
+    actual = {"tau": lambda: base.tau, "quality": lambda: base.quality, "reward_mode": lambda: base.reward.name,
+              "token_segments": lambda: base.plan_spec.token_segments, "max_new_tokens": lambda: base.max_new_tokens,
+              "max_input_tokens": lambda: base.max_input_tokens,
+              "layer_block": lambda: getattr(base, "layer_block", None),
+              "candidates": lambda: list(getattr(base, "candidates", ()) or ()),
+              "cost_weight": lambda: getattr(base.reward, "cost_weight", None)}
+    wanted = dict(kw)
+    if "lam" in wanted and "cost_weight" not in wanted:
+        wanted["cost_weight"] = wanted.pop("lam")
+    # a setting the record leaves out had the env's default (the registered ids set only task and task_source)
+    quality = wanted.get("quality") or "agreement"
+    defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8}
+    if type(base).__name__ == "SwitchDecEnv":
+        defaults.update(layer_block=1, candidates=["attention", "ffn", "tokens"])
+    try:
+        defaults["tau"] = get_signal(quality).default_tau
+    except ValueError:
+        pass
+    if wanted.get("reward_mode") == "weighted":
+        defaults["cost_weight"] = 0.5
+    wanted = {**defaults, **{k: v for k, v in wanted.items() if v is not None}}
+    for key, get in actual.items():
+        if key not in wanted or wanted[key] is None:
+            continue
+        want, have = wanted[key], get()
+        if key == "quality":
+            try:
+                want = get_signal(want).name
+            except ValueError:
+                pass
+        if key == "candidates" and isinstance(want, (list, tuple)):  # the kinds, not their order, set the numbers
+            want, have = sorted(set(want)), sorted(set(have))
+        same = (math.isclose(float(want), float(have), rel_tol=1e-9, abs_tol=1e-12)
+                if isinstance(want, (int, float)) and isinstance(have, (int, float)) else want == have)
+        if not same:
+            notes.append(f"env setting {key} differs: recorded {want!r}, replay {have!r}")
+    return notes
+
+
 def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float = 1e-9) -> ValidationResult:
     """Replay ``record`` and compare reward, quality, quality_full and cost.
 
@@ -107,7 +185,10 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
 
     Returns:
         :class:`ValidationResult`, falsy when a number differs, when the replaying env's model fingerprint differs
-        from the recorded one (a different model's numbers cannot validate), or when the record's
+        from the recorded one (a different model's numbers cannot validate), when the replaying env's id, split,
+        task, class or a recorded setting that changes the numbers (``tau``, ``quality``, ``reward_mode``,
+        ``cost_weight``, ``token_segments``, ``max_new_tokens``, ``max_input_tokens``, ``layer_block``,
+        ``candidates``) differs from the record's (a note names it), or when the record's
         ``skipenv_version`` is not a version string or is newer than this skipenv. Layerwise records are replayed
         step by step.
     """
@@ -130,6 +211,8 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
     fingerprint_ok = base.fingerprint == record.model_fingerprint
     if not fingerprint_ok:
         notes.append(f"model fingerprint differs: recorded {record.model_fingerprint}, replay {base.fingerprint}")
+    setting_notes = _settings_differ(record, base)
+    notes += setting_notes
     plan = SkipPlan.from_json(record.plan, base.plan_spec)
     base.reset(options={"example_id": record.example_id})
     if hasattr(base, "plan_to_actions"):  # layerwise: one action per step
@@ -139,5 +222,5 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
         _, _, _, _, info = base.step(base.plan_to_action(plan))
     mismatches = {k: (getattr(record, k), float(info[k])) for k in CHECKED
                   if not math.isclose(getattr(record, k), float(info[k]), rel_tol=rtol, abs_tol=atol)}
-    ok = not mismatches and fingerprint_ok and version_ok
+    ok = not mismatches and fingerprint_ok and version_ok and not setting_notes
     return ValidationResult(ok=ok, mismatches=mismatches, replayed=info, notes=notes)

@@ -148,6 +148,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     say(line)
     if warning:
         say(warning)
+    gym.spec(env_id)  # an unknown id fails here, before the output folder is created
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -205,13 +206,15 @@ def format_table(summary: pd.DataFrame) -> str:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of ``skipenv train`` (every one with help text; ``skipenv train --help`` shows the defaults)."""
+    from .cli import nonnegative_int, positive_int
+
     p.add_argument("--out", default="runs/ppo-xsum",
                    help="output folder: policy.zip, summary.csv/json, episodes.csv, quality_vs_flops.png, "
                         "monitor.csv (one row per training episode) and tensorboard/")
-    p.add_argument("--total-timesteps", type=int, default=256, help="PPO environment steps (= episodes)")
-    p.add_argument("--train-examples", type=int, default=32, help="XSum train documents cycled during training")
-    p.add_argument("--test-examples", type=int, default=20, help="XSum test documents evaluated")
-    p.add_argument("--seed", type=int, default=0, help="seed of PPO, the env and the random baseline")
+    p.add_argument("--total-timesteps", type=positive_int, default=256, help="PPO environment steps (= episodes)")
+    p.add_argument("--train-examples", type=positive_int, default=32, help="XSum train documents cycled during training")
+    p.add_argument("--test-examples", type=positive_int, default=20, help="XSum test documents evaluated")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of PPO, the env and the random baseline")
     p.add_argument("--device", default="cpu", help="torch device of the generator and PPO (e.g. cpu, cuda)")
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="generator: the embedded short name, a Hugging Face Hub id or a local model folder")

@@ -168,3 +168,11 @@ def test_compare_observations(tiny_table):
     assert cmp.loc[0, "extra_cost"] == 0.0 and 0 < cmp.loc[1, "extra_cost"] < 1
     base = probe.analyse(t, 0.5, learning_curve=[])  # the env-observation row is the plain analysis
     assert cmp.loc[0, "mean_test_r2"] == pytest.approx(np.nanmean(base.prediction["test_r2_quality"]), nan_ok=True)
+
+
+def test_learning_curve_sizes_outside_the_range_are_reported(tiny_table):
+    """``--learning-curve 2 5 100`` on 6 train documents silently used only 5 (and 6)."""
+    _, t = tiny_table
+    with pytest.warns(UserWarning, match=r"sizes \[2, 100\] left out"):
+        rep = probe.analyse(t, 0.1, learning_curve=[2, 5, 100], repeats=1)
+    assert list(rep.learning_curve["train_documents"]) == [5, 6]

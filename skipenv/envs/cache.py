@@ -4,8 +4,9 @@
   file per key, written atomically (temporary file + ``os.replace``) so concurrent writers never leave a
   half-written file. Every record stores a SHA-256 checksum of its value; a record that is unreadable, has the
   wrong key or checksum, or fails the caller's schema check is dropped with a :class:`CacheWarning` and recomputed.
-  A folder removed while the process runs is recreated; a read-only cache folder makes the cache keep values in
-  memory (one warning); a cache path that is a regular file is an error.
+  A folder removed while the process runs is recreated; a cache that cannot be written (read-only folder, disk
+  full, a folder in an entry's place) keeps values in memory (one warning); a cache path that is a regular file
+  is an error.
 - :class:`LRU`: a small in-memory least-recently-used map for (example, plan) outcomes.
 - :func:`model_fingerprint`: a digest of the config and *all* weights of a generator's model (computed once per
   model and process, recomputed if a weight was modified in place).
@@ -32,8 +33,8 @@ class CacheWarning(UserWarning):
 
 
 def cache_root() -> Path:
-    """The skipenv cache folder (see :func:`skipenv.assets.cache_dir`); a folder that cannot be created for lack of
-    permission is still returned (the :class:`DiskCache` on it then keeps values in memory).
+    """The skipenv cache folder (see :func:`skipenv.assets.cache_dir`); a folder that cannot be created (read-only
+    parent, disk full, ...) is still returned (the :class:`DiskCache` on it then keeps values in memory).
 
     Raises:
         skipenv.assets.CacheLocationError: ``$SKIPENV_CACHE`` (or the default folder) is a regular file or lies
@@ -44,9 +45,10 @@ def cache_root() -> Path:
     try:
         return cache_dir()
     except CacheLocationError as e:
-        if not isinstance(e.__cause__, PermissionError):
-            raise
-        configured = os.environ.get(CACHE_ENV)  # read-only: DiskCache falls back to memory
+        if e.__cause__ is None or isinstance(e.__cause__, (FileExistsError, NotADirectoryError)):
+            raise  # a regular file where the cache folder should be: one line naming it
+        # cannot be created (read-only parent, disk full ...): DiskCache falls back to memory with one warning
+        configured = os.environ.get(CACHE_ENV)
         if configured:
             return Path(configured).expanduser()
         xdg = os.environ.get("XDG_CACHE_HOME")
@@ -138,7 +140,7 @@ class DiskCache:
             return None
         except PermissionError:
             return None
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurdly nested
             self._drop(path, f"unreadable: {type(e).__name__}")
             return None
         if not isinstance(record, dict) or record.get("key") != key or "value" not in record:
@@ -183,6 +185,10 @@ class DiskCache:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     json.dump(record, f)
                 os.replace(tmp, self._path(key))
+            except OSError as e:  # disk full, a folder in the entry's place ...: keep values in memory
+                Path(tmp).unlink(missing_ok=True)
+                self._fall_back_to_memory(e)
+                self._memory[key] = value
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

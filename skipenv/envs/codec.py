@@ -33,7 +33,7 @@ class ActionCodec:
             layers (``n = 2·ceil(L/layer_block) + K`` for a decoder-only model with all kinds).
 
     Raises:
-        ValueError: unknown candidate kinds or ``layer_block < 1``.
+        ValueError: unknown candidate kinds, ``layer_block < 1``, or candidates that give no action bit.
     """
 
     def __init__(self, spec: PlanSpec, candidates: Sequence[str] = CANDIDATE_KINDS, layer_block: int = 1):
@@ -46,6 +46,9 @@ class ActionCodec:
             raise ValueError(f"layer_block must be an integer >= 1, got {layer_block!r}")
         self.spec, self.candidates, self.layer_block = spec, tuple(candidates), int(layer_block)
         self.groups = self._make_groups()
+        if not self.groups:  # e.g. candidates=("tokens",) with token_segments=0
+            raise ValueError(f"candidates {self.candidates} give no action bits for {spec} (token_segments="
+                             f"{spec.token_segments}): add a kind or use token_segments >= 1")
         self.space = spaces.MultiBinary(len(self.groups))
 
     @property

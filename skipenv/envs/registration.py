@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import threading
 from typing import Any, Iterator
 
 import gymnasium as gym
 
-__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "sharing", "shared_objects"]
+__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "sharing", "shared_objects",
+           "sharing_elsewhere"]
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
 _LAYERWISE = "skipenv.envs.switchdec:SwitchDecLayerwiseEnv"
@@ -53,23 +56,53 @@ def register_envs() -> None:
 _INJECTED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("skipenv_injected", default=None)
 
 
+#: environment variable set while a :func:`sharing` block is open (inherited by processes started from it)
+SHARING_ENV = "SKIPENV_SHARING_ACTIVE"
+_OPEN_BLOCKS = [0]
+_OPEN_LOCK = threading.Lock()
+
+
 def shared_objects() -> dict:
     """The objects that :func:`sharing` / :func:`make` hand to envs constructed now (empty outside them)."""
     return dict(_INJECTED.get() or {})
+
+
+def sharing_elsewhere() -> bool:
+    """True when this thread sees no :func:`sharing` block but one is open in another thread of this process, or
+    was open in the process that started this one: its objects do not reach envs built here (``contextvars`` do not
+    cross threads; objects cannot cross process boundaries)."""
+    if _INJECTED.get() is not None:
+        return False
+    with _OPEN_LOCK:
+        if _OPEN_BLOCKS[0]:
+            return True
+    return bool(os.environ.get(SHARING_ENV))
 
 
 @contextlib.contextmanager
 def sharing(*, generator=None, evaluator=None, reward=None) -> Iterator[None]:
     """Within this block, every SwitchDec env that is constructed without its own ``generator`` / ``evaluator`` /
     ``reward`` uses these — also envs built by other libraries' factories, e.g.
-    ``with sharing(generator=g): make_vec_env("SwitchDec-XSum-v0", n_envs=4)``. Nothing goes into ``env.spec``."""
+    ``with sharing(generator=g): make_vec_env("SwitchDec-XSum-v0", n_envs=4)``. Nothing goes into ``env.spec``.
+
+    Only envs built in this thread (or in processes forked from it) see the objects: an env built in another
+    thread or in a spawned worker process while the block is open loads its own model, with a warning (see
+    :func:`sharing_elsewhere`)."""
     objs = {k: v for k, v in (("generator", generator), ("evaluator", evaluator), ("reward", reward))
             if v is not None}
     token = _INJECTED.set(objs)
+    with _OPEN_LOCK:
+        _OPEN_BLOCKS[0] += 1
+        previous = os.environ.get(SHARING_ENV)
+        os.environ[SHARING_ENV] = "1"
     try:
         yield
     finally:
         _INJECTED.reset(token)
+        with _OPEN_LOCK:
+            _OPEN_BLOCKS[0] -= 1
+            if previous is None and not _OPEN_BLOCKS[0]:
+                os.environ.pop(SHARING_ENV, None)
 
 
 def make(env_id: str, *, generator=None, evaluator=None, reward=None, **kwargs: Any) -> gym.Env:

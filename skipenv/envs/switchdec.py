@@ -60,9 +60,19 @@ def _check_int(name: str, v, low: int, allow_none: bool = True) -> None:
         raise ValueError(f"{name} must be an integer >= {low}{' or None' if allow_none else ''}, got {v!r}")
 
 
-def _check_kwargs(*, split, reward_mode, tau, token_segments, max_input_tokens, max_new_tokens, num_examples,
+def _check_kwargs(*, task, task_source, split, reward_mode, tau, token_segments, max_input_tokens, max_new_tokens, num_examples,
                   cost_weight, record_time, disk_cache, lru_size, model, reward) -> None:
     """Validate every constructor argument once, before anything is loaded (messages name the argument)."""
+    from ..tasks.base import Task
+
+    if not isinstance(task, (str, Task)):
+        raise ValueError(f"task must be a task name such as 'xsum' or a skipenv Task, got {type(task).__name__}")
+    if task_source is not None and not (isinstance(task_source, str) and task_source.strip()) \
+            and not hasattr(task_source, "__fspath__"):
+        raise ValueError(f"task_source must be 'embedded', 'hub' or a data file path, got {task_source!r}")
+    if cost_weight is not None and reward is None and reward_mode != "weighted":
+        raise ValueError(f"cost_weight (or lam) weighs the cost in reward_mode='weighted' only; it has no effect with "
+                         f"reward_mode={reward_mode!r}: drop it or pass reward_mode='weighted'")
     if not isinstance(split, str):
         raise ValueError(f"split must be a string ('train', 'validation', 'test' or 'all'), got {split!r}")
     if reward is None and reward_mode not in REWARD_MODES:
@@ -99,9 +109,14 @@ class _SwitchDecBase(gym.Env):
                  lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
                  reward: Reward | None = None, render_mode: str | None = None):
         super().__init__()
-        from .registration import shared_objects
+        from .registration import shared_objects, sharing_elsewhere
 
         injected = shared_objects()
+        if generator is None and evaluator is None and not injected and sharing_elsewhere():
+            warnings.warn(f"a skipenv.sharing() block is open in another thread or in the process that started this "
+                          f"one, but its objects do not reach this env (they do not cross threads or processes): it "
+                          f"loads its own model {model!r}. Build the env in the block's thread, or pass generator= "
+                          f"explicitly", UserWarning, stacklevel=2)
         generator = generator if generator is not None else injected.get("generator")
         evaluator = evaluator if evaluator is not None else injected.get("evaluator")
         reward = reward if reward is not None else injected.get("reward")
@@ -113,7 +128,7 @@ class _SwitchDecBase(gym.Env):
             warnings.warn("the env kwarg lam= is deprecated; use cost_weight= (the weight of the cost in "
                           "reward_mode='weighted')", DeprecationWarning, stacklevel=2)
             cost_weight = lam
-        _check_kwargs(split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
+        _check_kwargs(task=task, task_source=task_source, split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
                       max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens, num_examples=num_examples,
                       cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
                       model=model, reward=reward)
@@ -311,6 +326,16 @@ class _SwitchDecBase(gym.Env):
         if self._episode_over:
             raise RuntimeError("the episode is over (terminated); call reset() before step()")
 
+    def _finite(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` if every entry is finite; else the generator produced NaN / inf hidden states (e.g. float16
+        overflow or corrupt weights), which would give a policy garbage and the quality signals meaningless
+        numbers."""
+        if not np.isfinite(obs).all():
+            raise RuntimeError(f"the observation of example {self.example.id!r} is not finite: the generator's hidden "
+                               f"states hold NaN or inf (model dtype {self.generator.model.dtype}); load it in "
+                               f"float32 (dtype='float32') or check its weights")
+        return obs
+
     def _length_features(self, example) -> np.ndarray:
         p = self._evaluator.prompt(example)
         return np.array([len(p) / self.max_input_tokens, p.num_document_tokens / self.max_input_tokens],
@@ -429,7 +454,7 @@ class SwitchDecEnv(_SwitchDecBase):
 
     def _observation(self) -> np.ndarray:
         h = np.clip(self._evaluator.observation_features(self.example), -OBS_BOUND, OBS_BOUND)
-        return np.concatenate([h, self._length_features(self.example)]).astype(np.float32)
+        return self._finite(np.concatenate([h, self._length_features(self.example)]).astype(np.float32))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self._start_episode(seed, options)
@@ -486,7 +511,8 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
         spent = 0.0 if token_step else self._spent_fraction()
         extra = [max(self._layer, 0) / self.num_layers, spent, float(token_step)]
         h = np.clip(pooled, -OBS_BOUND, OBS_BOUND)
-        return np.concatenate([h, self._length_features(self.example), np.array(extra, np.float32)]).astype(np.float32)
+        return self._finite(np.concatenate([h, self._length_features(self.example),
+                                            np.array(extra, np.float32)]).astype(np.float32))
 
     def _spent_fraction(self) -> float:
         plan = self.codec.plan(self._tokens, self._attn, self._ffn)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 import math
 import numbers
 import os
@@ -153,8 +154,10 @@ def _clean(value: Any) -> Any:
 
 
 def _decode_utf8(data: bytes, path: Path) -> str:
+    """UTF-8 text of a data file; a leading byte-order mark (Windows editors write one) is dropped, as pandas does
+    for CSV."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DataFileError(
@@ -640,6 +643,12 @@ class FileSource(ExampleSource):
                 f"(make_task(..., document_column=..., target_column=...)) and that every row has a non-empty "
                 f"document and gold target"
             )
+        dropped = sum(s["rows"] - s["kept"] for s in self.stats.values())
+        if dropped and not self.embedded_asset:  # the user's own file: say that rows were left out, and why
+            rows = sum(s["rows"] for s in self.stats.values())
+            reasons = "; ".join(f"{n}: {_dropped(s)}" for n, s in self.stats.items() if s["rows"] > s["kept"])
+            warnings.warn(f"{self._origin()}: {dropped} of {rows} rows dropped ({reasons}); the counts are in "
+                          f"task.load_stats", UserWarning, stacklevel=4)
         if isinstance(raw, dict):
             self._own_splits = {n: exs for n, (exs, _) in converted.items()}
         else:
