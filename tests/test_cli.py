@@ -117,6 +117,23 @@ def test_threads_line_and_oversubscription_warning(monkeypatch):
     assert "7.5" in warning and "already uses one thread" in warning
 
 
+def test_status_line_is_not_glued_to_a_live_bar(capsys):
+    """The main job's status lines (the time estimate) go through tqdm.write: on a line of their own while a bar is
+    drawn, and the bar is redrawn after them."""
+    from tqdm import tqdm
+
+    from skipenv import train
+
+    bar = tqdm(total=10, desc="train ppo", unit="episode", file=sys.stderr)
+    bar.update(3)
+    train._say("skipenv train: estimated time left ~1 min")
+    bar.close()
+    pieces = [p.strip() for p in capsys.readouterr().err.replace("\r", "\n").split("\n")]
+    assert "skipenv train: estimated time left ~1 min" in pieces
+    assert any(p.startswith("train ppo:") and "3/10" in p for p in pieces[pieces.index(
+        "skipenv train: estimated time left ~1 min"):])
+
+
 def test_training_bar_is_labelled_and_reports_early_speed(capsys):
     """The callback of the main job on a plain Gymnasium env (PPO, 48 steps): a ``train ppo`` bar in episodes and
     one early-speed report after 8 episodes."""
