@@ -65,6 +65,23 @@ def test_every_option_has_help_and_help_shows_defaults(capsys):
         assert needle in text, needle
 
 
+def test_help_shows_each_default_once():
+    """The formatter appends ``(default: ...)``, so no option's help text writes its own (it showed twice)."""
+    import re
+
+    todo = list(_subparsers(build_parser()).items())
+    while todo:
+        name, p = todo.pop()
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo += [(f"{name} {n}", q) for n, q in a.choices.items()]
+        text = " ".join(p.format_help().split())
+        twice = re.findall(r"(\(default: [^()]*\))[^()]*\1", text)
+        assert not twice, f"skipenv {name} --help: {twice}"
+        if name == "generate":
+            assert text.count("(default: SwitchDec-XSum-v0)") == 1 and text.count("(default: cpu)") == 1
+
+
 def test_line_writer_throttles_redraws_per_bar():
     out, now = io.StringIO(), [0.0]
     w = LineWriter(out, interval_s=30, clock=lambda: now[0])
