@@ -151,6 +151,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     from .benchmark import evaluate_policy, plot_pareto, summarize
 
     say = _say
+    from .threads import configure_torch_threads
+
+    configure_torch_threads()  # as loading the generator would, so that the line below states the real count
     line, warning = _threads_line()
     say(line)
     if warning:
