@@ -34,7 +34,7 @@ QUALITY_LABELS = {
 
 def evaluate_policy(policy, env, *, episodes: int | None = None, seed: int = 0,
                     extra_quality: Sequence[str] = (), progress: bool = True,
-                    name: str | None = None) -> pd.DataFrame:
+                    name: str | None = None, label: str | None = None) -> pd.DataFrame:
     """Run ``policy`` for one episode per example of ``env``'s split (in split order) and collect the results.
 
     Args:
@@ -46,6 +46,7 @@ def evaluate_policy(policy, env, *, episodes: int | None = None, seed: int = 0,
             ``quality_rouge`` (generation scored against the reference) — costs one generation per episode.
         progress: show a tqdm bar (labelled ``eval <name>``).
         name: the ``policy`` column and bar label; default ``policy.name`` (or the class name).
+        label: the bar label instead of ``eval <name>`` (the leaderboard adds the seed of stochastic policies).
 
     Returns:
         One row per episode: ``policy, seed, example_id, reward, quality, quality_full, constraint_satisfied,
@@ -65,7 +66,7 @@ def evaluate_policy(policy, env, *, episodes: int | None = None, seed: int = 0,
     name = name or getattr(policy, "name", type(policy).__name__)
     env.prefetch(env.examples[:n], progress=progress)  # batched full-model outputs
     env.reset(seed=seed)
-    for i in tqdm(range(n), desc=f"eval {name}", disable=not progress, leave=False):
+    for i in tqdm(range(n), desc=label or f"eval {name}", unit="episode", disable=not progress, leave=False):
         obs, _ = env.reset(options={"index": i})
         action = policy(obs)
         _, reward, _, _, info = env.step(action)
@@ -393,7 +394,8 @@ def learning_curves_figure(curves: dict[str, pd.DataFrame], *, window: int = 32,
 # leaderboard
 
 POLICY_SPECS = ("skip-nothing", "random:RATE", "lead:KEEP_SEGMENTS", "every-other:attention|ffn|both",
-                "calibrated:NUM_SUBLAYERS", "oracle[:MAX_SKIPS]", "sb3:ppo|a2c:PATH.zip", "pg:PATH.pt")
+                "calibrated:NUM_SUBLAYERS", "oracle[:MAX_SKIPS]", "PATH.zip or sb3:ppo|a2c:PATH.zip",
+                "PATH.pt or pg:PATH.pt")
 
 
 def make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
@@ -411,9 +413,18 @@ def make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
     ``<algo>:<folder>`` for saved agents (``"ppo:ppo-xsum"`` for ``sb3:ppo:runs/ppo-xsum/policy.zip``), so tables,
     bars, plots and files all use one short name.
 
+    A saved policy (a path ending in ``.zip`` / ``.pt``, bare or as ``sb3:ALGO:PATH.zip`` / ``pg:PATH.pt``) is
+    loaded by :func:`skipenv.policies.load_policy`, which reads the SB3 algorithm from the file and checks that the
+    policy fits ``env`` (one-shot policies only: a layerwise policy is rejected).
+
     Raises:
-        ValueError: an unknown spec (the message lists the valid forms).
+        ValueError: an unknown spec (the message lists the valid forms), or a saved policy that does not fit.
+        FileNotFoundError: a saved policy's file does not exist.
     """
+    if spec.endswith((".zip", ".pt")) or spec.partition(":")[0] in ("sb3", "pg"):  # a saved policy
+        from .policies import load_policy
+
+        return load_policy(spec, env, seed=seed)
     return _make_policy(spec, env, seed=seed, calibration_env=calibration_env)
 
 
@@ -541,7 +552,9 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
             policy = make_policy(spec, env, seed=seed, calibration_env=calib)
             if name is None:  # two specs with the same short name (agents in same-named folders): use the spec
                 name = policy.name if policy.name not in used else spec
-            df = evaluate_policy(policy, env, seed=seed, extra_quality=extra_quality, progress=progress, name=name)
+            label = f"eval {name} seed {seed}" if len(run_seeds) > 1 else None  # one bar per seed: tell them apart
+            df = evaluate_policy(policy, env, seed=seed, extra_quality=extra_quality, progress=progress, name=name,
+                                 label=label)
             rows.append(df)
         used.add(name)
     episodes_df = pd.concat(rows, ignore_index=True)

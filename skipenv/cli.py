@@ -161,7 +161,8 @@ def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
     from .benchmark import POLICY_SPECS  # light module: pandas / torch load only when evaluating
 
     p.add_argument("policies", nargs="+", metavar="POLICY",
-                   help="policy specs, each one of: " + ", ".join(POLICY_SPECS))
+                   help="policy specs, each one of: " + ", ".join(POLICY_SPECS) + " (one-shot policies only; a "
+                   "layerwise DQN of agents/dqn_layerwise.py is not supported: evaluate it with that script)")
     p.add_argument("--env", default="SwitchDec-XSum-v0", help="environment id (one-shot)")
     p.add_argument("--split", default="test", help="split evaluated (train, validation or test)")
     p.add_argument("--episodes", type=positive_int, default=20, help="evaluate the first N examples of the split")

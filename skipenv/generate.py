@@ -72,7 +72,8 @@ class GenerationResult:
 
     Attributes:
         document_id: ``id`` given, or the first 16 hex digits of the text's sha1.
-        text: the output under the plan.
+        text: the output under the plan, as the task keeps and scores it (:meth:`Task.post_process`: e.g. the first
+            sentence of a summary; the stop rule generates one token past it).
         plan_words: the plan in words (:func:`describe_plan`); ``plan``: its JSON; ``action``: the policy's action.
         num_skipped: skipped sublayers + token segments.
         flops: analytic FLOPs of the plan's run, observation (first layer) included.
@@ -81,7 +82,10 @@ class GenerationResult:
         flops_saved: ``1 − flops / flops_full`` (fraction); ``flops_speedup``: ``flops_full / flops`` (the
             FLOPs-predicted speed-up).
         time_s: wall-clock seconds of the plan's run (observation + policy + generation).
-        full_text, full_time_s: the full model's output and seconds (``None`` without ``compare``).
+        full_text, full_time_s: the full model's output (post-processed like ``text``) and seconds (``None``
+            without ``compare``).
+        raw_text, full_raw_text: the generated text before post-processing (``full_raw_text``: ``None`` without
+            ``compare``).
         speedup: measured ``full_time_s / time_s`` (``None`` without ``compare``).
         truncated: the document was cut to the input budget (``max_input_tokens``).
     """
@@ -104,6 +108,8 @@ class GenerationResult:
     full_time_s: float | None = None
     full_num_generated: int | None = None
     speedup: float | None = None
+    raw_text: str | None = None
+    full_raw_text: str | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -269,13 +275,16 @@ class PolicyGenerator:
         n_full = full[0].num_generated[0] if full else n
         flops_full = self.generator.flops(None, prompt, n_full).total
         r = GenerationResult(
-            document_id=ex.id, policy=self.policy_name, text=out.texts[0], plan_words=describe_plan(plan),
+            document_id=ex.id, policy=self.policy_name, text=self.task.post_process(out.texts[0]),
+            raw_text=out.texts[0], plan_words=describe_plan(plan),
             plan=plan.to_json(), action=action.tolist(), num_skipped=int(plan.num_skipped), num_generated=int(n),
             flops=int(flops), flops_full=int(flops_full), flops_saved=float(1 - flops / flops_full),
             flops_speedup=float(flops_full / flops), time_s=t_policy + t_gen,
             truncated=bool(prompt.extra.get("truncated", False)))
         if full:
-            r.full_text, r.full_time_s, r.full_num_generated = full[0].texts[0], full[1], int(n_full)
+            r.full_text, r.full_time_s, r.full_num_generated = (self.task.post_process(full[0].texts[0]), full[1],
+                                                                int(n_full))
+            r.full_raw_text = full[0].texts[0]
             r.speedup = r.full_time_s / r.time_s
         return r
 
@@ -299,7 +308,7 @@ def configure_parser(p) -> None:
 
     p.add_argument("--policy", required=True, help=POLICY_HELP)
     p.add_argument("--env", default="SwitchDec-XSum-v0",
-                   help="the env id the policy was trained for (default: SwitchDec-XSum-v0)")
+                   help="the env id the policy was trained for")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="one document, given inline")
     src.add_argument("--file", help="a UTF-8 text file holding one document")
@@ -307,7 +316,7 @@ def configure_parser(p) -> None:
     p.add_argument("--question", default=None, help="the question, for question-answering envs (with --text/--file)")
     p.add_argument("--compare", action="store_true", help="also run the full model and show both outputs and times")
     p.add_argument("--out", default=None, help="write one JSON line per document to this file (default: print only)")
-    p.add_argument("--device", default="cpu", help="torch device of the generator and the policy (default: cpu)")
+    p.add_argument("--device", default="cpu", help="torch device of the generator and the policy")
     p.add_argument("--env-kwargs", type=json.loads, default={},
                    help='gym.make kwargs the policy was trained with, as JSON, e.g. \'{"max_input_tokens": 256}\'')
 

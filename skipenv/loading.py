@@ -134,8 +134,8 @@ def load_model_and_tokenizer(
         attn_implementation: passed to ``from_pretrained`` when given (``"eager"``, ``"sdpa"``, ...).
 
     Also sets PyTorch's CPU thread count for this process (:func:`skipenv.threads.configure_torch_threads`: 1 in a
-    vector-env worker process, all available cores otherwise; ``SKIPENV_NUM_THREADS`` overrides, ``OMP_NUM_THREADS``
-    or an earlier ``torch.set_num_threads`` is respected).
+    vector-env worker process; otherwise the available cores less those the 1-minute load average says are busy;
+    ``SKIPENV_NUM_THREADS`` overrides, ``OMP_NUM_THREADS`` or an earlier ``torch.set_num_threads`` is respected).
 
     Returns:
         ``(model, tokenizer)``. Decoder-only tokenizers get ``padding_side="left"`` and, without a pad token,
@@ -152,7 +152,7 @@ def load_model_and_tokenizer(
 
     from .threads import configure_torch_threads
 
-    configure_torch_threads()  # one thread per vector-env worker process, all cores otherwise (SKIPENV_NUM_THREADS)
+    configure_torch_threads()  # 1 per vector-env worker process, idle cores otherwise (SKIPENV_NUM_THREADS)
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     if is_embedded_model(name_or_path):

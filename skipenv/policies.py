@@ -3,9 +3,15 @@
 :func:`load_policy` turns what a user types into a policy for a one-shot :class:`~skipenv.envs.SwitchDecEnv`:
 
 - a static baseline spec of :data:`skipenv.benchmark.POLICY_SPECS` (``skip-nothing``, ``lead:4``, ``random:0.1``,
-  ``every-other:ffn``, ``calibrated:4``, ``sb3:ppo:PATH.zip``, ``pg:PATH.pt``, ...);
-- the path of a stable-baselines3 ``policy.zip`` (PPO, A2C or DQN: the algorithm is read from the file);
-- the path of a repository agent's ``policy.pt`` (:class:`~skipenv.algorithms.ConstrainedPG`).
+  ``every-other:ffn``, ``calibrated:4``, ...);
+- the path of a stable-baselines3 ``policy.zip`` (PPO or A2C: the algorithm is read from the file), bare or as
+  ``sb3:ALGO:PATH.zip`` (the stated algorithm must match the file's);
+- the path of a repository agent's ``policy.pt`` (:class:`~skipenv.algorithms.ConstrainedPG`), bare or as
+  ``pg:PATH.pt``.
+
+``skipenv generate``, ``skipenv dataset`` and ``skipenv leaderboard`` accept all these forms. Policies act in the
+one-shot env (one action: the whole plan); a layerwise policy (``Discrete(4)`` per layer, e.g. the DQN of
+``agents/dqn_layerwise.py``) is rejected with an error that says so.
 
 :func:`action_probability` and :func:`sample_action` give the probability a policy assigns to an action and a
 draw from it — what off-policy evaluation needs of the logging and the target policy (:mod:`skipenv.offline`).
@@ -24,7 +30,8 @@ __all__ = ["load_policy", "action_probability", "sample_action", "is_stochastic"
 
 #: one line for command-line help
 POLICY_HELP = ("a baseline spec (skip-nothing, lead:K, random:RATE, every-other:attention|ffn|both, calibrated:N, "
-               "oracle), a stable-baselines3 policy.zip, or a repository agent's policy.pt")
+               "oracle), a stable-baselines3 PATH.zip (PPO/A2C; also written sb3:ALGO:PATH.zip), or a repository "
+               "agent's PATH.pt (also pg:PATH.pt); one-shot policies only, not layerwise ones")
 
 
 def _sb3_class(path: Path):
@@ -48,7 +55,8 @@ def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: 
     """Build a policy ``observation -> action`` for ``env`` from a spec or a saved file.
 
     Args:
-        spec: a baseline spec, a ``.zip`` (SB3) or a ``.pt`` (ConstrainedPG) path (see the module docstring).
+        spec: a baseline spec, a ``.zip`` (SB3) or a ``.pt`` (ConstrainedPG) path, bare or as ``sb3:ALGO:PATH.zip``
+            / ``pg:PATH.pt`` (see the module docstring).
         env: the one-shot env the policy acts in (its action layout and plan spec); ``env.unwrapped`` is used.
         seed: seed of stochastic policies.
         calibration_env: train-split env for ``calibrated:N`` (default ``env``).
@@ -60,27 +68,51 @@ def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: 
 
     Raises:
         FileNotFoundError: a ``.zip`` / ``.pt`` path that does not exist.
-        ValueError: an unknown spec (lists the valid forms), or a policy whose action shape does not fit ``env``.
+        ValueError: an unknown spec (lists the valid forms); ``sb3:ALGO:`` naming another algorithm than the file's;
+            a policy whose action or observation shape does not fit ``env`` (a layerwise policy, other env kwargs).
     """
+    import gymnasium as gym
+
     from .baselines import SB3Policy
     from .benchmark import make_policy
 
     env = env.unwrapped
+    kind, _, rest = spec.partition(":")
+    algo = None
+    if kind == "sb3":  # sb3:ALGO:PATH.zip, the leaderboard's form
+        algo, _, spec = rest.partition(":")
+        if not algo or not spec:
+            raise ValueError(f"policy spec 'sb3:{rest}' needs an algorithm and a path, e.g. "
+                             f"'sb3:ppo:runs/ppo-xsum/policy.zip' (or just the path: the algorithm is read from it)")
+    elif kind == "pg" and rest:  # pg:PATH.pt
+        spec = rest
     path = Path(spec)
-    if spec.endswith((".zip", ".pt")):
+    if kind in ("sb3", "pg") or spec.endswith((".zip", ".pt")):
         if not path.is_file():
             raise FileNotFoundError(f"policy file {spec!r} does not exist; train one (e.g. `skipenv train`) or pass "
                                     f"a baseline spec such as 'lead:4'")
-        if spec.endswith(".zip"):
+        if kind == "sb3" or (kind != "pg" and spec.endswith(".zip")):
             cls = _sb3_class(path)
+            if algo is not None and algo.lower() != cls.__name__.lower():
+                raise ValueError(f"{spec} was saved by {cls.__name__}, not {algo!r}: write "
+                                 f"'sb3:{cls.__name__.lower()}:{spec}' or just the path")
             model = cls.load(str(path), device=device)
+            if (isinstance(model.action_space, gym.spaces.Discrete)
+                    and not isinstance(env.action_space, gym.spaces.Discrete)):
+                raise ValueError(f"{spec} is a layerwise policy (one {model.action_space} action per layer, e.g. "
+                                 f"agents/dqn_layerwise.py); generate, dataset and leaderboard run one-shot policies "
+                                 f"(one {env.action_space} action per input). Evaluate it with the script that "
+                                 f"trained it, or train a one-shot agent (skipenv train, agents/ppo.py)")
             if model.action_space != env.action_space or model.observation_space.shape != env.observation_space.shape:
                 raise ValueError(f"{spec} was trained for action space {model.action_space} and observations of shape "
                                  f"{model.observation_space.shape}, but this env has {env.action_space} and "
                                  f"{env.observation_space.shape}: pass the --env / env kwargs it was trained with")
             policy = SB3Policy(model, name=f"{cls.__name__.lower()}:{path.parent.name or path.stem}")
         else:
-            policy = make_policy(f"pg:{spec}", env, seed=seed)
+            from .algorithms import ConstrainedPG
+
+            policy = ConstrainedPG.load(str(path), env)
+            policy.name = f"pg:{path.parent.name}"
     else:
         policy = make_policy(spec, env, seed=seed, calibration_env=calibration_env)
     if isinstance(policy, SB3Policy):

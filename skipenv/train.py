@@ -3,9 +3,10 @@ save the policy, evaluate it on the XSum test split against the random policy an
 table (CSV + JSON) and a quality-vs-FLOPs scatter plot next to the policy.
 
 Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget, assets already cached: about 2.5–5
-minutes on 2 idle CPU cores (measured; ~11 minutes on a machine loaded by other jobs — the printed estimate tells).
-The job states torch's thread setting and the machine's load first (warning when the load average exceeds the
-cores), prints a time estimate after the first 8 PPO episodes, and labels every progress bar; with standard error
+minutes on 2 idle CPU cores (measured; on 2 cores loaded by other jobs ~6 minutes with one thread once the train
+references are cached, ~5 more the first time — the printed estimate tells). The job states torch's thread setting
+and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after the
+first 8 PPO episodes (and checks the load again then), and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
 """
 
@@ -119,6 +120,16 @@ def _threads_line() -> tuple[str, str | None]:
     return line, warning
 
 
+def _say(msg: str) -> None:
+    """Print a status line to standard error on a line of its own, also while a tqdm bar is drawn there."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
@@ -132,8 +143,6 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     ``train_examples`` + ``test_examples`` documents is computed once and cached on disk; a PPO step is then one
     teacher-forced forward pass; evaluation generates one summary per (policy, test document) for ROUGE-L.
     """
-    import sys
-
     import gymnasium as gym
     import pandas as pd
 
@@ -141,9 +150,10 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     from .baselines import RandomPolicy, SB3Policy, SkipNothing
     from .benchmark import evaluate_policy, plot_pareto, summarize
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    say = _say
+    from .threads import configure_torch_threads
 
+    configure_torch_threads()  # as loading the generator would, so that the line below states the real count
     line, warning = _threads_line()
     say(line)
     if warning:
@@ -169,6 +179,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
             f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)} "
             f"(much less when the test references are already cached)")
+        late_warning = _threads_line()[1]  # the load again, now that this job has run for a while
+        if late_warning and not warning:
+            say(late_warning)
 
     say(f"skipenv train: [2/3] training PPO for {total_timesteps} episodes (monitor.csv and tensorboard/ in {out})")
     ppo = train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out, device=device,

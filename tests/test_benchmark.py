@@ -1,5 +1,6 @@
 """skipenv.benchmark statistics without a model: distinct episodes, bootstrap CI / IQM, the Pareto front and the
-leaderboard table, on hand-made episode tables whose answers are computed by hand or independently."""
+leaderboard table, on hand-made episode tables whose answers are computed by hand or independently; and the
+leaderboard's progress bars on a tiny random-weight model."""
 
 from __future__ import annotations
 
@@ -87,3 +88,22 @@ def test_leaderboard_table_fits_in_120_columns():
     for col in ("policy", "seeds", "episodes", "rouge", "rouge full", "constraint ok", "FLOPs saved", "95% CI"):
         assert col in header
     assert "every-other:attention" in text and "…" in text  # long names shortened, short ones kept
+
+
+def test_leaderboard_bars_count_episodes_and_documents_and_name_the_seed(tmp_path, capsys, one_thread):
+    """Bars say what they count (``episode``, ``document``, not ``it``), and a stochastic policy's bar per seed
+    says which seed it is; a deterministic policy runs once, without a seed in its label."""
+    from _tiny_local import tiny_env_kwargs, write_tiny_assets
+
+    from skipenv.benchmark import leaderboard
+
+    model, data = write_tiny_assets(tmp_path, num_documents=3)
+    capsys.readouterr()  # transformers' own bar while saving the model
+    episodes, _ = leaderboard(["random:0.5", "skip-nothing"], split="all", episodes=2, seeds=(0, 1), progress=True,
+                              env_kwargs=tiny_env_kwargs(model, data, disk_cache=False))
+    err = capsys.readouterr().err
+    assert "eval random:0.5 seed 0:" in err and "eval random:0.5 seed 1:" in err
+    assert "eval skip-nothing:" in err and "eval skip-nothing seed" not in err
+    assert "episode/s" in err and "document/s" in err and "it/s" not in err
+    assert sorted(set(zip(episodes["policy"], episodes["seed"]))) == [("random:0.5", 0), ("random:0.5", 1),
+                                                                      ("skip-nothing", 0)]

@@ -65,6 +65,23 @@ def test_every_option_has_help_and_help_shows_defaults(capsys):
         assert needle in text, needle
 
 
+def test_help_shows_each_default_once():
+    """The formatter appends ``(default: ...)``, so no option's help text writes its own (it showed twice)."""
+    import re
+
+    todo = list(_subparsers(build_parser()).items())
+    while todo:
+        name, p = todo.pop()
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo += [(f"{name} {n}", q) for n, q in a.choices.items()]
+        text = " ".join(p.format_help().split())
+        twice = re.findall(r"(\(default: [^()]*\))[^()]*\1", text)
+        assert not twice, f"skipenv {name} --help: {twice}"
+        if name == "generate":
+            assert text.count("(default: SwitchDec-XSum-v0)") == 1 and text.count("(default: cpu)") == 1
+
+
 def test_line_writer_throttles_redraws_per_bar():
     out, now = io.StringIO(), [0.0]
     w = LineWriter(out, interval_s=30, clock=lambda: now[0])
@@ -115,6 +132,23 @@ def test_threads_line_and_oversubscription_warning(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     _, warning = train._threads_line()
     assert "7.5" in warning and "already uses one thread" in warning
+
+
+def test_status_line_is_not_glued_to_a_live_bar(capsys):
+    """The main job's status lines (the time estimate) go through tqdm.write: on a line of their own while a bar is
+    drawn, and the bar is redrawn after them."""
+    from tqdm import tqdm
+
+    from skipenv import train
+
+    bar = tqdm(total=10, desc="train ppo", unit="episode", file=sys.stderr)
+    bar.update(3)
+    train._say("skipenv train: estimated time left ~1 min")
+    bar.close()
+    pieces = [p.strip() for p in capsys.readouterr().err.replace("\r", "\n").split("\n")]
+    assert "skipenv train: estimated time left ~1 min" in pieces
+    assert any(p.startswith("train ppo:") and "3/10" in p for p in pieces[pieces.index(
+        "skipenv train: estimated time left ~1 min"):])
 
 
 def test_training_bar_is_labelled_and_reports_early_speed(capsys):

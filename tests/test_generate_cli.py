@@ -59,7 +59,11 @@ def test_static_policy_on_new_text_matches_the_generator(kwargs):
     plan = SkipPlan.from_skips(gen.plan_spec(4), tokens=[2, 3])
     out = gen.generate([prompt], plan, max_new_tokens=kwargs["max_new_tokens"], stop=task.output_complete)
     full = gen.generate([prompt], None, max_new_tokens=kwargs["max_new_tokens"], stop=task.output_complete)
-    assert r.text == out.texts[0] and r.full_text == full.texts[0]
+    # the printed / stored output is what the env scores (the task's post-processing), the raw text is kept too
+    assert r.raw_text == out.texts[0] and r.text == task.post_process(out.texts[0])
+    assert r.full_raw_text == full.texts[0] and r.full_text == task.post_process(full.texts[0])
+    assert task.post_process("Tidal power grew with underwater turbines. The") == \
+        "Tidal power grew with underwater turbines."  # the stop rule's one token past the sentence is dropped
     assert r.plan == plan.to_json() and r.plan_words == "skips document segments 3-4 of 4 (the document's tail)"
     assert r.flops == gen.flops(plan, prompt, out.num_generated[0], observation=True).total
     assert r.flops_full == gen.flops(None, prompt, full.num_generated[0]).total
@@ -100,6 +104,7 @@ def test_cli_sb3_policy_zip_on_a_file_with_compare(kwargs, tmp_path, capsys):
     expected, _ = model.predict(obs, deterministic=True)
     assert row["action"] == np.asarray(expected).astype(int).tolist()
     assert row["full_text"] is not None and row["speedup"] > 0
+    assert row["text"] == pg.task.post_process(row["raw_text"]) and f"output   {row['text']!r}" in printed
 
 
 def test_cli_bad_input_exits_1_with_reason(kwargs, tmp_path, capsys):
@@ -144,3 +149,41 @@ def test_repository_agent_policy_pt(kwargs, tmp_path):
     r = pg.generate(NEW_TEXT)
     obs = pg.observation(pg.prompt(pg.example(NEW_TEXT)))
     assert r.action == agent(obs).astype(int).tolist() and r.policy.startswith("pg:")
+
+
+def test_a_saved_policy_is_named_the_same_way_in_every_command(kwargs, tmp_path):
+    """A bare ``policy.zip`` / ``policy.pt`` and the leaderboard's ``sb3:ALGO:PATH.zip`` / ``pg:PATH.pt`` load the
+    same policy through :func:`load_policy` (generate, dataset) and :func:`make_policy` (leaderboard)."""
+    from stable_baselines3 import DQN
+
+    from skipenv.algorithms import ConstrainedPG
+    from skipenv.benchmark import make_policy
+    from skipenv.policies import load_policy
+    from skipenv.sb3 import train_sb3
+
+    env = gym.make("SwitchDec-XSum-v0", **kwargs).unwrapped
+    model = train_sb3("ppo", env, total_timesteps=4, seed=0, out_dir=tmp_path / "ppo-run", progress_bar=False)
+    agent = ConstrainedPG(env, seed=3)
+    agent.save(tmp_path / "cpg" / "policy.pt")
+    zip_path, pt_path = str(tmp_path / "ppo-run" / "policy.zip"), str(tmp_path / "cpg" / "policy.pt")
+    obs, _ = env.reset(options={"index": 0})
+    expected, _ = model.predict(obs, deterministic=True)
+    for build in (load_policy, make_policy):
+        for spec in (zip_path, f"sb3:ppo:{zip_path}"):
+            policy = build(spec, env)
+            assert policy.name == "ppo:ppo-run", (build, spec)
+            np.testing.assert_array_equal(policy(obs), expected)
+        for spec in (pt_path, f"pg:{pt_path}"):
+            policy = build(spec, env)
+            assert policy.name == "pg:cpg", (build, spec)
+            np.testing.assert_array_equal(policy(obs), agent(obs))
+        with pytest.raises(ValueError, match="saved by PPO, not 'a2c'"):
+            build(f"sb3:a2c:{zip_path}", env)
+        with pytest.raises(FileNotFoundError, match="nope.zip' does not exist"):
+            build(str(tmp_path / "nope.zip"), env)
+    # a layerwise policy (Discrete per layer) is refused by name, not with a shape mismatch
+    layerwise = gym.make("SwitchDec-XSum-Layerwise-v0", **kwargs).unwrapped
+    (tmp_path / "dqn").mkdir()
+    DQN("MlpPolicy", layerwise, learning_starts=0, buffer_size=16, device="cpu").save(tmp_path / "dqn" / "policy.zip")
+    with pytest.raises(ValueError, match="is a layerwise policy"):
+        make_policy(str(tmp_path / "dqn" / "policy.zip"), env)

@@ -17,6 +17,9 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "_DEFAULT_AT_IMPORT", before)
+    monkeypatch.setattr(threads, "_by_load", None)
+    monkeypatch.setattr(threads, "_configured", None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine unless a test says otherwise
     yield monkeypatch
     torch.set_num_threads(before)
 
@@ -27,6 +30,39 @@ def test_in_process_env_gets_the_available_cores(clean_env):
     expected = min(len(os.sched_getaffinity(0)), 4)
     assert threads.default_num_threads() == expected
     assert threads.configure_torch_threads() == expected
+
+
+@pytest.mark.parametrize("cpu_count, usable, load, expected", [
+    (2, 2, 0.2, 2),    # idle 2-core machine: both cores
+    (2, 2, 1.4, 1),    # one core busy elsewhere: 2 - round(1.4) = 1
+    (2, 2, 5.0, 1),    # oversubscribed: never fewer than 1
+    (8, 8, 2.6, 5),    # 8 - round(2.6) = 5
+    (16, 4, 3.0, 4),   # 4-core affinity mask on a 16-core machine with 13 idle cores: the 4 usable ones
+    (16, 4, 14.0, 2),  # 16 - 14 = 2 idle cores on the machine
+])
+def test_in_process_default_leaves_busy_cores_to_others(clean_env, cpu_count, usable, load, expected):
+    torch.set_num_threads(64)  # as if torch's default were 64 threads (not a cap here)
+    clean_env.setattr(threads, "_DEFAULT_AT_IMPORT", 64)
+    clean_env.setattr(threads, "_available_cpus", lambda: usable)
+    clean_env.setattr(os, "cpu_count", lambda: cpu_count)
+    clean_env.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert threads.default_num_threads() == expected
+    assert threads.configure_torch_threads() == expected == torch.get_num_threads()
+    # the load is read once per process: later, this process's own threads are part of it
+    clean_env.setattr(os, "getloadavg", lambda: (load + 8.0, 0.0, 0.0))
+    assert threads.default_num_threads() == expected
+
+
+def test_no_load_average_counts_as_idle(clean_env):
+    def unavailable():
+        raise OSError("no load average")
+
+    torch.set_num_threads(2)
+    clean_env.setattr(threads, "_DEFAULT_AT_IMPORT", 2)
+    clean_env.setattr(threads, "_available_cpus", lambda: 2)
+    clean_env.setattr(os, "cpu_count", lambda: 2)
+    clean_env.setattr(os, "getloadavg", unavailable)
+    assert threads.default_num_threads() == 2
 
 
 def test_override_and_bad_override(clean_env):

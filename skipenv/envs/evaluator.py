@@ -333,7 +333,8 @@ class Evaluator:
             else:
                 self._full[ex.id] = cached
         todo.sort(key=lambda ex: len(self.prompt(ex)))
-        bar = tqdm(total=len(todo), desc="full-model outputs", disable=not progress or not todo, leave=False)
+        bar = tqdm(total=len(todo), desc="full-model outputs", unit="document", disable=not progress or not todo,
+                   leave=False)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i: i + batch_size]
             out = self.generator.generate([self.prompt(ex) for ex in chunk], None, max_new_tokens=self.max_new_tokens,
