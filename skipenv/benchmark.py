@@ -441,6 +441,8 @@ def check_policy_spec(spec: str) -> tuple[str, str]:
     if not isinstance(spec, str):
         raise ValueError(f"a policy spec must be a string such as 'lead:4', got {spec!r}")
     kind, _, arg = spec.partition(":")
+    if spec.endswith((".zip", ".pt")) and kind not in ("sb3", "pg"):  # a bare saved-policy path
+        return "file", spec
 
     def bad(form: str) -> ValueError:
         return ValueError(f"bad policy spec {spec!r}: expected {form}")
@@ -476,6 +478,7 @@ def check_policy_spec(spec: str) -> tuple[str, str]:
 
 
 def _make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
+    """A baseline from its spec (saved policies go through :func:`skipenv.policies.load_policy`)."""
     from . import baselines as B
 
     kind, arg = check_policy_spec(spec)
@@ -492,21 +495,6 @@ def _make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
         return B.StaticPlan(env, policy.plan, name=spec)
     if kind == "oracle":
         return B.OraclePolicy(env, max_skips=int(arg) if arg else None)
-    if kind == "sb3":
-        from .sb3 import load_sb3
-
-        algo, _, path = arg.partition(":")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"policy spec {spec!r}: no file {path} (give the saved model's .zip path)")
-        return B.SB3Policy(load_sb3(algo, path), name=f"{algo}:{Path(path).parent.name}")
-    if kind == "pg":
-        from .algorithms import ConstrainedPG
-
-        if not Path(arg).is_file():
-            raise FileNotFoundError(f"policy spec {spec!r}: no file {arg} (give the saved agent's .pt path)")
-        agent = ConstrainedPG.load(arg, env)
-        agent.name = f"pg:{Path(arg).parent.name}"
-        return agent
     raise ValueError(f"unknown policy spec {spec!r}; valid forms: {', '.join(POLICY_SPECS)}")
 
 
@@ -528,8 +516,11 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
 
     from .envs import SwitchDecEnv
 
-    for spec in policies:  # every spec is checked before anything loads
-        check_policy_spec(spec)
+    for spec in policies:  # every spec (and saved policy file) is checked before anything loads
+        kind, arg = check_policy_spec(spec)
+        path = {"file": arg, "sb3": arg.partition(":")[2], "pg": arg}.get(kind)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"policy spec {spec!r}: no file {path}")
     repeated = sorted({p for p in policies if list(policies).count(p) > 1})
     if repeated:  # the same episodes twice under one name would double their count in the CIs
         raise ValueError(f"policy spec(s) {repeated} given more than once; list each policy once")

@@ -107,3 +107,14 @@ def test_leaderboard_bars_count_episodes_and_documents_and_name_the_seed(tmp_pat
     assert "episode/s" in err and "document/s" in err and "it/s" not in err
     assert sorted(set(zip(episodes["policy"], episodes["seed"]))) == [("random:0.5", 0), ("random:0.5", 1),
                                                                       ("skip-nothing", 0)]
+
+
+def test_saved_policy_specs_bare_or_prefixed_are_checked_before_anything_loads(tmp_path):
+    from skipenv.benchmark import check_policy_spec, leaderboard
+
+    assert check_policy_spec("runs/ppo-xsum/policy.zip") == ("file", "runs/ppo-xsum/policy.zip")
+    assert check_policy_spec("runs/pg/policy.pt") == ("file", "runs/pg/policy.pt")
+    assert check_policy_spec("sb3:ppo:runs/ppo-xsum/policy.zip") == ("sb3", "ppo:runs/ppo-xsum/policy.zip")
+    for spec in (str(tmp_path / "missing.zip"), f"sb3:ppo:{tmp_path / 'missing.zip'}", f"pg:{tmp_path / 'x.pt'}"):
+        with pytest.raises(FileNotFoundError, match="no file"):  # raised before any env or model is built
+            leaderboard([spec], env_id="NoSuch-v0")
