@@ -208,53 +208,23 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _configure_probe(p: argparse.ArgumentParser) -> None:
-    from .probe import configure_parser
+def _module_subcommand(module: str, help: str) -> Subcommand:
+    """A subcommand whose arguments and work live in ``skipenv.<module>`` (its ``configure_parser(parser)`` and
+    ``main(args) -> int``), imported only when the subcommand is configured or run (keeps ``--help`` fast)."""
+    import importlib
 
-    configure_parser(p)
+    def load():
+        return importlib.import_module(f".{module}", __package__)
 
-
-def _run_probe(args: argparse.Namespace) -> int:
-    from .probe import main as probe_main
-
-    return probe_main(args)
-
-
-SUBCOMMANDS["probe"] = Subcommand(_configure_probe, _run_probe,
-                                  "learnability probe: static vs contextual vs oracle over a menu of plans")
+    return Subcommand(lambda p: load().configure_parser(p), lambda args: load().main(args), help)
 
 
-# ---- generate / dataset (their arguments and work live in skipenv.generate / skipenv.offline) --------------------
-
-
-def _configure_generate(p: argparse.ArgumentParser) -> None:
-    from .generate import configure_parser
-
-    configure_parser(p)
-
-
-def _run_generate(args: argparse.Namespace) -> int:
-    from .generate import main as generate_main
-
-    return generate_main(args)
-
-
-def _configure_dataset(p: argparse.ArgumentParser) -> None:
-    from .offline import configure_parser
-
-    configure_parser(p)
-
-
-def _run_dataset(args: argparse.Namespace) -> int:
-    from .offline import main as dataset_main
-
-    return dataset_main(args)
-
-
-SUBCOMMANDS["generate"] = Subcommand(_configure_generate, _run_generate,
-                                     "apply a policy (policy.zip, policy.pt or a baseline spec) to your own text")
-SUBCOMMANDS["dataset"] = Subcommand(_configure_dataset, _run_dataset,
-                                    "record Minari datasets of logged episodes; off-policy evaluation on them")
+SUBCOMMANDS["probe"] = _module_subcommand(
+    "probe", "learnability probe: static vs contextual vs oracle over a menu of plans")
+SUBCOMMANDS["generate"] = _module_subcommand(
+    "generate", "apply a policy (policy.zip, policy.pt or a baseline spec) to your own text")
+SUBCOMMANDS["dataset"] = _module_subcommand(
+    "offline", "record Minari datasets of logged episodes; off-policy evaluation on them")
 
 
 def build_parser() -> argparse.ArgumentParser:
