@@ -16,6 +16,16 @@ are always there):
   increase ``ℓ`` faster than the slack allows.
 
 Both gradients are REINFORCE estimates with their own mean baselines.
+
+:class:`GroupPG` — a group-baseline policy gradient for the one-shot env and any scalar-reward formulation
+(:mod:`skipenv.formulations`): for each sampled document it draws ``G`` plans from the same factorised Bernoulli
+policy, runs each through the env's public ``reset(options={"index": i})`` / ``step``, and weights each plan's
+log-probability by its leave-one-out advantage ``A_k = r_k − mean_{j≠k} r_j`` (RLOO: Kool, van Hoof & Welling,
+"Buy 4 REINFORCE samples, get a baseline for free!", ICLR 2019 workshop; Ahmadian et al., "Back to basics:
+revisiting REINFORCE style optimization for learning from human feedback in LLMs", ACL 2024), optionally divided
+by the group's standard deviation (GRPO: Shao et al., "DeepSeekMath", arXiv 2402.03300, 2024). Comparing plans on
+the *same* document removes the document's difficulty from the advantage — the reason per-document baselines help
+here, where rewards vary far more between documents than between plans.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 __all__ = ["BernoulliPolicy", "LagrangianHandler", "DynamicBarrierHandler", "dynamic_barrier_lambda",
-           "ConstrainedPG", "PGConfig"]
+           "ConstrainedPG", "PGConfig", "group_advantages", "GroupPG", "GroupPGConfig", "load_agent"]
 
 
 class BernoulliPolicy(nn.Module):
@@ -214,3 +224,300 @@ class ConstrainedPG:
         agent = cls(env, PGConfig(**meta["config"]), seed=meta["seed"])
         agent.policy.load_state_dict(torch.load(path, map_location=agent.device))
         return agent
+
+
+# ---------------------------------------------------------------------------------------------- group baseline
+def group_advantages(rewards, *, scale_by_std: bool = False, eps: float = 1e-8) -> np.ndarray:
+    """Leave-one-out (RLOO) advantages of groups of episodes that share a document.
+
+    ``A[b, k] = r[b, k] − mean_{j≠k} r[b, j]`` (Kool et al. 2019; Ahmadian et al. 2024), which equals
+    ``G/(G−1)·(r[b, k] − mean_j r[b, j])``; with ``scale_by_std`` divided by ``std_j r[b, j] + eps`` (the sample
+    standard deviation, ``ddof=1``, of the group — GRPO's normalisation, Shao et al. 2024; GRPO subtracts the group
+    mean including the episode itself, which differs only by the constant factor ``G/(G−1)``).
+
+    Args:
+        rewards: ``[B, G]`` rewards (B groups of G >= 2 episodes each).
+        scale_by_std: divide by the group's standard deviation (a group of equal rewards gets 0).
+        eps: added to the standard deviation.
+
+    Returns:
+        ``[B, G]`` float64 advantages.
+
+    Raises:
+        ValueError: not a 2-D array with ``G >= 2``, or non-finite rewards.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] < 2:
+        raise ValueError(f"rewards must have shape [groups, G] with G >= 2 episodes per group, got {r.shape}")
+    if not np.isfinite(r).all():
+        raise ValueError("rewards must be finite")
+    g = r.shape[1]
+    adv = r - (r.sum(1, keepdims=True) - r) / (g - 1)
+    if scale_by_std:
+        adv = adv / (r.std(1, ddof=1, keepdims=True) + eps)
+    return adv
+
+
+@dataclass
+class GroupPGConfig:
+    """Hyper-parameters of :class:`GroupPG` (defaults: a few hundred episodes on the CPU).
+
+    ``group_size`` plans per document (G), ``groups_per_update`` documents per gradient step (so one update uses
+    ``G × groups_per_update`` episodes), ``scale_by_std`` selects GRPO's scaling of the RLOO advantage.
+    """
+
+    group_size: int = 4
+    groups_per_update: int = 4
+    lr: float = 3e-3
+    hidden: int = 64
+    init_skip_prob: float = 0.02
+    entropy_coef: float = 1e-3
+    scale_by_std: bool = False
+
+
+def _find_wrapper(env, cls):
+    """The first wrapper of type ``cls`` in ``env``'s wrapper chain, or None."""
+    import gymnasium as gym
+
+    e = env
+    while True:
+        if isinstance(e, cls):
+            return e
+        if not isinstance(e, gym.Wrapper):
+            return None
+        e = e.env
+
+
+class GroupPG:
+    """Group-baseline policy gradient (RLOO, or GRPO-style with ``scale_by_std``) for one-step episodes.
+
+    Training loop (:meth:`learn`): documents are visited in a seeded random order; for document ``i`` the agent
+    resets the env ``G`` times with ``options={"index": i}``, samples one plan per episode from the factorised
+    Bernoulli policy ``π(a | o) = Π_b p_b^{a_b} (1 − p_b)^{1 − a_b}`` (:class:`BernoulliPolicy`), and steps it. After
+    ``groups_per_update`` documents it takes one Adam step on
+    ``−mean(A · log π(a | o)) − entropy_coef · mean(H[π(· | o)])`` with the group advantages
+    :func:`group_advantages`.
+
+    Formulations: the reward is whatever the (wrapped) env returns, so any scalar-reward formulation works:
+
+    - per-input (the bare env): the lexicographic reward;
+    - :class:`~skipenv.formulations.BudgetConditioned`: the first reset of a group draws the tolerance, the other
+      ``G − 1`` resets pass it back as ``options["tau"]``, so every episode of a group has the same document *and*
+      tau (and the same observation);
+    - :class:`~skipenv.formulations.ExpectedConstraint`: its multiplier ``λ`` is updated as episodes stream, so it
+      can change inside a group; the group's rewards are then put on the group's first multiplier ``λ_0`` before the
+      advantage, ``r_k + (λ_k − λ_0)·v_k`` (``λ_k`` and the violation ``v_k`` from ``info["lagrange_multiplier"]`` /
+      ``info["constraint_violation"]``), so plans are compared under one objective.
+
+    Use ``agent(obs)`` or ``agent.predict(obs)`` as a policy (deterministic: skip where ``p > 0.5``).
+
+    Args:
+        env: a one-shot env (``MultiBinary`` actions, 1-D observation; one step per episode), possibly wrapped;
+            ``env.unwrapped.examples`` lists the documents.
+        config: :class:`GroupPGConfig`.
+        seed: seeds the initial weights, the document order, the plan samples and the env (first ``reset``).
+        device: torch device of the policy.
+
+    Raises:
+        ValueError: ``group_size < 2``, ``groups_per_update < 1``, or an env without a ``MultiBinary`` action space
+            and a 1-D observation space.
+    """
+
+    algorithm = "group-pg"
+
+    def __init__(self, env, config: GroupPGConfig | None = None, seed: int = 0, device: str = "cpu", *,
+                 obs_dim: int | None = None, n: int | None = None):
+        from gymnasium import spaces
+
+        self.env, self.config = env, config or GroupPGConfig()
+        cfg = self.config
+        if int(cfg.group_size) < 2:
+            raise ValueError(f"group_size must be >= 2 (the leave-one-out baseline needs another plan), got "
+                             f"{cfg.group_size}")
+        if int(cfg.groups_per_update) < 1:
+            raise ValueError(f"groups_per_update must be >= 1, got {cfg.groups_per_update}")
+        if env is not None:
+            if not isinstance(env.action_space, spaces.MultiBinary) or len(env.observation_space.shape) != 1:
+                raise ValueError(f"GroupPG needs a one-shot env (MultiBinary actions, 1-D observations), got "
+                                 f"{env.action_space} / {env.observation_space}; use the id without '-Layerwise'")
+            obs_dim, n = int(env.observation_space.shape[0]), int(env.action_space.n)
+        elif obs_dim is None or n is None:
+            raise ValueError("give an env, or obs_dim and n")
+        self.obs_dim, self.n, self.seed = int(obs_dim), int(n), int(seed)
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.policy = BernoulliPolicy(self.obs_dim, self.n, cfg.hidden, cfg.init_skip_prob).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.name = "grpo" if cfg.scale_by_std else "rloo"
+        self.history: list[dict] = []
+        self._started = False
+
+    # -- acting
+    def _obs(self, observation) -> torch.Tensor:
+        o = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=self.device)
+        if o.shape[-1] != self.obs_dim:
+            raise ValueError(f"observation has {o.shape[-1]} features, the policy expects {self.obs_dim}: use the "
+                             f"env (and formulation) the agent was trained with")
+        return o
+
+    def predict(self, observation, deterministic: bool = True):
+        """SB3-style ``(action, None)``: ``int8`` action ``[n]`` (or ``[B, n]`` for a batch ``[B, obs_dim]``);
+        deterministic = skip where the probability exceeds 0.5, else a sample."""
+        o = self._obs(observation)
+        batch = o.ndim == 2
+        with torch.no_grad():
+            logits = self.policy(o if batch else o[None])
+            if deterministic:
+                a = logits > 0
+            else:
+                a = torch.bernoulli(torch.sigmoid(logits).cpu(), generator=self.generator).bool()
+        a = a.to(torch.int8).cpu().numpy()
+        return (a if batch else a[0]), None
+
+    def __call__(self, observation) -> np.ndarray:
+        return self.predict(observation, deterministic=True)[0]
+
+    # -- training
+    def _sample(self, o: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            probs = torch.sigmoid(self.policy(o[None]))[0].cpu()
+        return torch.bernoulli(probs, generator=self.generator)
+
+    def learn(self, total_timesteps: int, progress_bar: bool = True) -> pd.DataFrame:
+        """Train for ``total_timesteps`` episodes (rounded down to whole groups; at least one group); returns the
+        per-episode history (``timestep, update, document, reward, advantage, quality, quality_full, cost,
+        constraint_satisfied`` and ``tau`` / ``lagrange_multiplier`` under those formulations).
+
+        Raises:
+            ValueError: ``total_timesteps`` below the group size, or an env whose episodes last more than one step.
+        """
+        from .formulations import BudgetConditioned
+
+        env, cfg, G = self.env, self.config, int(self.config.group_size)
+        if total_timesteps < G:
+            raise ValueError(f"total_timesteps ({total_timesteps}) must be >= group_size ({G})")
+        budget = _find_wrapper(env, BudgetConditioned) is not None
+        n_docs = len(env.unwrapped.examples)
+        if not self._started:
+            env.reset(seed=self.seed)  # seeds the env and its wrappers (e.g. the tolerance draws)
+            self._started = True
+        order, cursor = self.rng.permutation(n_docs), 0
+        steps, n_groups = 0, total_timesteps // G
+        bar = tqdm(total=n_groups * G, desc=self.name, unit="episode", disable=not progress_bar, leave=False)
+        update = len({h["update"] for h in self.history})
+        while steps < n_groups * G:
+            obs_b, act_b, rew_b, rows = [], [], [], []
+            for _ in range(cfg.groups_per_update):
+                if steps >= n_groups * G:
+                    break
+                if cursor >= n_docs:
+                    order, cursor = self.rng.permutation(n_docs), 0
+                doc = int(order[cursor])
+                cursor += 1
+                options: dict = {"index": doc}
+                group_obs, group_act, group_rew, group_rows = [], [], [], []
+                for k in range(G):
+                    obs, reset_info = env.reset(options=options)
+                    if k == 0 and budget:  # the whole group uses the tolerance drawn on its first reset
+                        options = {"index": doc, "tau": reset_info["tau"]}
+                    o = self._obs(obs)
+                    a = self._sample(o)
+                    _, reward, terminated, truncated, info = env.step(a.to(torch.int8).numpy())
+                    if not (terminated or truncated):
+                        raise ValueError("GroupPG needs one-step episodes (the one-shot SwitchDec env); this env's "
+                                         "episode did not end after one step")
+                    steps += 1
+                    group_obs.append(o)
+                    group_act.append(a)
+                    group_rew.append(float(reward))
+                    group_rows.append({"timestep": len(self.history) + len(rows) + len(group_rows) + 1,
+                                       "update": update, "document": doc, "reward": float(reward),
+                                       **{key: info[key] for key in ("quality", "quality_full", "cost",
+                                                                     "constraint_satisfied", "tau",
+                                                                     "lagrange_multiplier") if key in info},
+                                       "_violation": info.get("constraint_violation")})
+                    bar.update(1)
+                lams = [r.get("lagrange_multiplier") for r in group_rows]
+                if all(v is not None for v in lams) and all(r["_violation"] is not None for r in group_rows):
+                    # put the group on its first multiplier: r_k + (lam_k - lam_0) * v_k
+                    group_rew = [r + (lam - lams[0]) * row["_violation"]
+                                 for r, lam, row in zip(group_rew, lams, group_rows)]
+                obs_b += group_obs
+                act_b += group_act
+                rew_b.append(group_rew)
+                rows += group_rows
+            adv = group_advantages(np.array(rew_b), scale_by_std=cfg.scale_by_std).ravel()
+            for row, a_k in zip(rows, adv):
+                row.pop("_violation")
+                row["advantage"] = float(a_k)
+            self.history += rows
+            O, A = torch.stack(obs_b), torch.stack(act_b).to(self.device)
+            At = torch.as_tensor(adv, dtype=torch.float32, device=self.device)
+            dist = self.policy.distribution(O)
+            logp = dist.log_prob(A).sum(-1)
+            loss = -(At * logp).mean() - cfg.entropy_coef * dist.entropy().sum(-1).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            update += 1
+            bar.set_postfix(reward=f"{np.mean(rew_b):.3f}", skip=f"{float(A.mean()):.3f}", refresh=False)
+        bar.close()
+        return pd.DataFrame(self.history)
+
+    # -- persistence
+    def save(self, path: str | Path) -> None:
+        """Save the weights (``path``, a ``.pt`` file) and, beside it, a ``.json`` with ``algorithm``, config, seed
+        and the observation / action sizes (enough to rebuild the policy without an env)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.policy.state_dict(), path)
+        path.with_suffix(".json").write_text(json.dumps(
+            {"algorithm": self.algorithm, "config": asdict(self.config), "seed": self.seed, "obs_dim": self.obs_dim,
+             "n": self.n, "name": self.name}, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, env=None, device: str = "cpu") -> "GroupPG":
+        """Rebuild a saved agent (``env`` is needed only to continue training).
+
+        Raises:
+            FileNotFoundError: ``path`` or its ``.json`` is missing.
+            ValueError: the file was not saved by :class:`GroupPG`, or ``env`` has other sizes than the saved
+                policy.
+        """
+        path = Path(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if meta.get("algorithm") != cls.algorithm:
+            raise ValueError(f"{path} was not saved by GroupPG (algorithm {meta.get('algorithm')!r}); load it with "
+                             f"skipenv.algorithms.load_agent or skipenv.policies.load_policy")
+        if env is not None and (env.observation_space.shape[0] != meta["obs_dim"] or env.action_space.n != meta["n"]):
+            raise ValueError(f"{path} was trained for observations of {meta['obs_dim']} features and {meta['n']} "
+                             f"action bits, this env has {env.observation_space.shape[0]} and {env.action_space.n}: "
+                             f"use the env kwargs and formulation it was trained with")
+        agent = cls(env, GroupPGConfig(**meta["config"]), seed=meta["seed"], device=device, obs_dim=meta["obs_dim"],
+                    n=meta["n"])
+        agent.policy.load_state_dict(torch.load(path, map_location=agent.device))
+        agent.name = meta.get("name", agent.name)
+        return agent
+
+
+def load_agent(path: str | Path, env=None, device: str = "cpu"):
+    """Load a repository agent's ``policy.pt``: a :class:`GroupPG` when its ``.json`` says so, else a
+    :class:`ConstrainedPG` (which needs ``env``).
+
+    Raises:
+        FileNotFoundError: the ``.pt`` or its ``.json`` is missing.
+        ValueError: a ConstrainedPG file without ``env``.
+    """
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"{path} and {meta_path.name} beside it are needed (written by the agent's save())")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("algorithm") == GroupPG.algorithm:
+        return GroupPG.load(path, env, device=device)
+    if env is None:
+        raise ValueError(f"{path} is a ConstrainedPG policy: pass the env to load it")
+    return ConstrainedPG.load(path, env)

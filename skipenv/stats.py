@@ -1,0 +1,195 @@
+"""Comparison statistics of learners with ``rliable`` (Agarwal et al., "Deep reinforcement learning at the edge of
+the statistical precipice", NeurIPS 2021).
+
+Scores are arranged as rliable expects: per policy a matrix ``[runs, tasks]`` — here runs = training seeds and
+tasks = test documents (or (document, tolerance) pairs for budget-conditioned policies); a deterministic
+baseline has one run (or identical rows).
+
+- :func:`interval_estimates` — IQM (or mean) over all runs × tasks with stratified-bootstrap 95 % CIs
+  (``rliable.library.get_interval_estimates``; with ``task_bootstrap=True`` the tasks are resampled as well as
+  the runs, so the interval also covers the choice of test documents);
+- :func:`probability_of_improvement` — ``P(X > Y)``: for each task the Mann-Whitney probability that a run of X
+  scores above a run of Y (ties count one half), averaged over tasks (``rliable.metrics.probability_of_improvement``),
+  with stratified independent-bootstrap CIs over runs. A difference is called significant when the CI excludes 0.5;
+- :func:`performance_profile_figure` — the fraction of runs × tasks scoring above each threshold, with CIs
+  (``rliable.library.create_performance_profile`` / ``rliable.plot_utils.plot_performance_profiles``).
+
+Needs the ``stats`` extra (``pip install "skipenv[stats]"``): rliable 1.2 pins ``arch < 8``, and arch 7 does not
+import under pandas 3, hence pandas < 3 there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["iqm", "interval_estimates", "probability_of_improvement", "performance_profile_figure",
+           "score_matrix"]
+
+
+def _rliable():
+    try:
+        from rliable import library, metrics
+    except ImportError as e:  # rliable missing, or arch failing under pandas 3
+        raise ImportError(f"skipenv.stats needs rliable ({e}); install the stats extra: pip install "
+                          f"\"skipenv[stats]\" (rliable>=1.2 with pandas<3, see pyproject.toml)") from e
+    return library, metrics
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """rliable draws bootstrap indices from numpy's global generator: seed it for the block, then restore it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _check(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    tasks = None
+    for name, s in scores.items():
+        a = np.asarray(s, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+            raise ValueError(f"scores of {name!r} must be a [runs, tasks] matrix, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"scores of {name!r} contain NaN or inf")
+        if tasks is not None and a.shape[1] != tasks:
+            raise ValueError(f"every policy needs the same tasks: {name!r} has {a.shape[1]}, others {tasks}")
+        tasks = a.shape[1]
+        out[name] = a
+    return out
+
+
+def score_matrix(episodes, policy: str, score: str = "reward", *, task: Sequence[str] = ("example_id",),
+                 run: str = "seed") -> np.ndarray:
+    """The ``[runs, tasks]`` matrix of one policy from a table of episodes (rows sorted by run, columns by task).
+
+    Raises:
+        ValueError: no rows for ``policy``, or some run lacks a task (or has it twice).
+    """
+    df = episodes[episodes["policy"] == policy]
+    if df.empty:
+        raise ValueError(f"no episodes of policy {policy!r}")
+    key = df[list(task)].astype(str).agg("|".join, axis=1)
+    m = df.assign(_task=key).pivot_table(index=run, columns="_task", values=score, aggfunc="count")
+    if (m != 1).any().any() or m.isna().any().any():
+        raise ValueError(f"policy {policy!r}: every run needs exactly one episode per task")
+    return df.assign(_task=key).pivot(index=run, columns="_task", values=score).sort_index(axis=1).to_numpy(float)
+
+
+def iqm(scores) -> float:
+    """Interquartile mean of all entries (``rliable.metrics.aggregate_iqm``: ``scipy.stats.trim_mean(x, 0.25)``
+    over the flattened scores)."""
+    _, metrics = _rliable()
+    return float(metrics.aggregate_iqm(np.asarray(scores, dtype=np.float64)))
+
+
+def interval_estimates(scores: Mapping[str, np.ndarray], *, metric: str = "iqm", reps: int = 2000,
+                       confidence: float = 0.95, task_bootstrap: bool = True, seed: int = 0):
+    """Point estimate and stratified-bootstrap percentile CI of ``metric`` for each policy.
+
+    Args:
+        scores: policy → ``[runs, tasks]`` scores (same tasks for all).
+        metric: ``"iqm"`` or ``"mean"`` over runs × tasks.
+        reps: bootstrap replications.
+        confidence: CI coverage.
+        task_bootstrap: also resample tasks (documents) within the bootstrap (rliable's option).
+        seed: seeds the bootstrap.
+
+    Returns:
+        DataFrame ``policy, runs, tasks, <metric>, ci_low, ci_high``.
+
+    Raises:
+        ValueError: bad score matrices or an unknown metric.
+    """
+    import pandas as pd
+
+    library, metrics = _rliable()
+    fn = {"iqm": metrics.aggregate_iqm, "mean": metrics.aggregate_mean}.get(metric)
+    if fn is None:
+        raise ValueError(f"metric must be 'iqm' or 'mean', got {metric!r}")
+    scores = _check(scores)
+    rows = []
+    for name, s in scores.items():
+        if np.ptp(s) == 0:  # a constant matrix: the bootstrap distribution is a point
+            lo = hi = point = float(s.flat[0])
+        else:
+            with _seeded(seed):
+                points, cis = library.get_interval_estimates({name: s}, lambda x: np.array([fn(x)]), reps=reps,
+                                                             confidence_interval_size=confidence,
+                                                             task_bootstrap=task_bootstrap)
+            point, (lo, hi) = float(points[name][0]), (float(cis[name][0, 0]), float(cis[name][1, 0]))
+        rows.append({"policy": name, "runs": s.shape[0], "tasks": s.shape[1], metric: point, "ci_low": lo,
+                     "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], *,
+                               reps: int = 2000, confidence: float = 0.95, seed: int = 0):
+    """``P(X > Y)`` with a stratified independent-bootstrap CI for each ``(X, Y)`` in ``pairs``.
+
+    Returns:
+        DataFrame ``x, y, poi, ci_low, ci_high, significant`` — ``significant`` is ``"X > Y"`` / ``"X < Y"`` when
+        the CI lies above / below 0.5, else ``""``.
+
+    Raises:
+        ValueError: a name in ``pairs`` without scores, or bad score matrices.
+    """
+    import pandas as pd
+
+    library, metrics = _rliable()
+    scores = _check(scores)
+    rows = []
+    for x, y in pairs:
+        missing = [n for n in (x, y) if n not in scores]
+        if missing:
+            raise ValueError(f"no scores for {missing}; known: {sorted(scores)}")
+        sx, sy = scores[x], scores[y]
+        with _seeded(seed):
+            points, cis = library.get_interval_estimates({"pair": (sx, sy)}, metrics.probability_of_improvement,
+                                                         reps=reps, confidence_interval_size=confidence)
+        lo, hi = (float(np.min(cis["pair"][0])), float(np.max(cis["pair"][1])))
+        sig = f"{x} > {y}" if lo > 0.5 else (f"{x} < {y}" if hi < 0.5 else "")
+        rows.append({"x": x, "y": y, "poi": float(points["pair"]), "ci_low": lo, "ci_high": hi, "significant": sig})
+    return pd.DataFrame(rows)
+
+
+def performance_profile_figure(scores: Mapping[str, np.ndarray], *, thresholds: Sequence[float] | None = None,
+                               path: str | Path | None = None, xlabel: str = "score threshold",
+                               reps: int = 2000, seed: int = 0):
+    """Performance profiles (fraction of runs × tasks scoring above each threshold, 95 % CI bands) of every policy;
+    saved as PNG at ``path`` when given. Returns the matplotlib figure.
+
+    Args:
+        thresholds: default 61 points spanning all scores.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import plot_utils
+
+    library, _ = _rliable()
+    scores = _check(scores)
+    if thresholds is None:
+        allv = np.concatenate([s.ravel() for s in scores.values()])
+        thresholds = np.linspace(allv.min(), allv.max(), 61)
+    thresholds = np.asarray(thresholds, dtype=float)
+    with _seeded(seed):
+        profiles, cis = library.create_performance_profile(scores, thresholds, reps=reps)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    plot_utils.plot_performance_profiles(profiles, thresholds, performance_profile_cis=cis, ax=ax, xlabel=xlabel,
+                                         ylabel="fraction of runs × tasks with score > threshold",
+                                         labelsize="medium", ticklabelsize="medium")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
