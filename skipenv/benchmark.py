@@ -1,5 +1,5 @@
 """Evaluate policies on a split and compare them: per-episode CSV, summary table with bootstrap confidence
-intervals over *distinct* episodes and the interquartile mean across seeds, and a quality-vs-FLOPs Pareto plot.
+intervals (scipy) over *distinct* episodes and the interquartile mean across seeds, and a quality-vs-FLOPs Pareto plot.
 
 A *policy* is any callable ``observation -> action`` for the env's action space (see :mod:`skipenv.baselines`;
 stable-baselines3 models via :class:`~skipenv.baselines.SB3Policy`). Policies that need the current example (the
@@ -83,32 +83,35 @@ def evaluate_policy(policy, env, *, episodes: int | None = None, seed: int = 0,
 
 def bootstrap_ci(values: Iterable[float], *, confidence: float = 0.95, resamples: int = 2000,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``values`` (Efron & Tibshirani 1993).
+    """Percentile bootstrap confidence interval of the mean of ``values`` (Efron & Tibshirani 1993), computed by
+    ``scipy.stats.bootstrap`` (:func:`skipenv.formulations.bootstrap_ci`).
 
     Pass *distinct* observations (see :func:`distinct_episodes`): repeating identical episodes narrows the interval
-    without adding information. Returns ``(nan, nan)`` for no values and ``(v, v)`` when all values equal ``v``.
+    without adding information. Returns ``(nan, nan)`` for no values and ``(v, v)`` when all values equal ``v``
+    (a single value included).
 
-    Written out with numpy rather than taken from ``rliable`` (whose stratified bootstrap with one task is the same
-    estimator): rliable 1.2 pins ``arch < 8``, and arch 7 fails to import with pandas 3.
+    This per-policy interval is what ``skipenv train`` and ``skipenv leaderboard`` print, so it uses scipy (a core
+    dependency). Comparisons of learners over seeds × documents — IQM with stratified-bootstrap CIs, probability of
+    improvement, performance profiles — use ``rliable`` in :mod:`skipenv.stats` (the ``stats`` extra: rliable 1.2
+    pins ``arch < 8``, which does not import under pandas 3, so that extra caps pandas).
     """
+    from .formulations import bootstrap_ci as _scipy_bootstrap_ci
+
     x = np.asarray(list(values), dtype=float)
-    if len(x) == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
-    return float(lo), float(hi)
+    if len(x) == 1:
+        return float(x[0]), float(x[0])
+    return _scipy_bootstrap_ci(x, n_resamples=resamples, confidence=confidence, seed=seed)
 
 
 def iqm(values: Iterable[float]) -> float:
     """Interquartile mean: the mean of the middle 50 % of values (Agarwal et al., NeurIPS 2021, "Deep RL at the
-    edge of the statistical precipice"); equals the mean for fewer than 4 values. Same as
-    ``scipy.stats.trim_mean(values, 0.25)`` (what ``rliable.metrics.aggregate_iqm`` computes)."""
-    x = np.sort(np.asarray(list(values), dtype=float))
-    if len(x) < 4:
-        return float(x.mean()) if len(x) else float("nan")
-    q = len(x) // 4
-    return float(x[q: len(x) - q].mean())
+    edge of the statistical precipice"), ``scipy.stats.trim_mean(values, 0.25)`` — what
+    ``rliable.metrics.aggregate_iqm`` computes (:func:`skipenv.stats.iqm` calls rliable itself). Equals the mean
+    for fewer than 4 values; NaN for none."""
+    from scipy.stats import trim_mean
+
+    x = np.asarray(list(values), dtype=float)
+    return float(trim_mean(x, 0.25)) if len(x) else float("nan")
 
 
 def distinct_episodes(df: pd.DataFrame) -> pd.DataFrame:

@@ -6,8 +6,8 @@
   ``every-other:ffn``, ``calibrated:4``, ...);
 - the path of a stable-baselines3 ``policy.zip`` (PPO or A2C: the algorithm is read from the file), bare or as
   ``sb3:ALGO:PATH.zip`` (the stated algorithm must match the file's);
-- the path of a repository agent's ``policy.pt`` (:class:`~skipenv.algorithms.ConstrainedPG`), bare or as
-  ``pg:PATH.pt``.
+- the path of a repository agent's ``policy.pt`` (:class:`~skipenv.algorithms.ConstrainedPG` or
+  :class:`~skipenv.algorithms.GroupPG`, told apart by the ``.json`` saved beside it), bare or as ``pg:PATH.pt``.
 
 ``skipenv generate``, ``skipenv dataset`` and ``skipenv leaderboard`` accept all these forms. Policies act in the
 one-shot env (one action: the whole plan); a layerwise policy (``Discrete(4)`` per layer, e.g. the DQN of
@@ -109,10 +109,11 @@ def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: 
                                  f"{env.observation_space.shape}: pass the --env / env kwargs it was trained with")
             policy = SB3Policy(model, name=f"{cls.__name__.lower()}:{path.parent.name or path.stem}")
         else:
-            from .algorithms import ConstrainedPG
+            from .algorithms import GroupPG, load_agent
 
-            policy = ConstrainedPG.load(str(path), env)
-            policy.name = f"pg:{path.parent.name}"
+            # GroupPG or ConstrainedPG, told by the .json beside it; GroupPG checks its sizes against env
+            policy = load_agent(path, env, device=device)
+            policy.name = f"{policy.name if isinstance(policy, GroupPG) else 'pg'}:{path.parent.name}"
     else:
         policy = make_policy(spec, env, seed=seed, calibration_env=calibration_env)
     if isinstance(policy, SB3Policy):

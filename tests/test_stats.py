@@ -1,0 +1,116 @@
+"""Comparison statistics (skipenv.stats, rliable) and benchmarks/compare_algorithms.py's tables, against
+independent numpy computations on hand-made scores: IQM, probability of improvement counted pair by pair,
+bootstrap intervals, significance marks."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("rliable")
+
+from skipenv import stats  # noqa: E402
+
+
+def numpy_iqm(x) -> float:
+    """Mean of the middle half of the sorted values (sizes divisible by 4 here)."""
+    x = np.sort(np.ravel(x))
+    q = len(x) // 4
+    return float(x[q: len(x) - q].mean())
+
+
+def pairwise_poi(x, y) -> float:
+    """P(X > Y) + 0.5 P(X = Y) per task by counting every pair of runs, averaged over tasks."""
+    per_task = []
+    for t in range(x.shape[1]):
+        pairs = list(itertools.product(x[:, t], y[:, t]))
+        per_task.append(np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs]))
+    return float(np.mean(per_task))
+
+
+X = np.array([[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]])
+Y = np.array([[0.0, 2.0, 5.0], [1.0, 1.0, 1.0], [3.0, 3.0, 3.0]])
+
+
+def test_iqm_against_numpy():
+    s = np.array([[0.1, 5.0, 0.3, 0.9], [0.4, -3.0, 0.7, 0.2]])  # 8 values: middle 4 are 0.2 0.3 0.4 0.7
+    assert stats.iqm(s) == pytest.approx(numpy_iqm(s)) == pytest.approx((0.2 + 0.3 + 0.4 + 0.7) / 4)
+    table = stats.interval_estimates({"s": s}, reps=500)
+    row = table.iloc[0]
+    assert row["iqm"] == pytest.approx(numpy_iqm(s)) and row["runs"] == 2 and row["tasks"] == 4
+    assert row["ci_low"] <= row["iqm"] <= row["ci_high"] and row["ci_low"] < row["ci_high"]
+    const = stats.interval_estimates({"c": np.full((3, 4), 0.7)}).iloc[0]
+    assert const["iqm"] == const["ci_low"] == const["ci_high"] == 0.7
+    with pytest.raises(ValueError, match="same tasks"):
+        stats.interval_estimates({"a": np.zeros((2, 3)), "b": np.zeros((2, 4))})
+
+
+def test_probability_of_improvement_hand_counted():
+    # task 0: x {1, 2} vs y {0, 1, 3} -> (1 + 0.5 + 0 + 1 + 1 + 0) / 6 = 3.5 / 6; task 1: 4 / 6; task 2: 3.5 / 6
+    assert pairwise_poi(X, Y) == pytest.approx(11 / 18)
+    t = stats.probability_of_improvement({"x": X, "y": Y}, [("x", "y"), ("y", "x")], reps=500)
+    assert t.loc[0, "poi"] == pytest.approx(11 / 18) and t.loc[1, "poi"] == pytest.approx(7 / 18)
+    assert t.loc[0, "ci_low"] < 0.5 < t.loc[0, "ci_high"] and t.loc[0, "significant"] == ""
+    # x above y on every task in every run: PoI 1 with a CI at 1, significant
+    hi = stats.probability_of_improvement({"x": X + 10, "y": Y}, [("x", "y")], reps=200).iloc[0]
+    assert hi["poi"] == hi["ci_low"] == 1.0 and hi["significant"] == "x > y"
+    with pytest.raises(ValueError, match="no scores"):
+        stats.probability_of_improvement({"x": X}, [("x", "z")])
+
+
+def test_score_matrix_and_profile(tmp_path):
+    ep = pd.DataFrame({"policy": "p", "seed": [1, 1, 0, 0], "example_id": ["b", "a", "a", "b"],
+                       "score": [4.0, 3.0, 1.0, 2.0]})
+    np.testing.assert_array_equal(stats.score_matrix(ep, "p", "score"), [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ValueError, match="exactly one episode"):
+        stats.score_matrix(pd.concat([ep, ep.iloc[:1]]), "p", "score")
+    stats.performance_profile_figure({"x": X, "y": Y}, path=tmp_path / "pp.png", reps=100)
+    assert (tmp_path / "pp.png").stat().st_size > 5000
+
+
+def _compare_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_algorithms.py"
+    spec = importlib.util.spec_from_file_location("compare_algorithms", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_algorithms_statistics_against_numpy():
+    mod = _compare_module()
+    docs = ["d0", "d1", "d2", "d3"]
+    static = {"skip-nothing": [0.9, 0.9, 0.9, 0.9], "lead:4": [1.2, 0.5, 1.1, 1.0]}  # IQM 1.05 vs 0.9
+    learned = {"ppo": [[0.9, 0.9, 0.9, 0.9], [0.9, 0.9, 0.9, 1.1]], "rloo": [[1.3, 0.6, 1.2, 1.1], [1.3, 0.4, 1.0, 1.1]]}
+    rows = []
+    for name, s in static.items():
+        rows += [{"policy": name, "seed": 0, "example_id": d, "score": v} for d, v in zip(docs, s)]
+    for name, runs in learned.items():
+        for seed, s in enumerate(runs):
+            rows += [{"policy": name, "seed": seed, "example_id": d, "score": v} for d, v in zip(docs, s)]
+    ep = pd.DataFrame(rows).assign(quality=1.0, quality_full=1.0, quality_loss=0.0, constraint_satisfied=True,
+                                   flops_saved=0.1, tau=0.1)
+    args = SimpleNamespace(formulation="per_input", reps=300)
+    summary, poi, scores = mod.statistics(ep, args, 0.1, {"ppo": [1.0], "rloo": [2.0]}, {})
+    s = summary.set_index("policy")
+    assert s["best_static"].sum() == 1 and s.loc["lead:4", "best_static"]  # the higher IQM
+    for name in ("lead:4", "rloo"):
+        assert s.loc[name, "score_iqm"] == pytest.approx(numpy_iqm(scores[name]))
+    lead = np.array([static["lead:4"]])
+    for name in ("ppo", "rloo"):
+        assert s.loc[name, "poi_vs_best_static"] == pytest.approx(pairwise_poi(np.array(learned[name]), lead))
+    # rloo vs ppo (2 runs each): every pair of runs counted on each document
+    assert s.loc["rloo", "poi_vs_ppo"] == pytest.approx(pairwise_poi(np.array(learned["rloo"]),
+                                                                     np.array(learned["ppo"])))
+    assert np.isnan(s.loc["ppo", "poi_vs_ppo"]) and np.isnan(s.loc["lead:4", "poi_vs_best_static"])
+    printed = mod.table_for_print(summary)
+    row = printed[printed["policy"] == "rloo"].iloc[0]
+    mark = row["PoI vs PPO"].endswith("*")
+    r = summary.set_index("policy").loc["rloo"]
+    assert mark == (r["poi_vs_ppo_ci_low"] > 0.5 or r["poi_vs_ppo_ci_high"] < 0.5)
+    assert printed["policy"].str.contains("(best static)", regex=False).sum() == 1
