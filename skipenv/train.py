@@ -136,8 +136,9 @@ def _minutes(seconds: float) -> str:
 
 def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 256, train_examples: int = 32,
                  test_examples: int = 20, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
-                 env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True) -> pd.DataFrame:
-    """Train PPO, evaluate against baselines on the test split, save policy / tables / plot. Returns the summary.
+                 env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True, algo: str = "ppo") -> pd.DataFrame:
+    """Train PPO (or another learner of :data:`skipenv.learners.LEARNERS` without warm start, ``algo``), evaluate
+    against baselines on the test split, save policy / tables / plot. Returns the summary.
 
     Defaults fit the budget in the module docstring: the full-model reference (one greedy summary) of each of the
     ``train_examples`` + ``test_examples`` documents is computed once and cached on disk; a PPO step is then one
@@ -183,20 +184,28 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         if late_warning and not warning:
             say(late_warning)
 
-    say(f"skipenv train: [2/3] training PPO for {total_timesteps} episodes (monitor.csv and tensorboard/ in {out})")
-    ppo = train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out, device=device,
-                    progress_bar=progress_bar, on_early_speed=eta)
+    if algo == "ppo":
+        say(f"skipenv train: [2/3] training PPO for {total_timesteps} episodes (monitor.csv and tensorboard/ in "
+            f"{out})")
+        learned = SB3Policy(train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
+                                      device=device, progress_bar=progress_bar, on_early_speed=eta), name="ppo")
+    else:
+        from .learners import train_learner
+
+        say(f"skipenv train: [2/3] training {algo} for {total_timesteps} episodes (logs and policy in {out})")
+        learned, _ = train_learner(algo, train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
+                                   progress_bar=progress_bar, device=device)
     t_train = time.perf_counter() - t0
 
-    say(f"skipenv train: [3/3] evaluating ppo, random:0.5 and skip-nothing on {test_examples} test documents")
+    say(f"skipenv train: [3/3] evaluating {algo}, random:0.5 and skip-nothing on {test_examples} test documents")
     test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
-    policies = [SB3Policy(ppo, name="ppo"), RandomPolicy(test_env, 0.5, seed=seed), SkipNothing(test_env)]
+    policies = [learned, RandomPolicy(test_env, 0.5, seed=seed), SkipNothing(test_env)]
     episodes = pd.concat([evaluate_policy(p, test_env, seed=seed, extra_quality=("rouge",), progress=progress_bar)
                           for p in policies], ignore_index=True)
     summary = summarize(episodes)
     episodes.to_csv(out / "episodes.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    meta = {"env_id": env_id, "model": model, "total_timesteps": total_timesteps, "train_examples": train_examples,
+    meta = {"env_id": env_id, "algo": algo, "model": model, "total_timesteps": total_timesteps, "train_examples": train_examples,
             "test_examples": test_examples, "seed": seed, "train_seconds": round(t_train, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "tau": test_env.tau,
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
@@ -234,13 +243,21 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="SwitchDec-XSum-v0", help="environment id (one-shot)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (phase lines and the time estimate are still printed to stderr)")
+    from .learners import LEARNERS, WARM_STARTED
+
+    p.add_argument("--algo", default="ppo", choices=[a for a in LEARNERS if a not in WARM_STARTED],
+                   help="learner (skipenv.learners): ppo, a2c, the ConstrainedPG handlers, or the group-baseline "
+                        "rloo / grpo (policy.pt instead of policy.zip)")
 
 
 def main(args: argparse.Namespace) -> int:
     summary = run_main_job(args.out, total_timesteps=args.total_timesteps, train_examples=args.train_examples,
                            test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,
-                           env_id=args.env, progress_bar=not args.no_progress)
+                           env_id=args.env, progress_bar=not args.no_progress, algo=args.algo)
     print(format_table(summary))
-    print(f"\nsaved: {Path(args.out) / 'policy.zip'}, summary.csv, summary.json, episodes.csv, quality_vs_flops.png, "
-          f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})")
+    sb3 = args.algo in ("ppo", "a2c")
+    logs = (f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})" if sb3 else
+            "progress.csv (one row per training episode)")
+    print(f"\nsaved: {Path(args.out) / ('policy.zip' if sb3 else 'policy.pt')}, summary.csv, summary.json, "
+          f"episodes.csv, quality_vs_flops.png, {logs}")
     return 0

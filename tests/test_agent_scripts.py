@@ -54,3 +54,10 @@ def test_baselines_agent(tmp_path):
     assert list(summary["policy"]) == ["skip-nothing", "lead:4", "calibrated:2"]
     nothing = summary.set_index("policy").loc["skip-nothing"]
     assert nothing["quality"] == 1.0 and nothing["constraint_satisfied"] == 1.0
+
+
+def test_group_pg_agent_with_warm_start(tmp_path):
+    run_agent("group_pg.py", tmp_path, "--total-timesteps", "8", "--groups-per-update", "1", "--warm-start", "oracle")
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert len(progress) == 8 and (progress.groupby(progress.index // 4)["document"].nunique() == 1).all()
+    assert (tmp_path / "policy.pt").exists() and (tmp_path / "probe_table" / "outcomes.csv").exists()
