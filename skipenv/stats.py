@@ -10,7 +10,8 @@ baseline has one run (or identical rows).
   the runs, so the interval also covers the choice of test documents);
 - :func:`probability_of_improvement` — ``P(X > Y)``: for each task the Mann-Whitney probability that a run of X
   scores above a run of Y (ties count one half), averaged over tasks (``rliable.metrics.probability_of_improvement``),
-  with stratified independent-bootstrap CIs over runs. A difference is called significant when the CI excludes 0.5;
+  with stratified-bootstrap CIs over runs and (by default) tasks. A difference is called significant when the CI
+  excludes 0.5;
 - :func:`performance_profile_figure` — the fraction of runs × tasks scoring above each threshold, with CIs
   (``rliable.library.create_performance_profile`` / ``rliable.plot_utils.plot_performance_profiles``).
 
@@ -131,8 +132,21 @@ def interval_estimates(scores: Mapping[str, np.ndarray], *, metric: str = "iqm",
 
 
 def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], *,
-                               reps: int = 2000, confidence: float = 0.95, seed: int = 0):
-    """``P(X > Y)`` with a stratified independent-bootstrap CI for each ``(X, Y)`` in ``pairs``.
+                               reps: int = 2000, confidence: float = 0.95, task_bootstrap: bool = True,
+                               seed: int = 0):
+    """``P(X > Y)`` with a stratified-bootstrap percentile CI for each ``(X, Y)`` in ``pairs``.
+
+    The point estimate is ``rliable.metrics.probability_of_improvement``. The interval:
+
+    - ``task_bootstrap=True`` (default): ``rliable.library.StratifiedBootstrap(x, y, task_bootstrap=True)`` — runs
+      resampled within each task *and* the tasks (test documents) resampled, the same documents for X and Y
+      (paired). The two matrices need the same number of runs, so each is repeated row-wise to the least common
+      multiple of the two run counts (repeating every run ``k`` times changes neither ``P(X > Y)`` nor the
+      distribution of a resampled run). Without task resampling, two policies that act the same way under every
+      seed (deterministic baselines, learners that converged to one plan) get an interval of zero width, and any
+      difference on a single document would look significant;
+    - ``task_bootstrap=False``: rliable's own ``get_interval_estimates`` on the pair (runs resampled
+      independently for X and Y, tasks fixed), as in Agarwal et al. 2021.
 
     Returns:
         DataFrame ``x, y, poi, ci_low, ci_high, significant`` — ``significant`` is ``"X > Y"`` / ``"X < Y"`` when
@@ -141,6 +155,8 @@ def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence
     Raises:
         ValueError: a name in ``pairs`` without scores, or bad score matrices.
     """
+    import math
+
     import pandas as pd
 
     library, metrics = _rliable()
@@ -151,12 +167,21 @@ def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence
         if missing:
             raise ValueError(f"no scores for {missing}; known: {sorted(scores)}")
         sx, sy = scores[x], scores[y]
+        point = float(metrics.probability_of_improvement(sx, sy))
         with _seeded(seed):
-            points, cis = library.get_interval_estimates({"pair": (sx, sy)}, metrics.probability_of_improvement,
-                                                         reps=reps, confidence_interval_size=confidence)
-        lo, hi = (float(np.min(cis["pair"][0])), float(np.max(cis["pair"][1])))
+            if task_bootstrap:
+                runs = math.lcm(len(sx), len(sy))
+                bs = library.StratifiedBootstrap(np.repeat(sx, runs // len(sx), axis=0),
+                                                 np.repeat(sy, runs // len(sy), axis=0), task_bootstrap=True)
+                ci = bs.conf_int(metrics.probability_of_improvement, reps=reps, size=confidence,
+                                 method="percentile")
+            else:
+                _, cis = library.get_interval_estimates({"pair": (sx, sy)}, metrics.probability_of_improvement,
+                                                        reps=reps, confidence_interval_size=confidence)
+                ci = cis["pair"]
+        lo, hi = float(np.min(ci[0])), float(np.max(ci[1]))
         sig = f"{x} > {y}" if lo > 0.5 else (f"{x} < {y}" if hi < 0.5 else "")
-        rows.append({"x": x, "y": y, "poi": float(points["pair"]), "ci_low": lo, "ci_high": hi, "significant": sig})
+        rows.append({"x": x, "y": y, "poi": point, "ci_low": lo, "ci_high": hi, "significant": sig})
     return pd.DataFrame(rows)
 
 

@@ -60,6 +60,19 @@ def test_probability_of_improvement_hand_counted():
     assert hi["poi"] == hi["ci_low"] == 1.0 and hi["significant"] == "x > y"
     with pytest.raises(ValueError, match="no scores"):
         stats.probability_of_improvement({"x": X}, [("x", "z")])
+    # two deterministic policies (1 run), better on one of 4 documents and tied on the others: PoI 0.625 by
+    # counting; resampling runs only gives a zero-width interval, resampling the documents as well does not
+    a, b = np.array([[1.0, 0.0, 0.0, 0.0]]), np.zeros((1, 4))
+    assert pairwise_poi(a, b) == 0.625
+    runs_only = stats.probability_of_improvement({"a": a, "b": b}, [("a", "b")], task_bootstrap=False).iloc[0]
+    assert runs_only["ci_low"] == runs_only["ci_high"] == 0.625 and runs_only["significant"] == "a > b"
+    docs = stats.probability_of_improvement({"a": a, "b": b}, [("a", "b")], reps=500).iloc[0]
+    # resampled PoI = 0.5 + k / 8 with k ~ Binomial(4, 1/4) copies of document 0: P(k = 0) = 0.32 puts the 2.5 %
+    # quantile at 0.5; P(k >= 3) = 0.051 and P(k = 4) = 0.004 put the 97.5 % quantile at k = 3, i.e. 0.875
+    assert docs["poi"] == 0.625 and docs["ci_low"] == 0.5 and docs["ci_high"] == 0.875 and docs["significant"] == ""
+    # different run counts (2 vs 3): the point estimate is the pairwise count, the interval contains it
+    t3 = stats.probability_of_improvement({"x": X, "y": Y}, [("x", "y")], reps=300).iloc[0]
+    assert t3["poi"] == pytest.approx(11 / 18) and t3["ci_low"] <= 11 / 18 <= t3["ci_high"]
 
 
 def test_score_matrix_and_profile(tmp_path):
@@ -94,7 +107,7 @@ def test_compare_algorithms_statistics_against_numpy():
     ep = pd.DataFrame(rows).assign(quality=1.0, quality_full=1.0, quality_loss=0.0, constraint_satisfied=True,
                                    flops_saved=0.1, tau=0.1)
     args = SimpleNamespace(formulation="per_input", reps=300)
-    summary, poi, scores = mod.statistics(ep, args, 0.1, {"ppo": [1.0], "rloo": [2.0]}, {})
+    summary, poi, scores = mod.statistics(ep, args, {"ppo": [1.0], "rloo": [2.0]}, {})
     s = summary.set_index("policy")
     assert s["best_static"].sum() == 1 and s.loc["lead:4", "best_static"]  # the higher IQM
     for name in ("lead:4", "rloo"):
