@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def evaluate(policy, env, name: str, seed: int, *, formulation: str, taus, tau: float) -> pd.DataFrame:
     """One deterministic episode per test document (per tolerance under ``budget``); the ``score`` column is the
     formulation's score (see the module docstring)."""
-    from skipenv.rewards import lexicographic_reward
+    from skipenv.rewards import constraint_satisfied, lexicographic_reward
 
     rows = []
     for i in range(len(env.unwrapped.examples)):
@@ -93,7 +93,7 @@ def evaluate(policy, env, name: str, seed: int, *, formulation: str, taus, tau: 
             rows.append({"policy": name, "seed": seed, "example_id": info["example_id"], "tau": t, "reward": reward,
                          "quality": q, "quality_full": qf, "quality_loss": qf - q, "cost": c,
                          "flops_saved": info["flops_saved"],
-                         "constraint_satisfied": bool(qf - q <= t + 1e-9), "plan": info["plan"],
+                         "constraint_satisfied": bool(constraint_satisfied(q, qf, t)), "plan": info["plan"],
                          "score": info["flops_saved"] if formulation == "expected" else reward})
     return pd.DataFrame(rows)
 
@@ -126,7 +126,9 @@ def main(argv=None) -> None:
         return make_formulation(env, form, **({"tau": tau} if form == "expected" else {}))
 
     eval_env = formulated(test) if form == "budget" else test  # the budget observation carries tau
-    taus = [t for t in args.eval_taus if DEFAULT_TAU_RANGE[0] <= t <= DEFAULT_TAU_RANGE[1]]
+    taus = list(args.eval_taus)
+    if form == "budget" and not all(DEFAULT_TAU_RANGE[0] <= t <= DEFAULT_TAU_RANGE[1] for t in taus):
+        raise SystemExit(f"--eval-taus {taus} must lie in the budget formulation's tau range {DEFAULT_TAU_RANGE}")
 
     frames, curves, times, extra = [], {}, {}, {}
 

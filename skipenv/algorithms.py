@@ -463,7 +463,7 @@ class GroupPG:
             loss.backward()
             self.optimizer.step()
             update += 1
-            bar.set_postfix(reward=f"{np.mean(rew_b):.3f}", skip=f"{float(A.mean()):.3f}", refresh=False)
+            bar.set_postfix(reward=f"{np.mean(rew_b):.3f}", skip_rate=f"{float(A.mean()):.3f}", refresh=False)
         bar.close()
         return pd.DataFrame(self.history)
 
