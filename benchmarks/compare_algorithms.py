@@ -24,8 +24,9 @@ Statistics (:mod:`skipenv.stats`, rliable): IQM of the scores over seeds × test
 95 % CI (documents resampled too), and the probability of improvement (PoI) of each learner over the best static
 baseline (highest IQM on the test documents, which favours the baseline; under ``expected`` the most FLOPs saved
 among the static policies whose mean constraint holds) and over PPO, with stratified-bootstrap 95 % CIs that
-resample seeds and test documents; ``*`` marks a PoI whose CI excludes 0.5 (a significant difference). Writes ``episodes.csv``, ``summary.csv``, ``poi.csv``, ``pareto.png``,
-``learning_curves.png`` and ``performance_profiles.png`` to ``--out`` and prints the table.
+resample seeds and test documents; ``*`` marks a PoI whose CI excludes 0.5 (a significant difference). Writes
+``episodes.csv``, ``summary.csv``, ``poi.csv``, ``pareto.png``, ``learning_curves.png`` and
+``performance_profiles.png`` to ``--out`` and prints the table.
 
 Tiny smoke run (random-weight model; see tests/_tiny_local.py for the files)::
 

@@ -205,7 +205,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     summary = summarize(episodes)
     episodes.to_csv(out / "episodes.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    meta = {"env_id": env_id, "algo": algo, "model": model, "total_timesteps": total_timesteps, "train_examples": train_examples,
+    meta = {"env_id": env_id, "algo": algo, "model": model, "total_timesteps": total_timesteps,
+            "train_examples": train_examples,
             "test_examples": test_examples, "seed": seed, "train_seconds": round(t_train, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "tau": test_env.tau,
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}

@@ -142,8 +142,6 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
 
 def _log_prob_fn(policy):
     """``(module with parameters, log_prob(obs [N, d], actions [N, n]) -> [N])`` for the supported policies."""
-    import torch
-
     from .algorithms import BernoulliPolicy
 
     net = getattr(policy, "policy", policy)

@@ -97,7 +97,8 @@ def test_compare_algorithms_statistics_against_numpy():
     mod = _compare_module()
     docs = ["d0", "d1", "d2", "d3"]
     static = {"skip-nothing": [0.9, 0.9, 0.9, 0.9], "lead:4": [1.2, 0.5, 1.1, 1.0]}  # IQM 1.05 vs 0.9
-    learned = {"ppo": [[0.9, 0.9, 0.9, 0.9], [0.9, 0.9, 0.9, 1.1]], "rloo": [[1.3, 0.6, 1.2, 1.1], [1.3, 0.4, 1.0, 1.1]]}
+    learned = {"ppo": [[0.9, 0.9, 0.9, 0.9], [0.9, 0.9, 0.9, 1.1]],
+               "rloo": [[1.3, 0.6, 1.2, 1.1], [1.3, 0.4, 1.0, 1.1]]}
     rows = []
     for name, s in static.items():
         rows += [{"policy": name, "seed": 0, "example_id": d, "score": v} for d, v in zip(docs, s)]
