@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from gymnasium import spaces
@@ -204,3 +205,25 @@ def test_warm_start_from_the_oracle_on_a_tiny_model(tiny_probe, tmp_path):
         warm_start_targets(table, [0.0, 0.2], env=env)
     with pytest.raises(ValueError, match="features"):
         warm_start_targets(table, 0.1, env=BudgetConditioned(env))
+
+
+@pytest.mark.assets
+def test_skipenv_train_with_the_group_learner(tmp_path, capsys):
+    import json
+
+    from _tiny_local import write_tiny_assets
+
+    from skipenv.cli import main
+
+    model_dir, _ = write_tiny_assets(tmp_path / "tiny")
+    out = tmp_path / "run"
+    code = main(["train", "--algo", "rloo", "--total-timesteps", "8", "--train-examples", "3", "--test-examples", "2",
+                 "--model", model_dir, "--out", str(out), "--no-progress"])
+    assert code == 0
+    meta = json.loads((out / "summary.json").read_text())
+    assert meta["algo"] == "rloo" and [r["policy"] for r in meta["summary"]][0] == "rloo"
+    assert json.loads((out / "policy.json").read_text())["algorithm"] == "group-pg"
+    assert len(pd.read_csv(out / "progress.csv")) == 8
+    assert "policy.pt" in capsys.readouterr().out
+    agent = load_agent(out / "policy.pt")
+    assert isinstance(agent, GroupPG) and agent.name == "rloo"
