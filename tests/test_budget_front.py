@@ -64,6 +64,7 @@ def test_budget_front_tiny_matches_an_independent_re_evaluation(tmp_path, one_th
 
     # the saved policy replayed at two fixed tolerances through BudgetConditioned
     model = PPO.load(str(out / "ppo" / "policy.zip"), device="cpu")
+    stats = np.load(out / "ppo" / "standardisation.npz")
     wrapped = BudgetConditioned(env, tau_range=tuple(cfg["tau_range"]))
     pol = points[points["kind"] == "policy"].set_index("tau")
     for tau in taus[1:]:
@@ -71,7 +72,8 @@ def test_budget_front_tiny_matches_an_independent_re_evaluation(tmp_path, one_th
         for i in range(n_test):
             obs, _ = wrapped.reset(options={"tau": tau, "index": i})
             assert obs[-1] == pytest.approx(tau)
-            info = wrapped.step(model.predict(obs, deterministic=True)[0])[4]
+            z = ((obs - stats["mean"]) / stats["std"]).astype(np.float32)  # the policy's standardised input
+            info = wrapped.step(model.predict(z, deterministic=True)[0])[4]
             q.append(info["quality"])
             saved.append(1.0 - info["cost"])
             rewards.append(lexicographic_reward(info["quality"], info["quality_full"], info["cost"], tau))
