@@ -18,9 +18,9 @@
    The policy sees the observation standardised with the train documents' mean and std (and ``tau`` with those of
    its uniform range; :func:`standardise`, statistics saved in ``ppo/standardisation.npz``).
 3. **Evaluation.** The deterministic policy runs on every test document at each fixed ``tau`` in ``--taus``
-   (``reset(options={"tau": x})``); :func:`skipenv.formulations.metrics_by_tau` gives mean quality, per-input constraint-met
-   rate, mean FLOPs saved and mean lexicographic reward per ``tau``, and a paired percentile bootstrap over test
-   documents gives the reward difference to the best static plan at the same ``tau``.
+   (``reset(options={"tau": x})``); :func:`skipenv.formulations.metrics_by_tau` gives mean quality, per-input
+   constraint-met rate, mean FLOPs saved and mean lexicographic reward per ``tau``, and a paired percentile bootstrap
+   over test documents gives the reward difference to the best static plan at the same ``tau``.
 
 Output under ``--out``: ``front.png`` (static plans, their Pareto front (:func:`skipenv.benchmark.pareto_front`),
 the train-chosen best static plan per ``tau`` and the policy's curve, points labelled by ``tau``), ``front.csv``
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
     import gymnasium as gym
     import pandas as pd
 
-    import skipenv
+    import skipenv  # noqa: F401  (registers the env ids)
     from skipenv import BudgetConditioned
     from skipenv.formulations import bootstrap_ci, formulation_metrics, metrics_by_tau
     from skipenv.probe import ProbeTable, evaluate_menu, markdown_table
