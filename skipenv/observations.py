@@ -39,7 +39,7 @@ import numpy as np
 from gymnasium import spaces
 
 __all__ = ["OBSERVATION_KINDS", "ATTENTION_QUERIES", "parse_observation_kind", "check_observation_kind",
-           "observation_features", "attention_features", "env_observation", "observation_size",
+           "observation_features", "attention_features", "env_observation", "observation_size", "passthrough_columns",
            "observation_flops", "extra_observation_flops", "SegmentObservation", "feature_table"]
 
 #: The observation kinds (``m`` = a layer number, 1-based).
@@ -224,6 +224,16 @@ def env_observation(generator, prompt, kind: str, *, pooled: np.ndarray, token_s
     if name == "pooled":
         return base.astype(np.float32)
     return np.concatenate([base, observation_features(generator, prompt, "segments", **kw)]).astype(np.float32)
+
+
+def passthrough_columns(kind: str, token_segments: int) -> int:
+    """Trailing columns of an observation that are not hidden states (lengths, attention masses, cosines), which
+    :class:`skipenv.probe.ProbePolicy` keeps out of its PCA: 2 (pooled, layer:m), ``2 K`` (segments: the env's
+    observation and :func:`observation_features` both end with the segment lengths and cosines) or ``2 K + 3``
+    (attention:m)."""
+    name, _ = parse_observation_kind(kind)
+    k = int(token_segments)
+    return {"pooled": 2, "layer": 2, "segments": 2 * k, "attention": 2 * k + 3}[name]
 
 
 def observation_flops(generator, prompt, kind: str) -> int:

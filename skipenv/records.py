@@ -141,13 +141,14 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
               "max_input_tokens": lambda: base.max_input_tokens,
               "layer_block": lambda: getattr(base, "layer_block", None),
               "candidates": lambda: list(getattr(base, "candidates", ()) or ()),
-              "cost_weight": lambda: getattr(base.reward, "cost_weight", None)}
+              "cost_weight": lambda: getattr(base.reward, "cost_weight", None),
+              "observation": lambda: getattr(base, "observation_kind", "pooled")}
     wanted = dict(kw)
     if "lam" in wanted and "cost_weight" not in wanted:
         wanted["cost_weight"] = wanted.pop("lam")
     # a setting the record leaves out had the env's default (the registered ids set only task and task_source)
     quality = wanted.get("quality") or "agreement"
-    defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8}
+    defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8, "observation": "pooled"}
     if type(base).__name__ == "SwitchDecEnv":
         defaults.update(layer_block=1, candidates=["attention", "ffn", "tokens"])
     try:
