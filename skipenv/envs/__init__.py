@@ -2,7 +2,7 @@
 
 - :mod:`.codec` — action space, action labels, action ↔ plan (the one place an action is validated);
 - :mod:`.evaluator` — formatted inputs, the full model's output, and the cached :class:`Outcome` of a plan;
-- :mod:`.quality` — :class:`QualitySignal` classes (agreement, reference metric, fidelity, likelihood);
+- :mod:`.quality` — :class:`QualitySignal` classes (agreement, probability, reference metric, fidelity, likelihood);
 - :mod:`.rewards` — :class:`Reward` objects (lexicographic, weighted, vector) over the pure reward functions;
 - :mod:`.switchdec` — the Gymnasium shells (one-shot and layerwise);
 - :mod:`.cache`, :mod:`.registration` — disk / LRU caches and model identity; the registered ids and :func:`make`.

@@ -195,7 +195,7 @@ class Evaluator:
         generator: the wrapped frozen model (:class:`~skipenv.generators.SkippableGenerator`).
         task: a :class:`skipenv.tasks.Task`.
         quality: a :class:`~skipenv.envs.quality.QualitySignal` or its name (``"agreement"``, ``"reference"`` /
-            ``"rouge"``, ``"fidelity"``, ``"likelihood"``).
+            ``"rouge"``, ``"fidelity"``, ``"likelihood"``, ``"probability"``).
         token_segments: ``K`` document segments (``>= 0``).
         max_new_tokens: generation budget in tokens (``>= 1``; default: the task's).
         disk_cache: keep full outputs on disk (``$SKIPENV_CACHE/full/<model fingerprint>``).

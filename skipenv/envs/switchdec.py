@@ -406,8 +406,9 @@ _ENV_ARGS_DOC = """
             ``"vector"`` (lexicographic scalar plus ``info["reward_vector"] = (quality, cost)``).
         tau: quality tolerance of the constraint ``q >= q_full - tau`` (finite, ``>= 0``; in the quality's unit);
             default: the quality signal's ``default_tau`` (0.1 for agreement, 0.02 for reference).
-        quality: quality signal name — ``"agreement"`` (default), ``"reference"`` (alias ``"rouge"``),
-            ``"fidelity"``, ``"likelihood"`` — or a :class:`~skipenv.envs.quality.QualitySignal` instance.
+        quality: quality signal name — ``"agreement"`` (default), ``"probability"``, ``"reference"`` (alias
+            ``"rouge"``), ``"fidelity"``, ``"likelihood"`` — or a :class:`~skipenv.envs.quality.QualitySignal`
+            instance.
         token_segments: ``K`` document segments (integer ``>= 0``, default 8).
         max_input_tokens: token budget of the formatted input (integer ``>= 8``; default: the task's, 512).
         max_new_tokens: generation budget in tokens (integer ``>= 1``; default: the task's).
@@ -431,6 +432,9 @@ _ENV_ARGS_DOC = """
         observation: observation kind of the one-shot env (:mod:`skipenv.observations`; default ``"pooled"``, see
             the class docstring); the layerwise env accepts only ``"pooled"``. With ``evaluator=`` it is the
             evaluator's.
+
+    ``gym.make`` / :func:`skipenv.make` also take ``formulation`` and ``formulation_kwargs`` (they wrap the env; see
+    :func:`skipenv.envs.registration.make_env`).
 """
 
 
