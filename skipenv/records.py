@@ -189,7 +189,7 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
         from the recorded one (a different model's numbers cannot validate), when the replaying env's id, split,
         task, class or a recorded setting that changes the numbers (``tau``, ``quality``, ``reward_mode``,
         ``cost_weight``, ``token_segments``, ``max_new_tokens``, ``max_input_tokens``, ``layer_block``,
-        ``candidates``) differs from the record's (a note names it), or when the record's
+        ``candidates``, ``observation``) differs from the record's (a note names it), or when the record's
         ``skipenv_version`` is not a version string or is newer than this skipenv. Layerwise records are replayed
         step by step.
     """

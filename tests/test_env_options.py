@@ -235,7 +235,10 @@ def test_observation_flops_charged(kind, layers, tiny_llama):
         counted = _counted(lambda: attention_features(tiny_llama, prompt, layers, token_segments=8,
                                                       max_input_tokens=96))
         assert counted == charged
-    elif kind == "pooled":
+    elif kind.startswith("layer"):
+        assert _counted(lambda: observation_features(tiny_llama, prompt, kind, token_segments=8,
+                                                     max_input_tokens=96)) == charged
+    else:  # pooled; segments reads the same first-layer states
         assert _counted(lambda: tiny_llama.observe([prompt])) == charged
     plan = _drop_last_segment(env.plan_spec)
     _, _, _, _, info = env.step(env.plan_to_action(plan))
@@ -394,3 +397,18 @@ def test_probe_options_and_attention_features(smollm2_tokenizer, tmp_path):
     cmp = probe.compare_observations(table, 0.05, {"attention:2 (env)": None, "attention:3": feats},
                                      {"attention:2 (env)": 19, "attention:3": 19})
     assert list(cmp["observation"]) == ["attention:2 (env)", "attention:3"]
+
+
+def test_records_check_the_observation(tiny_llama):
+    """A recorded episode's cost includes its observation's FLOPs: replaying it under another observation kind is
+    flagged (a note naming the setting), under the same kind it validates."""
+    from skipenv.records import EpisodeRecord, validate
+
+    env = make(tiny_llama, observation="layer:2")
+    env.reset(options={"index": 0})
+    _, _, _, _, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
+    record = EpisodeRecord.from_step(env, info, env_id="SwitchDec-XSum-v0", env_kwargs={"observation": "layer:2"})
+    same = validate(record, env=make(tiny_llama, observation="layer:2"))
+    assert same.ok, same.notes
+    other = validate(record, env=make(tiny_llama))
+    assert not other.ok and any("observation" in n for n in other.notes) and "cost" in other.mismatches
