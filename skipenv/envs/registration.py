@@ -3,8 +3,8 @@
 Ids are task variants over the two env classes plus kwargs; every id uses the embedded SmolLM2-135M-Instruct as
 default generator. ``gym.make`` builds them through :func:`make_env`, which also applies a constraint formulation
 (``formulation=`` / ``formulation_kwargs=``, see :mod:`skipenv.formulations`), so ``env.unwrapped`` is always the
-SwitchDec env class named in :data:`SPECS`. Hub-only datasets (CNN/DailyMail, SQuAD, SST-2) fail at ``gym.make`` with a clear message when
-the dataset hub cannot be reached.
+SwitchDec env class named in :data:`SPECS`. Hub-only datasets (CNN/DailyMail, SQuAD, SST-2) fail at ``gym.make``
+with a clear message when the dataset hub cannot be reached.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ class SwitchDecVectorEnv(VectorEnv):
     # ------------------------------------------------------------------ Gymnasium VectorEnv API
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
         """Reset every row. ``seed``: an int (row ``i`` gets ``seed + i``), a list of ``N`` seeds, or ``None``.
-        ``options``: passed to every row's ``reset``. Returns ``(observations [N, d + 2], infos)``."""
+        ``options``: passed to every row's ``reset``. Returns ``(observations [N, n], infos)`` (``n`` = the single
+        env's observation size)."""
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
         else:
@@ -111,7 +112,7 @@ class SwitchDecVectorEnv(VectorEnv):
         """Run the ``N`` plans (``actions`` ``[N, n]``), reward them, reset every row (same step).
 
         Returns:
-            ``(observations [N, d + 2] of the next episodes, rewards [N], terminated [N] (all True),
+            ``(observations [N, n] of the next episodes, rewards [N], terminated [N] (all True),
             truncated [N] (all False), infos)``; ``infos`` holds the finished episodes' values as arrays (Gymnasium
             vector convention) plus ``final_obs`` / ``final_info`` (row ``i``: the single env's observation / info).
         """
