@@ -13,8 +13,19 @@ representations, so this module offers other observation kinds:
 - ``"layer:m"`` — the hidden state after ``m`` layers (``m >= 1``; ``layer:1`` equals ``pooled`` without the
   lengths), pooled over the input, plus the two lengths. Costs the FLOPs of layers ``1 … m-1`` over the full
   input on top of the charged first layer (:func:`extra_observation_flops`).
+- ``"attention:m"`` — run the first ``m`` layers unmodified over the full input; in layer ``m`` (1-based) take the
+  self-attention probabilities of the last ``min(8, T)`` input positions (:data:`ATTENTION_QUERIES`), average them
+  over heads and those positions (a distribution over the ``T`` key positions) and sum it per document segment
+  (the ``K`` segments of :meth:`~skipenv.inputs.PromptInput.segment_bounds`) and over every position outside the
+  document (template, instruction). Features: the pooled hidden state after layer ``m`` ``[d]``, the ``K + 1``
+  attention masses (segments, then outside; they sum to 1), the ``K`` segment lengths / ``max_input_tokens`` and
+  the two lengths: shape ``[d + 2 K + 3]``. Costs what ``layer:m`` costs (the weights are part of layer ``m``'s
+  attention). The weights are exact: the model's own forward with transformers' eager attention
+  (:func:`skipenv.generators.adapter.attention_weights_through`), equal to ``output_attentions=True``.
 
-:func:`observation_features` computes one kind for one input; :class:`SegmentObservation` is a Gymnasium
+:func:`observation_features` computes one kind for one input; :func:`env_observation` the observation a
+one-shot env with ``observation=kind`` returns (:func:`observation_size` its length), and
+:func:`observation_flops` what computing it costs; :class:`SegmentObservation` is a Gymnasium
 observation wrapper that appends the ``"segments"`` features to the env's observation (no cost change);
 :func:`feature_table` builds the per-document feature table that :func:`skipenv.probe.compare_observations` uses
 to compare kinds by held-out R² of per-plan quality. Decoder-only generators only (the layerwise stepping behind it
@@ -27,23 +38,56 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["OBSERVATION_KINDS", "observation_features", "extra_observation_flops", "SegmentObservation",
-           "feature_table"]
+__all__ = ["OBSERVATION_KINDS", "ATTENTION_QUERIES", "parse_observation_kind", "check_observation_kind",
+           "observation_features", "attention_features", "env_observation", "observation_size", "passthrough_columns",
+           "observation_flops", "extra_observation_flops", "SegmentObservation", "feature_table"]
 
-OBSERVATION_KINDS = ("pooled", "segments", "layer:m")
+#: The observation kinds (``m`` = a layer number, 1-based).
+OBSERVATION_KINDS = ("pooled", "segments", "layer:m", "attention:m")
+#: Last input positions whose attention ``"attention:m"`` averages (fewer when the input is shorter).
+ATTENTION_QUERIES = 8
 
 
-def _parse(kind: str) -> tuple[str, int]:
+def parse_observation_kind(kind: str) -> tuple[str, int]:
+    """``(name, m)`` of an observation kind: ``("pooled", 1)``, ``("segments", 1)``, ``("layer", m)``,
+    ``("attention", m)``.
+
+    Raises:
+        ValueError: an unknown kind or ``m < 1`` (the message lists the kinds).
+    """
     if kind in ("pooled", "segments"):
         return kind, 1
-    if kind.startswith("layer:"):
+    if isinstance(kind, str) and kind.split(":", 1)[0] in ("layer", "attention") and ":" in kind:
+        name, m = kind.split(":", 1)
         try:
-            m = int(kind.split(":", 1)[1])
+            m = int(m)
         except ValueError:
             m = 0
         if m >= 1:
-            return "layer", m
-    raise ValueError(f"unknown observation kind {kind!r}; choose 'pooled', 'segments' or 'layer:m' with m >= 1")
+            return name, m
+    raise ValueError(f"unknown observation kind {kind!r}; choose one of {OBSERVATION_KINDS} (m = a layer number "
+                     f">= 1, e.g. 'layer:4', 'attention:4')")
+
+
+_parse = parse_observation_kind
+
+
+def check_observation_kind(kind: str, generator) -> str:
+    """Validate ``kind`` for ``generator`` and return its canonical spelling (``"layer:04"`` → ``"layer:4"``).
+
+    Raises:
+        ValueError: an unknown kind, ``m`` above the generator's decoder layers, or a kind other than
+            ``"pooled"`` for an encoder-decoder generator (its richer observations are not implemented).
+    """
+    name, m = parse_observation_kind(kind)
+    if name == "pooled":
+        return name
+    if generator.num_encoder_layers:
+        raise ValueError(f"observation {kind!r} needs a decoder-only generator (Llama, GPT-2); encoder-decoder models "
+                         f"({type(generator).__name__}) have only observation='pooled'")
+    if m > generator.num_decoder_layers:
+        raise ValueError(f"observation {kind!r}: m={m} exceeds the model's {generator.num_decoder_layers} layers")
+    return name if name == "segments" else f"{name}:{m}"
 
 
 def _hidden_after(generator, prompt, num_layers: int) -> np.ndarray:
@@ -66,17 +110,21 @@ def observation_features(generator, prompt, kind: str = "segments", *, token_seg
     Args:
         generator: a decoder-only :class:`~skipenv.generators.SkippableGenerator`.
         prompt: the :class:`~skipenv.inputs.PromptInput` (``task.format(example, generator.tokenizer)``).
-        kind: ``"pooled"``, ``"segments"`` or ``"layer:m"``.
+        kind: ``"pooled"``, ``"segments"``, ``"layer:m"`` or ``"attention:m"``.
         token_segments: ``K``, as in the env.
         max_input_tokens: normaliser of the lengths (the task's ``max_input_tokens``).
 
     Returns:
-        float32 vector: ``[d + 2]`` (pooled, layer:m) or ``[(K + 1) d + 2 K]`` (segments).
+        float32 vector: ``[d + 2]`` (pooled, layer:m), ``[(K + 1) d + 2 K]`` (segments) or ``[d + 2 K + 3]``
+        (attention:m).
 
     Raises:
         ValueError: an unknown kind; NotImplementedError: an encoder-decoder generator.
     """
     name, m = _parse(kind)
+    if name == "attention":
+        return attention_features(generator, prompt, m, token_segments=token_segments,
+                                  max_input_tokens=max_input_tokens)
     h = _hidden_after(generator, prompt, m)
     lengths = np.array([len(prompt), prompt.num_document_tokens], np.float32) / max_input_tokens
     if name != "segments":
@@ -96,11 +144,113 @@ def observation_features(generator, prompt, kind: str = "segments", *, token_seg
     return np.concatenate([*pools, rest, np.array(sizes), np.array(cos)]).astype(np.float32)
 
 
+def attention_features(generator, prompt, m: int, *, token_segments: int = 8,
+                       max_input_tokens: int = 1024) -> np.ndarray:
+    """The ``"attention:m"`` features of one input (see the module docstring).
+
+    Args:
+        generator: a decoder-only generator.
+        prompt: the formatted input (``T`` tokens, nothing skipped).
+        m: the layer (1-based) whose self-attention is read; layers ``1 … m`` run unmodified.
+        token_segments: ``K``.
+        max_input_tokens: normaliser of the lengths.
+
+    Returns:
+        float32 ``[d + 2 K + 3]``: pooled hidden state after layer ``m`` ``[d]``; attention mass of each segment
+        ``[K]`` and of the positions outside the document ``[1]`` (fractions summing to 1); segment lengths /
+        ``max_input_tokens`` ``[K]``; input length and document length / ``max_input_tokens`` ``[2]``.
+
+    Raises:
+        NotImplementedError: an encoder-decoder generator; ValueError: ``m`` not in ``1 … L`` or an input that
+            does not fit the model.
+    """
+    import torch
+
+    from .generators.adapter import attention_weights_through
+
+    if generator.num_encoder_layers:
+        raise NotImplementedError("attention observations need a decoder-only generator (Llama, GPT-2)")
+    if not 1 <= m <= generator.num_decoder_layers:
+        raise ValueError(f"attention:{m}: m must lie in 1 … {generator.num_decoder_layers} (the model's layers)")
+    seqs = [list(prompt.input_ids)]
+    generator._check_length(seqs, 0, [prompt])
+    ids, mask = generator._pad(seqs)
+    layer = generator._decoder_layers()[m - 1]
+    attention = generator.sublayer_modules("decoder", m - 1).attention[-1]
+    with torch.inference_mode(), generator._lock:
+        hidden, weights = attention_weights_through(generator.model, layer, attention,
+                                                    lambda: generator._run_to_first_layer(ids, mask))
+    t = len(seqs[0])
+    queries = min(ATTENTION_QUERIES, t)
+    # [H, q, T] -> mean over heads and the last q query positions -> [T] (float64 sums)
+    a = weights[0, :, t - queries:, :].double().mean(dim=(0, 1)).cpu().numpy()
+    bounds = prompt.segment_bounds(token_segments)
+    outside = np.ones(t, bool)
+    masses, sizes = [], []
+    for s, e in bounds:
+        outside[s:e] = False
+        masses.append(a[s:e].sum())
+        sizes.append((e - s) / max_input_tokens)
+    masses.append(a[outside].sum())
+    pooled = hidden[0].float().mean(0).cpu().numpy()
+    lengths = np.array([t, prompt.num_document_tokens], np.float64) / max_input_tokens
+    return np.concatenate([pooled, np.array(masses), np.array(sizes, np.float64), lengths]).astype(np.float32)
+
+
+def observation_size(kind: str, hidden_size: int, token_segments: int) -> int:
+    """Length of the one-shot env's observation for ``kind`` (``d`` = ``hidden_size``, ``K`` = ``token_segments``):
+    ``d + 2`` (pooled, layer:m), ``d + 2 + (K + 1) d + 2 K`` (segments: the pooled observation followed by the
+    segment features, as :class:`SegmentObservation`), ``d + 2 K + 3`` (attention:m)."""
+    name, _ = parse_observation_kind(kind)
+    d, k = int(hidden_size), int(token_segments)
+    return {"pooled": d + 2, "layer": d + 2, "segments": d + 2 + (k + 1) * d + 2 * k,
+            "attention": d + 2 * k + 3}[name]
+
+
+def env_observation(generator, prompt, kind: str, *, pooled: np.ndarray, token_segments: int,
+                    max_input_tokens: int) -> np.ndarray:
+    """The one-shot env's observation for a kind other than ``"pooled"`` (unclipped float32, length
+    :func:`observation_size`).
+
+    Args:
+        pooled: the env's pooled first-layer state ``[d]`` of this input (reused by ``"segments"``).
+    """
+    name, _ = parse_observation_kind(kind)
+    kw = dict(token_segments=token_segments, max_input_tokens=max_input_tokens)
+    if name in ("layer", "attention"):
+        return observation_features(generator, prompt, kind, **kw)
+    lengths = np.array([len(prompt), prompt.num_document_tokens], np.float32) / max_input_tokens
+    base = np.concatenate([np.asarray(pooled, np.float32), lengths])
+    if name == "pooled":
+        return base.astype(np.float32)
+    return np.concatenate([base, observation_features(generator, prompt, "segments", **kw)]).astype(np.float32)
+
+
+def passthrough_columns(kind: str, token_segments: int) -> int:
+    """Trailing columns of an observation that are not hidden states (lengths, attention masses, cosines), which
+    :class:`skipenv.probe.ProbePolicy` keeps out of its PCA: 2 (pooled, layer:m), ``2 K`` (segments: the env's
+    observation and :func:`observation_features` both end with the segment lengths and cosines) or ``2 K + 3``
+    (attention:m)."""
+    name, _ = parse_observation_kind(kind)
+    k = int(token_segments)
+    return {"pooled": 2, "layer": 2, "segments": 2 * k, "attention": 2 * k + 3}[name]
+
+
+def observation_flops(generator, prompt, kind: str) -> int:
+    """FLOPs charged for computing the observation of ``kind`` on ``prompt`` (the full input, nothing skipped):
+    the first layer (``generator.flops_model.first_layer``, what the env charges for ``"pooled"``) plus
+    :func:`extra_observation_flops` — i.e. ``m`` whole layers for ``layer:m`` / ``attention:m`` (reading the
+    attention weights is part of layer ``m``'s attention and costs nothing extra)."""
+    n = len(prompt)
+    return int(generator.flops_model.first_layer(n)) + extra_observation_flops(generator, prompt, kind)
+
+
 def extra_observation_flops(generator, prompt, kind: str) -> int:
-    """FLOPs a kind costs beyond the env's charged first layer: 0 for ``pooled`` / ``segments``; for ``layer:m``
-    the analytic FLOPs of decoder layers ``1 … m-1`` over the full input (``generator.flops`` per candidate)."""
+    """FLOPs a kind costs beyond the env's charged first layer: 0 for ``pooled`` / ``segments``; for ``layer:m`` and
+    ``attention:m`` the analytic FLOPs of decoder layers ``1 … m-1`` (0-based, i.e. the 2nd … m-th) over the full
+    input (``generator.flops`` per candidate)."""
     name, m = _parse(kind)
-    if name != "layer" or m == 1:
+    if name not in ("layer", "attention") or m == 1:
         return 0
     br = generator.flops(None, prompt, 0)
     return int(sum(v for k, v in br.per_candidate.items()

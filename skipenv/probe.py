@@ -752,7 +752,8 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
 
     Args:
         env_id: a registered one-shot SwitchDec id.
-        env_kwargs: ``gym.make`` kwargs (``quality``, ``tau``, ``max_input_tokens``, ...).
+        env_kwargs: ``gym.make`` kwargs (``quality``, ``tau``, ``observation``, ``max_input_tokens``, ...; not
+            ``formulation``: the probe analyses every formulation itself).
         menu: name → plan, or plan strings for :func:`parse_plan` (default :func:`default_menu`).
         tau: tolerance of the analysis (default ``env_kwargs["tau"]``, else 0.1).
         out_dir: parent folder of the cache / results.
@@ -768,6 +769,7 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
     import skipenv  # noqa: F401  (registers the ids)
 
     from .envs import SwitchDecEnv
+    from .observations import passthrough_columns
     from .observations import _parse as _parse_observation_kind
 
     env_kwargs = dict(env_kwargs or {})
@@ -775,7 +777,12 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
     if reserved:
         raise ValueError(f"env_kwargs {reserved} are set by the probe itself; choose the documents with "
                          f"num_train / num_test (--train-docs / --test-docs)")
-    for kind in observations:  # checked before anything is evaluated
+    wrapped = sorted({"formulation", "formulation_kwargs"} & set(env_kwargs))
+    if wrapped:
+        raise ValueError(f"env_kwargs {wrapped}: the probe evaluates the env's own outcomes and analyses every "
+                         f"formulation (per-input, expected) itself; drop them")
+    env_observation = env_kwargs.get("observation", "pooled")
+    for kind in (env_observation, *observations):  # checked before anything is evaluated
         _parse_observation_kind(kind)
     tau = float(tau if tau is not None else env_kwargs.get("tau", 0.1))
 
@@ -806,16 +813,17 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
         table = evaluate_menu(make_env, menu, num_train=num_train, num_test=num_test,
                               config={"env_id": env_id, "env_kwargs": env_kwargs}, progress=progress)
         table.save(folder)
-    report = analyse(table, tau, learning_curve=learning_curve, seed=seed)
+    k = json.loads(next(iter(table.config["menu"].values())))["spec"]["token_segments"]
+    report = analyse(table, tau, learning_curve=learning_curve, seed=seed,
+                     passthrough=passthrough_columns(env_observation, k))
     text = report.to_markdown()
     if observations:
         import pandas as pd
 
         from .observations import feature_table
 
-        feats: dict = {"pooled (env)": None}
-        passthrough = {}
-        k = json.loads(next(iter(table.config["menu"].values())))["spec"]["token_segments"]
+        feats: dict = {f"{env_observation} (env)": None}
+        passthrough = {f"{env_observation} (env)": passthrough_columns(env_observation, k)}
         for kind in observations:
             path = folder / f"features_{kind.replace(':', '_')}.csv"
             if path.exists():
@@ -823,7 +831,7 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
             else:
                 f = feature_table(make_env, table, kind, progress=progress)
                 f.to_csv(path, index=False)
-            feats[kind], passthrough[kind] = f, 2 * k if kind == "segments" else 2
+            feats[kind], passthrough[kind] = f, passthrough_columns(kind, k)
         comparison = compare_observations(table, tau, feats, passthrough, seed=seed)
         comparison.to_csv(folder / "observation_kinds.csv", index=False)
         report.observations = comparison
@@ -847,15 +855,20 @@ def configure_parser(p) -> None:
     p.add_argument("--env", default="SwitchDec-XSum-v0", help="a one-shot SwitchDec env id")
     p.add_argument("--train-docs", type=positive_int, default=40, help="first N documents of the train split")
     p.add_argument("--test-docs", type=positive_int, default=20, help="first M documents of the test split")
-    p.add_argument("--quality", default="agreement", help="quality signal (gym.make kwarg)")
+    p.add_argument("--quality", default="agreement",
+                   help="quality signal (gym.make kwarg): agreement, probability, likelihood, reference, fidelity")
     p.add_argument("--tau", type=float, default=0.1, help="quality tolerance (quality units)")
+    p.add_argument("--observation", default=None, metavar="KIND",
+                   help="the env's observation (gym.make kwarg; default the env's, pooled): pooled, segments, "
+                        "layer:m, attention:m")
     p.add_argument("--plan", action="append", default=None, metavar="NAME:KIND=I,J;KIND=I",
                    help="a menu plan (repeatable; replaces the default menu), e.g. 'lead:tokens=6,7'")
     p.add_argument("--learning-curve", type=positive_int, nargs="*", default=None,
                    help="train-document counts of the learning curve (default 1/4, 1/2, 3/4 of --train-docs)")
     p.add_argument("--env-kwargs", type=json_object, default={}, help="further gym.make kwargs as JSON")
     p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
-                   help="observation kinds to compare with the env's: segments, layer:m (skipenv.observations)")
+                   help="observation kinds to compare with the env's: segments, layer:m, attention:m "
+                        "(skipenv.observations)")
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the analysis (fold shuffling, learning-curve subsets, randomised policies)")
@@ -868,7 +881,12 @@ def main(args) -> int:
     if both:
         raise ValueError(f"set {' and '.join(both)} with --{' / --'.join(both)}, not in --env-kwargs (the analysis "
                          f"uses the flag's value)")
+    observation = getattr(args, "observation", None)
+    if observation is not None and "observation" in args.env_kwargs:
+        raise ValueError("set the observation with --observation or in --env-kwargs, not both")
     env_kwargs = {"quality": args.quality, "tau": args.tau, **args.env_kwargs}
+    if observation is not None:
+        env_kwargs["observation"] = observation
     _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
                           num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,
                           learning_curve=args.learning_curve, observations=args.observations, seed=args.seed)

@@ -141,13 +141,14 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
               "max_input_tokens": lambda: base.max_input_tokens,
               "layer_block": lambda: getattr(base, "layer_block", None),
               "candidates": lambda: list(getattr(base, "candidates", ()) or ()),
-              "cost_weight": lambda: getattr(base.reward, "cost_weight", None)}
+              "cost_weight": lambda: getattr(base.reward, "cost_weight", None),
+              "observation": lambda: getattr(base, "observation_kind", "pooled")}
     wanted = dict(kw)
     if "lam" in wanted and "cost_weight" not in wanted:
         wanted["cost_weight"] = wanted.pop("lam")
     # a setting the record leaves out had the env's default (the registered ids set only task and task_source)
     quality = wanted.get("quality") or "agreement"
-    defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8}
+    defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8, "observation": "pooled"}
     if type(base).__name__ == "SwitchDecEnv":
         defaults.update(layer_block=1, candidates=["attention", "ffn", "tokens"])
     try:
@@ -188,7 +189,7 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
         from the recorded one (a different model's numbers cannot validate), when the replaying env's id, split,
         task, class or a recorded setting that changes the numbers (``tau``, ``quality``, ``reward_mode``,
         ``cost_weight``, ``token_segments``, ``max_new_tokens``, ``max_input_tokens``, ``layer_block``,
-        ``candidates``) differs from the record's (a note names it), or when the record's
+        ``candidates``, ``observation``) differs from the record's (a note names it), or when the record's
         ``skipenv_version`` is not a version string or is newer than this skipenv. Layerwise records are replayed
         step by step.
     """

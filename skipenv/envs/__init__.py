@@ -2,7 +2,7 @@
 
 - :mod:`.codec` — action space, action labels, action ↔ plan (the one place an action is validated);
 - :mod:`.evaluator` — formatted inputs, the full model's output, and the cached :class:`Outcome` of a plan;
-- :mod:`.quality` — :class:`QualitySignal` classes (agreement, reference metric, fidelity, likelihood);
+- :mod:`.quality` — :class:`QualitySignal` classes (agreement, probability, reference metric, fidelity, likelihood);
 - :mod:`.rewards` — :class:`Reward` objects (lexicographic, weighted, vector) over the pure reward functions;
 - :mod:`.switchdec` — the Gymnasium shells (one-shot and layerwise);
 - :mod:`.cache`, :mod:`.registration` — disk / LRU caches and model identity; the registered ids and :func:`make`.
@@ -18,6 +18,10 @@ Guarantees:
   raises naming ``reset()``. Unsupported ``render_mode`` values warn and disable rendering.
 - The full-output disk cache keys on the formatted input ids, ``max_new_tokens``, the stop-rule version, the task
   class and metric, the EOS id, the gold target, and the model fingerprint (a digest of the config and all weights).
+  Values computed from a full output (the gold target's and the output's own mean log-probability / probability)
+  are stored in the same entry as its tokens; an entry written before such a field existed reads it as not computed.
+- The observation kind is fixed per evaluator and part of its outcome-cache key (``cost`` includes the
+  observation's FLOPs).
 - Every cached entry carries a SHA-256 checksum and is schema-checked on read; a corrupt, edited or malformed entry
   is dropped with a ``CacheWarning`` and recomputed. A cache folder removed while running is recreated; a
   read-only cache keeps values in memory (one warning); ``SKIPENV_CACHE`` pointing at a file is one clear error

@@ -10,6 +10,7 @@ output for it (:class:`FullOutput`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -44,6 +45,14 @@ class FullOutput:
         target_score: the task metric of ``text`` against the gold target (fraction in [0, 1]).
         target_logprob: mean log-probability of the tokenised gold target under the full model (nats / token);
             ``None`` until a signal needs it.
+        output_probability: ``mean_t p_full(tokens_t | input, tokens_<t)``, the full model's mean probability of
+            its own output (a fraction in [0, 1]; the ``quality_full`` of the ``"probability"`` signal); ``None``
+            until a signal needs it.
+
+    On disk both optional values are stored next to the tokens they were computed from, in the entry keyed by the
+    input, generation budget, stop rule, task, EOS and target (:meth:`Evaluator._disk_key`) under the model
+    fingerprint: an entry written before a field existed lacks it and reads as ``None`` (computed and stored on
+    first use), so no entry can serve a value computed for other tokens or another model.
     """
 
     tokens: tuple[int, ...]
@@ -51,6 +60,7 @@ class FullOutput:
     prompt_length: int
     target_score: float
     target_logprob: float | None = None
+    output_probability: float | None = None
 
     @property
     def num_generated(self) -> int:
@@ -58,12 +68,14 @@ class FullOutput:
 
     def to_json(self) -> dict:
         return {"tokens": list(self.tokens), "text": self.text, "prompt_length": self.prompt_length,
-                "target_score": self.target_score, "target_logprob": self.target_logprob}
+                "target_score": self.target_score, "target_logprob": self.target_logprob,
+                "output_probability": self.output_probability}
 
     @classmethod
     def from_json(cls, d: dict) -> "FullOutput":
         return cls(tuple(int(t) for t in d["tokens"]), d["text"], int(d["prompt_length"]), float(d["target_score"]),
-                   None if d.get("target_logprob") is None else float(d["target_logprob"]))
+                   None if d.get("target_logprob") is None else float(d["target_logprob"]),
+                   None if d.get("output_probability") is None else float(d["output_probability"]))
 
 
 def _full_output_problem(value, vocab_size: int | None, prompt_length: int) -> str | None:
@@ -80,12 +92,15 @@ def _full_output_problem(value, vocab_size: int | None, prompt_length: int) -> s
         return "'text' must be a string"
     if value.get("prompt_length") != prompt_length:
         return f"'prompt_length' {value.get('prompt_length')!r} differs from the input's {prompt_length}"
-    for k in ("target_score", "target_logprob"):
+    for k in ("target_score", "target_logprob", "output_probability"):
         v = value.get(k)
-        if v is None and k == "target_logprob":
+        if v is None and k != "target_score":
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return f"{k!r} must be a finite number, got {v!r}"
+    p = value.get("output_probability")
+    if p is not None and not 0.0 <= p <= 1.0 + 1e-6:
+        return f"'output_probability' must lie in [0, 1], got {p!r}"
     return None
 
 
@@ -180,7 +195,7 @@ class Evaluator:
         generator: the wrapped frozen model (:class:`~skipenv.generators.SkippableGenerator`).
         task: a :class:`skipenv.tasks.Task`.
         quality: a :class:`~skipenv.envs.quality.QualitySignal` or its name (``"agreement"``, ``"reference"`` /
-            ``"rouge"``, ``"fidelity"``, ``"likelihood"``).
+            ``"rouge"``, ``"fidelity"``, ``"likelihood"``, ``"probability"``).
         token_segments: ``K`` document segments (``>= 0``).
         max_new_tokens: generation budget in tokens (``>= 1``; default: the task's).
         disk_cache: keep full outputs on disk (``$SKIPENV_CACHE/full/<model fingerprint>``).
@@ -193,14 +208,21 @@ class Evaluator:
             tokens or skip late sublayers; FLOPs are still charged as if the plan ran from scratch. Attaches a
             :class:`~skipenv.generators.reuse.PrefixStore` (1 GiB cap) to the generator if it has none. ``False``
             runs every plan from scratch; ``SKIPENV_REUSE=0`` turns the default off process-wide.
+        observation: the agent's observation kind (:mod:`skipenv.observations`: ``"pooled"`` (default),
+            ``"segments"``, ``"layer:m"``, ``"attention:m"``). Its FLOPs (:func:`skipenv.observations.
+            observation_flops`) are charged in every outcome's ``cost``, so it belongs to the evaluator (and keys
+            its outcome cache); :meth:`observation` computes it.
 
     Raises:
-        ValueError: an unknown quality, ``max_new_tokens < 1``, ``token_segments < 0`` or ``lru_size < 0``.
+        ValueError: an unknown quality or observation kind (or one the generator cannot compute),
+            ``max_new_tokens < 1``, ``token_segments < 0`` or ``lru_size < 0``.
     """
 
     def __init__(self, generator, task, *, quality: str | QualitySignal = "agreement", token_segments: int = 8,
                  max_new_tokens: int | None = None, disk_cache: bool = True, cache_root=None, lru_size: int = 4096,
-                 record_time: bool = False, reuse: bool | None = None):
+                 record_time: bool = False, reuse: bool | None = None, observation: str = "pooled"):
+        from ..observations import check_observation_kind
+
         self.signal = get_signal(quality)
         if reuse is None:
             from ..generators.reuse import reuse_enabled_by_default
@@ -220,6 +242,7 @@ class Evaluator:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
         self.generator, self.task = generator, task
+        self._observation_kind = check_observation_kind(observation, generator)
         self.spec = generator.plan_spec(int(token_segments))
         self.max_new_tokens = int(max_new_tokens if max_new_tokens is not None else task.max_new_tokens)
         if self.max_new_tokens < 1:
@@ -230,6 +253,7 @@ class Evaluator:
         self.disk = DiskCache(f"full/{self.fingerprint}", root=cache_root) if disk_cache else None
         self._prompts: dict[str, PromptInput] = {}
         self._observations: dict[str, np.ndarray] = {}
+        self._env_observations: dict[str, np.ndarray] = {}
         self._full: dict[str, FullOutput] = {}
         self.outcomes = LRU(lru_size)
 
@@ -241,6 +265,11 @@ class Evaluator:
     @property
     def default_tau(self) -> float:
         return self.signal.default_tau
+
+    @property
+    def observation_kind(self) -> str:
+        """The observation kind whose FLOPs every outcome's ``cost`` includes (read-only; canonical spelling)."""
+        return self._observation_kind
 
     # ------------------------------------------------------------------ per-example, plan-independent
     def prompt(self, example) -> PromptInput:
@@ -260,6 +289,28 @@ class Evaluator:
             obs.setflags(write=False)
             self._observations[example.id] = obs
         return obs
+
+    def observation(self, example) -> np.ndarray:
+        """The one-shot env's observation of ``example`` for :attr:`observation_kind`, unclipped (float32, read-only,
+        memoised per example id; length :func:`skipenv.observations.observation_size`): the pooled first-layer state
+        and the two lengths for ``"pooled"``; see :func:`skipenv.observations.env_observation` for the others."""
+        obs = self._env_observations.get(example.id)
+        if obs is None:
+            from ..observations import env_observation
+
+            obs = env_observation(self.generator, self.prompt(example), self._observation_kind,
+                                  pooled=self.observation_features(example), token_segments=self.spec.token_segments,
+                                  max_input_tokens=self.task.max_input_tokens)
+            obs.setflags(write=False)
+            self._env_observations[example.id] = obs
+        return obs
+
+    def observation_flops(self, example) -> int:
+        """FLOPs charged for computing the observation of ``example`` (see
+        :func:`skipenv.observations.observation_flops`)."""
+        from ..observations import observation_flops
+
+        return observation_flops(self.generator, self.prompt(example), self._observation_kind)
 
     def _disk_key(self, example) -> str:
         """What determines the full output: formatted input ids, generation budget, stop rule (its version and the
@@ -289,7 +340,9 @@ class Evaluator:
         full = FullOutput(tuple(int(t) for t in tokens), text, len(self.prompt(example)),
                           float(self.task.score(text, example)))
         if self.signal.needs_target_logprob:
-            full = _with_logprob(full, self.target_logprob(example, None))
+            full = dataclasses.replace(full, target_logprob=self.target_logprob(example, None))
+        if self.signal.needs_output_probability:
+            full = dataclasses.replace(full, output_probability=self.output_probability(example, full.tokens))
         return full
 
     def full_output(self, example) -> FullOutput:
@@ -303,7 +356,11 @@ class Evaluator:
                 full = self._store_full(example, self._new_full(example, out.tokens[0], out.texts[0]))
             self._full[example.id] = full
         if self.signal.needs_target_logprob and full.target_logprob is None:  # cached by another signal
-            full = self._store_full(example, _with_logprob(full, self.target_logprob(example, None)))
+            full = self._store_full(example, dataclasses.replace(
+                full, target_logprob=self.target_logprob(example, None)))
+        if self.signal.needs_output_probability and full.output_probability is None:  # cached by another signal
+            full = self._store_full(example, dataclasses.replace(
+                full, output_probability=self.output_probability(example, full.tokens)))
         return full
 
     def full_reference(self, example) -> dict:
@@ -370,6 +427,13 @@ class Evaluator:
         s = self.score(example, self.target_ids(example), plan)
         return float(s.logprobs.mean()) if len(s.logprobs) else 0.0
 
+    def output_probability(self, example, tokens, plan: SkipPlan | None = None) -> float:
+        """``mean_t p(tokens_t | input, tokens_<t)`` (a fraction) under ``plan`` (``None`` = full model), teacher
+        forced in one forward pass (see :func:`~skipenv.envs.quality.mean_probability`)."""
+        from .quality import mean_probability
+
+        return mean_probability(self.score(example, tokens, plan).logprobs)
+
     # ------------------------------------------------------------------ plans
     def outcome(self, example, plan: SkipPlan) -> Outcome:
         """Run ``plan`` on ``example`` (or take the cached outcome).
@@ -379,7 +443,7 @@ class Evaluator:
         """
         if plan.spec != self.spec:
             raise PlanError(f"plan was made for {plan.spec} but this evaluator needs {self.spec}")
-        key = (example.id, plan)
+        key = (example.id, plan, self._observation_kind)  # the cost includes the observation's FLOPs
         hit = self.outcomes.get(key)
         if hit is not None:
             return hit
@@ -389,6 +453,8 @@ class Evaluator:
         m = self.signal.measure(self, example, plan, full)
         n_gen = full.num_generated if m.num_generated is None else m.num_generated
         flops = self.generator.flops(plan, prompt, n_gen, observation=True)
+        if self._observation_kind != "pooled":
+            flops.observation = self.observation_flops(example)
         flops_full = self.generator.flops(None, prompt, full.num_generated).total
         breakdown = flops.to_dict()
         breakdown["per_candidate"] = FrozenMapping(breakdown["per_candidate"])
@@ -408,10 +474,6 @@ class Evaluator:
         reward = reward if reward is not None else make_reward("lexicographic", tau=self.default_tau)
         o = self.outcome(example, plan)
         return {**o.to_info(), **reward.info(o)}
-
-
-def _with_logprob(full: FullOutput, lp: float) -> FullOutput:
-    return FullOutput(full.tokens, full.text, full.prompt_length, full.target_score, float(lp))
 
 
 class EpisodeEvaluator(Evaluator):

@@ -18,6 +18,10 @@ Words: the *gold target* is the dataset's answer for an example (reference summa
   the task metric (``quality_full = 1``).
 - :class:`Likelihood` (``"likelihood"``) — ``exp(mean log p(target | plan) − mean log p(target | full))`` clipped
   to [0, 1]: the teacher-forced likelihood of the gold target relative to the full model (one forward pass).
+- :class:`Probability` (``"probability"``) — teacher-forced on the full output ``y`` (like agreement, one forward
+  pass): the mean probability the plan gives the full model's tokens, ``mean_t p_plan(y_t | x, y_<t)``;
+  ``quality_full`` = the full model's own ``mean_t p_full(y_t | x, y_<t)`` (cached with the full output). Unlike
+  agreement it moves smoothly with the plan (no argmax flips), so it carries less noise per input.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import numpy as np
 
 from .. import metrics
 
-__all__ = ["QualitySignal", "Measurement", "Agreement", "ReferenceMetric", "Fidelity", "Likelihood",
-           "QUALITY_SIGNALS", "QUALITY_ALIASES", "QUALITY_MODES", "DEFAULT_TAU", "get_signal"]
+__all__ = ["QualitySignal", "Measurement", "Agreement", "ReferenceMetric", "Fidelity", "Likelihood", "Probability",
+           "PROBABILITY_DEFAULT_TAU", "QUALITY_SIGNALS", "QUALITY_ALIASES", "QUALITY_MODES", "DEFAULT_TAU",
+           "get_signal", "mean_probability"]
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,14 @@ class QualitySignal:
         default_tau: default tolerance of the constraint ``q >= q_full - tau`` (absolute, in the quality's unit).
         generates: whether :meth:`measure` runs a greedy generation under the plan.
         needs_target_logprob: whether :attr:`FullOutput.target_logprob` must be filled in.
+        needs_output_probability: whether :attr:`FullOutput.output_probability` must be filled in.
     """
 
     name = "signal"
     default_tau = 0.1
     generates = False
     needs_target_logprob = False
+    needs_output_probability = False
 
     def measure(self, evaluator, example, plan, full) -> Measurement:  # pragma: no cover - interface
         """Quality of ``plan`` on ``example``.
@@ -154,9 +161,41 @@ class Likelihood(QualitySignal):
         return Measurement(float(min(1.0, np.exp(lp - full.target_logprob))), 1.0)
 
 
+#: Default tolerance of :class:`Probability` (mean-probability units, a fraction). A placeholder until measured:
+#: measured in README 'Choosing the defaults'.
+PROBABILITY_DEFAULT_TAU = 0.05
+
+
+class Probability(QualitySignal):
+    """Mean probability the plan gives the full model's greedy output (see module docstring).
+
+    ``quality = mean_t exp(log p_plan(y_t | x, y_<t))`` over the ``m`` tokens of the full output ``y`` (EOS
+    included), a fraction in [0, 1]; ``quality_full`` = the same mean under the full model
+    (:attr:`~skipenv.envs.evaluator.FullOutput.output_probability`, computed once per input and cached with the full
+    output). The empty plan reports ``quality == quality_full`` exactly (the cached value, no forward pass).
+    """
+
+    name = "probability"
+    default_tau = PROBABILITY_DEFAULT_TAU
+    needs_output_probability = True
+
+    def measure(self, evaluator, example, plan, full) -> Measurement:
+        p_full = float(full.output_probability)
+        if plan.is_empty:
+            return Measurement(p_full, p_full)
+        s = evaluator.score(example, full.tokens, plan)
+        return Measurement(mean_probability(s.logprobs), p_full)
+
+
+def mean_probability(logprobs) -> float:
+    """``mean_t exp(logprobs[t])`` (float64) of log-probabilities ``[m]`` in nats; 0.0 for ``m = 0``."""
+    lp = np.asarray(logprobs, dtype=np.float64).reshape(-1)
+    return float(np.exp(lp).mean()) if lp.size else 0.0
+
+
 #: name → signal class
 QUALITY_SIGNALS: dict[str, type[QualitySignal]] = {
-    cls.name: cls for cls in (Agreement, ReferenceMetric, Fidelity, Likelihood)}
+    cls.name: cls for cls in (Agreement, ReferenceMetric, Fidelity, Likelihood, Probability)}
 #: accepted alternative names
 QUALITY_ALIASES = {"rouge": "reference"}
 QUALITY_MODES = tuple(QUALITY_SIGNALS)

@@ -1,8 +1,10 @@
 """Gymnasium registration of the SwitchDec environment ids (runs on ``import skipenv``).
 
 Ids are task variants over the two env classes plus kwargs; every id uses the embedded SmolLM2-135M-Instruct as
-default generator. Hub-only datasets (CNN/DailyMail, SQuAD, SST-2) fail at ``gym.make`` with a clear message when
-the dataset hub cannot be reached.
+default generator. ``gym.make`` builds them through :func:`make_env`, which also applies a constraint formulation
+(``formulation=`` / ``formulation_kwargs=``, see :mod:`skipenv.formulations`), so ``env.unwrapped`` is always the
+SwitchDec env class named in :data:`SPECS`. Hub-only datasets (CNN/DailyMail, SQuAD, SST-2) fail at ``gym.make``
+with a clear message when the dataset hub cannot be reached.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any, Iterator
 
 import gymnasium as gym
 
-__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "sharing", "shared_objects",
-           "sharing_elsewhere"]
+__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "make_env", "make_one_shot",
+           "make_layerwise", "sharing", "shared_objects", "sharing_elsewhere"]
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
 _LAYERWISE = "skipenv.envs.switchdec:SwitchDecLayerwiseEnv"
@@ -41,15 +43,100 @@ OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-Di
 ENV_IDS: tuple[str, ...] = tuple(SPECS)
 
 
+def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwargs: dict | None = None,
+             **kwargs: Any) -> gym.Env:
+    """Build a SwitchDec env and wrap it for a constraint formulation (the registered ``gym.make`` entry point).
+
+    Args:
+        env_class: ``"module:Class"`` of the env (an entry of :data:`SPECS`).
+        formulation: ``"per_input"`` (default: the env itself, today's lexicographic reward), ``"expected"``
+            (:class:`~skipenv.formulations.ExpectedConstraint` at the env's ``tau``: the ``tau`` kwarg, else the
+            quality signal's default) or ``"budget"`` (:class:`~skipenv.formulations.BudgetConditioned`).
+        formulation_kwargs: further arguments of the wrapper, plain values only (they are kept in ``env.spec``):
+            ``lr``, ``update_every``, ``lam_init``, ``lam_max`` (expected); ``tau_range`` (budget).
+        **kwargs: the env's keyword arguments.
+
+    Raises:
+        ValueError: an unknown formulation (the message lists them), ``formulation_kwargs`` that is not a dict, or
+            arguments the formulation does not take (e.g. any for ``"per_input"``).
+    """
+    import importlib
+
+    from ..formulations import FORMULATIONS, make_formulation
+
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"unknown formulation {formulation!r}; choose one of {FORMULATIONS}")
+    if formulation_kwargs is None:
+        formulation_kwargs = {}
+    if not isinstance(formulation_kwargs, dict):
+        raise ValueError(f"formulation_kwargs must be a dict such as {{'lr': 0.1}}, got {formulation_kwargs!r}")
+    if formulation == "per_input" and formulation_kwargs:
+        raise ValueError(f"the per_input formulation takes no formulation_kwargs (its tau is the env's tau), got "
+                         f"{sorted(formulation_kwargs)}")
+    allowed = _formulation_arguments(formulation)
+    unknown = sorted(set(formulation_kwargs) - allowed)
+    if unknown:  # checked before the model loads
+        raise ValueError(f"formulation {formulation!r} does not take formulation_kwargs {unknown}; it takes "
+                         f"{sorted(allowed)}")
+    module, name = env_class.split(":")
+    env = getattr(importlib.import_module(module), name)(**kwargs)
+    extra = dict(formulation_kwargs)
+    if formulation == "expected":
+        if "tau" in extra:
+            raise ValueError("the expected formulation's tau is the env kwarg tau=, not a formulation_kwargs entry")
+        extra["tau"] = env.tau
+    if "tau_range" in extra and isinstance(extra["tau_range"], list):
+        extra["tau_range"] = tuple(extra["tau_range"])
+    try:
+        return make_formulation(env, formulation, **extra)
+    except TypeError as e:  # an argument the wrapper does not take
+        env.close()
+        raise ValueError(f"formulation {formulation!r} does not take formulation_kwargs {sorted(formulation_kwargs)}: "
+                         f"{e}") from e
+    except Exception:
+        env.close()
+        raise
+
+
+def _formulation_arguments(formulation: str) -> set[str]:
+    """Names ``formulation_kwargs`` may hold: the wrapper's keyword arguments (and a new multiplier's for
+    ``"expected"``), except the env, ``tau`` (the env's) and the shared ``multiplier`` object."""
+    import inspect
+
+    from ..formulations import BudgetConditioned, ExpectedConstraint, LagrangeMultiplier
+
+    classes = {"per_input": (), "expected": (ExpectedConstraint, LagrangeMultiplier),
+               "budget": (BudgetConditioned,)}[formulation]
+    names = {n for c in classes for n, p in inspect.signature(c.__init__).parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names - {"self", "env", "tau", "multiplier", "multiplier_kwargs"}
+
+
+def make_one_shot(**kwargs: Any) -> gym.Env:
+    """:func:`make_env` of :class:`~skipenv.envs.switchdec.SwitchDecEnv` (entry point of the one-shot ids)."""
+    return make_env(_ONE_SHOT, **kwargs)
+
+
+def make_layerwise(**kwargs: Any) -> gym.Env:
+    """:func:`make_env` of :class:`~skipenv.envs.switchdec.SwitchDecLayerwiseEnv` (entry point of the layerwise
+    ids)."""
+    return make_env(_LAYERWISE, **kwargs)
+
+
+_FACTORIES = {_ONE_SHOT: "skipenv.envs.registration:make_one_shot",
+              _LAYERWISE: "skipenv.envs.registration:make_layerwise"}
+
+
 def register_envs() -> None:
     """Register every id in :data:`ENV_IDS` (idempotent). Episodes are one step (one-shot) or ``L + 1`` steps
-    (layerwise), so no ``max_episode_steps`` is set. One-shot ids also get a ``vector_entry_point``
-    (:class:`~skipenv.envs.vector.SwitchDecVectorEnv`)."""
+    (layerwise), so no ``max_episode_steps`` is set. The entry point is :func:`make_one_shot` /
+    :func:`make_layerwise` (the env class of :data:`SPECS`, wrapped for ``formulation=``). One-shot ids also get a
+    ``vector_entry_point`` (:class:`~skipenv.envs.vector.SwitchDecVectorEnv`, default formulation only)."""
     for env_id, (entry_point, kwargs) in SPECS.items():
         if env_id not in gym.registry:
             vector = _VECTOR if entry_point == _ONE_SHOT else None
-            gym.register(id=env_id, entry_point=entry_point, vector_entry_point=vector, kwargs=dict(kwargs),
-                         disable_env_checker=False)
+            gym.register(id=env_id, entry_point=_FACTORIES[entry_point], vector_entry_point=vector,
+                         kwargs=dict(kwargs), disable_env_checker=False)
 
 
 #: objects handed to the env constructor by :func:`make` (kept out of gymnasium's spec kwargs)
@@ -115,7 +202,8 @@ def make(env_id: str, *, generator=None, evaluator=None, reward=None, **kwargs: 
         generator: a wrapped generator to use instead of loading ``model``.
         evaluator: an :class:`~skipenv.envs.evaluator.Evaluator` to share (its caches serve every env built on it).
         reward: a :class:`~skipenv.envs.rewards.Reward` object.
-        **kwargs: the env's other keyword arguments (plain values; they are recorded in ``env.spec``).
+        **kwargs: the env's other keyword arguments (plain values; they are recorded in ``env.spec``), including
+            ``formulation`` / ``formulation_kwargs`` (see :func:`make_env`).
 
     Returns:
         The env, wrapped as ``gym.make`` wraps it.

@@ -49,6 +49,18 @@ def shared_generator(model: str, device: str = "cpu", dtype: str = "float32"):
     return _GENERATORS[key]
 
 
+def _plain(v) -> bool:
+    """A value ``env.spec`` may keep: str / int / float / bool / None, or lists, tuples and str-keyed dicts of
+    those (e.g. ``formulation_kwargs``)."""
+    if isinstance(v, (str, int, float, bool, type(None))):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    return False
+
+
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -107,7 +119,7 @@ class _SwitchDecBase(gym.Env):
                  task_source: str | None = None, num_examples: int | None = None, cost_weight: float | None = None,
                  lam: float | None = None, record_time: bool = False, disk_cache: bool = True,
                  lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
-                 reward: Reward | None = None, render_mode: str | None = None):
+                 reward: Reward | None = None, render_mode: str | None = None, observation: str | None = None):
         super().__init__()
         from .registration import shared_objects, sharing_elsewhere
 
@@ -132,6 +144,13 @@ class _SwitchDecBase(gym.Env):
                       max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens, num_examples=num_examples,
                       cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
                       model=model, reward=reward)
+        if observation is not None:
+            from ..observations import parse_observation_kind
+
+            parse_observation_kind(observation)  # an unknown kind fails before anything loads
+            if not isinstance(self, SwitchDecEnv) and observation != "pooled":
+                raise ValueError(f"observation={observation!r}: {type(self).__name__} has only the pooled "
+                                 f"observation (its per-layer steps observe the pooled state); use SwitchDecEnv")
         if reward is not None and (tau is not None or cost_weight is not None):
             raise ValueError("pass tau / cost_weight to the Reward object, not next to reward=")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -143,6 +162,13 @@ class _SwitchDecBase(gym.Env):
         if evaluator is not None:
             if not isinstance(evaluator, Evaluator):
                 raise ValueError(f"evaluator must be a skipenv.envs.Evaluator, got {type(evaluator).__name__}")
+            if observation is not None and observation != evaluator.observation_kind:
+                from ..observations import check_observation_kind
+
+                if check_observation_kind(observation, evaluator.generator) != evaluator.observation_kind:
+                    raise ValueError(f"observation={observation!r} differs from the evaluator's "
+                                     f"{evaluator.observation_kind!r} (its outcomes' cost includes that "
+                                     f"observation's FLOPs): build an Evaluator(observation={observation!r})")
             given = {k: v for k, v in (("generator", generator), ("quality", quality),
                                        ("token_segments", token_segments), ("max_new_tokens", max_new_tokens),
                                        ("max_input_tokens", max_input_tokens)) if v is not None}
@@ -158,7 +184,11 @@ class _SwitchDecBase(gym.Env):
             evaluator = Evaluator(generator, task_obj, quality=signal,
                                   token_segments=8 if token_segments is None else int(token_segments),
                                   max_new_tokens=max_new_tokens, disk_cache=bool(disk_cache), lru_size=int(lru_size),
-                                  record_time=bool(record_time))
+                                  record_time=bool(record_time),
+                                  observation="pooled" if observation is None else observation)
+        if not isinstance(self, SwitchDecEnv) and evaluator.observation_kind != "pooled":
+            raise ValueError(f"{type(self).__name__} has only the pooled observation, but the shared evaluator charges "
+                             f"observation {evaluator.observation_kind!r}; share an Evaluator(observation='pooled')")
         self._evaluator = evaluator
         self.reward = reward if reward is not None else make_reward(
             reward_mode, tau=evaluator.default_tau if tau is None else tau,
@@ -208,6 +238,11 @@ class _SwitchDecBase(gym.Env):
     @property
     def quality_signal(self) -> QualitySignal:
         return self._evaluator.signal
+
+    @property
+    def observation_kind(self) -> str:
+        """The observation kind (``"pooled"``, ``"segments"``, ``"layer:m"``, ``"attention:m"``; the evaluator's)."""
+        return self._evaluator.observation_kind
 
     @property
     def max_new_tokens(self) -> int:
@@ -268,10 +303,7 @@ class _SwitchDecBase(gym.Env):
         """Gymnasium stores (and deep-copies) ``gym.make`` kwargs in ``env.spec``: a generator, evaluator or other
         object passed that way is kept out of the spec, with a warning naming :func:`skipenv.make`."""
         if value is not None and getattr(value, "kwargs", None):
-            plain = (str, int, float, bool, type(None))
-            heavy = {k for k, v in value.kwargs.items()
-                     if not isinstance(v, plain) and not (isinstance(v, (list, tuple))
-                                                          and all(isinstance(x, plain) for x in v))}
+            heavy = {k for k, v in value.kwargs.items() if not _plain(v)}
             if heavy:
                 warnings.warn(f"gym.make kwargs {sorted(heavy)} are objects: they are not stored in env.spec "
                               f"(gymnasium deep-copies the spec, e.g. a whole model for SB3's Monitor). To share a "
@@ -374,8 +406,9 @@ _ENV_ARGS_DOC = """
             ``"vector"`` (lexicographic scalar plus ``info["reward_vector"] = (quality, cost)``).
         tau: quality tolerance of the constraint ``q >= q_full - tau`` (finite, ``>= 0``; in the quality's unit);
             default: the quality signal's ``default_tau`` (0.1 for agreement, 0.02 for reference).
-        quality: quality signal name — ``"agreement"`` (default), ``"reference"`` (alias ``"rouge"``),
-            ``"fidelity"``, ``"likelihood"`` — or a :class:`~skipenv.envs.quality.QualitySignal` instance.
+        quality: quality signal name — ``"agreement"`` (default), ``"probability"``, ``"reference"`` (alias
+            ``"rouge"``), ``"fidelity"``, ``"likelihood"`` — or a :class:`~skipenv.envs.quality.QualitySignal`
+            instance.
         token_segments: ``K`` document segments (integer ``>= 0``, default 8).
         max_input_tokens: token budget of the formatted input (integer ``>= 8``; default: the task's, 512).
         max_new_tokens: generation budget in tokens (integer ``>= 1``; default: the task's).
@@ -396,6 +429,12 @@ _ENV_ARGS_DOC = """
         reward: a :class:`~skipenv.envs.rewards.Reward` object (instead of ``reward_mode`` / ``tau`` /
             ``cost_weight``).
         render_mode: ``"ansi"`` or ``None``; other modes warn and disable rendering (as Gymnasium's envs do).
+        observation: observation kind of the one-shot env (:mod:`skipenv.observations`; default ``"pooled"``, see
+            the class docstring); the layerwise env accepts only ``"pooled"``. With ``evaluator=`` it is the
+            evaluator's.
+
+    ``gym.make`` / :func:`skipenv.make` also take ``formulation`` and ``formulation_kwargs`` (they wrap the env; see
+    :func:`skipenv.envs.registration.make_env`).
 """
 
 
@@ -406,9 +445,20 @@ class SwitchDecEnv(_SwitchDecBase):
     observation; ``step(action)`` runs the plan on the frozen generator and ends the episode (``step`` again
     before ``reset`` raises ``RuntimeError``).
 
-    Observation: ``Box(-100, 100, [d + 2], float32)`` — the mean-pooled hidden states after the generator's first
-    layer over the full input (``d`` = hidden size, clipped to ±100), then the input length and the document length,
-    each divided by ``max_input_tokens``. Computing it costs the first layer's FLOPs, charged in ``cost``.
+    Observation (``observation=``; every value clipped to ±100; computing it is charged in ``cost``):
+
+    - ``"pooled"`` (default): ``Box(-100, 100, [d + 2], float32)`` — the mean-pooled hidden states after the
+      generator's first layer over the full input (``d`` = hidden size), then the input length and the document
+      length, each divided by ``max_input_tokens``. Costs the first layer's FLOPs.
+    - ``"segments"``: ``[d + 2 + (K + 1) d + 2 K]`` — the pooled observation, then the first-layer state pooled
+      per document segment and over the rest of the prompt, segment lengths, and each segment's cosine to the
+      last position (:class:`skipenv.observations.SegmentObservation`). Costs the first layer.
+    - ``"layer:m"``: ``[d + 2]`` — as pooled, after ``m`` layers. Costs ``m`` layers.
+    - ``"attention:m"``: ``[d + 2 K + 3]`` — the pooled state after ``m`` layers, the attention mass the last 8
+      input positions give each segment and the rest of the prompt in layer ``m``, segment lengths, the two
+      lengths (:func:`skipenv.observations.attention_features`). Costs ``m`` layers.
+
+    Decoder-only generators only, except ``"pooled"``. Memoised per example id.
 
     Action: ``MultiBinary(n)``, 1 = skip (see :class:`~skipenv.envs.codec.ActionCodec`): blocks of bits for
     attention (encoder layers, then decoder layers), FFN (same), token segments. ``candidates`` restricts the
@@ -436,8 +486,10 @@ class SwitchDecEnv(_SwitchDecBase):
         self.codec = ActionCodec(self.plan_spec, candidates, layer_block)
         self.candidates, self.layer_block = self.codec.candidates, self.codec.layer_block
         self.action_space = self.codec.space
-        d = self.generator.hidden_size
-        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(d + 2,), dtype=np.float32)
+        from ..observations import observation_size
+
+        n = observation_size(self.observation_kind, self.generator.hidden_size, self.plan_spec.token_segments)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(n,), dtype=np.float32)
 
     @property
     def action_labels(self) -> list[str]:
@@ -453,6 +505,8 @@ class SwitchDecEnv(_SwitchDecBase):
         return self.codec.encode(plan)
 
     def _observation(self) -> np.ndarray:
+        if self.observation_kind != "pooled":
+            return self._finite(np.clip(self._evaluator.observation(self.example), -OBS_BOUND, OBS_BOUND))
         h = np.clip(self._evaluator.observation_features(self.example), -OBS_BOUND, OBS_BOUND)
         return self._finite(np.concatenate([h, self._length_features(self.example)]).astype(np.float32))
 

@@ -27,7 +27,7 @@ __all__ = ["SwitchDecVectorEnv"]
 #: kwargs that the shared evaluator / reward define (passed only to the first env)
 _EVALUATOR_KWARGS = ("model", "device", "dtype", "task_source", "generator", "quality", "token_segments",
                      "max_input_tokens", "max_new_tokens", "record_time", "disk_cache", "lru_size", "reward_mode",
-                     "tau", "cost_weight", "lam", "reuse")
+                     "tau", "cost_weight", "lam", "reuse", "observation")
 
 
 class SwitchDecVectorEnv(VectorEnv):
@@ -55,6 +55,12 @@ class SwitchDecVectorEnv(VectorEnv):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         kwargs.pop("max_episode_steps", None)
+        formulation = kwargs.pop("formulation", "per_input")
+        if formulation != "per_input" or kwargs.pop("formulation_kwargs", None):
+            raise ValueError(f"the native vector env (vectorization_mode='vector_entry_point') has the per_input "
+                             f"formulation only, got formulation={formulation!r} / formulation_kwargs; use "
+                             f"gym.make_vec(..., vectorization_mode='sync') (each copy is wrapped by gym.make) or "
+                             f"wrap it yourself")
         reuse = kwargs.pop("reuse", None)
         first = SwitchDecEnv(task, **kwargs)  # takes objects shared by skipenv.make / sharing() too
         if reuse is not None:
@@ -88,7 +94,8 @@ class SwitchDecVectorEnv(VectorEnv):
     # ------------------------------------------------------------------ Gymnasium VectorEnv API
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
         """Reset every row. ``seed``: an int (row ``i`` gets ``seed + i``), a list of ``N`` seeds, or ``None``.
-        ``options``: passed to every row's ``reset``. Returns ``(observations [N, d + 2], infos)``."""
+        ``options``: passed to every row's ``reset``. Returns ``(observations [N, n], infos)`` (``n`` = the single
+        env's observation size)."""
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
         else:
@@ -105,7 +112,7 @@ class SwitchDecVectorEnv(VectorEnv):
         """Run the ``N`` plans (``actions`` ``[N, n]``), reward them, reset every row (same step).
 
         Returns:
-            ``(observations [N, d + 2] of the next episodes, rewards [N], terminated [N] (all True),
+            ``(observations [N, n] of the next episodes, rewards [N], terminated [N] (all True),
             truncated [N] (all False), infos)``; ``infos`` holds the finished episodes' values as arrays (Gymnasium
             vector convention) plus ``final_obs`` / ``final_info`` (row ``i``: the single env's observation / info).
         """

@@ -11,6 +11,8 @@ is re-checked for every wrapped model by :func:`check_replacement_layers` (run b
   restores exactly what was there before (including an accelerate hook from ``device_map=`` / offloading, which
   keeps running around the replacement);
 - :class:`SkipAwareCache` / :func:`encoder_decoder_cache` — KV caches for plans that skip attention sublayers;
+- :func:`attention_weights_through` — hidden states and exact softmax attention weights of one layer, from the
+  model's own forward run with transformers' eager attention and stopped after that layer;
 - :func:`check_replacement_layers` — the self-check that the replacement bodies with nothing skipped reproduce the
   real layers (raises :class:`UnsupportedModelError` naming the installed transformers version otherwise).
 
@@ -40,6 +42,7 @@ __all__ = [
     "layer_arguments",
     "replaced_forwards",
     "model_lock",
+    "attention_weights_through",
     "check_replacement_layers",
 ]
 
@@ -244,6 +247,70 @@ def model_lock(model: nn.Module) -> threading.RLock:
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+# ---------------------------------------------------------------------------------------------------- attention weights
+class _StopAfterLayer(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module):
+    """While active, ``model`` computes attention with transformers' eager implementation (explicit
+    ``softmax(q k^T / sqrt(d_head) + mask)``, returned by each attention module as its second output) and builds the
+    eager attention mask; the previous implementation (e.g. ``sdpa``) is restored on exit. Hold the model's lock."""
+    previous = model.config._attn_implementation
+    if previous == "eager":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def attention_weights_through(model: nn.Module, layer: nn.Module, attention: nn.Module,
+                              run_forward: Callable[[], object]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the model's own forward (``run_forward()``, unmodified layers) with eager attention until ``layer`` has
+    run, and return its output hidden states and the attention weights of ``attention`` (that layer's
+    self-attention module) in that call.
+
+    Returns:
+        ``(hidden [B, T, d], weights [B, H, T, T])``: the residual stream after ``layer`` and the softmax attention
+        probabilities (query position × key position, per head; rows sum to 1 over the unmasked keys) — exactly
+        what ``model(..., output_attentions=True)`` returns for that layer with ``attn_implementation="eager"``.
+
+    Raises:
+        UnsupportedModelError: the attention module returned no weights (the transformers attention contract changed).
+        RuntimeError: ``layer`` was never called by ``run_forward``.
+    """
+    captured: dict = {}
+
+    def attention_hook(module, args, output):
+        captured["weights"] = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+
+    def layer_hook(module, args, output):
+        raise _StopAfterLayer(output[0] if isinstance(output, tuple) else output)
+
+    with eager_attention(model):
+        handles = [attention.register_forward_hook(attention_hook), layer.register_forward_hook(layer_hook)]
+        try:
+            run_forward()
+        except _StopAfterLayer as stop:
+            hidden = stop.hidden
+        else:
+            raise RuntimeError(f"{type(layer).__name__} was never called by the forward pass")
+        finally:
+            for h in handles:
+                h.remove()
+    weights = captured.get("weights")
+    if not isinstance(weights, torch.Tensor):
+        raise UnsupportedModelError(
+            f"{type(attention).__name__} returned no attention weights with eager attention under transformers "
+            f"{transformers.__version__}; skipenv supports transformers{SUPPORTED_TRANSFORMERS}")
+    return hidden, weights
 
 
 # ---------------------------------------------------------------------------------------------------- self-check
