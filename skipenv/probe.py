@@ -180,7 +180,7 @@ class ProbeTable:
         folder = Path(folder)
         cfg = json.loads((folder / "config.json").read_text())
         read = lambda name: pd.read_csv(folder / name,  # noqa: E731
-                                        dtype={"example_id": str})
+                                        dtype={"example_id": str}, float_precision="round_trip")
         return cls(read("outcomes.csv"), read("observations.csv"), list(cfg.pop("plans")), cfg.pop("empty"), cfg)
 
 
@@ -827,7 +827,7 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
         for kind in observations:
             path = folder / f"features_{kind.replace(':', '_')}.csv"
             if path.exists():
-                f = pd.read_csv(path)
+                f = pd.read_csv(path, float_precision="round_trip")
             else:
                 f = feature_table(make_env, table, kind, progress=progress)
                 f.to_csv(path, index=False)
