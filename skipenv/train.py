@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["train_ppo", "run_main_job", "configure_parser", "main"]
+__all__ = ["train_ppo", "run_main_job", "best_static_plan", "paired_margin", "configure_parser", "main"]
 
 
 def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path | None = None,
@@ -134,11 +134,65 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 256, train_examples: int = 32,
+def best_static_plan(env, examples, *, progress: bool = True):
+    """The plan of the probe's default menu (:func:`skipenv.probe.default_menu`: skip nothing, drop the last 1–4
+    token segments, drop segment 3 or 5, skip one attention sublayer) with the highest mean reward of ``env`` (its
+    reward rule and tau) over ``examples`` — the static baseline a learned policy has to beat, chosen on train
+    documents only.
+
+    Returns:
+        ``(name, plan, mean_rewards)`` with ``mean_rewards`` = menu name → mean reward over ``examples``.
+    """
+    from tqdm import tqdm
+
+    from .probe import default_menu
+
+    menu = default_menu(env.plan_spec)
+    means = {}
+    bar = tqdm(total=len(menu) * len(examples), desc="best static plan (train)", unit="episode",
+               disable=not progress)
+    for name, plan in menu.items():
+        rewards = []
+        for ex in examples:
+            rewards.append(float(env.evaluate(plan, ex)["reward"]))
+            bar.update(1)
+        means[name] = sum(rewards) / len(rewards)
+    bar.close()
+    best = max(means, key=lambda n: (means[n], n == next(iter(menu))))  # ties: skip nothing
+    return best, menu[best], means
+
+
+def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
+    """Mean per-document difference ``a − b`` of reward and FLOPs saved over the test documents both policies ran,
+    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.formulations.bootstrap_ci`).
+
+    Returns:
+        ``{"documents", "reward", "reward_ci", "flops_saved", "flops_saved_ci"}``.
+    """
+    from .formulations import bootstrap_ci
+
+    x = episodes[episodes["policy"] == a].drop_duplicates("example_id").set_index("example_id")
+    y = episodes[episodes["policy"] == b].drop_duplicates("example_id").set_index("example_id")
+    common = x.index.intersection(y.index)
+    out = {"documents": int(len(common))}
+    for col in ("reward", "flops_saved"):
+        d = (x.loc[common, col] - y.loc[common, col]).to_numpy(float)
+        out[col] = float(d.mean()) if len(d) else float("nan")
+        out[f"{col}_ci"] = list(bootstrap_ci(d))
+    return out
+
+
+def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 32,
                  test_examples: int = 20, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
-                 env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True, algo: str = "ppo") -> pd.DataFrame:
+                 env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True, algo: str = "ppo",
+                 static_examples: int = 16) -> pd.DataFrame:
     """Train PPO (or another learner of :data:`skipenv.learners.LEARNERS` without warm start, ``algo``), evaluate
     against baselines on the test split, save policy / tables / plot. Returns the summary.
+
+    Baselines: random (each bit skipped with probability 0.5), skip nothing, and the best static plan of the probe's
+    menu chosen on the first ``static_examples`` train documents (:func:`best_static_plan`; 0 = leave it out). The
+    learned policy's margin over that plan (reward and FLOPs saved, paired over test documents, bootstrap CI) is
+    printed and stored in ``summary.json`` under ``margin_over_best_static``.
 
     Defaults fit the budget in the module docstring: the full-model reference (one greedy summary) of each of the
     ``train_examples`` + ``test_examples`` documents is computed once and cached on disk; a PPO step is then one
@@ -148,7 +202,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     import pandas as pd
 
     import skipenv  # noqa: F401  (registers the ids)
-    from .baselines import RandomPolicy, SB3Policy, SkipNothing
+    from .baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
     from .benchmark import evaluate_policy, plot_pareto, summarize
 
     say = _say
@@ -170,12 +224,14 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     computed = train_env.prefetch(progress=progress_bar)  # batched references
     s_per_ref = (time.perf_counter() - t_ref0) / computed if computed else None
     train_env.reset(seed=seed)
-    n_eval = 3 * test_examples  # episodes of the evaluation: 3 policies × test documents, one generation each
+    # episodes of the evaluation: 3 or 4 policies × test documents, one generation each
+    n_eval = (4 if static_examples else 3) * test_examples
+    n_static = 8 * min(static_examples, train_examples)  # menu plans × train documents (teacher-forced only)
 
     def eta(done: int, seconds: float) -> None:
         s_step = seconds / max(done, 1)
         s_gen = max(s_per_ref or 0.0, 3 * s_step)  # one ROUGE generation per evaluation episode
-        left_train = (total_timesteps - done) * s_step
+        left_train = (total_timesteps - done + n_static) * s_step
         left_eval = n_eval * (s_step + s_gen) + test_examples * s_gen  # + references of the test documents
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
             f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)} "
@@ -197,9 +253,20 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                                    progress_bar=progress_bar, device=device)
     t_train = time.perf_counter() - t0
 
-    say(f"skipenv train: [3/3] evaluating {algo}, random:0.5 and skip-nothing on {test_examples} test documents")
+    static = None
+    if static_examples:
+        n_static = min(static_examples, len(train_env.examples))
+        say(f"skipenv train: choosing the best static plan of the probe's menu on {n_static} train documents")
+        static_name, static_plan, static_means = best_static_plan(train_env, train_env.examples[:n_static],
+                                                                  progress=progress_bar)
+        static = (f"best static: {static_name}", static_plan, static_means, n_static)
+
+    say(f"skipenv train: [3/3] evaluating {algo}, random:0.5, skip-nothing"
+        f"{' and the best static plan' if static else ''} on {test_examples} test documents")
     test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
     policies = [learned, RandomPolicy(test_env, 0.5, seed=seed), SkipNothing(test_env)]
+    if static is not None:
+        policies.append(StaticPlan(test_env, static[1], name=static[0]))
     episodes = pd.concat([evaluate_policy(p, test_env, seed=seed, extra_quality=("rouge",), progress=progress_bar)
                           for p in policies], ignore_index=True)
     summary = summarize(episodes)
@@ -210,6 +277,15 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             "test_examples": test_examples, "seed": seed, "train_seconds": round(t_train, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "tau": test_env.tau,
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
+    if static is not None:
+        margin = paired_margin(episodes, learned.name, static[0])
+        meta["best_static"] = {"policy": static[0], "train_documents": static[3], "train_mean_reward": static[2]}
+        meta["margin_over_best_static"] = margin
+        say(f"skipenv train: {learned.name} minus {static[0]} (chosen on {static[3]} train documents), paired over "
+            f"{margin['documents']} test documents: reward {margin['reward']:+.3f} "
+            f"[{margin['reward_ci'][0]:+.3f}, {margin['reward_ci'][1]:+.3f}], FLOPs saved "
+            f"{margin['flops_saved']:+.3f} [{margin['flops_saved_ci'][0]:+.3f}, {margin['flops_saved_ci'][1]:+.3f}] "
+            f"(95 % bootstrap CIs)")
     (out / "summary.json").write_text(json.dumps(meta, indent=2, default=float))
     plot_pareto(summary, out / "quality_vs_flops.png", quality_col="quality", episodes=episodes,
                 tau=meta["tau"], quality_name=meta["quality"],
@@ -234,9 +310,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/ppo-xsum",
                    help="output folder: policy.zip, summary.csv/json, episodes.csv, quality_vs_flops.png, "
                         "monitor.csv (one row per training episode) and tensorboard/")
-    p.add_argument("--total-timesteps", type=positive_int, default=256, help="PPO environment steps (= episodes)")
+    p.add_argument("--total-timesteps", type=positive_int, default=384, help="PPO environment steps (= episodes)")
     p.add_argument("--train-examples", type=positive_int, default=32, help="XSum train documents cycled during training")
     p.add_argument("--test-examples", type=positive_int, default=20, help="XSum test documents evaluated")
+    p.add_argument("--static-examples", type=nonnegative_int, default=16,
+                   help="train documents on which the best static plan of the probe's menu is chosen (the baseline "
+                        "the learned policy's margin is reported against; 0 = leave it out)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of PPO, the env and the random baseline")
     p.add_argument("--device", default="cpu", help="torch device of the generator and PPO (e.g. cpu, cuda)")
     p.add_argument("--model", default="smollm2-135m-instruct",
@@ -254,7 +333,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     summary = run_main_job(args.out, total_timesteps=args.total_timesteps, train_examples=args.train_examples,
                            test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,
-                           env_id=args.env, progress_bar=not args.no_progress, algo=args.algo)
+                           env_id=args.env, progress_bar=not args.no_progress, algo=args.algo,
+                           static_examples=args.static_examples)
     print(format_table(summary))
     sb3 = args.algo in ("ppo", "a2c")
     logs = (f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})" if sb3 else

@@ -176,3 +176,34 @@ def test_learning_curve_sizes_outside_the_range_are_reported(tiny_table):
     with pytest.warns(UserWarning, match=r"sizes \[2, 100\] left out"):
         rep = probe.analyse(t, 0.1, learning_curve=[2, 5, 100], repeats=1)
     assert list(rep.learning_curve["train_documents"]) == [5, 6]
+
+
+def test_main_job_best_static_plan_matches_the_menu_table(tiny_table):
+    # skipenv train's static baseline: the menu plan with the best mean train reward, here recomputed from the
+    # probe table, whose rewards came from env.step (another code path than env.evaluate)
+    from skipenv.train import best_static_plan
+
+    make_env, t = tiny_table
+    env = make_env("train", 6)
+    name, plan, means = best_static_plan(env, env.examples[:6], progress=False)
+    by_plan = t.outcomes[t.outcomes["split"] == "train"].groupby("plan")["reward"].mean()
+    for n, m in means.items():
+        assert m == pytest.approx(by_plan[n], abs=1e-12), n
+    assert means[name] == pytest.approx(by_plan.max(), abs=1e-12)
+    assert plan == probe.default_menu(env.plan_spec)[name]
+
+
+def test_main_job_paired_margin_hand_computed():
+    import pandas as pd
+
+    from skipenv.train import paired_margin
+
+    ep = pd.DataFrame({"policy": ["a", "a", "a", "b", "b", "b", "b"],
+                       "example_id": ["x", "y", "z", "x", "y", "z", "w"],
+                       "reward": [1.0, 0.5, 0.2, 0.9, 0.5, 0.5, 7.0],
+                       "flops_saved": [0.3, 0.1, 0.0, 0.0, 0.0, 0.1, 0.9]})
+    m = paired_margin(ep, "a", "b")  # "w" has no partner and is left out
+    assert m["documents"] == 3
+    assert m["reward"] == pytest.approx((0.1 + 0.0 - 0.3) / 3)
+    assert m["flops_saved"] == pytest.approx((0.3 + 0.1 - 0.1) / 3)
+    assert m["reward_ci"][0] <= m["reward"] <= m["reward_ci"][1]
