@@ -57,7 +57,7 @@ def _state_for(generator, inp: PromptInput, target: Sequence[int]) -> PrefixStat
     state = store.get(key)
     if state is None and store.admit(key):
         state = compute_state(generator, full_ids)
-        store.put(state, key)
+        state = store.put(state, key)
     return state
 
 
@@ -286,7 +286,7 @@ def _phase_two(ctx: _Rows, two: list[int]) -> None:
 
 
 def _dtype(generator) -> torch.dtype:
-    return next(generator.model.parameters()).dtype
+    return generator.model.get_input_embeddings().weight.dtype
 
 
 def _left_pad_states(parts: Sequence[torch.Tensor], width: int) -> torch.Tensor:
