@@ -20,6 +20,10 @@ and the store's bytes per document and peak while ``--fill`` documents pass thro
 observation; "warm" = references and observations cached (disk / memory), new random plans (no LRU hits);
 "lru" = the same (document, plan) again. The ratio column divides the per-episode time by the bare forward pass.
 
+    python benchmarks/bench_env.py --forward-costs
+
+Seconds of one forward pass for B rows x T tokens (the fixed cost of a call against the cost per token).
+
     python benchmarks/bench_env.py --soak 5000
 
 Soak: N episodes with random plans on a tiny random-weight Llama (embedded tokenizer, 8 XSum documents) with a small
@@ -46,7 +50,11 @@ def main(argv=None) -> None:
     p.add_argument("--docs", type=int, default=4, help="documents of the reuse comparison")
     p.add_argument("--vector-steps", type=int, default=3, help="vector-env steps (of 8 episodes)")
     p.add_argument("--fill", type=int, default=30, help="documents pushed through the prefix store (0: skip)")
+    p.add_argument("--forward-costs", action="store_true",
+                   help="time one forward pass of B rows x T tokens instead (the fixed cost per call)")
     args = p.parse_args(argv)
+    if args.forward_costs:
+        return forward_costs()
     if args.soak:
         return soak(args.soak)
     if not args.caches:
@@ -283,6 +291,27 @@ def reuse_benchmark(args) -> None:
               f"documents: {len(store)} kept, peak {store.peak_bytes / 2**20:.0f} MiB of the "
               f"{DEFAULT_MAX_BYTES / 2**20:.0f} MiB cap; RSS {_rss_mb():.0f} MiB "
               f"({(time.perf_counter() - t0) / len(docs):.2f} s per document to fill)")
+
+
+def forward_costs() -> None:
+    """Seconds of one forward pass of the full SmolLM2 (logits of the last position only) for B rows x T tokens:
+    the fixed cost per call against the cost per token (what ``skipenv.generators.batched.DEFAULT_FIXED_TOKENS``
+    is set from). Best of 3."""
+    from skipenv.envs import shared_generator
+    from skipenv.loading import DEFAULT_MODEL
+
+    model = shared_generator(DEFAULT_MODEL).model
+    print("| rows x tokens | tokens | s per call (best of 3) | ms per token |")
+    print("|---|---|---|---|")
+    for b, t in [(1, 1), (1, 8), (1, 32), (1, 64), (8, 8), (1, 128), (8, 16), (1, 256), (8, 32), (1, 400), (8, 50)]:
+        ids = torch.randint(10, 1000, (b, t))
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                model(input_ids=ids, logits_to_keep=1)
+                best = min(best, time.perf_counter() - t0)
+        print(f"| {b} x {t} | {b * t} | {best:.3f} | {1000 * best / (b * t):.1f} |", flush=True)
 
 
 def gym_make_vec(n, kw):

@@ -1,8 +1,9 @@
-"""Batched teacher-forced scoring of many (input, target, plan) rows: one padded forward pass per phase instead of
-one or two per row (decoder-only models; what the vector env's ``batch_plans=True`` step uses).
+"""Batched teacher-forced scoring of many (input, target, plan) rows: padded forward passes over several rows
+instead of one or two per row (decoder-only models; what the vector env's ``batch_plans=True`` step uses).
 
-Each row ``r`` is run exactly as the single-row path of :mod:`skipenv.generators.reuse` runs it, with the rows
-padded on the right into one batch:
+Each row ``r`` is run exactly as the single-row path of :mod:`skipenv.generators.reuse` runs it, with the rows of a
+group padded on the right into one batch (which rows share a call is decided by a cost model, :func:`group_rows`:
+a call has a fixed cost, padding costs the positions it adds):
 
 - its reuse point ``(s_r, j_r)`` (:func:`~skipenv.generators.reuse.plan_reuse_point`) against the full model's
   stored state of its input (a row without a state has ``j_r = 0``: from scratch);
@@ -12,8 +13,8 @@ padded on the right into one batch:
   position ids continue from ``s_r``). The call runs to the last layer when a row skips only tokens (its logits
   come from here) and stops at the largest ``j_r`` otherwise; the residual stream entering layer ``j_r`` is taken
   per row (a row run past its ``j_r`` wastes that work but is not changed by it);
-- **phase 2** (rows with ``j_r < L``): all positions of every row in one call, each layer running per row: a row
-  with ``j_r > i`` passes layer ``i`` through, at layer ``j_r`` its hidden states are replaced by the stored
+- **phase 2** (rows with ``j_r < L``): all positions of the group's rows in one call, each layer running per row:
+  a row with ``j_r > i`` passes layer ``i`` through, at layer ``j_r`` its hidden states are replaced by the stored
   residual stream (positions ``< s_r``) followed by its phase-1 tail, and from there on the layer's attention and
   FFN sublayers run only on the rows that keep them (gathered; the rows' attention masks and position embeddings
   are gathered with them), the others pass the residual stream through unchanged.
@@ -22,6 +23,11 @@ Logits are computed only at the positions that predict target tokens (the model'
 embedding on the gathered positions). Results equal the single-row path up to float round-off: log-probabilities
 within ``1e-4`` and identical argmax on the property tests (``tests/test_batched.py``). The FLOPs an environment
 charges do not change (they are the plan's from scratch); this is the simulator's speed only.
+
+Where it pays: when a call's fixed cost is large against the work per row (an accelerator, or short rows). On one
+CPU thread a SmolLM2 call's fixed cost is about 30 tokens' work while a row recomputes tens to hundreds of positions
+and rows of different documents differ in length by more than that, so batching gains little there (README
+"Speed").
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ def _base_call(generator, ids, mask, cache=None):
 
 
 def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[R, T]`` right-padded ids and their 0/1 attention mask."""
     from .base import _right_pad as pad
 
     return pad(rows, pad_id, device)

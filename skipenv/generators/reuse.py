@@ -129,7 +129,8 @@ class PrefixStore:
     #: inputs whose request count is remembered (oldest forgotten first)
     _SEEN_LIMIT = 1 << 16
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, admit_after: int = 2, dtype: torch.dtype | str | None = None):
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, admit_after: int = 2,
+                 dtype: torch.dtype | str | None = None):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
         if isinstance(admit_after, bool) or not isinstance(admit_after, int) or admit_after < 1:
