@@ -101,7 +101,7 @@ def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torc
 @torch.inference_mode()
 def score_plans(generator, inputs: Sequence[PromptInput], targets: Sequence[Sequence[int]],
                 plans: Sequence[SkipPlan | None], *, reuse: bool = True,
-                fixed_tokens: float = DEFAULT_FIXED_TOKENS):
+                fixed_tokens: float | None = None):
     """Teacher-forced scoring of ``B`` rows, each under its own plan, in padded forward passes (at most two per
     group of rows; see :func:`group_rows`).
 
@@ -115,7 +115,8 @@ def score_plans(generator, inputs: Sequence[PromptInput], targets: Sequence[Sequ
         reuse: start rows from the generator's :attr:`prefix_store` (when it has one).
         fixed_tokens: the fixed cost of one forward call in token-equivalents of the full model (``>= 0``; see
             :func:`group_rows`): rows are put in one padded call only where that is predicted to be cheaper than
-            separate calls. ``float("inf")`` = every phase in one call.
+            separate calls. ``float("inf")`` = every phase in one call. Default (``None``):
+            :data:`DEFAULT_FIXED_TOKENS` on a CPU, ``inf`` on other devices.
 
     Returns:
         ``B`` :class:`~skipenv.generators.ScoreOutput` (log-probabilities ``[m_r]``, argmax ``[m_r]``).
@@ -132,6 +133,8 @@ def score_plans(generator, inputs: Sequence[PromptInput], targets: Sequence[Sequ
     if not (len(inputs) == len(targets) == len(plans)):
         raise ValueError(f"got {len(inputs)} inputs, {len(targets)} targets and {len(plans)} plans; one of each per "
                          f"row")
+    if fixed_tokens is None:
+        fixed_tokens = DEFAULT_FIXED_TOKENS if generator.device.type == "cpu" else float("inf")
     targets = [[int(x) for x in t] for t in targets]
     if any(len(t) == 0 for t in targets):
         raise ValueError("every target needs at least one token")

@@ -109,12 +109,13 @@ class PrefixStore:
         dtype: keep decoder-only states in this dtype (``torch.float16`` / ``torch.bfloat16`` halve the bytes of a
             float32 model's states; ``None``, the default: the model's dtype, exact). States are cast back to the
             model's dtype when used, so a lower precision changes results by the rounding of the stored keys /
-            values / residual stream. Measured on the embedded SmolLM2 (float32) over 3 XSum train documents and 24
-            plans of the four mixes of ``benchmarks/bench_env.py`` (agreement targets, 1,072 positions): float16
-            max |Δ log-probability| 0.017 nats, 1 argmax of 1,072 and 1 agreement value of 24 changed; bfloat16
-            0.20 nats, 8 argmax and 3 agreement values changed; float32 1.2e-5 nats, none. Both lower precisions
-            are outside the 1e-4 exactness tolerance, so the default keeps the model's dtype; float16 is usable
-            where a ~0.02-nat error and a rare changed argmax are acceptable (tested bound: 0.05 nats).
+            values / residual stream. Measured on the embedded SmolLM2 (float32) against the from-scratch path
+            over XSum train documents and the plan mixes of ``benchmarks/bench_env.py`` (30 plans, 1,311 agreement
+            positions; README "Speed"): float16 max |Δ log-probability| 0.03 nats, 1 argmax and 1 agreement value
+            changed; bfloat16 0.40 nats, 10 argmax and 5 agreement values; float32 1.2e-5 nats, none. Both lower
+            precisions are outside the 1e-4 exactness tolerance, so the default keeps the model's dtype; float16 is
+            usable where a few-hundredths-of-a-nat error and a rare changed argmax are acceptable (tested bound on
+            SmolLM2: 0.05 nats).
             Encoder-decoder encoder outputs are always kept in the model's dtype.
 
     Attributes:
