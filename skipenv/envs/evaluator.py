@@ -358,7 +358,7 @@ class Evaluator:
 
     def score(self, example, target_ids, plan: SkipPlan | None):
         """Teacher-forced scoring of ``target_ids`` after ``example``'s input under ``plan`` (``ScoreOutput``)."""
-        if self._prescored:
+        if getattr(self, "_prescored", None):  # (an evaluator pickled before this attribute existed has none)
             hit = self._prescored.pop((example.id, tuple(int(t) for t in target_ids), plan), None)
             if hit is not None:
                 return hit
@@ -423,6 +423,7 @@ class Evaluator:
         examples, plans = list(examples), list(plans)
         if len(examples) != len(plans):
             raise ValueError(f"got {len(examples)} examples but {len(plans)} plans")
+        self._prescored = {}
         if batch and len(examples) > 1 and not self.generator.num_encoder_layers \
                 and hasattr(self.generator, "prefix_store"):
             self._prescore(examples, plans)
