@@ -258,3 +258,61 @@ def test_reuse_on_smollm2_xsum():
             assert torch.equal(a.argmax, b.argmax)
             assert g.generate([inp], plan, max_new_tokens=12).tokens == \
                 g.generate([inp], plan, max_new_tokens=12, reuse=False).tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "float16"])
+def test_lower_precision_store_halves_bytes(dtype):
+    """A float16 / bfloat16 store keeps half the bytes of float32 states, hands the rounded state to the first call
+    too (what later calls get), and its results differ from the exact path only by that rounding (tiny Llama: well
+    within 0.05 nats); the float32 store stays exact (1e-4)."""
+    torch.manual_seed(0)
+    g = tiny_generator("llama")
+    inp = PromptInput(tuple(range(3, 35)), (4, 28), "doc")
+    target = [5, 9, 11, 7]
+    plans = _plans(g)
+    exact = PrefixStore(admit_after=1)
+    low = PrefixStore(admit_after=1, dtype=dtype)
+    for store in (exact, low):
+        g.prefix_store = store
+        g.score([inp], [target], None)
+    want = torch.float16 if dtype in (torch.float16, "float16") else torch.bfloat16
+    state = low.get(inp.input_ids)
+    assert low.dtype == want and all(k.dtype == want for k in state.keys) and state.hidden[1].dtype == want
+    assert low.nbytes * 2 == exact.nbytes
+    for name in ("lead", "ffn_late", "attn_1_and_tokens"):
+        ref = g.score([inp], [target], plans[name], reuse=False)[0]
+        g.prefix_store = low
+        got = g.score([inp], [target], plans[name])[0]
+        diff = (got.logprobs - ref.logprobs).abs().max().item()
+        assert 0 < diff < 0.05  # rounded (not exact), but close
+        g.prefix_store = exact
+        assert torch.allclose(g.score([inp], [target], plans[name])[0].logprobs, ref.logprobs, atol=1e-4)
+    for bad in ("int8", torch.int32, 16):
+        with pytest.raises(ValueError, match="dtype"):
+            PrefixStore(dtype=bad)
+
+
+@pytest.mark.assets
+def test_float16_store_on_smollm2_within_documented_bound():
+    """The float16 store's documented tolerance on the embedded SmolLM2 (PrefixStore docstring): max
+    |Δ log-probability| <= 0.05 nats against the from-scratch path, on XSum train documents and sampled plans."""
+    from skipenv.loading import load_generator
+    from skipenv.tasks import make_task
+
+    g = load_generator()
+    g.prefix_store = PrefixStore(admit_after=1, dtype=torch.float16)
+    task = make_task("xsum", source="embedded")
+    spec = g.plan_spec(8)
+    L = g.num_decoder_layers
+    rng = np.random.default_rng(1)
+    size = len(spec.empty_plan().to_action())
+    plans = [SkipPlan(spec, (), (), (False,) * L, (False,) * L, (False,) * 6 + (True, True)),
+             SkipPlan(spec, (), (), (False,) * L, tuple(i == 12 for i in range(L)), (False,) * 8),
+             SkipPlan.from_action((rng.random(size) < 0.03).astype(np.int8), spec)]
+    for ex in list(task.examples("train"))[:2]:
+        inp = task.format(ex, g.tokenizer, encoder_decoder=False)
+        full = g.generate([inp], None, max_new_tokens=16, reuse=False).tokens[0]
+        for plan in plans:
+            a = g.score([inp], [full], plan, reuse=False)[0]
+            b = g.score([inp], [full], plan)[0]
+            assert (a.logprobs - b.logprobs).abs().max().item() <= 0.05

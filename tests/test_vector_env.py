@@ -35,12 +35,18 @@ def make_vec(generator, n, **kw):
         return gym.make_vec("SwitchDec-XSum-v0", num_envs=n, vectorization_mode="vector_entry_point", **KW, **kw)
 
 
-@pytest.mark.parametrize("quality", ["agreement", "rouge"])
-def test_vector_env_equals_single_envs(generator, quality):
+@pytest.mark.parametrize("quality,batch_plans", [("agreement", False), ("rouge", False), ("agreement", True),
+                                                  ("likelihood", True)])
+def test_vector_env_equals_single_envs(generator, quality, batch_plans, monkeypatch):
+    import skipenv.generators.batched as batched
+
+    calls = []
+    real = batched.score_plans
+    monkeypatch.setattr(batched, "score_plans", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     n = 3
-    vec = make_vec(generator, n, quality=quality)
+    vec = make_vec(generator, n, quality=quality, batch_plans=batch_plans)
     assert isinstance(vec.unwrapped, SwitchDecVectorEnv) and vec.num_envs == n
-    assert vec.unwrapped.evaluator.reuse
+    assert vec.unwrapped.evaluator.reuse and vec.unwrapped.batch_plans == batch_plans
     # independent single envs, every plan run from scratch (their own evaluator, prefix reuse off)
     singles = []
     for _ in range(n):
@@ -67,6 +73,8 @@ def test_vector_env_equals_single_envs(generator, quality):
             assert infos["final_info"][i].get("text") == inf.get("text")
             o, inf = env.reset()  # same-step autoreset: the next episode's observation
             np.testing.assert_allclose(obs[i], o, atol=1e-6)
+    # the batched path really ran (several rows per call) only when asked for
+    assert (sum(calls) >= 2 * len(calls) > 0) if batch_plans else not calls
 
 
 def test_flops_are_charged_as_from_scratch(generator):
@@ -107,3 +115,5 @@ def test_ppo_trains_on_the_sb3_adapter(generator):
 def test_bad_num_envs(generator):
     with pytest.raises(ValueError, match="num_envs"):
         make_vec(generator, 0)
+    with pytest.raises(ValueError, match="batch_plans"):
+        make_vec(generator, 2, batch_plans="yes")

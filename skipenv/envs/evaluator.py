@@ -256,6 +256,7 @@ class Evaluator:
         self._env_observations: dict[str, np.ndarray] = {}
         self._full: dict[str, FullOutput] = {}
         self.outcomes = LRU(lru_size)
+        self._prescored: dict = {}  # (example id, target, plan) -> ScoreOutput, filled by outcomes_together
 
     @property
     def quality(self) -> str:
@@ -414,6 +415,10 @@ class Evaluator:
 
     def score(self, example, target_ids, plan: SkipPlan | None):
         """Teacher-forced scoring of ``target_ids`` after ``example``'s input under ``plan`` (``ScoreOutput``)."""
+        if getattr(self, "_prescored", None):  # (an evaluator pickled before this attribute existed has none)
+            hit = self._prescored.pop((example.id, tuple(int(t) for t in target_ids), plan), None)
+            if hit is not None:
+                return hit
         return self.generator.score([self.prompt(example)], [list(target_ids)], plan, **self._reuse_kwargs())[0]
 
     def target_ids(self, example) -> list[int]:
@@ -467,6 +472,56 @@ class Evaluator:
                 raise ValueError(f"quality signal {self.signal!r} gave a non-finite {name} on {example.id!r}")
         self.outcomes.put(key, out)
         return out
+
+    def outcomes_together(self, examples, plans, *, batch: bool = True) -> list[Outcome]:
+        """:meth:`outcome` of ``N`` (example, plan) pairs, the same outcomes as calling it pair by pair.
+
+        With ``batch`` (and a decoder-only generator and a teacher-forced signal: ``"agreement"``,
+        ``"likelihood"``), the pairs that are not in the outcome cache and skip something are scored together by
+        :func:`skipenv.generators.batched.score_plans` (padded forward passes over several rows, each row from its
+        input's stored prefix state) before their outcomes are built; otherwise (generating signals,
+        encoder-decoder models, ``batch=False``) pair by pair. The FLOPs charged are the same either way; with
+        ``record_time`` a batched outcome's ``time_s`` leaves out its share of the batched forward pass.
+
+        Raises:
+            ValueError: ``examples`` and ``plans`` of different lengths. PlanError: as :meth:`outcome`.
+        """
+        examples, plans = list(examples), list(plans)
+        if len(examples) != len(plans):
+            raise ValueError(f"got {len(examples)} examples but {len(plans)} plans")
+        self._prescored = {}
+        if batch and len(examples) > 1 and not self.generator.num_encoder_layers \
+                and hasattr(self.generator, "prefix_store"):
+            self._prescore(examples, plans)
+        try:
+            return [self.outcome(ex, plan) for ex, plan in zip(examples, plans)]
+        finally:
+            self._prescored.clear()
+
+    def _prescore(self, examples, plans) -> None:
+        """Fill :attr:`_prescored` with the teacher-forced scores that :meth:`outcome` will ask for."""
+        from ..generators.batched import score_plans
+
+        rows, seen = [], set()
+        for ex, plan in zip(examples, plans):
+            if not isinstance(plan, SkipPlan) or plan.spec != self.spec:
+                continue  # outcome() raises its error in order
+            if plan.is_empty or (ex.id, plan) in seen or self.outcomes.get((ex.id, plan)) is not None:
+                continue
+            target = self.signal.scored_target(self, ex, self.full_output(ex))
+            if target is None:
+                return  # a generating signal: nothing to batch
+            seen.add((ex.id, plan))
+            rows.append((ex, tuple(int(t) for t in target), plan))
+        if len(rows) < 2:
+            return
+        try:
+            scores = score_plans(self.generator, [self.prompt(ex) for ex, _, _ in rows], [t for _, t, _ in rows],
+                                 [plan for _, _, plan in rows], reuse=self.reuse)
+        except ValueError:
+            return  # a row that cannot run (e.g. its plan removes every token): pair by pair raises it in order
+        for (ex, target, plan), score in zip(rows, scores):
+            self._prescored[(ex.id, target, plan)] = score
 
     def evaluate(self, example, plan: SkipPlan, reward: Reward | None = None) -> dict[str, Any]:
         """The step ``info`` of ``plan`` on ``example`` with ``reward`` applied (default: the lexicographic reward

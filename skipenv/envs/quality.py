@@ -84,6 +84,12 @@ class QualitySignal:
         """
         raise NotImplementedError
 
+    def scored_target(self, evaluator, example, full) -> list[int] | None:
+        """The target ids that :meth:`measure` scores (teacher-forced, ``evaluator.score``) for a plan that skips
+        something, so that several plans can be scored in one batch beforehand; ``None`` (the default) = it does
+        not score exactly one target (e.g. it generates)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -102,6 +108,9 @@ class Agreement(QualitySignal):
             return Measurement(1.0, 1.0)
         argmax = evaluator.score(example, full.tokens, plan).argmax.tolist()
         return Measurement(float(metrics.agreement(argmax, list(full.tokens))), 1.0)
+
+    def scored_target(self, evaluator, example, full) -> list[int]:
+        return list(full.tokens)
 
 
 class _GeneratedOutputSignal(QualitySignal):
@@ -159,6 +168,9 @@ class Likelihood(QualitySignal):
             return Measurement(1.0, 1.0)
         lp = evaluator.target_logprob(example, plan)
         return Measurement(float(min(1.0, np.exp(lp - full.target_logprob))), 1.0)
+
+    def scored_target(self, evaluator, example, full) -> list[int]:
+        return evaluator.target_ids(example)
 
 
 #: Default tolerance of :class:`Probability` (mean-probability units, a fraction). A placeholder until measured:

@@ -5,8 +5,12 @@
 :class:`~skipenv.envs.evaluator.Evaluator` (full outputs, observations, outcome cache, the generator's prefix store)
 and one reward. ``step`` evaluates the ``N`` plans together through the shared evaluator: a (document, plan) pair that
 occurs in several rows is run once, and each row of a decoder-only generator starts from the full model's stored
-computation on its document (:mod:`skipenv.generators.reuse`) — on a CPU that is cheaper than one padded forward pass
-over the ``N`` rows, which could not reuse per-document prefixes. Episodes are one step, so the env resets a
+computation on its document (:mod:`skipenv.generators.reuse`). By default the rows run one after another; with
+``batch_plans=True`` the rows of a teacher-forced quality (``"agreement"``, ``"likelihood"``) are scored in padded
+forward passes over several rows, each row still starting from its own document's stored keys / values and residual
+stream and skipping its own sublayers (:mod:`skipenv.generators.batched`). Both give the same outcomes; on a CPU the
+batched step was not faster (README "Speed": a forward pass's fixed cost is ~30 tokens' work, less than the padding
+between documents of different lengths costs), so it is off by default. Episodes are one step, so the env resets a
 finished row in the same ``step`` (Gymnasium's ``AutoresetMode.SAME_STEP``: the returned observation is the next
 episode's, the finished one's is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``).
 
@@ -37,23 +41,28 @@ class SwitchDecVectorEnv(VectorEnv):
         num_envs: rows (integer ``>= 1``).
         task, **kwargs: as :class:`~skipenv.envs.switchdec.SwitchDecEnv` (``evaluator=`` / ``generator=`` /
             ``reward=`` objects may be given; a ``reuse`` flag sets the evaluator's prefix reuse).
+        batch_plans: score the rows' plans in padded batches (see above; default ``False``: row by row).
 
     Attributes:
         envs: the ``N`` single envs (row ``i`` is reset with seed ``seed + i``).
         last_infos: the per-row ``info`` dicts of the last ``step`` (finished episodes), as the single envs return them.
 
     Raises:
-        ValueError: ``num_envs < 1`` or a bad env kwarg (as :class:`SwitchDecEnv`).
+        ValueError: ``num_envs < 1``, a ``batch_plans`` that is not a bool, or a bad env kwarg (as
+            :class:`SwitchDecEnv`).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, task: Any = "xsum", **kwargs):
+    def __init__(self, num_envs: int = 1, task: Any = "xsum", *, batch_plans: bool = False, **kwargs):
         from .registration import sharing
         from .switchdec import SwitchDecEnv
 
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if not isinstance(batch_plans, (bool, np.bool_)):
+            raise ValueError(f"batch_plans must be True or False, got {batch_plans!r}")
+        self.batch_plans = bool(batch_plans)
         kwargs.pop("max_episode_steps", None)
         formulation = kwargs.pop("formulation", "per_input")
         if formulation != "per_input" or kwargs.pop("formulation_kwargs", None):
@@ -143,8 +152,9 @@ class SwitchDecVectorEnv(VectorEnv):
 
     def evaluate_together(self, examples, plans):
         """Outcomes of ``N`` (example, plan) pairs through the shared evaluator; a pair that occurs in several rows
-        is run once (the outcome cache)."""
-        return [self.evaluator.outcome(ex, plan) for ex, plan in zip(examples, plans)]
+        is run once (the outcome cache); batched with :attr:`batch_plans`
+        (:meth:`~skipenv.envs.evaluator.Evaluator.outcomes_together`)."""
+        return self.evaluator.outcomes_together(examples, plans, batch=self.batch_plans)
 
     @staticmethod
     def _merge(infos: list[dict]) -> dict:

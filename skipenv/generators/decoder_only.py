@@ -95,7 +95,7 @@ class DecoderOnlyGenerator(SkippableGenerator):
                     return
                 with torch.inference_mode():
                     state = compute_state(self, full_ids)
-                store.put(state, key)
+                state = store.put(state, key)
             previous = getattr(_ACTIVE, "value", None)
             _ACTIVE.value = (self, state)
             try:
