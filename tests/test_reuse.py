@@ -213,7 +213,7 @@ def test_off_switches(monkeypatch):
     monkeypatch.delenv("SKIPENV_REUSE")
     assert not _evaluator(g, reuse=False).reuse and g.prefix_store is None
     assert _evaluator(g).reuse and isinstance(g.prefix_store, PrefixStore)  # attached by the evaluator
-    assert g.prefix_store.max_bytes == 1 << 30 and g.prefix_store.admit_after == 2
+    assert g.prefix_store.max_bytes == 2 << 30 and g.prefix_store.admit_after == 2
     inp = PromptInput(tuple(range(3, 20)), (0, 17), "doc")
     g.score([inp], [[4, 5]], None, reuse=False)
     g.generate([inp], None, max_new_tokens=2, reuse=False)

@@ -206,7 +206,7 @@ class Evaluator:
             residual stream of the prefix shared with the full input, see :mod:`skipenv.generators.reuse`;
             encoder-decoder: the encoder output): same outcomes, several times faster for plans that remove late
             tokens or skip late sublayers; FLOPs are still charged as if the plan ran from scratch. Attaches a
-            :class:`~skipenv.generators.reuse.PrefixStore` (1 GiB cap) to the generator if it has none. ``False``
+            :class:`~skipenv.generators.reuse.PrefixStore` (2 GiB cap) to the generator if it has none. ``False``
             runs every plan from scratch; ``SKIPENV_REUSE=0`` turns the default off process-wide.
         observation: the agent's observation kind (:mod:`skipenv.observations`: ``"pooled"`` (default),
             ``"segments"``, ``"layer:m"``, ``"attention:m"``). Its FLOPs (:func:`skipenv.observations.

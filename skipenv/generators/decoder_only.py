@@ -61,7 +61,7 @@ class DecoderOnlyGenerator(SkippableGenerator):
         prefix_store: the :class:`~skipenv.generators.reuse.PrefixStore` of the full model's computation per input
             that single-input :meth:`generate` / :meth:`score` calls start from. ``None`` (the default of a bare
             generator: every call runs from scratch, so its executed FLOPs are the plan's) = no reuse; an
-            :class:`~skipenv.envs.Evaluator` attaches a 1 GiB store unless ``reuse=False`` or ``SKIPENV_REUSE=0``.
+            :class:`~skipenv.envs.Evaluator` attaches a 2 GiB store unless ``reuse=False`` or ``SKIPENV_REUSE=0``.
     """
 
     def __init__(self, model, tokenizer):

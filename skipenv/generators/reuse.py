@@ -15,8 +15,8 @@ scored target for teacher-forced scoring, so that a plan skipping only sublayers
 stored layers ``< j`` of *every* position), the full model's keys / values of every layer and
 the residual stream entering every layer ``>= 1`` (float tensors in the model's dtype: for the embedded
 SmolLM2-135M at float32, 30 layers × (2 × 192 + 576) floats × 4 bytes = 115 200 bytes per token, about 46 MB for a
-400-token input). A :class:`PrefixStore` keeps them in a byte-capped LRU (default :data:`DEFAULT_MAX_BYTES`, 1 GiB:
-about 23 such inputs); the state of an input is computed lazily, by one single-row forward pass of the full model
+400-token input). A :class:`PrefixStore` keeps them in a byte-capped LRU (default :data:`DEFAULT_MAX_BYTES`, 2 GiB:
+about 46 such inputs, enough for the 32 training documents of ``skipenv train``); the state of an input is computed lazily, by one single-row forward pass of the full model
 over the input (and the scored target), the second time a call on that input needs it (see
 :class:`PrefixStore`).
 
@@ -55,8 +55,9 @@ from .adapter import SkipAwareCache, replaced_forwards
 
 __all__ = ["DEFAULT_MAX_BYTES", "PrefixState", "PrefixStore", "reuse_enabled_by_default", "plan_reuse_point"]
 
-#: Default byte cap of a :class:`PrefixStore` (1 GiB).
-DEFAULT_MAX_BYTES = 1 << 30
+#: Default byte cap of a :class:`PrefixStore` (2 GiB): the 32 training documents of ``skipenv train`` need about
+#: 1.3 GiB of float32 SmolLM2 states; at 1 GiB the LRU evicted states before PPO came back to them (README "Speed").
+DEFAULT_MAX_BYTES = 2 << 30
 
 
 def reuse_enabled_by_default() -> bool:
