@@ -12,7 +12,7 @@ timed with three stores: float32 (the default, exact), float16 and bfloat16 (hal
 argmax and agreement are compared with the from-scratch path of the same plans. The unit is one bare forward pass of
 the full model over prompt + full output (what a warm step cost before reuse). Then the vector env (N = 8, one step =
 8 episodes, mix (a)) row by row and batched (``batch_plans=True``) against 8 single envs stepped one after another,
-and the store's bytes per document and peak while ``--fill`` documents pass through it at the default 1 GiB cap.
+and the store's bytes per document and peak while ``--fill`` documents pass through it at the default cap (2 GiB).
 
     python benchmarks/bench_env.py --caches --episodes 6
 
