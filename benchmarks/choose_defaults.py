@@ -20,6 +20,9 @@ Observation kinds that cost more than the env's first layer are charged: their e
 plan's cost (as the env does with ``observation=``). Results: ``screen.csv``, ``variance.csv``, ``screen.md``.
 
     python benchmarks/choose_defaults.py --train-docs 40 --test-docs 20 --out runs/choose_defaults
+
+The per-document results are cached in ``--out`` (``train.pkl`` / ``test.pkl``), so a larger run resumes where a
+smaller one stopped (the cached documents must have the requested ``--kinds``).
 """
 
 from __future__ import annotations
@@ -118,6 +121,9 @@ def main() -> None:
     ap.add_argument("--test-docs", type=int, default=20)
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--out", default="runs/choose_defaults")
+    ap.add_argument("--report", nargs="*", default=[], metavar="SIGNAL:KIND:TAU",
+                    help="also write the probe's full report (report_<...>.md) and Pareto plot for these "
+                         "configurations, e.g. probability:layer:4:0.02")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +157,17 @@ def main() -> None:
     md = markdown_table(screen, ".2f") + "\n\n" + markdown_table(var, ".2f") + "\n"
     (out / "screen.md").write_text(md)
     print(md)
+    from skipenv.probe import plot_probe
+
+    for spec in args.report:
+        signal, rest = spec.split(":", 1)
+        kind, tau = rest.rsplit(":", 1)
+        t, F = table(data, signal, kind, names)
+        rep = analyse(t, float(tau), passthrough=passthrough_columns(kind, K), features=F)
+        tag = spec.replace(":", "_")
+        (out / f"report_{tag}.md").write_text(rep.to_markdown())
+        plot_probe(rep, out / f"pareto_{tag}.png", title=f"{signal}, observation {kind}, tau {tau}")
+        print(f"### {spec}\n" + rep.to_markdown())
 
 
 if __name__ == "__main__":
