@@ -72,7 +72,7 @@ def _check_probability(generator, task, example, token_segments=8):
 def test_probability_against_hf_softmax_tiny_llama(tiny_llama, xsum_task):
     ex = next(iter(xsum_task.examples("train")))
     ev = _check_probability(tiny_llama, xsum_task, ex)
-    assert ev.default_tau == skipenv.envs.quality.PROBABILITY_DEFAULT_TAU == 0.05
+    assert ev.default_tau == skipenv.envs.quality.PROBABILITY_DEFAULT_TAU == 0.01
     # a sublayer skip changes the probability the plan gives the full output (it is not the argmax agreement)
     spec = ev.spec
     o = ev.outcome(ex, SkipPlan.from_skips(spec, attention=[1], ffn=[2]))
