@@ -115,6 +115,9 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kw = {k: v for k, v in args.env_kwargs.items() if k not in ("split", "num_examples")}
+    if {"formulation", "formulation_kwargs"} & set(kw):
+        raise SystemExit("--env-kwargs must not hold formulation / formulation_kwargs: the script applies the "
+                         "formulation itself; use --formulation")
     train = gym.make(args.env, split="train", num_examples=args.train_examples, **kw).unwrapped
     test = gym.make(args.env, split="test", num_examples=args.test_examples, **kw).unwrapped
     train.prefetch()
