@@ -113,6 +113,38 @@ def test_save_load_round_trip(tmp_path):
         GroupPG.load(tmp_path / "grpo" / "policy.pt", BudgetConditioned(env))
 
 
+
+def test_bad_config_and_damaged_files_raise_clear_errors(tmp_path):
+    # before: init_skip_prob 1.5 gave a NaN output bias (a NaN policy), 0 an infinite one, a float group_size was
+    # truncated, scale_by_std="no" meant GRPO; a corrupt .pt / .json or ConstrainedPG weights of another env raised
+    # unpickling / JSON / state-dict tracebacks
+    from skipenv.algorithms import ConstrainedPG
+
+    for bad, match in ((dict(init_skip_prob=1.5), "init_skip_prob"), (dict(init_skip_prob=0.0), "init_skip_prob"),
+                       (dict(group_size=2.5), "group_size"), (dict(group_size=1), "group_size"),
+                       (dict(hidden=0), "hidden"), (dict(lr=float("nan")), "lr"), (dict(lr=-1.0), "lr"),
+                       (dict(entropy_coef=float("nan")), "entropy_coef"), (dict(scale_by_std="no"), "scale_by_std")):
+        with pytest.raises(ValueError, match=match):
+            GroupPGConfig(**bad)
+    env = OneGoodBit()
+    GroupPG(env, GroupPGConfig(group_size=2), seed=0).save(tmp_path / "policy.pt")
+    good_pt, good_json = (tmp_path / "policy.pt").read_bytes(), (tmp_path / "policy.json").read_text()
+    for name, pt, meta, match in (("garbage", b"not a torch file", good_json, "cannot load the agent"),
+                                  ("truncated", good_pt[: len(good_pt) // 2], good_json, "cannot load the agent"),
+                                  ("badjson", good_pt, "{not json", "not valid JSON"),
+                                  ("list", good_pt, "[1, 2]", "must hold a JSON object")):
+        (tmp_path / f"{name}.pt").write_bytes(pt)
+        (tmp_path / f"{name}.json").write_text(meta)
+        with pytest.raises(ValueError, match=match):
+            load_agent(tmp_path / f"{name}.pt", env)
+    toy = type("WithTau", (OneGoodBit,), {"tau": 0.1})
+    ConstrainedPG(toy()).save(tmp_path / "cpg.pt")
+    wider = type("Wider", (toy,), {"action_space": spaces.MultiBinary(7)})
+    with pytest.raises(ValueError, match="cannot load the agent.*size mismatch"):
+        load_agent(tmp_path / "cpg.pt", wider())
+    assert load_agent(tmp_path / "policy.pt", env).name == "rloo"  # the intact files still load
+
+
 def _synthetic(n_obs=24, dim=8, bits=6, seed=0):
     x = np.random.default_rng(seed).normal(size=(n_obs, dim)).astype(np.float32)
     return x, (x[:, :bits] > 0.3).astype(np.int8)  # each bit a function of one feature
