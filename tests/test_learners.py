@@ -163,6 +163,26 @@ def test_behaviour_cloning_reproduces_targets():
         behaviour_cloning(policy, x, a[:3])
 
 
+def test_behaviour_cloning_refuses_nan_inputs_and_bad_counts():
+    # a NaN / infinite weight or observation used to pass the checks and turn every weight of the policy into NaN
+    x, a = _synthetic()
+    policy = BernoulliPolicy(8, 6)
+    before = [p.detach().clone() for p in policy.parameters()]
+    w = np.ones(len(x))
+    for bad_w in (np.where(np.arange(len(x)) == 0, np.nan, w), np.where(np.arange(len(x)) == 0, np.inf, w)):
+        with pytest.raises(ValueError, match="finite non-negative"):
+            behaviour_cloning(policy, x, a, weights=bad_w)
+    x_nan = x.copy()
+    x_nan[2, 3] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        behaviour_cloning(policy, x_nan, a)
+    for kw, match in ((dict(epochs=-1), "epochs"), (dict(epochs=2.5), "epochs"), (dict(batch_size=0), "batch_size")):
+        with pytest.raises(ValueError, match=match):
+            behaviour_cloning(policy, x, a, **kw)
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), before))  # untouched
+    assert all(np.isfinite(behaviour_cloning(policy, x, a, epochs=3, batch_size=5)))
+
+
 def test_behaviour_cloning_into_sb3_ppo():
     from skipenv.sb3 import make_sb3
 
@@ -209,6 +229,9 @@ def test_warm_start_from_the_oracle_on_a_tiny_model(tiny_probe, tmp_path):
     make_env, table = tiny_probe
     env = make_env("train", 6)
     t = warm_start_targets(table, 0.1, env=env, source="oracle")
+    for bad in (float("nan"), -0.1, [0.1, float("nan")], []):  # NaN met no constraint: skip-nothing targets
+        with pytest.raises(ValueError, match="tau"):
+            warm_start_targets(table, bad, env=env, source="oracle", append_tau=True)
     m = table.matrices("train")
     chosen = probe.per_input_oracle(m["quality"], m["quality_full"], m["cost"], 0.1)
     assert t.plans == [table.plans[j] for j in chosen] and (t.weights == 1).all()
