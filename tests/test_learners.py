@@ -260,6 +260,12 @@ def test_warm_start_from_the_oracle_on_a_tiny_model(tiny_probe, tmp_path):
         warm_start_targets(table, [0.0, 0.2], env=env)
     with pytest.raises(ValueError, match="features"):
         warm_start_targets(table, 0.1, env=BudgetConditioned(env))
+    # warm_start given to a learner that does not clone was silently ignored
+    from skipenv.learners import train_learner
+
+    for name in ("rloo", "grpo", "ppo", "pg-lagrangian"):
+        with pytest.raises(ValueError, match="warm_start would be ignored"):
+            train_learner(name, env, total_timesteps=8, warm_start=t)
 
 
 @pytest.mark.assets
