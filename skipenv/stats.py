@@ -177,8 +177,9 @@ def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence
         the CI lies above / below 0.5, else ``""``.
 
     Raises:
-        ValueError: a name in ``pairs`` without scores, bad score matrices, ``reps < 1`` or ``confidence``
-            outside (0, 1).
+        ValueError: an entry of ``pairs`` that is not an ``(X, Y)`` pair (e.g. a bare ``("a", "b")`` instead of
+            ``[("a", "b")]``), a name without scores, bad score matrices, ``reps < 1`` or ``confidence`` outside
+            (0, 1).
     """
     import math
 
@@ -187,6 +188,11 @@ def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence
     library, metrics = _rliable()
     _check_bootstrap(reps, confidence)
     scores = _check(scores)
+    pairs = list(pairs) if not isinstance(pairs, str) else [pairs]
+    for pair in pairs:
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"pairs must be a list of (X, Y) policy-name pairs such as [('ppo', 'random')], got "
+                             f"the entry {pair!r}")
     rows = []
     for x, y in pairs:
         missing = [n for n in (x, y) if n not in scores]

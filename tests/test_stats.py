@@ -143,6 +143,9 @@ def test_bad_inputs_raise_clear_errors():
             stats.interval_estimates({"x": X}, **kw)
         with pytest.raises(ValueError, match=match):
             stats.probability_of_improvement({"x": X, "y": Y}, [("x", "y")], **kw)
+    for pairs in (("x", "y"), [("x",)], [("x", "y", "z")], "xy"):  # a bare pair was an unpacking error
+        with pytest.raises(ValueError, match="list of \\(X, Y\\) policy-name pairs"):
+            stats.probability_of_improvement({"x": X, "y": Y[:, :3]}, pairs)
     with pytest.raises(ValueError, match="thresholds"):
         stats.performance_profile_figure({"x": X}, thresholds=[])
     episodes = pd.DataFrame({"policy": ["p"] * 4, "seed": [0, 0, 1, 1], "example_id": ["a", "b", "a", "b"],
