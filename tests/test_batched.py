@@ -173,7 +173,7 @@ def test_evaluator_batched_outcomes_equal_one_by_one(gen, monkeypatch):
     gen.prefix_store = None
     rng = np.random.default_rng(1)
     examples = [_Ex(i, tuple(int(x) for x in rng.integers(2, 63, int(rng.integers(12, 30))))) for i in range(3)]
-    for quality in ("agreement", "likelihood"):
+    for quality in ("agreement", "likelihood", "probability"):
         batched = Evaluator(gen, _Task(), quality=quality, token_segments=SEGMENTS, disk_cache=False, lru_size=0)
         single = Evaluator(gen, _Task(), quality=quality, token_segments=SEGMENTS, disk_cache=False, reuse=False)
         pairs = [(examples[k % 3], _plan(gen, 0.15, k)) for k in range(7)]
@@ -182,8 +182,9 @@ def test_evaluator_batched_outcomes_equal_one_by_one(gen, monkeypatch):
             for o, (ex, plan) in zip(got, pairs):
                 w = single.outcome(ex, plan)
                 assert (o.flops, o.cost, o.flops_full) == (w.flops, w.cost, w.flops_full)
-                assert o.quality == pytest.approx(w.quality, abs=1e-4 if quality == "likelihood" else 0)
-    assert len(rows_per_call) == 4 and min(rows_per_call) >= 5  # 2 qualities x 2 rounds, the non-empty plans
+                assert o.quality == pytest.approx(w.quality, abs=0 if quality == "agreement" else 1e-4)
+    # 3 qualities x 2 rounds (probability ran row by row before it named its scored target), the non-empty plans
+    assert len(rows_per_call) == 6 and min(rows_per_call) >= 5
 
 
 @pytest.mark.assets

@@ -481,7 +481,7 @@ class Evaluator:
     def outcomes_together(self, examples, plans, *, batch: bool = True) -> list[Outcome]:
         """:meth:`outcome` of ``N`` (example, plan) pairs, the same outcomes as calling it pair by pair.
 
-        With ``batch`` (and a decoder-only generator and a teacher-forced signal: ``"agreement"``,
+        With ``batch`` (and a decoder-only generator and a teacher-forced signal: ``"agreement"``, ``"probability"``,
         ``"likelihood"``), the pairs that are not in the outcome cache and skip something are scored together by
         :func:`skipenv.generators.batched.score_plans` (padded forward passes over several rows, each row from its
         input's stored prefix state) before their outcomes are built; otherwise (generating signals,

@@ -6,9 +6,9 @@
 and one reward. ``step`` evaluates the ``N`` plans together through the shared evaluator: a (document, plan) pair that
 occurs in several rows is run once, and each row of a decoder-only generator starts from the full model's stored
 computation on its document (:mod:`skipenv.generators.reuse`). By default the rows run one after another; with
-``batch_plans=True`` the rows of a teacher-forced quality (``"agreement"``, ``"likelihood"``) are scored in padded
-forward passes over several rows, each row still starting from its own document's stored keys / values and residual
-stream and skipping its own sublayers (:mod:`skipenv.generators.batched`). Both give the same outcomes; on a CPU the
+``batch_plans=True`` the rows of a teacher-forced quality (``"agreement"``, ``"probability"``, ``"likelihood"``) are
+scored in padded forward passes over several rows, each row still starting from its own document's stored keys /
+values and residual stream and skipping its own sublayers (:mod:`skipenv.generators.batched`). Both give the same outcomes; on a CPU the
 batched step was not faster (README "Speed": a forward pass's fixed cost is ~30 tokens' work, less than the padding
 between documents of different lengths costs), so it is off by default. Episodes are one step, so the env resets a
 finished row in the same ``step`` (Gymnasium's ``AutoresetMode.SAME_STEP``: the returned observation is the next
