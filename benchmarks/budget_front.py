@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -277,7 +278,8 @@ def parse_args(argv=None):
     p.add_argument("--lead", type=int, nargs="*", default=None, help="static lead:N plans (default 7 6 5 4)")
     p.add_argument("--drop-segment", type=int, nargs="*", default=None, help="static single-segment drops (3 5)")
     p.add_argument("--attention", type=int, nargs="*", default=None, help="static one-attention skips (default 6)")
-    p.add_argument("--every-other", nargs="*", default=None, help="static every-other plans (default attention)")
+    p.add_argument("--every-other", nargs="*", default=None, choices=("attention", "ffn"),
+                   help="static every-other plans (default attention)")
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="further gym.make kwargs as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/budget_front, tiny runs/budget_front_tiny)")
@@ -292,9 +294,16 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.out = args.out or ("runs/budget_front_tiny" if args.tiny else "runs/budget_front")
+    if not isinstance(args.env_kwargs, dict):
+        p.error(f"--env-kwargs must be a JSON object such as '{{\"quality\": \"probability\"}}', got "
+                f"{args.env_kwargs!r}")
     lo, hi = args.tau_range
-    if not 0 <= lo <= hi:
-        p.error(f"--tau-range needs 0 <= LOW <= HIGH, got {lo} {hi}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+        p.error(f"--tau-range needs finite 0 <= LOW <= HIGH, got {lo} {hi}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        p.error(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if args.bc_steps < 1:
+        p.error(f"--bc-steps must be >= 1, got {args.bc_steps}")
     outside = [t for t in args.taus if not lo <= t <= hi]
     if outside:
         p.error(f"--taus {outside} lie outside --tau-range {lo} {hi}: the policy never saw them; widen the range")
@@ -305,6 +314,10 @@ def parse_args(argv=None):
     reserved = sorted({"split", "num_examples"} & set(args.env_kwargs))
     if reserved:
         p.error(f"--env-kwargs {reserved} are set by the script: use --train-docs / --test-docs")
+    wrapped = sorted({"formulation", "formulation_kwargs"} & set(args.env_kwargs))
+    if wrapped:  # the script wraps the bare env in BudgetConditioned itself (a formulation was silently dropped)
+        p.error(f"--env-kwargs {wrapped}: the script trains the budget formulation itself (--tau-range); leave "
+                f"them out")
     return args
 
 
@@ -339,11 +352,16 @@ def main(argv=None) -> int:
             return gym.make("SwitchDec-XSum-v0", split=split, num_examples=n, **env_kwargs).unwrapped
         env_name = "SwitchDec-XSum-v0"
     envs = {"train": build("train", args.train_docs), "test": build("test", args.test_docs)}
+    spec = envs["train"].plan_spec
+    try:  # a plan outside the model fails here, before the full-model outputs are computed
+        menu = static_menu(spec, lead=args.lead, drop_segment=args.drop_segment, attention=args.attention,
+                           every_other=args.every_other)
+    except ValueError as e:
+        for env in envs.values():
+            env.close()
+        raise SystemExit(f"budget_front.py: error: {e}") from None
     for e in envs.values():
         e.prefetch(progress=progress)
-    spec = envs["train"].plan_spec
-    menu = static_menu(spec, lead=args.lead, drop_segment=args.drop_segment, attention=args.attention,
-                       every_other=args.every_other)
     config = {"env": env_name, "env_kwargs": env_kwargs, "tiny": args.tiny, **{k: v for k, v in vars(args).items()
                                                                                  if k not in ("env_kwargs",)}}
     (out / "config.json").write_text(json.dumps(config, indent=1, default=str))

@@ -40,23 +40,95 @@ from tqdm import tqdm
 import skipenv
 from skipenv import metrics
 from skipenv.envs.quality import mean_probability
-from skipenv.observations import extra_observation_flops, observation_features, passthrough_columns
+from skipenv.observations import (check_observation_kind, extra_observation_flops, observation_features,
+                                  passthrough_columns)
 from skipenv.probe import ProbeTable, analyse, default_menu, markdown_table
 
 KINDS = ("pooled", "segments", "layer:4", "layer:15", "attention:2", "attention:4", "attention:8")
 TAUS = {"agreement": (0.05, 0.1, 0.15), "probability": (0.01, 0.02, 0.04)}
 
 
+def parse_report(spec: str, kinds) -> tuple[str, str, float]:
+    """``(signal, kind, tau)`` of a ``--report`` entry ``SIGNAL:KIND:TAU`` (e.g. ``probability:layer:4:0.02``).
+
+    Raises:
+        ValueError: a malformed entry, a signal other than those screened (:data:`TAUS`), a kind not in ``kinds``
+            (its features are not collected) or a tau that is not a finite number >= 0.
+    """
+    signal, _, rest = spec.partition(":")
+    kind, _, tau = rest.rpartition(":")
+    if signal not in TAUS:
+        raise ValueError(f"--report {spec!r}: the signal must be one of {sorted(TAUS)} (form SIGNAL:KIND:TAU, e.g. "
+                         f"probability:layer:4:0.02)")
+    try:
+        kind = check_kinds([kind])[0]
+    except ValueError as e:
+        raise ValueError(f"--report {spec!r}: {e} (form SIGNAL:KIND:TAU)") from None
+    if kind not in kinds:
+        raise ValueError(f"--report {spec!r}: observation kind {kind!r} is not among --kinds {list(kinds)}")
+    try:
+        value = float(tau)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"--report {spec!r}: tau {tau!r} must be a finite number >= 0 (form SIGNAL:KIND:TAU)")
+    return signal, kind, value
+
+
+def check_kinds(kinds) -> list[str]:
+    """The ``--kinds`` in canonical spelling, checked before any model loads (``layer:04`` → ``layer:4``).
+
+    Raises:
+        ValueError: an unknown kind (:func:`skipenv.observations.parse_observation_kind`) or one given twice.
+    """
+    from skipenv.observations import parse_observation_kind
+
+    out = []
+    for kind in kinds:
+        name, m = parse_observation_kind(kind)
+        out.append(name if name in ("pooled", "segments") else f"{name}:{m}")
+    dupes = sorted({k for k in out if out.count(k) > 1})
+    if dupes:
+        raise ValueError(f"--kinds lists {dupes} more than once")
+    return out
+
+
+def check_cached(rows: list[dict], example_ids: list[str], cache: Path) -> None:
+    """Refuse a cache written for other documents (e.g. another dataset order or ``--split``): its rows would be
+    paired with the wrong example ids.
+
+    Raises:
+        ValueError: a cached row whose example id differs from the document at its position.
+    """
+    for i, (row, ex_id) in enumerate(zip(rows, example_ids)):
+        if row["example_id"] != ex_id:
+            raise ValueError(f"{cache} row {i} is example {row['example_id']!r} but document {i} is now {ex_id!r}: "
+                             f"the cache was written for other documents; delete it or pick another --out")
+
+
 def collect(split: str, n: int, kinds, cache: Path) -> list[dict]:
-    """Per document: the menu's agreement / probability / cost and every kind's features (cached in ``cache``)."""
+    """Per document: the menu's agreement / probability / cost and every kind's features (cached in ``cache``;
+    kinds missing from cached documents are computed and added)."""
     rows = pickle.loads(cache.read_bytes()) if cache.exists() else []
     env = skipenv.make("SwitchDec-XSum-v0", split=split, num_examples=n)
     base = env.unwrapped
     g, k = base.generator, base.plan_spec.token_segments
+    for kind in kinds:  # m above the model's layers fails here, before any document is run
+        check_observation_kind(kind, g)
+    check_cached(rows, [str(ex.id) for ex in base.examples[:n]], cache)
     menu = default_menu(base.plan_spec)
     base.prefetch(base.examples[:n])
     for i, ex in enumerate(tqdm(base.examples[:n], desc=f"screen {split}")):
         if i < len(rows):
+            missing = [kind for kind in kinds if kind not in rows[i]["features"]]
+            if missing:  # a cache written with other --kinds
+                prompt, full = base.prompt(ex), base.full_output(ex)
+                flops_full = g.flops(None, prompt, full.num_generated).total
+                for kind in missing:
+                    rows[i]["features"][kind] = observation_features(g, prompt, kind, token_segments=k,
+                                                                     max_input_tokens=base.task.max_input_tokens)
+                    rows[i]["extra_cost"][kind] = extra_observation_flops(g, prompt, kind) / flops_full
+                cache.write_bytes(pickle.dumps(rows))
             continue
         prompt, full = base.prompt(ex), base.full_output(ex)
         flops_full = g.flops(None, prompt, full.num_generated).total
@@ -115,16 +187,32 @@ def ci(df, contextual, static_prefix, metric, scale):
     return f"{r['diff'] * scale:+.1f} [{r.ci_low * scale:+.1f}, {r.ci_high * scale:+.1f}]"
 
 
-def main() -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return v
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train-docs", type=int, default=40)
-    ap.add_argument("--test-docs", type=int, default=20)
+    ap.add_argument("--train-docs", type=positive_int, default=40)
+    ap.add_argument("--test-docs", type=positive_int, default=20)
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--out", default="runs/choose_defaults")
     ap.add_argument("--report", nargs="*", default=[], metavar="SIGNAL:KIND:TAU",
                     help="also write the probe's full report (report_<...>.md) and Pareto plot for these "
                          "configurations, e.g. probability:layer:4:0.02")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:  # checked before the model loads and the screen runs (it can take hours)
+        args.kinds = check_kinds(args.kinds)
+        reports = [(spec, *parse_report(spec, args.kinds)) for spec in args.report]
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = {split: collect(split, n, args.kinds, out / f"{split}.pkl")[:n]
@@ -159,11 +247,9 @@ def main() -> None:
     print(md)
     from skipenv.probe import plot_probe
 
-    for spec in args.report:
-        signal, rest = spec.split(":", 1)
-        kind, tau = rest.rsplit(":", 1)
+    for spec, signal, kind, tau in reports:
         t, F = table(data, signal, kind, names)
-        rep = analyse(t, float(tau), passthrough=passthrough_columns(kind, K), features=F)
+        rep = analyse(t, tau, passthrough=passthrough_columns(kind, K), features=F)
         tag = spec.replace(":", "_")
         (out / f"report_{tag}.md").write_text(rep.to_markdown())
         plot_probe(rep, out / f"pareto_{tag}.png", title=f"{signal}, observation {kind}, tau {tau}")

@@ -191,7 +191,7 @@ def main(argv=None) -> None:
                 policy = B.LayerwiseRollout(dqn, lw_test, test, name="dqn-layerwise")
             else:
                 policy, curve = train_learner(algo, formulated(train), total_timesteps=args.timesteps, seed=seed,
-                                              out_dir=d, warm_start=warm)
+                                              out_dir=d, warm_start=warm if algo in WARM_STARTED else None)
             times.setdefault(algo, []).append(time.perf_counter() - t0)
             curves[f"{algo} s{seed}"] = curve
             run(policy, algo, seed)

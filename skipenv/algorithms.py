@@ -264,6 +264,12 @@ class GroupPGConfig:
 
     ``group_size`` plans per document (G), ``groups_per_update`` documents per gradient step (so one update uses
     ``G × groups_per_update`` episodes), ``scale_by_std`` selects GRPO's scaling of the RLOO advantage.
+
+    Raises:
+        ValueError: ``group_size`` not an integer ``>= 2``, ``groups_per_update`` / ``hidden`` not integers ``>= 1``,
+            ``lr`` not a finite number ``> 0``, ``init_skip_prob`` outside (0, 1) (its logit initialises the output
+            bias: 0 or 1 gave an infinite bias, above 1 a NaN one), ``entropy_coef`` not a finite number ``>= 0``,
+            ``scale_by_std`` not a bool.
     """
 
     group_size: int = 4
@@ -273,6 +279,32 @@ class GroupPGConfig:
     init_skip_prob: float = 0.02
     entropy_coef: float = 1e-3
     scale_by_std: bool = False
+
+    def __post_init__(self):
+        def integer(v) -> bool:
+            return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+        def number(v) -> bool:
+            return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v)
+
+        problems = []
+        if not integer(self.group_size) or self.group_size < 2:
+            problems.append(f"group_size must be an integer >= 2 (the leave-one-out baseline needs another plan), "
+                            f"got {self.group_size!r}")
+        for name in ("groups_per_update", "hidden"):
+            v = getattr(self, name)
+            if not integer(v) or v < 1:
+                problems.append(f"{name} must be an integer >= 1, got {v!r}")
+        if not number(self.lr) or self.lr <= 0:
+            problems.append(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not number(self.init_skip_prob) or not 0 < self.init_skip_prob < 1:
+            problems.append(f"init_skip_prob must lie strictly between 0 and 1, got {self.init_skip_prob!r}")
+        if not number(self.entropy_coef) or self.entropy_coef < 0:
+            problems.append(f"entropy_coef must be a finite number >= 0, got {self.entropy_coef!r}")
+        if not isinstance(self.scale_by_std, (bool, np.bool_)):
+            problems.append(f"scale_by_std must be True (GRPO) or False (RLOO), got {self.scale_by_std!r}")
+        if problems:
+            raise ValueError("GroupPGConfig: " + "; ".join(problems))
 
 
 def _find_wrapper(env, cls):
@@ -509,15 +541,30 @@ def load_agent(path: str | Path, env=None, device: str = "cpu"):
 
     Raises:
         FileNotFoundError: the ``.pt`` or its ``.json`` is missing.
-        ValueError: a ConstrainedPG file without ``env``.
+        ValueError: a ConstrainedPG file without ``env``; a ``.json`` that is not the agent's config, a ``.pt`` that
+            is not a saved state dict (corrupt, truncated) or whose weights do not fit the config or ``env`` (the
+            message names the file; the library's error is chained).
     """
+    import pickle
+
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"{path} and {meta_path.name} beside it are needed (written by the agent's save())")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("algorithm") == GroupPG.algorithm:
-        return GroupPG.load(path, env, device=device)
-    if env is None:
-        raise ValueError(f"{path} is a ConstrainedPG policy: pass the env to load it")
-    return ConstrainedPG.load(path, env)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e}); it must be the config written by the agent's save()")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} must hold a JSON object (the agent's config), got {type(meta).__name__}")
+    try:
+        if meta.get("algorithm") == GroupPG.algorithm:
+            return GroupPG.load(path, env, device=device)
+        if env is None:
+            raise ValueError(f"{path} is a ConstrainedPG policy: pass the env to load it")
+        return ConstrainedPG.load(path, env)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot load the agent saved in {path} / {meta_path.name}: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]} (a corrupt or truncated file, weights of another "
+                         f"env or agent, or a config written by another version); re-save it with the agent's "
+                         f"save()") from e

@@ -84,8 +84,11 @@ class LagrangeMultiplier:
 
     def __init__(self, tau: float, *, lr: float = 0.5, update_every: int = 8, lam_init: float = 0.0,
                  lam_max: float = 100.0):
-        for name, v in (("tau", tau), ("lr", lr), ("lam_init", lam_init)):
-            check_tau(v, name)  # a finite real number >= 0 (the message names the argument)
+        check_tau(tau, "tau")
+        for name, v in (("lr", lr), ("lam_init", lam_init)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+                    or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
         if isinstance(lam_max, bool) or not isinstance(lam_max, (int, float, np.number)) or np.isnan(lam_max) \
@@ -131,7 +134,8 @@ class ExpectedConstraint(gym.Wrapper):
         **multiplier_kwargs: ``lr``, ``update_every``, ``lam_init``, ``lam_max`` of a new multiplier.
 
     Raises:
-        ValueError: a shared multiplier with another ``tau``, or invalid multiplier arguments.
+        ValueError: a shared multiplier with another ``tau``, invalid multiplier arguments, or an ``update`` that is
+            not a bool (a string such as ``"false"`` would read as True).
     """
 
     def __init__(self, env: gym.Env, tau: float = 0.1, *, multiplier: LagrangeMultiplier | None = None,
@@ -145,6 +149,8 @@ class ExpectedConstraint(gym.Wrapper):
         elif multiplier_kwargs or abs(multiplier.tau - float(tau)) > 1e-12:
             raise ValueError("pass either a shared multiplier (with the same tau) or multiplier kwargs, not both; "
                              f"multiplier.tau={multiplier.tau}, tau={tau}, kwargs={sorted(multiplier_kwargs)}")
+        if not isinstance(update, (bool, np.bool_)):
+            raise ValueError(f"update must be True (learn the multiplier) or False (freeze it), got {update!r}")
         self.multiplier, self.update = multiplier, bool(update)
         self.tau = float(tau)
 

@@ -54,7 +54,8 @@ def train_learner(name: str, env, *, total_timesteps: int, seed: int = 0, out_di
         or the agent); ``curve`` — DataFrame ``timestep, reward`` of the training episodes.
 
     Raises:
-        ValueError: an unknown name, or a ``-bc`` learner without ``warm_start``.
+        ValueError: an unknown name, a ``-bc`` learner without ``warm_start``, or ``warm_start`` given to a learner
+            that does not clone it (it was ignored; use the ``-bc`` variant).
     """
     import pandas as pd
 
@@ -66,6 +67,9 @@ def train_learner(name: str, env, *, total_timesteps: int, seed: int = 0, out_di
         raise ValueError(f"unknown learner {name!r}; choose one of {sorted(LEARNERS)}")
     if name in WARM_STARTED and warm_start is None:
         raise ValueError(f"{name} needs warm_start targets (skipenv.warm_start.warm_start_targets of a probe table)")
+    if name not in WARM_STARTED and warm_start is not None:
+        raise ValueError(f"{name} does not start from behaviour cloning, so warm_start would be ignored; use one of "
+                         f"{list(WARM_STARTED)} or leave warm_start out")
     out = Path(out_dir) if out_dir is not None else None
     if name in ("ppo", "a2c", "ppo-bc"):
         algo = name.split("-")[0]

@@ -167,6 +167,14 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
                 want = get_signal(want).name
             except ValueError:
                 pass
+        if key == "observation" and isinstance(want, str):  # "layer:04" / "layer: 4" is the env's "layer:4"
+            from .observations import parse_observation_kind
+
+            try:
+                name, m = parse_observation_kind(want)
+                want = name if name in ("pooled", "segments") else f"{name}:{m}"
+            except ValueError:
+                pass
         if key == "candidates" and isinstance(want, (list, tuple)):  # the kinds, not their order, set the numbers
             want, have = sorted(set(want)), sorted(set(have))
         same = (math.isclose(float(want), float(have), rel_tol=1e-9, abs_tol=1e-12)

@@ -52,6 +52,8 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _check(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if not isinstance(scores, Mapping) or not scores:
+        raise ValueError(f"scores must be a non-empty mapping policy -> [runs, tasks] matrix, got {scores!r}")
     out = {}
     tasks = None
     for name, s in scores.items():
@@ -72,11 +74,15 @@ def score_matrix(episodes, policy: str, score: str = "reward", *, task: Sequence
     """The ``[runs, tasks]`` matrix of one policy from a table of episodes (rows sorted by run, columns by task).
 
     Raises:
-        ValueError: no rows for ``policy``, or some run lacks a task (or has it twice).
+        ValueError: no rows for ``policy``, a missing or non-finite ``score`` value, or some run lacks a task (or
+            has it twice).
     """
     df = episodes[episodes["policy"] == policy]
     if df.empty:
         raise ValueError(f"no episodes of policy {policy!r}")
+    bad = ~np.isfinite(df[score].to_numpy(float))
+    if bad.any():
+        raise ValueError(f"policy {policy!r}: {int(bad.sum())} episodes have a NaN or infinite {score!r}")
     key = df[list(task)].astype(str).agg("|".join, axis=1)
     m = df.assign(_task=key).pivot_table(index=run, columns="_task", values=score, aggfunc="count")
     if (m != 1).any().any() or m.isna().any().any():
@@ -86,9 +92,25 @@ def score_matrix(episodes, policy: str, score: str = "reward", *, task: Sequence
 
 def iqm(scores) -> float:
     """Interquartile mean of all entries (``rliable.metrics.aggregate_iqm``: ``scipy.stats.trim_mean(x, 0.25)``
-    over the flattened scores)."""
+    over the flattened scores).
+
+    Raises:
+        ValueError: no scores, or a NaN / infinite one (the IQM would silently be NaN).
+    """
     _, metrics = _rliable()
-    return float(metrics.aggregate_iqm(np.asarray(scores, dtype=np.float64)))
+    a = np.asarray(scores, dtype=np.float64)
+    if a.size == 0 or not np.isfinite(a).all():
+        raise ValueError(f"iqm needs at least one score, all finite; got {a.size} scores"
+                         f"{'' if a.size == 0 else ', some NaN or infinite'}")
+    return float(metrics.aggregate_iqm(a))
+
+
+def _check_bootstrap(reps, confidence) -> None:
+    if isinstance(reps, bool) or not isinstance(reps, (int, np.integer)) or reps < 1:
+        raise ValueError(f"reps (bootstrap replications) must be an integer >= 1, got {reps!r}")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)) \
+            or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be a fraction strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
 
 
 def interval_estimates(scores: Mapping[str, np.ndarray], *, metric: str = "iqm", reps: int = 2000,
@@ -107,7 +129,8 @@ def interval_estimates(scores: Mapping[str, np.ndarray], *, metric: str = "iqm",
         DataFrame ``policy, runs, tasks, <metric>, ci_low, ci_high``.
 
     Raises:
-        ValueError: bad score matrices or an unknown metric.
+        ValueError: bad score matrices (an empty mapping, NaN / inf, different task counts), an unknown metric,
+            ``reps < 1`` or ``confidence`` outside (0, 1).
     """
     import pandas as pd
 
@@ -115,6 +138,7 @@ def interval_estimates(scores: Mapping[str, np.ndarray], *, metric: str = "iqm",
     fn = {"iqm": metrics.aggregate_iqm, "mean": metrics.aggregate_mean}.get(metric)
     if fn is None:
         raise ValueError(f"metric must be 'iqm' or 'mean', got {metric!r}")
+    _check_bootstrap(reps, confidence)
     scores = _check(scores)
     rows = []
     for name, s in scores.items():
@@ -153,14 +177,22 @@ def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence
         the CI lies above / below 0.5, else ``""``.
 
     Raises:
-        ValueError: a name in ``pairs`` without scores, or bad score matrices.
+        ValueError: an entry of ``pairs`` that is not an ``(X, Y)`` pair (e.g. a bare ``("a", "b")`` instead of
+            ``[("a", "b")]``), a name without scores, bad score matrices, ``reps < 1`` or ``confidence`` outside
+            (0, 1).
     """
     import math
 
     import pandas as pd
 
     library, metrics = _rliable()
+    _check_bootstrap(reps, confidence)
     scores = _check(scores)
+    pairs = list(pairs) if not isinstance(pairs, str) else [pairs]
+    for pair in pairs:
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"pairs must be a list of (X, Y) policy-name pairs such as [('ppo', 'random')], got "
+                             f"the entry {pair!r}")
     rows = []
     for x, y in pairs:
         missing = [n for n in (x, y) if n not in scores]
@@ -193,6 +225,10 @@ def performance_profile_figure(scores: Mapping[str, np.ndarray], *, thresholds: 
 
     Args:
         thresholds: default 61 points spanning all scores.
+
+    Raises:
+        ValueError: bad score matrices (as :func:`interval_estimates`), empty or non-finite ``thresholds``,
+            ``reps < 1``.
     """
     import matplotlib
 
@@ -206,6 +242,9 @@ def performance_profile_figure(scores: Mapping[str, np.ndarray], *, thresholds: 
         allv = np.concatenate([s.ravel() for s in scores.values()])
         thresholds = np.linspace(allv.min(), allv.max(), 61)
     thresholds = np.asarray(thresholds, dtype=float)
+    if thresholds.ndim != 1 or thresholds.size == 0 or not np.isfinite(thresholds).all():
+        raise ValueError(f"thresholds must be a non-empty 1-D list of finite numbers, got {thresholds.tolist()!r}")
+    _check_bootstrap(reps, 0.95)
     with _seeded(seed):
         profiles, cis = library.create_performance_profile(scores, thresholds, reps=reps)
     fig, ax = plt.subplots(figsize=(8, 4.5))

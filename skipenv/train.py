@@ -142,11 +142,17 @@ def best_static_plan(env, examples, *, progress: bool = True):
 
     Returns:
         ``(name, plan, mean_rewards)`` with ``mean_rewards`` = menu name → mean reward over ``examples``.
+
+    Raises:
+        ValueError: no ``examples`` (there is no mean reward to choose by).
     """
     from tqdm import tqdm
 
     from .probe import default_menu
 
+    examples = list(examples)
+    if not examples:
+        raise ValueError("best_static_plan needs at least one train example to choose the plan on")
     menu = default_menu(env.plan_spec)
     means = {}
     bar = tqdm(total=len(menu) * len(examples), desc="best static plan (train)", unit="episode",
@@ -168,12 +174,18 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
 
     Returns:
         ``{"documents", "reward", "reward_ci", "flops_saved", "flops_saved_ci"}``.
+
+    Raises:
+        ValueError: ``a`` and ``b`` share no test document (e.g. a misspelt policy name), instead of a NaN margin.
     """
     from .formulations import bootstrap_ci
 
     x = episodes[episodes["policy"] == a].drop_duplicates("example_id").set_index("example_id")
     y = episodes[episodes["policy"] == b].drop_duplicates("example_id").set_index("example_id")
     common = x.index.intersection(y.index)
+    if not len(common):
+        raise ValueError(f"policies {a!r} ({len(x)} documents) and {b!r} ({len(y)} documents) share no document; "
+                         f"policies in the table: {sorted(episodes['policy'].unique())}")
     out = {"documents": int(len(common))}
     for col in ("reward", "flops_saved"):
         d = (x.loc[common, col] - y.loc[common, col]).to_numpy(float)
@@ -197,6 +209,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     Defaults fit the budget in the module docstring: the full-model reference (one greedy summary) of each of the
     ``train_examples`` + ``test_examples`` documents is computed once and cached on disk; a PPO step is then one
     teacher-forced forward pass; evaluation generates one summary per (policy, test document) for ROUGE-L.
+
+    Raises:
+        ValueError: ``static_examples`` not an integer ``>= 0`` (checked before anything loads).
     """
     import gymnasium as gym
     import pandas as pd
@@ -205,6 +220,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     from .baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
     from .benchmark import evaluate_policy, plot_pareto, summarize
 
+    if isinstance(static_examples, bool) or not isinstance(static_examples, int) or static_examples < 0:
+        raise ValueError(f"static_examples must be an integer >= 0 (0 = no best-static baseline), got "
+                         f"{static_examples!r}")
     say = _say
     from .threads import configure_torch_threads
 

@@ -94,8 +94,10 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
         :class:`WarmStartTargets` (rows with weight 0 dropped).
 
     Raises:
-        ValueError: an unknown source / formulation, several taus without ``append_tau``, observations whose width
-            does not match ``env``'s observation space, or menu plans the env cannot express.
+        ValueError: an unknown source / formulation, a tau that is not a finite number ``>= 0`` (a NaN tau met no
+            constraint and silently gave skip-nothing targets) or an empty list of taus, several taus without
+            ``append_tau``, observations whose width does not match ``env``'s observation space, or menu plans the
+            env cannot express.
     """
     from .probe import ProbePolicy, expected_oracle, per_input_oracle
 
@@ -104,7 +106,11 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"formulation must be 'per_input' or 'expected', got {formulation!r} (budget-conditioned "
                          f"targets: a list of taus with append_tau=True)")
-    taus = [float(t) for t in (tau if isinstance(tau, (list, tuple, np.ndarray)) else [tau])]
+    from .envs.rewards import check_tau
+
+    taus = [check_tau(t, "tau") for t in (list(tau) if isinstance(tau, (list, tuple, np.ndarray)) else [tau])]
+    if not taus:
+        raise ValueError("tau is an empty sequence: give at least one tolerance")
     if len(taus) > 1 and not append_tau:
         raise ValueError("several taus give conflicting targets for one observation: pass append_tau=True (the "
                          "budget-conditioned observation ends with tau)")
@@ -176,7 +182,8 @@ def behaviour_cloning(policy, observations, actions, *, weights=None, epochs: in
         The weighted mean negative log-likelihood (nats per observation) after each epoch.
 
     Raises:
-        ValueError: shapes that do not match each other or the policy, negative or all-zero weights, no rows.
+        ValueError: shapes that do not match each other or the policy, NaN / infinite observations or weights,
+            negative or all-zero weights, no rows, ``epochs < 0`` or ``batch_size < 1``.
     """
     import torch
 
@@ -188,9 +195,17 @@ def behaviour_cloning(policy, observations, actions, *, weights=None, epochs: in
                          f"{O.shape} and {A.shape}")
     if not np.isin(A, (0.0, 1.0)).all():
         raise ValueError("actions must be 0/1")
+    if not np.isfinite(O).all():
+        raise ValueError(f"observations contain {int((~np.isfinite(O)).sum())} NaN or infinite values (they would "
+                         f"make every weight of the policy NaN)")
     W = np.ones(len(O)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if W.shape != (len(O),) or (W < 0).any() or W.sum() <= 0:
-        raise ValueError(f"weights must be [N] = [{len(O)}] non-negative numbers with a positive sum")
+    if W.shape != (len(O),) or not np.isfinite(W).all() or (W < 0).any() or W.sum() <= 0:
+        raise ValueError(f"weights must be [N] = [{len(O)}] finite non-negative numbers with a positive sum")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 or None (the whole dataset), got {batch_size!r}")
     device = next(net.parameters()).device
     with torch.no_grad():  # shape check against the policy before training
         try:

@@ -173,7 +173,7 @@ def test_evaluator_batched_outcomes_equal_one_by_one(gen, monkeypatch):
     gen.prefix_store = None
     rng = np.random.default_rng(1)
     examples = [_Ex(i, tuple(int(x) for x in rng.integers(2, 63, int(rng.integers(12, 30))))) for i in range(3)]
-    for quality in ("agreement", "likelihood"):
+    for quality in ("agreement", "likelihood", "probability"):
         batched = Evaluator(gen, _Task(), quality=quality, token_segments=SEGMENTS, disk_cache=False, lru_size=0)
         single = Evaluator(gen, _Task(), quality=quality, token_segments=SEGMENTS, disk_cache=False, reuse=False)
         pairs = [(examples[k % 3], _plan(gen, 0.15, k)) for k in range(7)]
@@ -182,8 +182,9 @@ def test_evaluator_batched_outcomes_equal_one_by_one(gen, monkeypatch):
             for o, (ex, plan) in zip(got, pairs):
                 w = single.outcome(ex, plan)
                 assert (o.flops, o.cost, o.flops_full) == (w.flops, w.cost, w.flops_full)
-                assert o.quality == pytest.approx(w.quality, abs=1e-4 if quality == "likelihood" else 0)
-    assert len(rows_per_call) == 4 and min(rows_per_call) >= 5  # 2 qualities x 2 rounds, the non-empty plans
+                assert o.quality == pytest.approx(w.quality, abs=0 if quality == "agreement" else 1e-4)
+    # 3 qualities x 2 rounds (probability ran row by row before it named its scored target), the non-empty plans
+    assert len(rows_per_call) == 6 and min(rows_per_call) >= 5
 
 
 @pytest.mark.assets
@@ -212,3 +213,44 @@ def test_batched_on_smollm2_xsum():
     targets = [fulls[inp.example_id] for inp in inputs]
     want = [g.score([i], [t], p, reuse=False)[0] for i, t, p in zip(inputs, targets, plans)]
     _assert_same(score_plans(g, inputs, targets, plans, fixed_tokens=float("inf")), want)
+
+
+def test_evaluator_batch_skips_cached_outcomes(gen, monkeypatch):
+    """outcomes_together scores only the pairs missing from the outcome cache: a second call on the same pairs runs
+    no batched forward pass, and a batch with one cached pair scores one row fewer (the cache key includes the
+    observation kind, and the batch must look it up with the same key)."""
+    from skipenv.envs import Evaluator
+
+    class _Task:
+        max_new_tokens = 4
+        metric = "none"
+
+        def format(self, example, tokenizer, encoder_decoder=False):
+            return PromptInput(example.ids, (0, len(example.ids)), example.id)
+
+        def score(self, text, example):
+            return 0.0
+
+        def output_complete(self, text):
+            return False
+
+    class _Ex:
+        def __init__(self, i, ids):
+            self.id, self.ids, self.reference, self.label, self.answers = f"c{i}", ids, "a b c", None, ()
+
+    import skipenv.generators.batched as batched_module
+
+    rows_per_call = []
+    real = batched_module.score_plans
+    monkeypatch.setattr(batched_module, "score_plans", lambda *a, **k: rows_per_call.append(len(a[1])) or real(*a, **k))
+    rng = np.random.default_rng(2)
+    examples = [_Ex(i, tuple(int(x) for x in rng.integers(2, 63, 20))) for i in range(3)]
+    ev = Evaluator(gen, _Task(), quality="agreement", token_segments=SEGMENTS, disk_cache=False, reuse=False)
+    plans = [_plan(gen, 0.3, k) for k in range(3)]
+    assert not any(p.is_empty for p in plans)
+    ev.outcome(examples[0], plans[0])  # one pair cached beforehand
+    first = ev.outcomes_together(examples, plans)
+    assert rows_per_call == [2]
+    again = ev.outcomes_together(examples, plans)
+    assert rows_per_call == [2]  # all three cached: no batched pass
+    assert [o.quality for o in again] == [o.quality for o in first]

@@ -94,3 +94,30 @@ def test_budget_front_tiny_matches_an_independent_re_evaluation(tmp_path, one_th
         assert best.loc[tau, "policy"] in set(r.index[np.isclose(r, r.max())])
         assert best.loc[tau, "mean_flops_saved"] == pytest.approx(static.loc[best.loc[tau, "policy"],
                                                                              "mean_flops_saved"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--env-kwargs", "[1, 2]"], "must be a JSON object"),
+    (["--env-kwargs", '{"formulation": "expected"}'], "trains the budget formulation itself"),
+    (["--tau-range", "0", "inf"], "finite 0 <= LOW <= HIGH"),
+    (["--tau-range", "0", "nan"], "finite 0 <= LOW <= HIGH"),
+    (["--learning-rate", "-1e-3"], "learning-rate"),
+    (["--bc-steps", "0"], "bc-steps"),
+    (["--every-other", "mlp"], "invalid choice"),
+])
+def test_budget_front_bad_arguments(argv, match, capsys):
+    # before: a list of env kwargs or a formulation (silently dropped by .unwrapped) passed, an infinite tau range
+    # and a negative learning rate or bc-steps reached the model; they now fail in argument parsing
+    with pytest.raises(SystemExit) as e:
+        _load_script().parse_args(argv)
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.assets
+def test_budget_front_bad_static_plan_fails_before_the_full_outputs(tmp_path, one_thread, monkeypatch):
+    from skipenv.envs import SwitchDecEnv
+
+    monkeypatch.setattr(SwitchDecEnv, "prefetch", lambda *a, **k: pytest.fail("computed full outputs"))
+    with pytest.raises(SystemExit, match=r"--attention 9: decoder layers are 0 to 3"):
+        _load_script().main(["--tiny", "--attention", "9", "--out", str(tmp_path / "o"), "--no-progress"])

@@ -410,5 +410,8 @@ def test_records_check_the_observation(tiny_llama):
     record = EpisodeRecord.from_step(env, info, env_id="SwitchDec-XSum-v0", env_kwargs={"observation": "layer:2"})
     same = validate(record, env=make(tiny_llama, observation="layer:2"))
     assert same.ok, same.notes
+    # the env accepts "layer:02" as "layer:2": a record of that spelling validates (it was flagged as differing)
+    spelt = EpisodeRecord.from_step(env, info, env_id="SwitchDec-XSum-v0", env_kwargs={"observation": "layer:02"})
+    assert validate(spelt, env=make(tiny_llama, observation="layer:02")).ok
     other = validate(record, env=make(tiny_llama))
     assert not other.ok and any("observation" in n for n in other.notes) and "cost" in other.mismatches

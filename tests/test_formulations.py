@@ -99,6 +99,22 @@ def test_frozen_multiplier_and_shared_tau_mismatch():
         ExpectedConstraint(ScriptedEnv([(1, 1)]), tau=0.2, multiplier=m)
 
 
+
+def test_update_flag_and_step_size_validated():
+    # update="false" (a string, e.g. from a config file via formulation_kwargs) used to read as True and keep
+    # learning the multiplier; a negative lr was refused as "a quality tolerance"
+    for bad in ("false", 0, None):
+        with pytest.raises(ValueError, match="update must be True"):
+            ExpectedConstraint(ScriptedEnv([(1, 1)]), tau=0.1, update=bad)
+    with pytest.raises(ValueError, match=r"lr must be a finite number >= 0, got -0.1"):
+        LagrangeMultiplier(0.1, lr=-0.1)
+    with pytest.raises(ValueError, match="lam_init must be a finite number >= 0"):
+        LagrangeMultiplier(0.1, lam_init=float("nan"))
+    frozen = ExpectedConstraint(ScriptedEnv([(0.5, 0.5)]), tau=0.1, update=np.bool_(False), lr=1.0, update_every=1)
+    run(frozen, 3)
+    assert frozen.lam == 0.0
+
+
 # ------------------------------------------------------------------------------------------ budget-conditioned
 def test_budget_reward_is_lexicographic_at_episode_tau():
     env = BudgetConditioned(ScriptedEnv([(0.85, 0.6)]), tau_range=(0.0, 0.3))

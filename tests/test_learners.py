@@ -113,6 +113,38 @@ def test_save_load_round_trip(tmp_path):
         GroupPG.load(tmp_path / "grpo" / "policy.pt", BudgetConditioned(env))
 
 
+
+def test_bad_config_and_damaged_files_raise_clear_errors(tmp_path):
+    # before: init_skip_prob 1.5 gave a NaN output bias (a NaN policy), 0 an infinite one, a float group_size was
+    # truncated, scale_by_std="no" meant GRPO; a corrupt .pt / .json or ConstrainedPG weights of another env raised
+    # unpickling / JSON / state-dict tracebacks
+    from skipenv.algorithms import ConstrainedPG
+
+    for bad, match in ((dict(init_skip_prob=1.5), "init_skip_prob"), (dict(init_skip_prob=0.0), "init_skip_prob"),
+                       (dict(group_size=2.5), "group_size"), (dict(group_size=1), "group_size"),
+                       (dict(hidden=0), "hidden"), (dict(lr=float("nan")), "lr"), (dict(lr=-1.0), "lr"),
+                       (dict(entropy_coef=float("nan")), "entropy_coef"), (dict(scale_by_std="no"), "scale_by_std")):
+        with pytest.raises(ValueError, match=match):
+            GroupPGConfig(**bad)
+    env = OneGoodBit()
+    GroupPG(env, GroupPGConfig(group_size=2), seed=0).save(tmp_path / "policy.pt")
+    good_pt, good_json = (tmp_path / "policy.pt").read_bytes(), (tmp_path / "policy.json").read_text()
+    for name, pt, meta, match in (("garbage", b"not a torch file", good_json, "cannot load the agent"),
+                                  ("truncated", good_pt[: len(good_pt) // 2], good_json, "cannot load the agent"),
+                                  ("badjson", good_pt, "{not json", "not valid JSON"),
+                                  ("list", good_pt, "[1, 2]", "must hold a JSON object")):
+        (tmp_path / f"{name}.pt").write_bytes(pt)
+        (tmp_path / f"{name}.json").write_text(meta)
+        with pytest.raises(ValueError, match=match):
+            load_agent(tmp_path / f"{name}.pt", env)
+    toy = type("WithTau", (OneGoodBit,), {"tau": 0.1})
+    ConstrainedPG(toy()).save(tmp_path / "cpg.pt")
+    wider = type("Wider", (toy,), {"action_space": spaces.MultiBinary(7)})
+    with pytest.raises(ValueError, match="cannot load the agent.*size mismatch"):
+        load_agent(tmp_path / "cpg.pt", wider())
+    assert load_agent(tmp_path / "policy.pt", env).name == "rloo"  # the intact files still load
+
+
 def _synthetic(n_obs=24, dim=8, bits=6, seed=0):
     x = np.random.default_rng(seed).normal(size=(n_obs, dim)).astype(np.float32)
     return x, (x[:, :bits] > 0.3).astype(np.int8)  # each bit a function of one feature
@@ -129,6 +161,26 @@ def test_behaviour_cloning_reproduces_targets():
     np.testing.assert_array_equal((policy(torch.as_tensor(x)) > 0).numpy().astype(np.int8), a)
     with pytest.raises(ValueError, match="same N"):
         behaviour_cloning(policy, x, a[:3])
+
+
+def test_behaviour_cloning_refuses_nan_inputs_and_bad_counts():
+    # a NaN / infinite weight or observation used to pass the checks and turn every weight of the policy into NaN
+    x, a = _synthetic()
+    policy = BernoulliPolicy(8, 6)
+    before = [p.detach().clone() for p in policy.parameters()]
+    w = np.ones(len(x))
+    for bad_w in (np.where(np.arange(len(x)) == 0, np.nan, w), np.where(np.arange(len(x)) == 0, np.inf, w)):
+        with pytest.raises(ValueError, match="finite non-negative"):
+            behaviour_cloning(policy, x, a, weights=bad_w)
+    x_nan = x.copy()
+    x_nan[2, 3] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        behaviour_cloning(policy, x_nan, a)
+    for kw, match in ((dict(epochs=-1), "epochs"), (dict(epochs=2.5), "epochs"), (dict(batch_size=0), "batch_size")):
+        with pytest.raises(ValueError, match=match):
+            behaviour_cloning(policy, x, a, **kw)
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), before))  # untouched
+    assert all(np.isfinite(behaviour_cloning(policy, x, a, epochs=3, batch_size=5)))
 
 
 def test_behaviour_cloning_into_sb3_ppo():
@@ -177,6 +229,9 @@ def test_warm_start_from_the_oracle_on_a_tiny_model(tiny_probe, tmp_path):
     make_env, table = tiny_probe
     env = make_env("train", 6)
     t = warm_start_targets(table, 0.1, env=env, source="oracle")
+    for bad in (float("nan"), -0.1, [0.1, float("nan")], []):  # NaN met no constraint: skip-nothing targets
+        with pytest.raises(ValueError, match="tau"):
+            warm_start_targets(table, bad, env=env, source="oracle", append_tau=True)
     m = table.matrices("train")
     chosen = probe.per_input_oracle(m["quality"], m["quality_full"], m["cost"], 0.1)
     assert t.plans == [table.plans[j] for j in chosen] and (t.weights == 1).all()
@@ -205,6 +260,12 @@ def test_warm_start_from_the_oracle_on_a_tiny_model(tiny_probe, tmp_path):
         warm_start_targets(table, [0.0, 0.2], env=env)
     with pytest.raises(ValueError, match="features"):
         warm_start_targets(table, 0.1, env=BudgetConditioned(env))
+    # warm_start given to a learner that does not clone was silently ignored
+    from skipenv.learners import train_learner
+
+    for name in ("rloo", "grpo", "ppo", "pg-lagrangian"):
+        with pytest.raises(ValueError, match="warm_start would be ignored"):
+            train_learner(name, env, total_timesteps=8, warm_start=t)
 
 
 @pytest.mark.assets

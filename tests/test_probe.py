@@ -207,3 +207,24 @@ def test_main_job_paired_margin_hand_computed():
     assert m["reward"] == pytest.approx((0.1 + 0.0 - 0.3) / 3)
     assert m["flops_saved"] == pytest.approx((0.3 + 0.1 - 0.1) / 3)
     assert m["reward_ci"][0] <= m["reward"] <= m["reward_ci"][1]
+
+
+def test_main_job_static_baseline_bad_input(tiny_table):
+    # no train examples: a ZeroDivisionError before; a negative count slipped through min() and chose the plan on
+    # all train documents but the last; no shared document gave a NaN margin
+    import pandas as pd
+
+    from skipenv.train import best_static_plan, paired_margin, run_main_job
+
+    make_env, _ = tiny_table
+    with pytest.raises(ValueError, match="at least one train example"):
+        best_static_plan(make_env("train", 2), [], progress=False)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="static_examples must be an integer >= 0"):
+            run_main_job("unused-dir-never-created", static_examples=bad)
+    ep = pd.DataFrame({"policy": ["a", "b"], "example_id": ["x", "y"], "reward": [1.0, 0.0],
+                       "flops_saved": [0.0, 0.0]})
+    with pytest.raises(ValueError, match="share no document"):
+        paired_margin(ep, "a", "b")
+    with pytest.raises(ValueError, match="share no document"):
+        paired_margin(ep, "a", "typo")

@@ -126,3 +126,30 @@ def test_compare_algorithms_statistics_against_numpy():
     r = summary.set_index("policy").loc["rloo"]
     assert mark == (r["poi_vs_ppo_ci_low"] > 0.5 or r["poi_vs_ppo_ci_high"] < 0.5)
     assert printed["policy"].str.contains("(best static)", regex=False).sum() == 1
+
+
+def test_bad_inputs_raise_clear_errors():
+    """Inputs that gave a silent NaN, an empty table or a numpy/rliable traceback now fail naming the problem."""
+    for bad in ([], [[1.0, np.nan]], [[np.inf]]):
+        with pytest.raises(ValueError, match="iqm needs at least one score"):
+            stats.iqm(bad)
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        stats.interval_estimates({})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        stats.performance_profile_figure({})
+    for kw, match in ((dict(reps=0), "reps"), (dict(reps=-3), "reps"), (dict(confidence=1.5), "confidence"),
+                      (dict(confidence=0), "confidence")):
+        with pytest.raises(ValueError, match=match):
+            stats.interval_estimates({"x": X}, **kw)
+        with pytest.raises(ValueError, match=match):
+            stats.probability_of_improvement({"x": X, "y": Y}, [("x", "y")], **kw)
+    for pairs in (("x", "y"), [("x",)], [("x", "y", "z")], "xy"):  # a bare pair was an unpacking error
+        with pytest.raises(ValueError, match="list of \\(X, Y\\) policy-name pairs"):
+            stats.probability_of_improvement({"x": X, "y": Y[:, :3]}, pairs)
+    with pytest.raises(ValueError, match="thresholds"):
+        stats.performance_profile_figure({"x": X}, thresholds=[])
+    episodes = pd.DataFrame({"policy": ["p"] * 4, "seed": [0, 0, 1, 1], "example_id": ["a", "b", "a", "b"],
+                             "reward": [1.0, 2.0, 3.0, np.nan]})
+    with pytest.raises(ValueError, match="1 episodes have a NaN or infinite 'reward'"):
+        stats.score_matrix(episodes, "p")
+    assert stats.score_matrix(episodes.fillna(4.0), "p").tolist() == [[1.0, 2.0], [3.0, 4.0]]

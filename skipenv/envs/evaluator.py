@@ -440,6 +440,11 @@ class Evaluator:
         return mean_probability(self.score(example, tokens, plan).logprobs)
 
     # ------------------------------------------------------------------ plans
+    def _outcome_key(self, example_id, plan: SkipPlan) -> tuple:
+        """Key of the outcome cache (one place, so that :meth:`_prescore` skips exactly the pairs it holds): the
+        observation kind is part of it because an outcome's cost includes the observation's FLOPs."""
+        return example_id, plan, self._observation_kind
+
     def outcome(self, example, plan: SkipPlan) -> Outcome:
         """Run ``plan`` on ``example`` (or take the cached outcome).
 
@@ -448,7 +453,7 @@ class Evaluator:
         """
         if plan.spec != self.spec:
             raise PlanError(f"plan was made for {plan.spec} but this evaluator needs {self.spec}")
-        key = (example.id, plan, self._observation_kind)  # the cost includes the observation's FLOPs
+        key = self._outcome_key(example.id, plan)
         hit = self.outcomes.get(key)
         if hit is not None:
             return hit
@@ -476,7 +481,7 @@ class Evaluator:
     def outcomes_together(self, examples, plans, *, batch: bool = True) -> list[Outcome]:
         """:meth:`outcome` of ``N`` (example, plan) pairs, the same outcomes as calling it pair by pair.
 
-        With ``batch`` (and a decoder-only generator and a teacher-forced signal: ``"agreement"``,
+        With ``batch`` (and a decoder-only generator and a teacher-forced signal: ``"agreement"``, ``"probability"``,
         ``"likelihood"``), the pairs that are not in the outcome cache and skip something are scored together by
         :func:`skipenv.generators.batched.score_plans` (padded forward passes over several rows, each row from its
         input's stored prefix state) before their outcomes are built; otherwise (generating signals,
@@ -506,7 +511,8 @@ class Evaluator:
         for ex, plan in zip(examples, plans):
             if not isinstance(plan, SkipPlan) or plan.spec != self.spec:
                 continue  # outcome() raises its error in order
-            if plan.is_empty or (ex.id, plan) in seen or self.outcomes.get((ex.id, plan)) is not None:
+            if plan.is_empty or (ex.id, plan) in seen \
+                    or self.outcomes.get(self._outcome_key(ex.id, plan)) is not None:  # cached: nothing to score
                 continue
             target = self.signal.scored_target(self, ex, self.full_output(ex))
             if target is None:

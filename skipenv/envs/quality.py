@@ -202,6 +202,9 @@ class Probability(QualitySignal):
         s = evaluator.score(example, full.tokens, plan)
         return Measurement(mean_probability(s.logprobs), p_full)
 
+    def scored_target(self, evaluator, example, full) -> list[int]:
+        return list(full.tokens)
+
 
 def mean_probability(logprobs) -> float:
     """``mean_t exp(logprobs[t])`` (float64) of log-probabilities ``[m]`` in nats; 0.0 for ``m = 0``."""

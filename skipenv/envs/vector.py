@@ -3,16 +3,17 @@
 ``gym.make_vec("SwitchDec-XSum-v0", num_envs=N, vectorization_mode="vector_entry_point")`` builds a
 :class:`SwitchDecVectorEnv`: ``N`` one-shot envs in this process that share one generator, one
 :class:`~skipenv.envs.evaluator.Evaluator` (full outputs, observations, outcome cache, the generator's prefix store)
-and one reward. ``step`` evaluates the ``N`` plans together through the shared evaluator: a (document, plan) pair that
-occurs in several rows is run once, and each row of a decoder-only generator starts from the full model's stored
-computation on its document (:mod:`skipenv.generators.reuse`). By default the rows run one after another; with
-``batch_plans=True`` the rows of a teacher-forced quality (``"agreement"``, ``"likelihood"``) are scored in padded
-forward passes over several rows, each row still starting from its own document's stored keys / values and residual
-stream and skipping its own sublayers (:mod:`skipenv.generators.batched`). Both give the same outcomes; on a CPU the
-batched step was not faster (README "Speed": a forward pass's fixed cost is ~30 tokens' work, less than the padding
-between documents of different lengths costs), so it is off by default. Episodes are one step, so the env resets a
-finished row in the same ``step`` (Gymnasium's ``AutoresetMode.SAME_STEP``: the returned observation is the next
-episode's, the finished one's is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``).
+and one reward. ``step`` evaluates the ``N`` plans together through the shared evaluator: a (document, plan) pair
+that occurs in several rows is run once, and each row of a decoder-only generator starts from the full model's
+stored computation on its document (:mod:`skipenv.generators.reuse`). By default the rows run one after another;
+with ``batch_plans=True`` the rows of a teacher-forced quality (``"agreement"``, ``"probability"``,
+``"likelihood"``) are scored in padded forward passes over several rows, each row still starting from its own
+document's stored keys / values and residual stream and skipping its own sublayers
+(:mod:`skipenv.generators.batched`). Both give the same outcomes; on a CPU the batched step was not faster (README
+"Speed": a forward pass's fixed cost is ~30 tokens' work, less than the padding between documents of different
+lengths costs), so it is off by default. Episodes are one step, so the env resets a finished row in the same
+``step`` (Gymnasium's ``AutoresetMode.SAME_STEP``: the returned observation is the next episode's, the finished
+one's is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``).
 
 Results equal ``N`` single envs reset with seeds ``seed, seed + 1, …`` and stepped with the same actions (tested).
 For stable-baselines3 use :func:`skipenv.sb3.sb3_vec_env`.
