@@ -143,36 +143,46 @@ def test_bad_batches(gen):
         score_plans(tiny_generator("bart"), [inp], [[4]], [None])
 
 
-def test_evaluator_batched_outcomes_equal_one_by_one(gen, monkeypatch):
-    """Evaluator.outcomes_together (batched) against Evaluator.outcome pair by pair on a second evaluator: same
-    quality, FLOPs and cost for every pair (agreement and likelihood)."""
-    from skipenv.envs import Evaluator
+class _Task:
+    """A stand-in task for the evaluator tests: formatted inputs are the example's ids."""
 
-    class _Task:  # a stand-in task: formatted inputs are the example's ids
-        max_new_tokens = 4
-        metric = "none"
+    max_new_tokens = 4
+    metric = "none"
 
-        def format(self, example, tokenizer, encoder_decoder=False):
-            return PromptInput(example.ids, (0, len(example.ids)), example.id)
+    def format(self, example, tokenizer, encoder_decoder=False):
+        return PromptInput(example.ids, (0, len(example.ids)), example.id)
 
-        def score(self, text, example):
-            return 0.0
+    def score(self, text, example):
+        return 0.0
 
-        def output_complete(self, text):
-            return False
+    def output_complete(self, text):
+        return False
 
-    class _Ex:
-        def __init__(self, i, ids):
-            self.id, self.ids, self.reference, self.label, self.answers = f"e{i}", ids, "a b c", None, ()
 
+class _Ex:
+    def __init__(self, name, ids):
+        self.id, self.ids, self.reference, self.label, self.answers = name, ids, "a b c", None, ()
+
+
+def _count_batched_rows(monkeypatch) -> list:
+    """Rows of every ``score_plans`` call the evaluator makes from now on (appended to the returned list)."""
     import skipenv.generators.batched as batched_module
 
     rows_per_call = []
     real = batched_module.score_plans
     monkeypatch.setattr(batched_module, "score_plans", lambda *a, **k: rows_per_call.append(len(a[1])) or real(*a, **k))
+    return rows_per_call
+
+
+def test_evaluator_batched_outcomes_equal_one_by_one(gen, monkeypatch):
+    """Evaluator.outcomes_together (batched) against Evaluator.outcome pair by pair on a second evaluator: same
+    quality, FLOPs and cost for every pair (agreement and likelihood)."""
+    from skipenv.envs import Evaluator
+
+    rows_per_call = _count_batched_rows(monkeypatch)
     gen.prefix_store = None
     rng = np.random.default_rng(1)
-    examples = [_Ex(i, tuple(int(x) for x in rng.integers(2, 63, int(rng.integers(12, 30))))) for i in range(3)]
+    examples = [_Ex(f"e{i}", tuple(int(x) for x in rng.integers(2, 63, int(rng.integers(12, 30))))) for i in range(3)]
     for quality in ("agreement", "likelihood", "probability"):
         batched = Evaluator(gen, _Task(), quality=quality, token_segments=SEGMENTS, disk_cache=False, lru_size=0)
         single = Evaluator(gen, _Task(), quality=quality, token_segments=SEGMENTS, disk_cache=False, reuse=False)
@@ -221,30 +231,9 @@ def test_evaluator_batch_skips_cached_outcomes(gen, monkeypatch):
     observation kind, and the batch must look it up with the same key)."""
     from skipenv.envs import Evaluator
 
-    class _Task:
-        max_new_tokens = 4
-        metric = "none"
-
-        def format(self, example, tokenizer, encoder_decoder=False):
-            return PromptInput(example.ids, (0, len(example.ids)), example.id)
-
-        def score(self, text, example):
-            return 0.0
-
-        def output_complete(self, text):
-            return False
-
-    class _Ex:
-        def __init__(self, i, ids):
-            self.id, self.ids, self.reference, self.label, self.answers = f"c{i}", ids, "a b c", None, ()
-
-    import skipenv.generators.batched as batched_module
-
-    rows_per_call = []
-    real = batched_module.score_plans
-    monkeypatch.setattr(batched_module, "score_plans", lambda *a, **k: rows_per_call.append(len(a[1])) or real(*a, **k))
+    rows_per_call = _count_batched_rows(monkeypatch)
     rng = np.random.default_rng(2)
-    examples = [_Ex(i, tuple(int(x) for x in rng.integers(2, 63, 20))) for i in range(3)]
+    examples = [_Ex(f"c{i}", tuple(int(x) for x in rng.integers(2, 63, 20))) for i in range(3)]
     ev = Evaluator(gen, _Task(), quality="agreement", token_segments=SEGMENTS, disk_cache=False, reuse=False)
     plans = [_plan(gen, 0.3, k) for k in range(3)]
     assert not any(p.is_empty for p in plans)
