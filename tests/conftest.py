@@ -90,3 +90,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_xsum_env_factory(smollm2_tokenizer):
+    """``(split, n) -> SwitchDecEnv`` on XSum over one tiny random-weight Llama (initializer_range 0.5 makes it
+    sensitive to skips, so plans differ in agreement per document); the factory the probe tests hand to
+    :func:`skipenv.probe.evaluate_menu`."""
+    from skipenv.envs import SwitchDecEnv
+    from skipenv.testing import tiny_generator
+
+    g = tiny_generator("llama", smollm2_tokenizer, initializer_range=0.5)
+
+    def make_env(split, n):
+        return SwitchDecEnv("xsum", generator=g, split=split, num_examples=n, max_new_tokens=6,
+                            max_input_tokens=96, disk_cache=False)
+
+    return make_env

@@ -208,17 +208,10 @@ def test_behaviour_cloning_into_sb3_ppo():
 
 
 @pytest.fixture(scope="module")
-def tiny_probe(smollm2_tokenizer):
+def tiny_probe(tiny_xsum_env_factory):
     from skipenv import probe
-    from skipenv.envs import SwitchDecEnv
-    from skipenv.testing import tiny_generator
 
-    g = tiny_generator("llama", smollm2_tokenizer, initializer_range=0.5)  # sensitive to skips: plans differ
-
-    def make_env(split, n):
-        return SwitchDecEnv("xsum", generator=g, split=split, num_examples=n, max_new_tokens=6,
-                            max_input_tokens=96, disk_cache=False)
-
+    make_env = tiny_xsum_env_factory
     return make_env, probe.evaluate_menu(make_env, num_train=6, num_test=2, progress=False)
 
 

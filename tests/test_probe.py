@@ -64,17 +64,8 @@ def test_markdown_table():
 
 
 @pytest.fixture(scope="module")
-def tiny_table(smollm2_tokenizer):
-    from skipenv.envs import SwitchDecEnv
-    from skipenv.testing import tiny_generator
-
-    # initializer_range 0.5 makes the random model sensitive to skips, so plans differ in agreement per document
-    g = tiny_generator("llama", smollm2_tokenizer, initializer_range=0.5)
-
-    def make_env(split, n):
-        return SwitchDecEnv("xsum", generator=g, split=split, num_examples=n, max_new_tokens=6,
-                            max_input_tokens=96, disk_cache=False)
-
+def tiny_table(tiny_xsum_env_factory):
+    make_env = tiny_xsum_env_factory
     return make_env, probe.evaluate_menu(make_env, num_train=6, num_test=4, progress=False)
 
 
