@@ -37,7 +37,7 @@ from gymnasium import spaces
 
 from .rewards import check_tau, constraint_satisfied, lexicographic_reward
 
-__all__ = ["FORMULATIONS", "LagrangeMultiplier", "ExpectedConstraint", "BudgetConditioned", "make_formulation",
+__all__ = ["FORMULATIONS", "default_dual_lr", "LagrangeMultiplier", "ExpectedConstraint", "BudgetConditioned", "make_formulation",
            "formulation_metrics", "metrics_by_tau", "bootstrap_ci"]
 
 #: The named formulations (see the module docstring).
@@ -58,6 +58,17 @@ def _episode_outcome(info: dict) -> tuple[float, float, float] | None:
 
 
 # ---------------------------------------------------------------------------------------------- expected
+def default_dual_lr(tau: float) -> float:
+    """Default dual step size of :class:`LagrangeMultiplier` at tolerance ``tau``: ``0.005 / max(tau, 0.01)**2``
+    (multiplier units per unit of mean violation; 0.5 at ``tau = 0.1``, 50 for ``tau <= 0.01``). See the class's
+    ``lr`` argument for why it scales with ``1 / tau**2``.
+
+    Raises:
+        ValueError: ``tau`` not a finite number ``>= 0``.
+    """
+    return 0.005 / max(check_tau(tau, "tau"), 0.01) ** 2
+
+
 class LagrangeMultiplier:
     """The dual variable of the expected-quality constraint, updated by projected dual ascent.
 
@@ -69,10 +80,15 @@ class LagrangeMultiplier:
 
     Args:
         tau: tolerance on the mean quality loss (quality units, ``>= 0``).
-        lr: dual step size ``eta`` (multiplier units per unit of mean violation). The default 0.5 moves ``lam`` by
-            0.05 per update when the mean loss exceeds ``tau`` by 0.1; on SmolLM2/XSum one unit of agreement is
-            worth roughly 2 FLOPs-fractions at the constraint (the slope of the static mixture front), so ``lam``
-            reaches that scale in ~40 updates of sustained violation.
+        lr: dual step size ``eta`` (multiplier units per unit of mean violation). Default (None):
+            :func:`default_dual_lr` ``= 0.005 / max(tau, 0.01)**2``, i.e. 0.5 at the agreement tolerance 0.1 and
+            50 at the probability tolerance 0.01. The multiplier's natural scale is ``1 / tau`` (at ``lam = 1 /
+            tau`` a loss of one ``tau`` above the constraint costs as much reward as running the whole model), so
+            a step proportional to ``1 / tau**2`` makes the dual ascent move at the same pace in units of ``tau``
+            whatever the quality signal's scale: a mean violation of one ``tau`` moves ``lam`` by ``0.005 / tau``
+            (0.5 % of that scale) per update. Measured on SmolLM2/XSum: with the fixed step 0.5 at tau 0.01 the
+            multiplier was still at 0.38 after 256 episodes, far below the ~11 the probe's expected-constraint
+            rule uses (README, "Choosing the defaults").
         update_every: episodes per dual update (the running mean is over these episodes).
         lam_init: initial multiplier (``>= 0``).
         lam_max: upper bound of the multiplier (keeps the reward scale bounded; ``inf`` to disable).
@@ -82,9 +98,11 @@ class LagrangeMultiplier:
             integer ``>= 1``, or ``lam_max`` NaN or ``< lam_init``.
     """
 
-    def __init__(self, tau: float, *, lr: float = 0.5, update_every: int = 8, lam_init: float = 0.0,
+    def __init__(self, tau: float, *, lr: float | None = None, update_every: int = 8, lam_init: float = 0.0,
                  lam_max: float = 100.0):
         check_tau(tau, "tau")
+        if lr is None:
+            lr = default_dual_lr(tau)
         for name, v in (("lr", lr), ("lam_init", lam_init)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
                     or v < 0:

@@ -409,6 +409,22 @@ class ProbePolicy:
             return l_hat.argmin(1)
         return (s_hat - lam * l_hat).argmax(1)
 
+    def expected_multiplier(self) -> float:
+        """The Lagrange multiplier of the calibrated expected-constraint rule (``argmax_p S^_p - lam L^_p``): the
+        probability-weighted mean of the (at most two) finite ``lam`` the rule mixes, in FLOPs-fraction per unit of
+        quality loss — the scale :class:`~skipenv.formulations.ExpectedConstraint`'s multiplier needs to hold this
+        rule's trade-off (e.g. its ``lam_init`` after a warm start). 0 when only the unconstrained rule is used.
+
+        Raises:
+            RuntimeError: the policy is not fitted.
+        """
+        if self.lam_weights is None:
+            raise RuntimeError("fit the probe policy first")
+        finite = [(lam, p) for lam, p in zip(self.lams, self.lam_weights) if p > 1e-9 and np.isfinite(lam)]
+        if not finite:  # only the most cautious rule (lam = inf): the largest finite lam of the grid
+            return float(self.lams[np.isfinite(self.lams)].max())
+        return float(sum(lam * p for lam, p in finite) / sum(p for _, p in finite))
+
     def plan_probabilities(self, X: np.ndarray, formulation: str) -> np.ndarray:
         """The policy's plan distribution per document, ``[D, P]`` (rows sum to 1): one-hot under
         ``"per_input"``; under ``"expected"`` a mixture of at most two ``lam`` rules (as the static mixture).
@@ -742,7 +758,7 @@ def config_key(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = None,
+def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = None,
               menu: Mapping[str, SkipPlan] | Sequence[str] | None = None, num_train: int = 40, num_test: int = 20,
               tau: float | None = None, out_dir: str | Path = "runs/probe", progress: bool = True,
               learning_curve: Sequence[int] | None = None, observations: Sequence[str] = (),
@@ -755,7 +771,8 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
         env_kwargs: ``gym.make`` kwargs (``quality``, ``tau``, ``observation``, ``max_input_tokens``, ...; not
             ``formulation``: the probe analyses every formulation itself).
         menu: name → plan, or plan strings for :func:`parse_plan` (default :func:`default_menu`).
-        tau: tolerance of the analysis (default ``env_kwargs["tau"]``, else 0.1).
+        tau: tolerance of the analysis (default the env's: ``env_kwargs["tau"]``, else the id's registered tau,
+            else the quality signal's default).
         out_dir: parent folder of the cache / results.
         observations: further observation kinds to compare with the env's (:mod:`skipenv.observations`, e.g.
             ``("segments", "layer:4")``); adds ``observation_kinds.csv`` and a table to ``report.md``. Their
@@ -784,10 +801,12 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
     env_observation = env_kwargs.get("observation", "pooled")
     for kind in (env_observation, *observations):  # checked before anything is evaluated
         _parse_observation_kind(kind)
-    tau = float(tau if tau is not None else env_kwargs.get("tau", 0.1))
+    # the bare env's outcomes: an id whose registered formulation wraps the env (v1: expected) is built unwrapped
+    bare = {"formulation": "per_input"} if gym.spec(env_id).kwargs.get("formulation", "per_input") != "per_input" \
+        else {}
 
     def make_env(split: str, n: int):
-        env = gym.make(env_id, split=split, num_examples=n, **env_kwargs)
+        env = gym.make(env_id, split=split, num_examples=n, **env_kwargs, **bare)
         if not isinstance(env.unwrapped, SwitchDecEnv):
             raise ValueError(f"the probe needs a one-shot env (SwitchDecEnv); {env_id!r} is a "
                              f"{type(env.unwrapped).__name__}: use the id without '-Layerwise'")
@@ -803,6 +822,11 @@ def run_probe(env_id: str = "SwitchDec-XSum-v0", *, env_kwargs: dict | None = No
                              f"NAME: prefix")
         menu = dict(parsed)
         env.close()
+    if tau is None:  # the env's own tau (kwarg, registered default or the quality signal's default)
+        env = make_env("train", 1)
+        tau = env.unwrapped.tau
+        env.close()
+    tau = float(tau)
     menu_cfg = _menu_json(menu) if menu is not None else "default"
     cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,
            "num_test": num_test}
@@ -852,12 +876,15 @@ def configure_parser(p) -> None:
     """Arguments of ``skipenv probe`` / ``benchmarks/learnability.py``."""
     from .cli import json_object, nonnegative_int, positive_int
 
-    p.add_argument("--env", default="SwitchDec-XSum-v0", help="a one-shot SwitchDec env id")
+    p.add_argument("--env", default="SwitchDec-XSum-v1", help="a one-shot SwitchDec env id")
     p.add_argument("--train-docs", type=positive_int, default=40, help="first N documents of the train split")
     p.add_argument("--test-docs", type=positive_int, default=20, help="first M documents of the test split")
-    p.add_argument("--quality", default="agreement",
-                   help="quality signal (gym.make kwarg): agreement, probability, likelihood, reference, fidelity")
-    p.add_argument("--tau", type=float, default=0.1, help="quality tolerance (quality units)")
+    p.add_argument("--quality", default=None,
+                   help="quality signal (gym.make kwarg; default the env's: probability for SwitchDec-XSum-v1, "
+                        "agreement for v0): agreement, probability, likelihood, reference, fidelity")
+    p.add_argument("--tau", type=float, default=None,
+                   help="quality tolerance (quality units; default the env's: 0.01 for v1, 0.1 for v0, else the "
+                        "quality signal's default)")
     p.add_argument("--observation", default=None, metavar="KIND",
                    help="the env's observation (gym.make kwarg; default the env's, pooled): pooled, segments, "
                         "layer:m, attention:m")
@@ -884,7 +911,8 @@ def main(args) -> int:
     observation = getattr(args, "observation", None)
     if observation is not None and "observation" in args.env_kwargs:
         raise ValueError("set the observation with --observation or in --env-kwargs, not both")
-    env_kwargs = {"quality": args.quality, "tau": args.tau, **args.env_kwargs}
+    env_kwargs = {**{k: v for k, v in (("quality", args.quality), ("tau", args.tau)) if v is not None},
+                  **args.env_kwargs}
     if observation is not None:
         env_kwargs["observation"] = observation
     _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,

@@ -143,7 +143,9 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
               "candidates": lambda: list(getattr(base, "candidates", ()) or ()),
               "cost_weight": lambda: getattr(base.reward, "cost_weight", None),
               "observation": lambda: getattr(base, "observation_kind", "pooled")}
-    wanted = dict(kw)
+    # settings the registered id itself sets (e.g. SwitchDec-XSum-v1's quality and tau) count as given
+    registered = {k: v for k, v in SPECS.get(record.env_id, ("", {}))[1].items() if k in actual}
+    wanted = {**registered, **kw}
     if "lam" in wanted and "cost_weight" not in wanted:
         wanted["cost_weight"] = wanted.pop("lam")
     # a setting the record leaves out had the env's default (the registered ids set only task and task_source)

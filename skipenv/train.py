@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["train_ppo", "run_main_job", "best_static_plan", "paired_margin", "configure_parser", "main"]
+__all__ = ["train_ppo", "run_main_job", "registered_formulation", "expected_margins", "best_static_plan",
+           "paired_margin", "format_table", "configure_parser", "main"]
 
 
 def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path | None = None,
-              device: str = "cpu", progress_bar: bool = True, on_early_speed=None, **overrides):
+              device: str = "cpu", progress_bar: bool = True, on_early_speed=None, warm_start=None,
+              bc_epochs: int = 300, **overrides):
     """Train PPO (``MlpPolicy``, :data:`skipenv.sb3.ALGORITHMS` defaults) on a one-shot env and return the model.
 
     Episodes are one step long, so ``gamma`` and ``gae_lambda`` do not matter; the advantage is the reward minus
@@ -38,11 +40,19 @@ def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path |
             episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.progress`).
         on_early_speed: called once as ``on_early_speed(episodes_done, seconds)`` after the first 8 episodes (or
             the first rollout, if shorter), e.g. to print a time estimate.
+        warm_start: :class:`~skipenv.warm_start.WarmStartTargets` cloned into the policy's action distribution
+            before PPO starts (:func:`skipenv.warm_start.behaviour_cloning`, ``bc_epochs`` epochs): the
+            ``ppo-bc`` learner.
     """
     from .sb3 import make_sb3
 
     model = make_sb3("ppo", env, seed=seed, device=device, out_dir=out_dir, total_timesteps=total_timesteps,
                      **overrides)
+    if warm_start is not None:
+        from .warm_start import behaviour_cloning
+
+        behaviour_cloning(model, warm_start.observations, warm_start.actions, weights=warm_start.weights,
+                          epochs=bc_epochs, seed=seed)
     model.learn(total_timesteps=total_timesteps,
                 callback=_TrainingProgress.make("train ppo", total_timesteps, progress_bar, on_early_speed))
     if out_dir is not None:
@@ -194,24 +204,129 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     return out
 
 
-def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 32,
-                 test_examples: int = 20, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
-                 env_id: str = "SwitchDec-XSum-v0", progress_bar: bool = True, algo: str = "ppo",
-                 static_examples: int = 16) -> pd.DataFrame:
-    """Train PPO (or another learner of :data:`skipenv.learners.LEARNERS` without warm start, ``algo``), evaluate
-    against baselines on the test split, save policy / tables / plot. Returns the summary.
+def registered_formulation(env_id: str) -> str:
+    """The constraint formulation ``gym.make(env_id)`` applies by default (``"per_input"`` unless the id's
+    registered kwargs say otherwise, e.g. ``"expected"`` for ``SwitchDec-XSum-v1``)."""
+    import gymnasium as gym
 
-    Baselines: random (each bit skipped with probability 0.5), skip nothing, and the best static plan of the probe's
-    menu chosen on the first ``static_examples`` train documents (:func:`best_static_plan`; 0 = leave it out). The
-    learned policy's margin over that plan (reward and FLOPs saved, paired over test documents, bootstrap CI) is
-    printed and stored in ``summary.json`` under ``margin_over_best_static``.
+    return gym.spec(env_id).kwargs.get("formulation", "per_input")
 
-    Defaults fit the budget in the module docstring: the full-model reference (one greedy summary) of each of the
-    ``train_examples`` + ``test_examples`` documents is computed once and cached on disk; a PPO step is then one
-    teacher-forced forward pass; evaluation generates one summary per (policy, test document) for ROUGE-L.
+
+def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0, passthrough: int = 2) -> dict:
+    """Margins of a learned policy under the expected constraint (mean quality loss ``<= tau``), on the test
+    documents of a menu ``table`` (:func:`skipenv.probe.evaluate_menu`, train part used to fit the baselines).
+
+    The learned policy's per-document quality loss and FLOPs saved (``learned``: rows ``example_id, quality,
+    quality_full, flops_saved`` of its test episodes) are compared, paired over the test documents, with
+
+    - ``best_static_mixture``: the static mixture of menu plans chosen on the train documents
+      (:func:`skipenv.probe.mixture_lp`; its exact expectation per document, no sampling);
+    - ``static_front_at_equal_quality``: the static mixture fitted *on the test documents* at the learned policy's
+      own mean test loss — the strongest static policy of equal quality (favours the static side);
+    - and the same two for the supervised probe policy (:class:`skipenv.probe.ProbePolicy`, fitted on the train
+      documents): the headroom a contextual policy over the menu reached, for scale.
+
+    Returns:
+        ``{"documents", "tau", "learned": {mean_quality_loss, mean_flops_saved, mean_constraint_holds},
+        "best_static_mixture": {...}, "probe": {...}, "margins": [...]}`` where each margin is ``{"policy",
+        "baseline", "flops_saved", "flops_saved_ci", "quality_loss", "quality_loss_ci"}`` (means of per-document
+        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.formulations.bootstrap_ci`), and
+        ``share_of_probe_margin`` = learned margin / probe margin at equal quality (None when the probe has none).
+        FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
 
     Raises:
-        ValueError: ``static_examples`` not an integer ``>= 0`` (checked before anything loads).
+        ValueError: the learned episodes share no document with the table's test split.
+    """
+    import numpy as np
+
+    from .formulations import bootstrap_ci
+    from .probe import _fit_policies, mixture_lp
+
+    train, test = tuple(table.config.get("splits", ("train", "test")))
+    tr, te = table.matrices(train), table.matrices(test)
+    empty = table.plans.index(table.empty) if table.empty is not None else None
+    _, _, mix, probe = _fit_policies(tr, tau, empty, passthrough, seed)
+    ids = [str(i) for i in te["example_id"]]
+    ep = learned.drop_duplicates("example_id").set_index(learned["example_id"].astype(str).drop_duplicates())
+    keep = [j for j, i in enumerate(ids) if i in ep.index]
+    if not keep:
+        raise ValueError(f"the learned policy's episodes ({len(ep)}) share no document with the table's "
+                         f"{len(ids)} test documents")
+    te = {k: v[keep] for k, v in te.items()}
+    rows = ep.loc[[ids[j] for j in keep]]
+    per_doc = {"learned": ((rows["quality_full"] - rows["quality"]).to_numpy(float),
+                           rows["flops_saved"].to_numpy(float))}
+    D = len(keep)
+
+    def weights(w):
+        return (w * te["loss"]).sum(1), (w * te["saved"]).sum(1)
+
+    per_doc["best_static_mixture"] = weights(np.tile(mix, (D, 1)))
+    per_doc["probe"] = weights(probe.plan_probabilities(te["X"], "expected"))
+    out = {"documents": D, "tau": float(tau)}
+    for name, (loss, saved) in per_doc.items():
+        out[name] = {"mean_quality_loss": float(loss.mean()), "mean_flops_saved": float(saved.mean()),
+                     "mean_constraint_holds": bool(loss.mean() <= tau + 1e-12)}
+    out["best_static_mixture"]["plans"] = {table.plans[j]: float(p) for j, p in enumerate(mix) if p > 1e-6}
+    margins = []
+    for name in ("learned", "probe"):
+        loss, saved = per_doc[name]
+        baselines = {"best static mixture (train)": per_doc["best_static_mixture"]}
+        try:  # the static front at this policy's own mean test loss, fitted on the test documents
+            eq = mixture_lp(te["loss"].mean(0), te["saved"].mean(0), max(float(loss.mean()), 0.0))
+            baselines["static front at equal quality (test)"] = weights(np.tile(eq, (D, 1)))
+        except ValueError:  # no static mixture is that good (e.g. a loss below skip nothing's)
+            pass
+        for base, (b_loss, b_saved) in baselines.items():
+            d_s, d_l = saved - b_saved, loss - b_loss
+            margins.append({"policy": name, "baseline": base, "flops_saved": float(d_s.mean()),
+                            "flops_saved_ci": list(bootstrap_ci(d_s, seed=seed)), "quality_loss": float(d_l.mean()),
+                            "quality_loss_ci": list(bootstrap_ci(d_l, seed=seed))})
+    out["margins"] = margins
+    eq_margin = {m["policy"]: m["flops_saved"] for m in margins
+                 if m["baseline"] == "static front at equal quality (test)"}
+    out["share_of_probe_margin"] = (eq_margin.get("learned", 0.0) / eq_margin["probe"]
+                                    if eq_margin.get("probe", 0.0) > 0 else None)
+    return out
+
+
+def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 32,
+                 test_examples: int = 20, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
+                 env_id: str = "SwitchDec-XSum-v1", progress_bar: bool = True, algo: str | None = None,
+                 static_examples: int | None = None, env_kwargs: dict | None = None) -> pd.DataFrame:
+    """Train a learner of :data:`skipenv.learners.LEARNERS` on ``env_id`` under its registered constraint
+    formulation, evaluate it against baselines on the test split, save policy / tables / plot. Returns the summary.
+
+    Steps: (1) full-model references of the train documents; (2) the probe's menu (:func:`skipenv.probe.
+    default_menu`) evaluated on the first ``static_examples`` train documents and on the test documents
+    (teacher-forced, :func:`skipenv.probe.evaluate_menu`; saved as ``menu/``); (3) training; (4) evaluation of the
+    learned policy, random (each bit skipped with probability 0.5), skip nothing and the best static plan of the
+    menu chosen on the train documents, with one generation per (policy, test document) for ROUGE-L.
+
+    Formulations (``gym.spec(env_id).kwargs["formulation"]``, :func:`registered_formulation`):
+
+    - ``"per_input"`` (``SwitchDec-XSum-v0``): the learner maximises the lexicographic reward; the best static plan
+      has the highest mean train reward; the margin (reward and FLOPs saved, paired over test documents,
+      :func:`paired_margin`) is stored under ``margin_over_best_static``.
+    - ``"expected"`` (``SwitchDec-XSum-v1``, the default): the learner trains through
+      :class:`~skipenv.formulations.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
+      static plan is the cheapest menu plan whose mean train loss is within tau; margins against the best static
+      mixture and against the static front at equal quality, with the probe policy's margins for scale, are
+      stored under ``expected_constraint`` (:func:`expected_margins`). A warm-started learner (``ppo-bc``, the
+      default here) first clones the probe policy's plans on the train documents
+      (:func:`skipenv.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
+      the probe rule's multiplier (:meth:`skipenv.probe.ProbePolicy.expected_multiplier`).
+
+    Args:
+        algo: learner name (default ``"ppo-bc"`` under the expected formulation, ``"ppo"`` under per-input).
+        static_examples: train documents the menu is evaluated on (default all ``train_examples``; >= 4 for the
+            probe policy / warm start; 0 = no menu, no static baseline, only for learners without warm start).
+        env_kwargs: further ``gym.make`` kwargs (plain values, e.g. ``max_input_tokens``; not ``split``,
+            ``num_examples``, ``model``, ``device``, ``formulation`` or ``formulation_kwargs``).
+
+    Raises:
+        ValueError: ``static_examples`` not an integer ``>= 0``, a warm-started learner with fewer than 4 menu
+            documents, reserved ``env_kwargs``, or an unknown learner (all checked before anything loads).
     """
     import gymnasium as gym
     import pandas as pd
@@ -219,10 +334,31 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     import skipenv  # noqa: F401  (registers the ids)
     from .baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
     from .benchmark import evaluate_policy, plot_pareto, summarize
+    from .learners import LEARNERS, WARM_STARTED
 
+    gym.spec(env_id)  # an unknown id fails here, before the output folder is created
+    formulation = registered_formulation(env_id)
+    if formulation not in ("per_input", "expected"):
+        raise ValueError(f"{env_id} applies the {formulation!r} formulation; skipenv train runs per_input and "
+                         f"expected ids")
+    algo = algo or ("ppo-bc" if formulation == "expected" else "ppo")
+    if algo not in LEARNERS:
+        raise ValueError(f"unknown learner {algo!r}; choose one of {sorted(LEARNERS)}")
+    if static_examples is None:
+        static_examples = train_examples
     if isinstance(static_examples, bool) or not isinstance(static_examples, int) or static_examples < 0:
         raise ValueError(f"static_examples must be an integer >= 0 (0 = no best-static baseline), got "
                          f"{static_examples!r}")
+    n_menu = min(static_examples, train_examples)
+    if algo in WARM_STARTED and n_menu < 4:
+        raise ValueError(f"{algo} clones the probe policy fitted on the menu's train documents, which needs >= 4 "
+                         f"of them; got static_examples={static_examples}, train_examples={train_examples}")
+    env_kwargs = dict(env_kwargs or {})
+    reserved = sorted({"split", "num_examples", "model", "device", "formulation", "formulation_kwargs"}
+                      & set(env_kwargs))
+    if reserved:
+        raise ValueError(f"env_kwargs {reserved} are set by the main job itself (its own arguments, or the id's "
+                         f"registered formulation); drop them")
     say = _say
     from .threads import configure_torch_threads
 
@@ -231,93 +367,140 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     say(line)
     if warning:
         say(warning)
-    gym.spec(env_id)  # an unknown id fails here, before the output folder is created
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    env_kwargs = {"model": model, "device": device}
-    say(f"skipenv train: [1/3] full-model references of {train_examples} train documents (cached on disk)")
+    env_kwargs.update(model=model, device=device, formulation="per_input")  # the job applies the formulation
+    say(f"skipenv train: [1/4] full-model references of {train_examples} train documents (cached on disk)")
     train_env = gym.make(env_id, split="train", num_examples=train_examples, **env_kwargs).unwrapped
     t_ref0 = time.perf_counter()
     computed = train_env.prefetch(progress=progress_bar)  # batched references
     s_per_ref = (time.perf_counter() - t_ref0) / computed if computed else None
+    test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
+    tau = train_env.tau
+
+    table = None
+    if n_menu:
+        from .probe import _fit_policies, evaluate_menu
+
+        say(f"skipenv train: [2/4] the probe's menu on {n_menu} train and {test_examples} test documents "
+            f"(best static plan{', static mixture' if formulation == 'expected' else ''}, probe policy"
+            f"{', warm-start targets' if algo in WARM_STARTED else ''}; saved in {out / 'menu'})")
+        envs = {"train": train_env, "test": test_env}
+        table = evaluate_menu(lambda split, n: envs[split], num_train=n_menu, num_test=max(test_examples, 2),
+                              config={"env_id": env_id, "tau": tau}, progress=progress_bar)
+        table.save(out / "menu")
+        tr = table.matrices("train")
+        empty = table.plans.index(table.empty) if table.empty is not None else None
+        static_pi, static_ex, _, probe = _fit_policies(tr, tau, empty, 2, seed)
+        static_j = static_ex if formulation == "expected" else static_pi
+        static_name = table.plans[static_j]
+        from .probe import default_menu
+
+        static_plan = default_menu(train_env.plan_spec)[static_name]
     train_env.reset(seed=seed)
-    # episodes of the evaluation: 3 or 4 policies × test documents, one generation each
-    n_eval = (4 if static_examples else 3) * test_examples
-    n_static = 8 * min(static_examples, train_examples)  # menu plans × train documents (teacher-forced only)
+
+    warm, lam_init = None, 0.0
+    if algo in WARM_STARTED:
+        from .warm_start import warm_start_targets
+
+        warm = warm_start_targets(table, tau, env=train_env, source="probe", formulation=formulation, seed=seed)
+        if formulation == "expected":
+            lam_init = probe.expected_multiplier()
+    learn_env = train_env
+    if formulation == "expected":
+        from .formulations import ExpectedConstraint
+
+        learn_env = ExpectedConstraint(train_env, tau, lam_init=lam_init)
+    n_eval = (4 if table is not None else 3) * test_examples
 
     def eta(done: int, seconds: float) -> None:
         s_step = seconds / max(done, 1)
         s_gen = max(s_per_ref or 0.0, 3 * s_step)  # one ROUGE generation per evaluation episode
-        left_train = (total_timesteps - done + n_static) * s_step
-        left_eval = n_eval * (s_step + s_gen) + test_examples * s_gen  # + references of the test documents
+        left_train = (total_timesteps - done) * s_step
+        left_eval = n_eval * (s_step + s_gen)
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
-            f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)} "
-            f"(much less when the test references are already cached)")
+            f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)}")
         late_warning = _threads_line()[1]  # the load again, now that this job has run for a while
         if late_warning and not warning:
             say(late_warning)
 
-    if algo == "ppo":
-        say(f"skipenv train: [2/3] training PPO for {total_timesteps} episodes (monitor.csv and tensorboard/ in "
-            f"{out})")
-        learned = SB3Policy(train_ppo(train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
-                                      device=device, progress_bar=progress_bar, on_early_speed=eta), name="ppo")
+    say(f"skipenv train: [3/4] training {algo} for {total_timesteps} episodes under the {formulation} formulation"
+        + (f" (Lagrange multiplier starts at {lam_init:.3g})" if formulation == "expected" else "")
+        + (f", after cloning the probe policy's plans on {n_menu} train documents" if warm is not None else "")
+        + f" (logs and policy in {out})")
+    if algo in ("ppo", "ppo-bc"):
+        learned = SB3Policy(train_ppo(learn_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
+                                      device=device, progress_bar=progress_bar, on_early_speed=eta,
+                                      warm_start=warm), name=algo)
     else:
         from .learners import train_learner
 
-        say(f"skipenv train: [2/3] training {algo} for {total_timesteps} episodes (logs and policy in {out})")
-        learned, _ = train_learner(algo, train_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
-                                   progress_bar=progress_bar, device=device)
+        learned, _ = train_learner(algo, learn_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
+                                   progress_bar=progress_bar, device=device, warm_start=warm)
     t_train = time.perf_counter() - t0
 
-    static = None
-    if static_examples:
-        n_static = min(static_examples, len(train_env.examples))
-        say(f"skipenv train: choosing the best static plan of the probe's menu on {n_static} train documents")
-        static_name, static_plan, static_means = best_static_plan(train_env, train_env.examples[:n_static],
-                                                                  progress=progress_bar)
-        static = (f"best static: {static_name}", static_plan, static_means, n_static)
-
-    say(f"skipenv train: [3/3] evaluating {algo}, random:0.5, skip-nothing"
-        f"{' and the best static plan' if static else ''} on {test_examples} test documents")
-    test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
+    say(f"skipenv train: [4/4] evaluating {algo}, random:0.5, skip-nothing"
+        f"{' and the best static plan' if table is not None else ''} on {test_examples} test documents")
     policies = [learned, RandomPolicy(test_env, 0.5, seed=seed), SkipNothing(test_env)]
-    if static is not None:
-        policies.append(StaticPlan(test_env, static[1], name=static[0]))
+    if table is not None:
+        static_label = f"best static: {static_name}"
+        policies.append(StaticPlan(test_env, static_plan, name=static_label))
     episodes = pd.concat([evaluate_policy(p, test_env, seed=seed, extra_quality=("rouge",), progress=progress_bar)
                           for p in policies], ignore_index=True)
     summary = summarize(episodes)
     episodes.to_csv(out / "episodes.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    meta = {"env_id": env_id, "algo": algo, "model": model, "total_timesteps": total_timesteps,
-            "train_examples": train_examples,
-            "test_examples": test_examples, "seed": seed, "train_seconds": round(t_train, 1),
-            "total_seconds": round(time.perf_counter() - t0, 1), "tau": test_env.tau,
+    meta = {"env_id": env_id, "formulation": formulation, "algo": algo, "model": model,
+            "total_timesteps": total_timesteps, "train_examples": train_examples, "test_examples": test_examples,
+            "seed": seed, "train_seconds": round(t_train, 1), "total_seconds": None, "tau": tau,
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
-    if static is not None:
-        margin = paired_margin(episodes, learned.name, static[0])
-        meta["best_static"] = {"policy": static[0], "train_documents": static[3], "train_mean_reward": static[2]}
-        meta["margin_over_best_static"] = margin
-        say(f"skipenv train: {learned.name} minus {static[0]} (chosen on {static[3]} train documents), paired over "
-            f"{margin['documents']} test documents: reward {margin['reward']:+.3f} "
-            f"[{margin['reward_ci'][0]:+.3f}, {margin['reward_ci'][1]:+.3f}], FLOPs saved "
-            f"{margin['flops_saved']:+.3f} [{margin['flops_saved_ci'][0]:+.3f}, {margin['flops_saved_ci'][1]:+.3f}] "
-            f"(95 % bootstrap CIs)")
+    if formulation == "expected":
+        meta["lagrange_multiplier"] = {"initial": lam_init, "final": learn_env.lam}
+    if table is not None:
+        meta["best_static"] = {"policy": static_label, "train_documents": n_menu}
+        if formulation == "per_input":
+            margin = paired_margin(episodes, learned.name, static_label)
+            meta["margin_over_best_static"] = margin
+            say(f"skipenv train: {learned.name} minus {static_label} (chosen on {n_menu} train documents), paired over "
+                f"{margin['documents']} test documents: reward {margin['reward']:+.3f} "
+                f"[{margin['reward_ci'][0]:+.3f}, {margin['reward_ci'][1]:+.3f}], FLOPs saved "
+                f"{margin['flops_saved']:+.3f} [{margin['flops_saved_ci'][0]:+.3f}, "
+                f"{margin['flops_saved_ci'][1]:+.3f}] (95 % bootstrap CIs)")
+        else:
+            em = expected_margins(table, episodes[episodes["policy"] == learned.name], tau, seed=seed)
+            meta["expected_constraint"] = em
+            for m in em["margins"]:
+                who = learned.name if m["policy"] == "learned" else "probe policy (supervised, for scale)"
+                say(f"skipenv train: {who} minus {m['baseline']}, paired over {em['documents']} test "
+                    f"documents: FLOPs saved {m['flops_saved']:+.3f} [{m['flops_saved_ci'][0]:+.3f}, "
+                    f"{m['flops_saved_ci'][1]:+.3f}], quality loss {m['quality_loss']:+.4f} "
+                    f"[{m['quality_loss_ci'][0]:+.4f}, {m['quality_loss_ci'][1]:+.4f}]")
+            for name in ("learned", "best_static_mixture", "probe"):
+                r = em[name]
+                who = {"learned": learned.name, "best_static_mixture": "best static mixture (train)",
+                       "probe": "probe policy"}[name]
+                say(f"skipenv train: {who}: mean quality loss {r['mean_quality_loss']:.4f} "
+                    f"({'within' if r['mean_constraint_holds'] else 'ABOVE'} tau {tau}), FLOPs saved "
+                    f"{r['mean_flops_saved']:.3f}")
+    meta["total_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(meta, indent=2, default=float))
     plot_pareto(summary, out / "quality_vs_flops.png", quality_col="quality", episodes=episodes,
-                tau=meta["tau"], quality_name=meta["quality"],
+                tau=tau, quality_name=meta["quality"],
                 title=f"{env_id}: {meta['quality']} vs FLOPs saved (test split)")
     say(f"skipenv train: done in {_minutes(time.perf_counter() - t0)}")
     return summary
 
 
-def format_table(summary: pd.DataFrame) -> str:
-    """The main job's printed table."""
-    cols = {"policy": "policy", "quality": "agreement", "quality_rouge": "ROUGE-L",
-            "quality_full_rouge": "ROUGE-L (full)", "flops_saved": "FLOPs saved",
+def format_table(summary: pd.DataFrame, quality_name: str = "agreement") -> str:
+    """The main job's printed table: per policy the mean quality (named ``quality_name``), mean quality loss
+    (full model minus plan; the expected constraint bounds its mean by tau), ROUGE-L, FLOPs saved (fraction),
+    per-input constraint-met rate and lexicographic reward."""
+    t = summary.assign(quality_loss=summary["quality_full"] - summary["quality"])
+    cols = {"policy": "policy", "quality": quality_name, "quality_loss": "quality loss",
+            "quality_rouge": "ROUGE-L", "quality_full_rouge": "ROUGE-L (full)", "flops_saved": "FLOPs saved",
             "constraint_satisfied": "constraint ok", "reward_mean": "reward mean", "reward_std": "reward std"}
-    t = summary[[c for c in cols if c in summary.columns]].rename(columns=cols)
+    t = t[[c for c in cols if c in t.columns]].rename(columns=cols)
     return t.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
@@ -331,21 +514,27 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--total-timesteps", type=positive_int, default=384, help="PPO environment steps (= episodes)")
     p.add_argument("--train-examples", type=positive_int, default=32, help="XSum train documents cycled during training")
     p.add_argument("--test-examples", type=positive_int, default=20, help="XSum test documents evaluated")
-    p.add_argument("--static-examples", type=nonnegative_int, default=16,
-                   help="train documents on which the best static plan of the probe's menu is chosen (the baseline "
-                        "the learned policy's margin is reported against; 0 = leave it out)")
+    p.add_argument("--static-examples", type=nonnegative_int, default=None,
+                   help="train documents the probe's menu is evaluated on: the best static plan (and, under the "
+                        "expected formulation, the static mixture and the probe policy the margins are reported "
+                        "against) and the warm-start targets (default: all --train-examples; 0 = no menu, no "
+                        "static baseline)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of PPO, the env and the random baseline")
     p.add_argument("--device", default="cpu", help="torch device of the generator and PPO (e.g. cpu, cuda)")
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="generator: the embedded short name, a Hugging Face Hub id or a local model folder")
-    p.add_argument("--env", default="SwitchDec-XSum-v0", help="environment id (one-shot)")
+    p.add_argument("--env", default="SwitchDec-XSum-v1",
+                   help="environment id (one-shot); its registered formulation is used (v1: expected, v0: "
+                        "per_input)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (phase lines and the time estimate are still printed to stderr)")
-    from .learners import LEARNERS, WARM_STARTED
+    from .learners import LEARNERS
 
-    p.add_argument("--algo", default="ppo", choices=[a for a in LEARNERS if a not in WARM_STARTED],
-                   help="learner (skipenv.learners): ppo, a2c, the ConstrainedPG handlers, or the group-baseline "
-                        "rloo / grpo (policy.pt instead of policy.zip)")
+    p.add_argument("--algo", default=None, choices=list(LEARNERS),
+                   help="learner (skipenv.learners; default ppo-bc under the expected formulation, ppo under "
+                        "per_input): ppo, a2c, the ConstrainedPG handlers, the group-baseline rloo / grpo "
+                        "(policy.pt instead of policy.zip), or ppo-bc / rloo-bc (behaviour cloning of the probe "
+                        "policy's plans first)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -353,10 +542,11 @@ def main(args: argparse.Namespace) -> int:
                            test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,
                            env_id=args.env, progress_bar=not args.no_progress, algo=args.algo,
                            static_examples=args.static_examples)
-    print(format_table(summary))
-    sb3 = args.algo in ("ppo", "a2c")
+    meta = json.loads((Path(args.out) / "summary.json").read_text())
+    print(format_table(summary, meta["quality"]))
+    sb3 = meta["algo"] in ("ppo", "a2c", "ppo-bc")
     logs = (f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})" if sb3 else
             "progress.csv (one row per training episode)")
     print(f"\nsaved: {Path(args.out) / ('policy.zip' if sb3 else 'policy.pt')}, summary.csv, summary.json, "
-          f"episodes.csv, quality_vs_flops.png, {logs}")
+          f"episodes.csv, quality_vs_flops.png, menu/, {logs}")
     return 0
