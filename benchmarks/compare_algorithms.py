@@ -55,9 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     from skipenv.learners import LEARNERS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="SwitchDec-XSum-v0", help="one-shot env id")
+    p.add_argument("--env", default="SwitchDec-XSum-v1", help="one-shot env id")
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="further gym.make kwargs as JSON")
-    p.add_argument("--formulation", choices=("per_input", "expected", "budget"), default="per_input")
+    p.add_argument("--formulation", choices=("per_input", "expected", "budget"), default=None,
+                   help="constraint formulation (default: the env id's registered one: expected for "
+                        "SwitchDec-XSum-v1, per_input for v0)")
     p.add_argument("--algos", nargs="+", default=list(DEFAULT_ALGOS),
                    choices=sorted([*LEARNERS, "dqn-layerwise"]), help="learners to train")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -72,6 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--oracle", action="store_true", help="add the per-input greedy oracle over token segments")
     p.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
+    if args.formulation is None:
+        import gymnasium as gym
+
+        import skipenv  # noqa: F401  (registers the ids)
+
+        args.formulation = gym.spec(args.env).kwargs.get("formulation", "per_input")
     if args.formulation != "per_input" and "dqn-layerwise" in args.algos:
         print("note: dqn-layerwise runs only under the per_input formulation; left out")
         args.algos = [a for a in args.algos if a != "dqn-layerwise"]
@@ -118,16 +126,19 @@ def main(argv=None) -> None:
     if {"formulation", "formulation_kwargs"} & set(kw):
         raise SystemExit("--env-kwargs must not hold formulation / formulation_kwargs: the script applies the "
                          "formulation itself; use --formulation")
+    kw["formulation"] = "per_input"  # the bare envs; the script wraps them for --formulation itself
     train = gym.make(args.env, split="train", num_examples=args.train_examples, **kw).unwrapped
     test = gym.make(args.env, split="test", num_examples=args.test_examples, **kw).unwrapped
+    del kw["formulation"]
     train.prefetch()
     test.prefetch()
     tau = float(train.tau)
     form = args.formulation
 
-    def formulated(env):
-        """A fresh formulation wrapper (own Lagrange multiplier / tolerance generator) around ``env``."""
-        return make_formulation(env, form, **({"tau": tau} if form == "expected" else {}))
+    def formulated(env, lam_init: float = 0.0):
+        """A fresh formulation wrapper (own Lagrange multiplier, starting at ``lam_init``, / tolerance generator)
+        around ``env``."""
+        return make_formulation(env, form, **({"tau": tau, "lam_init": lam_init} if form == "expected" else {}))
 
     eval_env = formulated(test) if form == "budget" else test  # the budget observation carries tau
     taus = list(args.eval_taus)
@@ -152,7 +163,7 @@ def main(argv=None) -> None:
         bits = list(range(test.action_space.n - test.plan_spec.token_segments, test.action_space.n))
         run(B.OraclePolicy(test, max_skips=4, candidate_bits=bits), "oracle-tokens (upper ref.)", 0)
 
-    warm = None
+    warm, warm_lam = None, 0.0
     if any(a in WARM_STARTED for a in args.algos):
         from skipenv.probe import evaluate_menu
         from skipenv.warm_start import warm_start_targets
@@ -170,10 +181,22 @@ def main(argv=None) -> None:
               f"{len(table.plans)} menu plans x {args.train_examples} train documents ({n_table} extra episodes)")
         for a in WARM_STARTED:
             extra[a] = n_table
+        if form == "expected" and args.bc_source == "probe":
+            # warm-started learners keep the cloned rule's trade-off: their multiplier starts at the probe rule's
+            from skipenv.probe import ProbePolicy
+
+            tr = table.matrices("train")
+            warm_lam = ProbePolicy(empty=table.plans.index(table.empty) if table.empty else None).fit(
+                tr["X"], tr["loss"], tr["saved"], tr["quality_full"], tau).expected_multiplier()
+            print(f"warm start: the Lagrange multiplier of the -bc learners starts at the probe rule's {warm_lam:.3g}")
 
     if "dqn-layerwise" in args.algos:
         # the layerwise envs share the one-shot envs' evaluators: full outputs, observations and outcomes
-        lw_id = args.env.replace("-v0", "-Layerwise-v0")
+        import re
+
+        lw_id = re.sub(r"-v\d+$", "-Layerwise-v0", args.env)
+        if lw_id not in gym.registry:
+            raise SystemExit(f"dqn-layerwise needs the layerwise id of {args.env} ({lw_id}), which is not registered")
         lw_kw = {k: v for k, v in kw.items() if k not in EVALUATOR_KWARGS}
         lw_train = skipenv.make(lw_id, evaluator=train.evaluator, split="train", num_examples=args.train_examples,
                                 **lw_kw).unwrapped
@@ -190,7 +213,8 @@ def main(argv=None) -> None:
                 curve = c.assign(timestep=np.arange(1, len(c) + 1))
                 policy = B.LayerwiseRollout(dqn, lw_test, test, name="dqn-layerwise")
             else:
-                policy, curve = train_learner(algo, formulated(train), total_timesteps=args.timesteps, seed=seed,
+                lam0 = warm_lam if algo in WARM_STARTED else 0.0
+                policy, curve = train_learner(algo, formulated(train, lam0), total_timesteps=args.timesteps, seed=seed,
                                               out_dir=d, warm_start=warm if algo in WARM_STARTED else None)
             times.setdefault(algo, []).append(time.perf_counter() - t0)
             curves[f"{algo} s{seed}"] = curve
