@@ -324,6 +324,7 @@ class ProbePolicy:
         self.threshold: float | None = None
         self.lams: np.ndarray | None = None
         self.lam_weights: np.ndarray | None = None
+        self.lam_deterministic: float | None = None
 
     # -- regression
     def _model(self, n_docs: int, n_features: int):
@@ -390,6 +391,11 @@ class ProbePolicy:
             self.lam_weights = mixture_lp(m_loss, m_saved, tau)
         except ValueError:  # no rule meets tau on the train documents: the most cautious one
             self.lam_weights = np.eye(len(self.lams))[int(np.argmin(m_loss))]
+        # the best single rule (no randomisation) whose out-of-fold train mean loss is within tau
+        m_loss, m_saved = np.asarray(m_loss), np.asarray(m_saved)
+        feasible = np.where(m_loss <= tau + 1e-12)[0]
+        self.lam_deterministic = float(self.lams[feasible[m_saved[feasible].argmax()]] if len(feasible)
+                                       else self.lams[int(np.argmin(m_loss))])
         return self
 
     def predict_outcomes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -410,24 +416,26 @@ class ProbePolicy:
         return (s_hat - lam * l_hat).argmax(1)
 
     def expected_multiplier(self) -> float:
-        """The Lagrange multiplier of the calibrated expected-constraint rule (``argmax_p S^_p - lam L^_p``): the
-        probability-weighted mean of the (at most two) finite ``lam`` the rule mixes, in FLOPs-fraction per unit of
-        quality loss — the scale :class:`~skipenv.formulations.ExpectedConstraint`'s multiplier needs to hold this
-        rule's trade-off (e.g. its ``lam_init`` after a warm start). 0 when only the unconstrained rule is used.
+        """The Lagrange multiplier ``lam`` of the deterministic expected-constraint rule (``argmax_p S^_p - lam
+        L^_p``, the best single ``lam`` of the grid whose out-of-fold train mean loss is within tau), in
+        FLOPs-fraction per unit of quality loss: the scale :class:`~skipenv.formulations.ExpectedConstraint`'s
+        multiplier needs to keep this rule's trade-off (e.g. its ``lam_init`` after a warm start). When only the most
+        cautious rule (``lam = inf``) qualifies, the largest finite ``lam`` of the grid (1000).
 
         Raises:
             RuntimeError: the policy is not fitted.
         """
         if self.lam_weights is None:
             raise RuntimeError("fit the probe policy first")
-        finite = [(lam, p) for lam, p in zip(self.lams, self.lam_weights) if p > 1e-9 and np.isfinite(lam)]
-        if not finite:  # only the most cautious rule (lam = inf): the largest finite lam of the grid
-            return float(self.lams[np.isfinite(self.lams)].max())
-        return float(sum(lam * p for lam, p in finite) / sum(p for _, p in finite))
+        lam = self.lam_deterministic
+        return float(lam if np.isfinite(lam) else self.lams[np.isfinite(self.lams)].max())
 
-    def plan_probabilities(self, X: np.ndarray, formulation: str) -> np.ndarray:
+    def plan_probabilities(self, X: np.ndarray, formulation: str, *, deterministic: bool = False) -> np.ndarray:
         """The policy's plan distribution per document, ``[D, P]`` (rows sum to 1): one-hot under
-        ``"per_input"``; under ``"expected"`` a mixture of at most two ``lam`` rules (as the static mixture).
+        ``"per_input"``; under ``"expected"`` a mixture of at most two ``lam`` rules (as the static mixture), or with
+        ``deterministic=True`` one-hot: the best single rule within tau on the train documents (``lam`` =
+        :meth:`expected_multiplier`) — what a policy that acts deterministically can imitate (cloning the mixture's
+        weights into such a policy keeps only the more probable rule).
 
         Raises:
             ValueError: an unknown formulation.
@@ -436,6 +444,8 @@ class ProbePolicy:
         D = len(l_hat)
         if formulation == "per_input":
             return _one_hot(self._per_input_choice(l_hat, s_hat, self.threshold), self.P)
+        if formulation == "expected" and deterministic:
+            return _one_hot(self._expected_choice(l_hat, s_hat, self.lam_deterministic), self.P)
         if formulation == "expected":
             w = np.zeros((D, self.P))
             for lam, p in zip(self.lams, self.lam_weights):

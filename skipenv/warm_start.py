@@ -11,7 +11,11 @@ documents) through :func:`warm_start_targets`:
   :func:`skipenv.probe.per_input_oracle`), or under the expected formulation the expected-constraint oracle's
   per-document plan distribution (:func:`skipenv.probe.expected_oracle`, weights of a mixture);
 - ``source="probe"``: the supervised probe policy's plan choice (:class:`skipenv.probe.ProbePolicy`, fitted on
-  the same train documents, cross-validated), a contextual policy that uses only the observation.
+  the same train documents, cross-validated), a contextual policy that uses only the observation; under the
+  expected formulation its deterministic rule (one plan per document, ``plan_probabilities(...,
+  deterministic=True)``): cloning the randomised rule's weights into a policy that is evaluated by its mode kept
+  only the more probable (cautious) rule — on 96 XSum train documents the clone then saved −0.1 % of FLOPs where
+  the probe saved 7.6 %.
 
 :func:`behaviour_cloning` accepts a :class:`~skipenv.algorithms.BernoulliPolicy`, a repository agent that holds
 one (:class:`~skipenv.algorithms.GroupPG`, :class:`~skipenv.algorithms.ConstrainedPG`), or a stable-baselines3
@@ -130,9 +134,9 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
         if source == "oracle":
             W = (np.eye(P)[per_input_oracle(m["quality"], m["quality_full"], m["cost"], t)]
                  if formulation == "per_input" else expected_oracle(m["loss"], m["saved"], t))
-        else:
+        else:  # the deterministic rule: a policy evaluated by its mode cannot imitate a per-document mixture
             probe = ProbePolicy(empty=empty, seed=seed).fit(X, m["loss"], m["saved"], m["quality_full"], t)
-            W = probe.plan_probabilities(X, formulation)
+            W = probe.plan_probabilities(X, formulation, deterministic=True)
         d, p = np.nonzero(W > 1e-9)
         o = X[d]
         if append_tau:

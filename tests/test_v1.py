@@ -191,3 +191,40 @@ def test_main_job_refuses_bad_arguments_before_loading(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         run_main_job(tmp_path / "never", model="no-such-model-is-loaded", **kwargs)
     assert not (tmp_path / "never").exists()
+
+
+def test_probe_deterministic_expected_rule_is_the_best_single_rule_within_tau(tiny_xsum_env_factory):
+    """The deterministic rule re-derived by hand from out-of-fold predictions: the single lam of the grid with the
+    most train FLOPs saved among those whose train mean loss is within tau; its plan per document is
+    argmax S^ - lam L^; the warm-start targets of the expected formulation are exactly those plans."""
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    from skipenv import probe
+    from skipenv.warm_start import warm_start_targets
+
+    make_env = tiny_xsum_env_factory
+    table = probe.evaluate_menu(make_env, num_train=10, num_test=2, progress=False)
+    m = table.matrices("train")
+    D, P = m["loss"].shape
+    tau = float(np.quantile(m["loss"][:, 1:].mean(0), 0.5))  # some plans meet it on average, some do not
+    pol = probe.ProbePolicy(empty=0, seed=3).fit(m["X"], m["loss"], m["saved"], m["quality_full"], tau)
+    oof = cross_val_predict(pol._model(D - int(np.ceil(D / 5)), m["X"].shape[1]), m["X"],
+                            np.hstack([m["loss"], m["saved"]]), cv=KFold(5, shuffle=True, random_state=3))
+    l_hat, s_hat = oof[:, :P].copy(), oof[:, P:]
+    l_hat[:, 0] = 0.0
+    best = None
+    for lam in pol.lams:
+        c = l_hat.argmin(1) if np.isinf(lam) else (s_hat - lam * l_hat).argmax(1)
+        loss, saved = m["loss"][np.arange(D), c].mean(), m["saved"][np.arange(D), c].mean()
+        if loss <= tau + 1e-12 and (best is None or saved > best[1]):
+            best = (lam, saved)
+    assert best is not None and pol.lam_deterministic == best[0]
+    assert pol.expected_multiplier() == (best[0] if np.isfinite(best[0]) else 1000.0)
+    W = pol.plan_probabilities(m["X"], "expected", deterministic=True)
+    lt, st = pol.predict_outcomes(m["X"])
+    expected_choice = lt.argmin(1) if np.isinf(best[0]) else (st - best[0] * lt).argmax(1)
+    np.testing.assert_array_equal(W.argmax(1), expected_choice)
+    assert set(np.unique(W)) <= {0.0, 1.0}
+    targets = warm_start_targets(table, tau, env=make_env("train", 10), source="probe", formulation="expected",
+                                 seed=3)
+    assert targets.plans == [table.plans[j] for j in expected_choice] and (targets.weights == 1).all()
