@@ -319,14 +319,17 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     Args:
         algo: learner name (default ``"ppo-bc"`` under the expected formulation, ``"ppo"`` under per-input).
-        static_examples: train documents the menu is evaluated on (default all ``train_examples``; >= 4 for the
-            probe policy / warm start; 0 = no menu, no static baseline, only for learners without warm start).
+        static_examples: train documents the menu is evaluated on (default all ``train_examples``; the menu
+            needs >= 4 of them, for the probe policy; 0 = no menu, no static baseline, only for learners without
+            warm start).
         env_kwargs: further ``gym.make`` kwargs (plain values, e.g. ``max_input_tokens``; not ``split``,
             ``num_examples``, ``model``, ``device``, ``formulation`` or ``formulation_kwargs``).
 
     Raises:
-        ValueError: ``static_examples`` not an integer ``>= 0``, a warm-started learner with fewer than 4 menu
-            documents, reserved ``env_kwargs``, or an unknown learner (all checked before anything loads).
+        ValueError: ``total_timesteps``, ``train_examples`` or ``test_examples`` not an integer ``>= 1``,
+            ``static_examples`` not an integer ``>= 0``, 1 to 3 menu documents (``min(static_examples,
+            train_examples)``), a warm-started learner with fewer than 4 menu documents, reserved ``env_kwargs``,
+            or an unknown learner (all checked before anything loads).
     """
     import gymnasium as gym
     import pandas as pd
@@ -344,6 +347,10 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     algo = algo or ("ppo-bc" if formulation == "expected" else "ppo")
     if algo not in LEARNERS:
         raise ValueError(f"unknown learner {algo!r}; choose one of {sorted(LEARNERS)}")
+    for name, v in (("total_timesteps", total_timesteps), ("train_examples", train_examples),
+                    ("test_examples", test_examples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if static_examples is None:
         static_examples = train_examples
     if isinstance(static_examples, bool) or not isinstance(static_examples, int) or static_examples < 0:
@@ -353,6 +360,11 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     if algo in WARM_STARTED and n_menu < 4:
         raise ValueError(f"{algo} clones the probe policy fitted on the menu's train documents, which needs >= 4 "
                          f"of them; got static_examples={static_examples}, train_examples={train_examples}")
+    if 0 < n_menu < 4:  # the menu's static baselines come with the probe policy, fitted on >= 4 documents
+        raise ValueError(f"the probe's menu (best static plan, probe policy) needs >= 4 train documents, got "
+                         f"min(static_examples, train_examples) = {n_menu}; use static_examples >= 4 and "
+                         f"train_examples >= 4 (--static-examples / --train-examples), or static_examples=0 "
+                         f"(--static-examples 0) to leave the static baseline out")
     env_kwargs = dict(env_kwargs or {})
     reserved = sorted({"split", "num_examples", "model", "device", "formulation", "formulation_kwargs"}
                       & set(env_kwargs))
