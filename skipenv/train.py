@@ -235,7 +235,8 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
 
     Raises:
-        ValueError: the learned episodes share no document with the table's test split.
+        ValueError: the learned episodes share no document with the table's test split, or report another
+            full-model quality for a shared document than the table (episodes of a different env).
     """
     import numpy as np
 
@@ -254,6 +255,16 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
                          f"{len(ids)} test documents")
     te = {k: v[keep] for k, v in te.items()}
     rows = ep.loc[[ids[j] for j in keep]]
+    # same document, same full-model quality: else the episodes come from another env (quality signal, model,
+    # input budget) than the table, and the paired differences would mix units
+    full = rows["quality_full"].to_numpy(float)
+    off = ~np.isclose(full, te["quality_full"][:, 0], rtol=1e-6, atol=1e-9)
+    if off.any():
+        j = int(np.argmax(off))
+        raise ValueError(f"the learned policy's episodes and the table disagree on the full model's quality of "
+                         f"{int(off.sum())} of {len(off)} shared test documents (e.g. {ids[keep[j]]!r}: "
+                         f"{full[j]!r} vs {te['quality_full'][j, 0]!r}): they come from different envs (quality "
+                         f"signal, model or input budget); evaluate both on the same env")
     per_doc = {"learned": ((rows["quality_full"] - rows["quality"]).to_numpy(float),
                            rows["flops_saved"].to_numpy(float))}
     D = len(keep)

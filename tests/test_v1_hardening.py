@@ -25,3 +25,37 @@ def test_main_job_refuses_menu_and_size_arguments_before_loading(kwargs, match, 
     with pytest.raises(ValueError, match=match):
         run_main_job(tmp_path / "never", model="no-such-model-is-loaded", progress_bar=False, **kwargs)
     assert not (tmp_path / "never").exists()
+
+
+def test_expected_margins_pair_the_table_and_refuse_episodes_of_another_env(tiny_xsum_env_factory):
+    """The margins pair the learned episodes with the table's test documents by example id; episodes from an env
+    with another quality signal (same ids, other units) are refused instead of mixed into the differences."""
+    import numpy as np
+    import pandas as pd
+
+    from skipenv.envs import SwitchDecEnv
+    from skipenv.probe import evaluate_menu
+    from skipenv.train import expected_margins
+
+    table = evaluate_menu(tiny_xsum_env_factory, num_train=4, num_test=3, progress=False)
+    te = table.matrices("test")
+    j = table.plans.index("skip nothing")
+    # "learned" = skip nothing, in reversed order with one extra document the table lacks
+    learned = pd.DataFrame({"example_id": [*te["example_id"][::-1], "not-in-table"],
+                            "quality": [*te["quality"][::-1, j], 0.0], "quality_full": [*te["quality_full"][::-1, j], 1.0],
+                            "flops_saved": [*te["saved"][::-1, j], 0.5]})
+    em = expected_margins(table, learned, 0.1)
+    assert em["documents"] == 3
+    assert em["learned"]["mean_quality_loss"] == pytest.approx(te["loss"][:, j].mean())
+    assert em["learned"]["mean_flops_saved"] == pytest.approx(te["saved"][:, j].mean())
+    # the same documents and plan, but scored by the probability signal: refused
+    gen = tiny_xsum_env_factory("test", 3)._evaluator.generator
+    other = SwitchDecEnv("xsum", generator=gen, split="test", num_examples=3, max_new_tokens=6, max_input_tokens=96,
+                         disk_cache=False, quality="probability")
+    rows = []
+    for i in range(3):
+        other.reset(options={"index": i})
+        *_, info = other.step(np.zeros(other.action_space.n, dtype=np.int8))
+        rows.append({k: info[k] for k in ("example_id", "quality", "quality_full", "flops_saved")})
+    with pytest.raises(ValueError, match="disagree on the full model's quality of 3 of 3"):
+        expected_margins(table, pd.DataFrame(rows), 0.1)
