@@ -316,8 +316,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     Formulations (``gym.spec(env_id).kwargs["formulation"]``, :func:`registered_formulation`):
 
-    - ``"per_input"`` (``SwitchDec-XSum-v0``): the learner maximises the lexicographic reward; the best static plan
-      has the highest mean train reward; the margin (reward and FLOPs saved, paired over test documents,
+    - ``"per_input"`` (``SwitchDec-XSum-v0``): the learner maximises the env's reward (lexicographic unless
+      ``env_kwargs`` set ``reward_mode``); the best static plan has the highest mean train reward of that env; the margin (reward and FLOPs saved, paired over test documents,
       :func:`paired_margin`) is stored under ``margin_over_best_static``.
     - ``"expected"`` (``SwitchDec-XSum-v1``, the default): the learner trains through
       :class:`~skipenv.formulations.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
@@ -415,8 +415,13 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         table.save(out / "menu")
         tr = table.matrices("train")
         empty = table.plans.index(table.empty) if table.empty is not None else None
-        static_pi, static_ex, _, probe = _fit_policies(tr, tau, empty, 2, seed)
-        static_j = static_ex if formulation == "expected" else static_pi
+        _, static_ex, _, probe = _fit_policies(tr, tau, empty, 2, seed)
+        if formulation == "expected":
+            static_j = static_ex
+        else:  # the highest mean of the env's own reward (its reward_mode / cost_weight), as the learner sees it
+            o = table.outcomes[table.outcomes["split"] == "train"]
+            static_j = int(o.pivot(index="doc", columns="plan", values="reward")[table.plans].mean(0).to_numpy()
+                           .argmax())  # ties: the first menu plan, skip nothing
         static_name = table.plans[static_j]
         from .probe import default_menu
 

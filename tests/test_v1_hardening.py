@@ -59,3 +59,36 @@ def test_expected_margins_pair_the_table_and_refuse_episodes_of_another_env(tiny
         rows.append({k: info[k] for k in ("example_id", "quality", "quality_full", "flops_saved")})
     with pytest.raises(ValueError, match="disagree on the full model's quality of 3 of 3"):
         expected_margins(table, pd.DataFrame(rows), 0.1)
+
+
+def test_main_job_per_input_static_plan_follows_the_envs_reward(tmp_path):
+    """Under per_input the best static plan is the menu plan with the highest mean train reward *of the env the
+    learner trains on*: with ``reward_mode="weighted"`` and no cost weight that is the plan of highest quality,
+    not the lexicographic choice (the cheapest plan within tau)."""
+    import json
+
+    import pandas as pd
+
+    from _tiny_local import write_tiny_assets
+    from skipenv.probe import ProbeTable, _rewards
+    from skipenv.train import run_main_job
+
+    model_dir, _ = write_tiny_assets(tmp_path)
+    out = tmp_path / "run"
+    run_main_job(out, total_timesteps=4, train_examples=4, test_examples=2, model=model_dir,
+                 env_id="SwitchDec-XSum-v0", progress_bar=False,
+                 env_kwargs=dict(max_new_tokens=4, max_input_tokens=96, disk_cache=False, reward_mode="weighted",
+                                 cost_weight=0.0))
+    meta = json.loads((out / "summary.json").read_text())
+    table = ProbeTable.load(out / "menu")
+    o = table.outcomes[table.outcomes["split"] == "train"]
+    tr = table.matrices("train")
+    # the weighted reward recomputed from the outcomes, quality - 0 * cost, per plan
+    weighted = pd.Series(tr["quality"].mean(0), index=table.plans)
+    assert weighted.to_numpy() == pytest.approx(o.pivot(index="doc", columns="plan", values="reward")[table.plans]
+                                                .mean(0).to_numpy())
+    best = weighted.idxmax()
+    lexicographic = pd.Series(_rewards(tr["quality"], tr["quality_full"], tr["cost"], meta["tau"]).mean(0),
+                              index=table.plans).idxmax()
+    assert best != lexicographic  # the two rewards choose differently here, so the check can fail
+    assert meta["best_static"]["policy"] == f"best static: {best}"
