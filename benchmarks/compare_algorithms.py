@@ -197,7 +197,9 @@ def main(argv=None) -> None:
         lw_id = re.sub(r"-v\d+$", "-Layerwise-v0", args.env)
         if lw_id not in gym.registry:
             raise SystemExit(f"dqn-layerwise needs the layerwise id of {args.env} ({lw_id}), which is not registered")
-        lw_kw = {k: v for k, v in kw.items() if k not in EVALUATOR_KWARGS}
+        # the one-shot envs' tau: an id's registered tau (v1: 0.01) is not the layerwise id's, which would otherwise
+        # take its evaluator quality signal's default and train DQN at another tolerance
+        lw_kw = {**{k: v for k, v in kw.items() if k not in EVALUATOR_KWARGS}, "tau": tau}
         lw_train = skipenv.make(lw_id, evaluator=train.evaluator, split="train", num_examples=args.train_examples,
                                 **lw_kw).unwrapped
         lw_test = skipenv.make(lw_id, evaluator=test.evaluator, split="test", num_examples=args.test_examples,

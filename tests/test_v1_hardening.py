@@ -92,3 +92,34 @@ def test_main_job_per_input_static_plan_follows_the_envs_reward(tmp_path):
                               index=table.plans).idxmax()
     assert best != lexicographic  # the two rewards choose differently here, so the check can fail
     assert meta["best_static"]["policy"] == f"best static: {best}"
+
+
+def test_compare_algorithms_layerwise_envs_share_the_one_shot_tau(tmp_path, monkeypatch):
+    """``--env SwitchDec-XSum-v1 --formulation per_input`` with another quality signal: the one-shot envs keep v1's
+    registered tau (0.01); the layerwise envs DQN trains on must use that tau too, not their signal's default."""
+    import importlib.util
+    from pathlib import Path
+
+    import skipenv
+    from _tiny_local import write_tiny_assets
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_algorithms.py"
+    spec = importlib.util.spec_from_file_location("compare_algorithms", path)
+    C = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(C)
+
+    model_dir, _ = write_tiny_assets(tmp_path)
+    made, make = [], skipenv.make
+
+    def spy(env_id, **kw):
+        env = make(env_id, **kw)
+        made.append((env_id, env.unwrapped.tau, env.unwrapped.quality))
+        return env
+
+    monkeypatch.setattr(skipenv, "make", spy)
+    C.main(["--env", "SwitchDec-XSum-v1", "--formulation", "per_input", "--algos", "dqn-layerwise", "--seeds", "0",
+            "--timesteps", "1", "--train-examples", "2", "--test-examples", "2", "--reps", "10",
+            "--out", str(tmp_path / "cmp"), "--env-kwargs",
+            f'{{"model": "{model_dir}", "quality": "agreement", "max_new_tokens": 3, "max_input_tokens": 96, '
+            f'"disk_cache": false}}'])
+    assert made == [("SwitchDec-XSum-Layerwise-v0", 0.01, "agreement")] * 2
