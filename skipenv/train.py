@@ -1,12 +1,15 @@
-"""The main job: train stable-baselines3 PPO on ``SwitchDec-XSum-v0`` (embedded SmolLM2, real XSum train split),
-save the policy, evaluate it on the XSum test split against the random policy and "skip nothing", and write a
-table (CSV + JSON) and a quality-vs-FLOPs scatter plot next to the policy.
+"""The main job: train a learner on ``SwitchDec-XSum-v1`` (embedded SmolLM2, real XSum train split; default
+``ppo-bc`` under v1's expected constraint, PPO under ``SwitchDec-XSum-v0``'s per-input one), save the policy,
+evaluate it on the XSum test split against the random policy, "skip nothing" and the best static plan of the probe's
+menu, and write a table (CSV + JSON), the margins and a quality-vs-FLOPs scatter plot next to the policy
+(:func:`run_main_job`).
 
-Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget (384 PPO episodes, the best static
-plan chosen on 16 train documents), assets and references already cached: about 5 minutes on 2 lightly loaded CPU
-cores (measured: 5.1 min), ~5 more the first time to compute the references — the printed estimate tells. The job states torch's thread setting
-and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after the
-first 8 PPO episodes (and checks the load again then), and labels every progress bar; with standard error
+Command line: ``skipenv train`` (see ``skipenv train --help``). Measured budget under v0's former defaults (384 PPO
+episodes, the best static plan chosen on 16 train documents), assets and references already cached: about 5 minutes
+on 2 lightly loaded CPU cores (5.1 min), ~5 more the first time to compute the references; the menu now adds 8
+teacher-forced episodes per train and test document — the printed estimate tells. The job states torch's thread
+setting and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after
+the first 8 training episodes (and checks the load again then), and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
 """
 
