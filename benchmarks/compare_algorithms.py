@@ -74,11 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--oracle", action="store_true", help="add the per-input greedy oracle over token segments")
     p.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
+    import gymnasium as gym
+
+    import skipenv  # noqa: F401  (registers the ids)
+    from skipenv.envs.registration import resolve_env_id
+
+    args.env = resolve_env_id(args.env)  # "SwitchDec-XSum": its latest version, as gym.make does
     if args.formulation is None:
-        import gymnasium as gym
-
-        import skipenv  # noqa: F401  (registers the ids)
-
         args.formulation = gym.spec(args.env).kwargs.get("formulation", "per_input")
     if args.formulation != "per_input" and "dqn-layerwise" in args.algos:
         print("note: dqn-layerwise runs only under the per_input formulation; left out")

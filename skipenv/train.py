@@ -353,7 +353,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     from .benchmark import evaluate_policy, plot_pareto, summarize
     from .learners import LEARNERS, WARM_STARTED
 
-    gym.spec(env_id)  # an unknown id fails here, before the output folder is created
+    from .envs.registration import resolve_env_id
+
+    env_id = resolve_env_id(env_id)  # an unknown id fails here, before the output folder is created
     formulation = registered_formulation(env_id)
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"{env_id} applies the {formulation!r} formulation; skipenv train runs per_input and "

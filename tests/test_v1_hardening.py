@@ -123,3 +123,24 @@ def test_compare_algorithms_layerwise_envs_share_the_one_shot_tau(tmp_path, monk
             f'{{"model": "{model_dir}", "quality": "agreement", "max_new_tokens": 3, "max_input_tokens": 96, '
             f'"disk_cache": false}}'])
     assert made == [("SwitchDec-XSum-Layerwise-v0", 0.01, "agreement")] * 2
+
+
+def test_unversioned_id_resolves_to_the_latest_version_in_the_tools(tmp_path):
+    """``gym.make("SwitchDec-XSum")`` builds v1; ``skipenv train`` / ``probe`` / compare_algorithms read the id's
+    registered kwargs (gym.spec, which has no unversioned lookup) and said "No registered env" for it."""
+    import gymnasium as gym
+
+    from skipenv.envs.registration import resolve_env_id
+    from skipenv.probe import run_probe
+    from skipenv.train import run_main_job
+
+    assert resolve_env_id("SwitchDec-XSum") == "SwitchDec-XSum-v1"
+    assert resolve_env_id("SwitchDec-XSum-v0") == "SwitchDec-XSum-v0"
+    with pytest.raises(gym.error.Error, match="doesn.t exist"):
+        resolve_env_id("SwitchDec-Nope")
+    # the default learner under v1's expected formulation (ppo-bc) is chosen, then refused before loading
+    with pytest.raises(ValueError, match="ppo-bc clones the probe policy"):
+        run_main_job(tmp_path / "never", env_id="SwitchDec-XSum", static_examples=2, model="no-such-model")
+    with pytest.raises(ValueError, match="formulation"):  # the probe got past the id to its own checks
+        run_probe("SwitchDec-XSum", env_kwargs={"formulation": "expected"}, out_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
