@@ -459,7 +459,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             say(late_warning)
 
     say(f"skipenv train: [3/4] training {algo} for {total_timesteps} episodes under the {formulation} formulation"
-        + (f" (Lagrange multiplier starts at {lam_init:.3g})" if formulation == "expected" else "")
+        + ((f" (ConstrainedPG's own {algo[3:]} handler on the mean quality loss; the env's Lagrange multiplier "
+            f"is not used)" if algo.startswith("pg-") else f" (Lagrange multiplier starts at {lam_init:.3g})")
+           if formulation == "expected" else "")
         + (f", after cloning the probe policy's plans on {n_menu} train documents" if warm is not None else "")
         + f" (logs and policy in {out})")
     if algo in ("ppo", "ppo-bc"):
@@ -489,7 +491,10 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             "seed": seed, "train_seconds": round(t_train, 1), "total_seconds": None, "tau": tau,
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
     if formulation == "expected":
-        meta["lagrange_multiplier"] = {"initial": lam_init, "final": learn_env.lam}
+        if algo.startswith("pg-"):  # ConstrainedPG ignores the wrapper's reward: its own handler's multiplier
+            meta["lagrange_multiplier"] = {"handler": algo[3:], "final": float(learned.handler.lam)}
+        else:
+            meta["lagrange_multiplier"] = {"initial": lam_init, "final": learn_env.lam}
     if table is not None:
         meta["best_static"] = {"policy": static_label, "train_documents": n_menu}
         if formulation == "per_input":

@@ -144,3 +144,29 @@ def test_unversioned_id_resolves_to_the_latest_version_in_the_tools(tmp_path):
     with pytest.raises(ValueError, match="formulation"):  # the probe got past the id to its own checks
         run_probe("SwitchDec-XSum", env_kwargs={"formulation": "expected"}, out_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_main_job_reports_the_multiplier_constrainedpg_used(tmp_path):
+    """pg-lagrangian enforces the mean constraint with its own handler and ignores ExpectedConstraint's reward: the
+    multiplier in summary.json is its handler's (recomputed here from progress.csv), not the unused wrapper's."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from _tiny_local import write_tiny_assets
+    from skipenv.algorithms import PGConfig
+    from skipenv.train import run_main_job
+
+    model_dir, _ = write_tiny_assets(tmp_path)
+    out = tmp_path / "run"
+    run_main_job(out, algo="pg-lagrangian", static_examples=0, total_timesteps=32, train_examples=4,
+                 test_examples=2, model=model_dir, progress_bar=False,
+                 env_kwargs=dict(max_new_tokens=3, max_input_tokens=96, disk_cache=False))
+    meta = json.loads((out / "summary.json").read_text())
+    hist = pd.read_csv(out / "progress.csv")
+    cfg = PGConfig()
+    last = hist.iloc[-cfg.batch_size:]  # the last batch: its multiplier, then one dual step on its mean loss
+    lam = max(0.0, last["lam"].iloc[0] + cfg.lagrangian_lr * ((last["quality_full"] - last["quality"]).mean() - 0.01))
+    assert meta["lagrange_multiplier"] == {"handler": "lagrangian", "final": pytest.approx(lam)}
+    assert np.all(last["lam"] == last["lam"].iloc[0])
