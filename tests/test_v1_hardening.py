@@ -170,3 +170,36 @@ def test_main_job_reports_the_multiplier_constrainedpg_used(tmp_path):
     lam = max(0.0, last["lam"].iloc[0] + cfg.lagrangian_lr * ((last["quality_full"] - last["quality"]).mean() - 0.01))
     assert meta["lagrange_multiplier"] == {"handler": "lagrangian", "final": pytest.approx(lam)}
     assert np.all(last["lam"] == last["lam"].iloc[0])
+
+
+def test_v1_envs_share_an_evaluator(tiny_llama):
+    """v1 registers quality="probability": envs built on a shared evaluator of that signal (skipenv.make(...,
+    evaluator=), sharing(), make_vec) used to be refused as if the caller had passed quality; another signal's
+    evaluator is still refused."""
+    import gymnasium as gym
+    import numpy as np
+
+    import skipenv
+    from skipenv.envs import Evaluator
+
+    small = dict(max_new_tokens=5, max_input_tokens=96, disk_cache=False)
+    first = skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, num_examples=3, **small)
+    ev = first.unwrapped.evaluator
+    second = skipenv.make("SwitchDec-XSum-v1", evaluator=ev, num_examples=3)
+    assert second.unwrapped.evaluator is ev and second.unwrapped.quality == "probability"
+    assert second.unwrapped.tau == 0.01
+    a = np.zeros(first.action_space.n, dtype=np.int8)
+    a[-2:] = 1
+    infos = []
+    for env in (first, second):
+        env.reset(options={"index": 2})
+        infos.append(env.step(a)[-1])
+    assert infos[0]["quality"] == infos[1]["quality"] and infos[0]["cost"] == infos[1]["cost"]
+    with skipenv.sharing(evaluator=ev):
+        v = gym.make_vec("SwitchDec-XSum-v1", num_envs=2, vectorization_mode="sync", num_examples=3)
+    assert all(e.unwrapped.evaluator is ev for e in v.envs)
+    agreement = Evaluator(tiny_llama, ev.task, quality="agreement", max_new_tokens=5, disk_cache=False)
+    with pytest.raises(ValueError, match="quality 'probability' differs from the evaluator's 'agreement'"):
+        skipenv.make("SwitchDec-XSum-v1", evaluator=agreement, num_examples=3)
+    assert skipenv.make("SwitchDec-XSum-v1", evaluator=agreement, quality=None, num_examples=3).unwrapped.quality == \
+        "agreement"
