@@ -586,5 +586,5 @@ def main(args: argparse.Namespace) -> int:
     logs = (f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})" if sb3 else
             "progress.csv (one row per training episode)")
     print(f"\nsaved: {Path(args.out) / ('policy.zip' if sb3 else 'policy.pt')}, summary.csv, summary.json, "
-          f"episodes.csv, quality_vs_flops.png, menu/, {logs}")
+          f"episodes.csv, quality_vs_flops.png, {'menu/, ' if meta.get('best_static') else ''}{logs}")
     return 0

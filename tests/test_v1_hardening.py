@@ -203,3 +203,22 @@ def test_v1_envs_share_an_evaluator(tiny_llama):
         skipenv.make("SwitchDec-XSum-v1", evaluator=agreement, num_examples=3)
     assert skipenv.make("SwitchDec-XSum-v1", evaluator=agreement, quality=None, num_examples=3).unwrapped.quality == \
         "agreement"
+
+
+def test_train_cli_without_menu_does_not_claim_to_save_one(tmp_path, capsys):
+    """``skipenv train --static-examples 0`` evaluates no menu: the closing line must not list menu/ as saved."""
+    import json
+
+    from _tiny_local import write_tiny_assets
+    from skipenv.cli import main
+
+    model_dir, _ = write_tiny_assets(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--algo", "ppo", "--static-examples", "0", "--total-timesteps", "4", "--train-examples",
+                 "2", "--test-examples", "2", "--model", model_dir, "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    saved = next(line for line in printed.splitlines() if line.startswith("saved:"))
+    assert "menu/" not in saved and not (out / "menu").exists()
+    meta = json.loads((out / "summary.json").read_text())
+    assert "best_static" not in meta and "expected_constraint" not in meta
+    assert "probability" in printed.splitlines()[0]  # v1's quality names the table's column
