@@ -74,11 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--oracle", action="store_true", help="add the per-input greedy oracle over token segments")
     p.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
+    import gymnasium as gym
+
+    import skipenv  # noqa: F401  (registers the ids)
+    from skipenv.envs.registration import resolve_env_id
+
+    args.env = resolve_env_id(args.env)  # "SwitchDec-XSum": its latest version, as gym.make does
     if args.formulation is None:
-        import gymnasium as gym
-
-        import skipenv  # noqa: F401  (registers the ids)
-
         args.formulation = gym.spec(args.env).kwargs.get("formulation", "per_input")
     if args.formulation != "per_input" and "dqn-layerwise" in args.algos:
         print("note: dqn-layerwise runs only under the per_input formulation; left out")
@@ -197,7 +199,9 @@ def main(argv=None) -> None:
         lw_id = re.sub(r"-v\d+$", "-Layerwise-v0", args.env)
         if lw_id not in gym.registry:
             raise SystemExit(f"dqn-layerwise needs the layerwise id of {args.env} ({lw_id}), which is not registered")
-        lw_kw = {k: v for k, v in kw.items() if k not in EVALUATOR_KWARGS}
+        # the one-shot envs' tau: an id's registered tau (v1: 0.01) is not the layerwise id's, which would otherwise
+        # take its evaluator quality signal's default and train DQN at another tolerance
+        lw_kw = {**{k: v for k, v in kw.items() if k not in EVALUATOR_KWARGS}, "tau": tau}
         lw_train = skipenv.make(lw_id, evaluator=train.evaluator, split="train", num_examples=args.train_examples,
                                 **lw_kw).unwrapped
         lw_test = skipenv.make(lw_id, evaluator=test.evaluator, split="test", num_examples=args.test_examples,

@@ -799,6 +799,9 @@ def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = No
     from .observations import passthrough_columns
     from .observations import _parse as _parse_observation_kind
 
+    from .envs.registration import resolve_env_id
+
+    env_id = resolve_env_id(env_id)  # "SwitchDec-XSum": its latest version, as gym.make does
     env_kwargs = dict(env_kwargs or {})
     reserved = sorted({"split", "num_examples"} & set(env_kwargs))
     if reserved:

@@ -148,7 +148,7 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
     wanted = {**registered, **kw}
     if "lam" in wanted and "cost_weight" not in wanted:
         wanted["cost_weight"] = wanted.pop("lam")
-    # a setting the record leaves out had the env's default (the registered ids set only task and task_source)
+    # a setting neither the record nor its registered id gives had the env's default
     quality = wanted.get("quality") or "agreement"
     defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8, "observation": "pooled"}
     if type(base).__name__ == "SwitchDecEnv":

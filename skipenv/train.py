@@ -1,12 +1,15 @@
-"""The main job: train stable-baselines3 PPO on ``SwitchDec-XSum-v0`` (embedded SmolLM2, real XSum train split),
-save the policy, evaluate it on the XSum test split against the random policy and "skip nothing", and write a
-table (CSV + JSON) and a quality-vs-FLOPs scatter plot next to the policy.
+"""The main job: train a learner on ``SwitchDec-XSum-v1`` (embedded SmolLM2, real XSum train split; default
+``ppo-bc`` under v1's expected constraint, PPO under ``SwitchDec-XSum-v0``'s per-input one), save the policy,
+evaluate it on the XSum test split against the random policy, "skip nothing" and the best static plan of the probe's
+menu, and write a table (CSV + JSON), the margins and a quality-vs-FLOPs scatter plot next to the policy
+(:func:`run_main_job`).
 
-Command line: ``skipenv train`` (see ``skipenv train --help``). Default budget (384 PPO episodes, the best static
-plan chosen on 16 train documents), assets and references already cached: about 5 minutes on 2 lightly loaded CPU
-cores (measured: 5.1 min), ~5 more the first time to compute the references — the printed estimate tells. The job states torch's thread setting
-and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after the
-first 8 PPO episodes (and checks the load again then), and labels every progress bar; with standard error
+Command line: ``skipenv train`` (see ``skipenv train --help``). Measured budget under v0's former defaults (384 PPO
+episodes, the best static plan chosen on 16 train documents), assets and references already cached: about 5 minutes
+on 2 lightly loaded CPU cores (5.1 min), ~5 more the first time to compute the references; the menu now adds 8
+teacher-forced episodes per train and test document — the printed estimate tells. The job states torch's thread
+setting and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after
+the first 8 training episodes (and checks the load again then), and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
 """
 
@@ -235,7 +238,8 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
 
     Raises:
-        ValueError: the learned episodes share no document with the table's test split.
+        ValueError: the learned episodes share no document with the table's test split, or report another
+            full-model quality for a shared document than the table (episodes of a different env).
     """
     import numpy as np
 
@@ -254,6 +258,16 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
                          f"{len(ids)} test documents")
     te = {k: v[keep] for k, v in te.items()}
     rows = ep.loc[[ids[j] for j in keep]]
+    # same document, same full-model quality: else the episodes come from another env (quality signal, model,
+    # input budget) than the table, and the paired differences would mix units
+    full = rows["quality_full"].to_numpy(float)
+    off = ~np.isclose(full, te["quality_full"][:, 0], rtol=1e-6, atol=1e-9)
+    if off.any():
+        j = int(np.argmax(off))
+        raise ValueError(f"the learned policy's episodes and the table disagree on the full model's quality of "
+                         f"{int(off.sum())} of {len(off)} shared test documents (e.g. {ids[keep[j]]!r}: "
+                         f"{full[j]!r} vs {te['quality_full'][j, 0]!r}): they come from different envs (quality "
+                         f"signal, model or input budget); evaluate both on the same env")
     per_doc = {"learned": ((rows["quality_full"] - rows["quality"]).to_numpy(float),
                            rows["flops_saved"].to_numpy(float))}
     D = len(keep)
@@ -305,8 +319,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     Formulations (``gym.spec(env_id).kwargs["formulation"]``, :func:`registered_formulation`):
 
-    - ``"per_input"`` (``SwitchDec-XSum-v0``): the learner maximises the lexicographic reward; the best static plan
-      has the highest mean train reward; the margin (reward and FLOPs saved, paired over test documents,
+    - ``"per_input"`` (``SwitchDec-XSum-v0``): the learner maximises the env's reward (lexicographic unless
+      ``env_kwargs`` set ``reward_mode``); the best static plan has the highest mean train reward of that env; the margin (reward and FLOPs saved, paired over test documents,
       :func:`paired_margin`) is stored under ``margin_over_best_static``.
     - ``"expected"`` (``SwitchDec-XSum-v1``, the default): the learner trains through
       :class:`~skipenv.formulations.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
@@ -319,14 +333,17 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     Args:
         algo: learner name (default ``"ppo-bc"`` under the expected formulation, ``"ppo"`` under per-input).
-        static_examples: train documents the menu is evaluated on (default all ``train_examples``; >= 4 for the
-            probe policy / warm start; 0 = no menu, no static baseline, only for learners without warm start).
+        static_examples: train documents the menu is evaluated on (default all ``train_examples``; the menu
+            needs >= 4 of them, for the probe policy; 0 = no menu, no static baseline, only for learners without
+            warm start).
         env_kwargs: further ``gym.make`` kwargs (plain values, e.g. ``max_input_tokens``; not ``split``,
             ``num_examples``, ``model``, ``device``, ``formulation`` or ``formulation_kwargs``).
 
     Raises:
-        ValueError: ``static_examples`` not an integer ``>= 0``, a warm-started learner with fewer than 4 menu
-            documents, reserved ``env_kwargs``, or an unknown learner (all checked before anything loads).
+        ValueError: ``total_timesteps``, ``train_examples`` or ``test_examples`` not an integer ``>= 1``,
+            ``static_examples`` not an integer ``>= 0``, 1 to 3 menu documents (``min(static_examples,
+            train_examples)``), a warm-started learner with fewer than 4 menu documents, reserved ``env_kwargs``,
+            or an unknown learner (all checked before anything loads).
     """
     import gymnasium as gym
     import pandas as pd
@@ -336,7 +353,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     from .benchmark import evaluate_policy, plot_pareto, summarize
     from .learners import LEARNERS, WARM_STARTED
 
-    gym.spec(env_id)  # an unknown id fails here, before the output folder is created
+    from .envs.registration import resolve_env_id
+
+    env_id = resolve_env_id(env_id)  # an unknown id fails here, before the output folder is created
     formulation = registered_formulation(env_id)
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"{env_id} applies the {formulation!r} formulation; skipenv train runs per_input and "
@@ -344,6 +363,10 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     algo = algo or ("ppo-bc" if formulation == "expected" else "ppo")
     if algo not in LEARNERS:
         raise ValueError(f"unknown learner {algo!r}; choose one of {sorted(LEARNERS)}")
+    for name, v in (("total_timesteps", total_timesteps), ("train_examples", train_examples),
+                    ("test_examples", test_examples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if static_examples is None:
         static_examples = train_examples
     if isinstance(static_examples, bool) or not isinstance(static_examples, int) or static_examples < 0:
@@ -353,6 +376,11 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     if algo in WARM_STARTED and n_menu < 4:
         raise ValueError(f"{algo} clones the probe policy fitted on the menu's train documents, which needs >= 4 "
                          f"of them; got static_examples={static_examples}, train_examples={train_examples}")
+    if 0 < n_menu < 4:  # the menu's static baselines come with the probe policy, fitted on >= 4 documents
+        raise ValueError(f"the probe's menu (best static plan, probe policy) needs >= 4 train documents, got "
+                         f"min(static_examples, train_examples) = {n_menu}; use static_examples >= 4 and "
+                         f"train_examples >= 4 (--static-examples / --train-examples), or static_examples=0 "
+                         f"(--static-examples 0) to leave the static baseline out")
     env_kwargs = dict(env_kwargs or {})
     reserved = sorted({"split", "num_examples", "model", "device", "formulation", "formulation_kwargs"}
                       & set(env_kwargs))
@@ -392,8 +420,13 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         table.save(out / "menu")
         tr = table.matrices("train")
         empty = table.plans.index(table.empty) if table.empty is not None else None
-        static_pi, static_ex, _, probe = _fit_policies(tr, tau, empty, 2, seed)
-        static_j = static_ex if formulation == "expected" else static_pi
+        _, static_ex, _, probe = _fit_policies(tr, tau, empty, 2, seed)
+        if formulation == "expected":
+            static_j = static_ex
+        else:  # the highest mean of the env's own reward (its reward_mode / cost_weight), as the learner sees it
+            o = table.outcomes[table.outcomes["split"] == "train"]
+            static_j = int(o.pivot(index="doc", columns="plan", values="reward")[table.plans].mean(0).to_numpy()
+                           .argmax())  # ties: the first menu plan, skip nothing
         static_name = table.plans[static_j]
         from .probe import default_menu
 
@@ -426,7 +459,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             say(late_warning)
 
     say(f"skipenv train: [3/4] training {algo} for {total_timesteps} episodes under the {formulation} formulation"
-        + (f" (Lagrange multiplier starts at {lam_init:.3g})" if formulation == "expected" else "")
+        + ((f" (ConstrainedPG's own {algo[3:]} handler on the mean quality loss; the env's Lagrange multiplier "
+            f"is not used)" if algo.startswith("pg-") else f" (Lagrange multiplier starts at {lam_init:.3g})")
+           if formulation == "expected" else "")
         + (f", after cloning the probe policy's plans on {n_menu} train documents" if warm is not None else "")
         + f" (logs and policy in {out})")
     if algo in ("ppo", "ppo-bc"):
@@ -456,7 +491,10 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             "seed": seed, "train_seconds": round(t_train, 1), "total_seconds": None, "tau": tau,
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
     if formulation == "expected":
-        meta["lagrange_multiplier"] = {"initial": lam_init, "final": learn_env.lam}
+        if algo.startswith("pg-"):  # ConstrainedPG ignores the wrapper's reward: its own handler's multiplier
+            meta["lagrange_multiplier"] = {"handler": algo[3:], "final": float(learned.handler.lam)}
+        else:
+            meta["lagrange_multiplier"] = {"initial": lam_init, "final": learn_env.lam}
     if table is not None:
         meta["best_static"] = {"policy": static_label, "train_documents": n_menu}
         if formulation == "per_input":
@@ -548,5 +586,5 @@ def main(args: argparse.Namespace) -> int:
     logs = (f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})" if sb3 else
             "progress.csv (one row per training episode)")
     print(f"\nsaved: {Path(args.out) / ('policy.zip' if sb3 else 'policy.pt')}, summary.csv, summary.json, "
-          f"episodes.csv, quality_vs_flops.png, menu/, {logs}")
+          f"episodes.csv, quality_vs_flops.png, {'menu/, ' if meta.get('best_static') else ''}{logs}")
     return 0

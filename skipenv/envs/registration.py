@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import gymnasium as gym
 
-__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "make", "make_env", "make_one_shot",
+__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "resolve_env_id", "make", "make_env", "make_one_shot",
            "make_layerwise", "sharing", "shared_objects", "sharing_elsewhere"]
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
@@ -149,6 +149,25 @@ def register_envs() -> None:
             vector = _VECTOR if entry_point == _ONE_SHOT and "formulation" not in kwargs else None
             gym.register(id=env_id, entry_point=_FACTORIES[entry_point], vector_entry_point=vector,
                          kwargs=dict(kwargs), disable_env_checker=False)
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered id ``gym.make(env_id)`` builds: ``env_id`` itself, or for an unversioned name such as
+    ``"SwitchDec-XSum"`` its latest version (Gymnasium's rule, e.g. ``"SwitchDec-XSum-v1"``), so that tools reading
+    the id's registered kwargs (``gym.spec``) accept what ``gym.make`` accepts and record the version they ran.
+
+    Raises:
+        gymnasium.error.Error: no such id (Gymnasium's message, with its suggestions).
+    """
+    from gymnasium.envs.registration import find_highest_version, get_env_id, parse_env_id
+
+    if env_id not in gym.registry:
+        ns, name, version = parse_env_id(env_id)
+        latest = find_highest_version(ns, name) if version is None else None
+        if latest is not None:
+            return get_env_id(ns, name, latest)
+        gym.spec(env_id)  # raises
+    return env_id
 
 
 #: objects handed to the env constructor by :func:`make` (kept out of gymnasium's spec kwargs)

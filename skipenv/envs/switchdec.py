@@ -169,6 +169,12 @@ class _SwitchDecBase(gym.Env):
                     raise ValueError(f"observation={observation!r} differs from the evaluator's "
                                      f"{evaluator.observation_kind!r} (its outcomes' cost includes that "
                                      f"observation's FLOPs): build an Evaluator(observation={observation!r})")
+            if quality is not None:  # the evaluator's own signal may be named (e.g. an id's registered quality)
+                if get_signal(quality).name != evaluator.quality:
+                    raise ValueError(f"quality {quality!r} differs from the evaluator's {evaluator.quality!r} (the "
+                                     f"evaluator measures the quality; an env id's registered quality counts as "
+                                     f"given): share an evaluator of that signal, or pass quality=None")
+                quality = None
             given = {k: v for k, v in (("generator", generator), ("quality", quality),
                                        ("token_segments", token_segments), ("max_new_tokens", max_new_tokens),
                                        ("max_input_tokens", max_input_tokens)) if v is not None}
