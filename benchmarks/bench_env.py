@@ -14,9 +14,10 @@ of the repo's BART tests (:func:`skipenv.testing.toy_bpe_tokenizer`, 347 tokens:
 output (used when a plan skips no encoder sublayer and no token); half-precision stores and the vector env's
 ``batch_plans`` (decoder-only) do not apply and are printed as "n/a (why)" rows.
 
-GPU report (issue 11), one command, sized for about 5 minutes on one GPU (an estimate, not yet timed): the reuse table and the vector env batched vs row
-by row for SmolLM2 and bart-large-random, small sizes (2 documents, 2 plans per mix, 2 vector steps), with the
-device name and dtype in each table's header (CUDA synchronised around every timing):
+GPU report (issue 11), one command, sized for about 5 minutes on one GPU (an estimate, not yet timed): the reuse
+table and the vector env batched vs row by row for SmolLM2 and bart-large-random, small sizes (2 documents, 2 plans
+per mix, 2 vector steps), with the device name and dtype in each table's header (CUDA synchronised around every
+timing):
 
     python benchmarks/bench_env.py --gpu-report --device cuda --dtype bfloat16
 
@@ -28,11 +29,12 @@ train documents, quality="agreement", outcome cache off: for each document and p
 drawn and each is timed with reuse off (every plan from scratch: the old path) and on, alternately. Mixes: (a) "PPO
 initial" (each action bit skipped with probability 0.02, as SB3's policy starts in ``skipenv.sb3.make_sb3``), (b)
 "lead-N" (drop the last 1..7 of 8 segments), (c) one attention or FFN sublayer, (d) uniform random bits. Reuse on is
-timed with the model's dtype store (the default, exact) and, for a float32 decoder-only model, float16 and
-bfloat16 stores (half the bytes); their log-probabilities, argmax and agreement are compared with the from-scratch path of the same plans. The unit is one bare forward pass of
-the full model over prompt + full output (what a warm step cost before reuse). Then the vector env (N = 8, one step =
-8 episodes, mix (a)) row by row and batched (``batch_plans=True``) against 8 single envs stepped one after another,
-and the store's bytes per document and peak while ``--fill`` documents pass through it at the default cap (2 GiB).
+timed with the model's dtype store (the default, exact) and, for a float32 decoder-only model, float16 and bfloat16
+stores (half the bytes); their log-probabilities, argmax and agreement are compared with the from-scratch path of
+the same plans. The unit is one bare forward pass of the full model over prompt + full output (what a warm step cost
+before reuse). Then the vector env (N = 8, one step = 8 episodes, mix (a)) row by row and batched
+(``batch_plans=True``) against 8 single envs stepped one after another, and the store's bytes per document and peak
+while ``--fill`` documents pass through it at the default cap (2 GiB).
 
     python benchmarks/bench_env.py --caches --episodes 6
 
