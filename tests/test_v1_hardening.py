@@ -222,3 +222,14 @@ def test_train_cli_without_menu_does_not_claim_to_save_one(tmp_path, capsys):
     meta = json.loads((out / "summary.json").read_text())
     assert "best_static" not in meta and "expected_constraint" not in meta
     assert "probability" in printed.splitlines()[0]  # v1's quality names the table's column
+
+
+def test_make_without_objects_keeps_an_enclosing_sharing_block(tiny_llama):
+    """``skipenv.make(id)`` with no objects inside ``with sharing(generator=g)`` used to open its own empty block,
+    which hid ``g``: the env loaded the default model instead (or failed on a shape mismatch)."""
+    import skipenv
+
+    with skipenv.sharing(generator=tiny_llama):
+        env = skipenv.make("SwitchDec-XSum-v0", num_examples=2, max_new_tokens=5, max_input_tokens=96,
+                           disk_cache=False)
+    assert env.unwrapped.generator is tiny_llama

@@ -239,5 +239,7 @@ def make(env_id: str, *, generator=None, evaluator=None, reward=None, **kwargs: 
     Returns:
         The env, wrapped as ``gym.make`` wraps it.
     """
+    if generator is None and evaluator is None and reward is None:  # keep an enclosing sharing() block in effect
+        return gym.make(env_id, **kwargs)
     with sharing(generator=generator, evaluator=evaluator, reward=reward):
         return gym.make(env_id, **kwargs)
