@@ -304,10 +304,11 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     return out
 
 
-def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 32,
-                 test_examples: int = 20, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
+def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 96,
+                 test_examples: int = 40, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
                  env_id: str = "SwitchDec-XSum-v1", progress_bar: bool = True, algo: str | None = None,
-                 static_examples: int | None = None, env_kwargs: dict | None = None) -> pd.DataFrame:
+                 static_examples: int | None = None, env_kwargs: dict | None = None,
+                 rouge: bool = False) -> pd.DataFrame:
     """Train a learner of :data:`skipenv.learners.LEARNERS` on ``env_id`` under its registered constraint
     formulation, evaluate it against baselines on the test split, save policy / tables / plot. Returns the summary.
 
@@ -338,6 +339,9 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             warm start).
         env_kwargs: further ``gym.make`` kwargs (plain values, e.g. ``max_input_tokens``; not ``split``,
             ``num_examples``, ``model``, ``device``, ``formulation`` or ``formulation_kwargs``).
+        rouge: also generate each (policy, test document)'s output and score ROUGE-L against the reference
+            (columns ``quality_rouge`` / ``quality_full_rouge``): one greedy generation per evaluation episode,
+            ~4-5 more minutes at the default sizes on 2 CPU cores, so off by default.
 
     Raises:
         ValueError: ``total_timesteps``, ``train_examples`` or ``test_examples`` not an integer ``>= 1``,
@@ -449,7 +453,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     def eta(done: int, seconds: float) -> None:
         s_step = seconds / max(done, 1)
-        s_gen = max(s_per_ref or 0.0, 3 * s_step)  # one ROUGE generation per evaluation episode
+        s_gen = max(s_per_ref or 0.0, 3 * s_step) if rouge else 0.0  # one ROUGE generation per evaluation episode
         left_train = (total_timesteps - done) * s_step
         left_eval = n_eval * (s_step + s_gen)
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
@@ -481,7 +485,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     if table is not None:
         static_label = f"best static: {static_name}"
         policies.append(StaticPlan(test_env, static_plan, name=static_label))
-    episodes = pd.concat([evaluate_policy(p, test_env, seed=seed, extra_quality=("rouge",), progress=progress_bar)
+    episodes = pd.concat([evaluate_policy(p, test_env, seed=seed, extra_quality=("rouge",) if rouge else (),
+                                          progress=progress_bar)
                           for p in policies], ignore_index=True)
     summary = summarize(episodes)
     episodes.to_csv(out / "episodes.csv", index=False)
@@ -550,8 +555,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="output folder: policy.zip, summary.csv/json, episodes.csv, quality_vs_flops.png, "
                         "monitor.csv (one row per training episode) and tensorboard/")
     p.add_argument("--total-timesteps", type=positive_int, default=384, help="PPO environment steps (= episodes)")
-    p.add_argument("--train-examples", type=positive_int, default=32, help="XSum train documents cycled during training")
-    p.add_argument("--test-examples", type=positive_int, default=20, help="XSum test documents evaluated")
+    p.add_argument("--train-examples", type=positive_int, default=96,
+                   help="XSum train documents: the probe's menu is evaluated on them (see --static-examples) and "
+                        "training cycles through them; the probe policy needs about this many (README, \"Choosing "
+                        "the defaults\")")
+    p.add_argument("--test-examples", type=positive_int, default=40, help="XSum test documents evaluated")
+    p.add_argument("--rouge", action="store_true",
+                   help="also generate every evaluation episode's output and report ROUGE-L against the reference "
+                        "(one greedy generation per episode: ~4-5 more minutes at the defaults)")
     p.add_argument("--static-examples", type=nonnegative_int, default=None,
                    help="train documents the probe's menu is evaluated on: the best static plan (and, under the "
                         "expected formulation, the static mixture and the probe policy the margins are reported "
@@ -579,7 +590,7 @@ def main(args: argparse.Namespace) -> int:
     summary = run_main_job(args.out, total_timesteps=args.total_timesteps, train_examples=args.train_examples,
                            test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,
                            env_id=args.env, progress_bar=not args.no_progress, algo=args.algo,
-                           static_examples=args.static_examples)
+                           static_examples=args.static_examples, rouge=args.rouge)
     meta = json.loads((Path(args.out) / "summary.json").read_text())
     print(format_table(summary, meta["quality"]))
     sb3 = meta["algo"] in ("ppo", "a2c", "ppo-bc")

@@ -54,7 +54,7 @@ def test_every_option_has_help_and_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: 384)", "(default: 32)", "(default: 20)", "(default: 0)", "(default: cpu)",
+    for default in ("(default: 384)", "(default: 96)", "(default: 40)", "(default: 0)", "(default: cpu)",
                     "(default: smollm2-135m-instruct)", "(default: SwitchDec-XSum-v1)", "(default: runs/ppo-xsum)"):
         assert default in text, default
     with pytest.raises(SystemExit):

@@ -161,6 +161,7 @@ def test_main_job_under_the_expected_formulation(tiny_model_dir, tmp_path):
     assert vs_mix["flops_saved"] == pytest.approx(learned["flops_saved"].mean() - mix_saved, abs=1e-6)
     assert vs_mix["flops_saved_ci"][0] <= vs_mix["flops_saved"] <= vs_mix["flops_saved_ci"][1]
     assert set(summary["policy"]) == {"ppo-bc", "random:0.5", "skip-nothing", meta["best_static"]["policy"]}
+    assert "quality_rouge" not in episodes  # ROUGE-L (one generation per episode) only with rouge=True
 
 
 def test_main_job_per_input_id_keeps_the_lexicographic_comparison(tiny_model_dir, tmp_path):
@@ -168,7 +169,7 @@ def test_main_job_per_input_id_keeps_the_lexicographic_comparison(tiny_model_dir
 
     out = tmp_path / "run0"
     run_main_job(out, total_timesteps=8, train_examples=6, test_examples=4, model=tiny_model_dir,
-                 env_id="SwitchDec-XSum-v0", env_kwargs=ENV_KWARGS, progress_bar=False)
+                 env_id="SwitchDec-XSum-v0", env_kwargs=ENV_KWARGS, progress_bar=False, rouge=True)
     meta = json.loads((out / "summary.json").read_text())
     assert (meta["formulation"], meta["algo"], meta["quality"]) == ("per_input", "ppo", "agreement")
     episodes = pd.read_csv(out / "episodes.csv", float_precision="round_trip")
@@ -176,6 +177,7 @@ def test_main_job_per_input_id_keeps_the_lexicographic_comparison(tiny_model_dir
     b = episodes[episodes["policy"] == meta["best_static"]["policy"]].set_index("example_id")
     assert meta["margin_over_best_static"]["reward"] == pytest.approx((a["reward"] - b.loc[a.index, "reward"]).mean())
     assert "expected_constraint" not in meta
+    assert episodes["quality_rouge"].between(0, 1).all() and episodes["quality_full_rouge"].notna().all()
 
 
 @pytest.mark.parametrize("kwargs, match", [
