@@ -411,7 +411,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
     tau = train_env.tau
 
-    table = None
+    table, s_menu = None, None
     if n_menu:
         from .probe import _fit_policies, evaluate_menu
 
@@ -419,8 +419,10 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             f"(best static plan{', static mixture' if formulation == 'expected' else ''}, probe policy"
             f"{', warm-start targets' if algo in WARM_STARTED else ''}; saved in {out / 'menu'})")
         envs = {"train": train_env, "test": test_env}
+        t_menu0 = time.perf_counter()
         table = evaluate_menu(lambda split, n: envs[split], num_train=n_menu, num_test=max(test_examples, 2),
                               config={"env_id": env_id, "tau": tau}, progress=progress_bar)
+        s_menu = (time.perf_counter() - t_menu0) / len(table.outcomes)  # seconds per uncached teacher-forced episode
         table.save(out / "menu")
         tr = table.matrices("train")
         empty = table.plans.index(table.empty) if table.empty is not None else None
@@ -453,9 +455,12 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     def eta(done: int, seconds: float) -> None:
         s_step = seconds / max(done, 1)
-        s_gen = max(s_per_ref or 0.0, 3 * s_step) if rouge else 0.0  # one ROUGE generation per evaluation episode
+        # an evaluation episode costs at most an uncached teacher-forced episode (training's may be outcome-cache
+        # hits), plus one greedy generation with --rouge
+        s_tf = max(s_step, s_menu or 0.0)
+        s_gen = max(s_per_ref or 0.0, 2 * s_tf) if rouge else 0.0
         left_train = (total_timesteps - done) * s_step
-        left_eval = n_eval * (s_step + s_gen)
+        left_eval = n_eval * (s_tf + s_gen)
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
             f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)}")
         late_warning = _threads_line()[1]  # the load again, now that this job has run for a while

@@ -271,7 +271,7 @@ def test_skipenv_train_with_the_group_learner(tmp_path, capsys):
 
     model_dir, _ = write_tiny_assets(tmp_path / "tiny")
     out = tmp_path / "run"
-    code = main(["train", "--algo", "rloo", "--total-timesteps", "8", "--train-examples", "3", "--test-examples", "2",
+    code = main(["train", "--algo", "rloo", "--total-timesteps", "8", "--train-examples", "4", "--test-examples", "2",
                  "--model", model_dir, "--out", str(out), "--no-progress"])
     assert code == 0
     meta = json.loads((out / "summary.json").read_text())
