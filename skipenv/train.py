@@ -227,14 +227,17 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     - ``static_front_at_equal_quality``: the static mixture fitted *on the test documents* at the learned policy's
       own mean test loss — the strongest static policy of equal quality (favours the static side);
     - and the same two for the supervised probe policy (:class:`skipenv.probe.ProbePolicy`, fitted on the train
-      documents): the headroom a contextual policy over the menu reached, for scale.
+      documents; ``probe``: its randomised expected-constraint rule, ``probe_deterministic``: the single-multiplier
+      rule the ``-bc`` learners clone): the headroom a contextual policy over the menu reached, for scale.
 
     Returns:
         ``{"documents", "tau", "learned": {mean_quality_loss, mean_flops_saved, mean_constraint_holds},
-        "best_static_mixture": {...}, "probe": {...}, "margins": [...]}`` where each margin is ``{"policy",
+        "best_static_mixture": {...}, "probe": {...}, "probe_deterministic": {...}, "margins": [...]}`` where each
+        margin is ``{"policy",
         "baseline", "flops_saved", "flops_saved_ci", "quality_loss", "quality_loss_ci"}`` (means of per-document
         differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.formulations.bootstrap_ci`), and
-        ``share_of_probe_margin`` = learned margin / probe margin at equal quality (None when the probe has none).
+        ``share_of_probe_margin`` / ``share_of_probe_deterministic_margin`` = the learned policy's margin over the
+        static front at equal quality divided by that probe rule's (None when the rule has no positive margin).
         FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
 
     Raises:
@@ -277,13 +280,14 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
 
     per_doc["best_static_mixture"] = weights(np.tile(mix, (D, 1)))
     per_doc["probe"] = weights(probe.plan_probabilities(te["X"], "expected"))
+    per_doc["probe_deterministic"] = weights(probe.plan_probabilities(te["X"], "expected", deterministic=True))
     out = {"documents": D, "tau": float(tau)}
     for name, (loss, saved) in per_doc.items():
         out[name] = {"mean_quality_loss": float(loss.mean()), "mean_flops_saved": float(saved.mean()),
                      "mean_constraint_holds": bool(loss.mean() <= tau + 1e-12)}
     out["best_static_mixture"]["plans"] = {table.plans[j]: float(p) for j, p in enumerate(mix) if p > 1e-6}
     margins = []
-    for name in ("learned", "probe"):
+    for name in ("learned", "probe", "probe_deterministic"):
         loss, saved = per_doc[name]
         baselines = {"best static mixture (train)": per_doc["best_static_mixture"]}
         try:  # the static front at this policy's own mean test loss, fitted on the test documents
@@ -299,8 +303,9 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     out["margins"] = margins
     eq_margin = {m["policy"]: m["flops_saved"] for m in margins
                  if m["baseline"] == "static front at equal quality (test)"}
-    out["share_of_probe_margin"] = (eq_margin.get("learned", 0.0) / eq_margin["probe"]
-                                    if eq_margin.get("probe", 0.0) > 0 else None)
+    for name in ("probe", "probe_deterministic"):
+        out[f"share_of_{name}_margin"] = (eq_margin.get("learned", 0.0) / eq_margin[name]
+                                          if eq_margin.get(name, 0.0) > 0 else None)
     return out
 
 
@@ -519,15 +524,16 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
             em = expected_margins(table, episodes[episodes["policy"] == learned.name], tau, seed=seed)
             meta["expected_constraint"] = em
             for m in em["margins"]:
-                who = learned.name if m["policy"] == "learned" else "probe policy (supervised, for scale)"
+                who = {"learned": learned.name, "probe": "probe policy (supervised, for scale)",
+                       "probe_deterministic": "probe policy, deterministic rule (what -bc clones)"}[m["policy"]]
                 say(f"skipenv train: {who} minus {m['baseline']}, paired over {em['documents']} test "
                     f"documents: FLOPs saved {m['flops_saved']:+.3f} [{m['flops_saved_ci'][0]:+.3f}, "
                     f"{m['flops_saved_ci'][1]:+.3f}], quality loss {m['quality_loss']:+.4f} "
                     f"[{m['quality_loss_ci'][0]:+.4f}, {m['quality_loss_ci'][1]:+.4f}]")
-            for name in ("learned", "best_static_mixture", "probe"):
+            for name in ("learned", "best_static_mixture", "probe", "probe_deterministic"):
                 r = em[name]
                 who = {"learned": learned.name, "best_static_mixture": "best static mixture (train)",
-                       "probe": "probe policy"}[name]
+                       "probe": "probe policy", "probe_deterministic": "probe policy, deterministic rule"}[name]
                 say(f"skipenv train: {who}: mean quality loss {r['mean_quality_loss']:.4f} "
                     f"({'within' if r['mean_constraint_holds'] else 'ABOVE'} tau {tau}), FLOPs saved "
                     f"{r['mean_flops_saved']:.3f}")

@@ -160,6 +160,9 @@ def test_main_job_under_the_expected_formulation(tiny_model_dir, tmp_path):
     vs_mix = next(m for m in em["margins"] if m["policy"] == "learned" and m["baseline"].startswith("best static"))
     assert vs_mix["flops_saved"] == pytest.approx(learned["flops_saved"].mean() - mix_saved, abs=1e-6)
     assert vs_mix["flops_saved_ci"][0] <= vs_mix["flops_saved"] <= vs_mix["flops_saved_ci"][1]
+    det = probe.plan_probabilities(te["X"], "expected", deterministic=True).argmax(1)
+    assert em["probe_deterministic"]["mean_flops_saved"] == pytest.approx(te["saved"][np.arange(5), det].mean())
+    assert em["probe_deterministic"]["mean_quality_loss"] == pytest.approx(te["loss"][np.arange(5), det].mean())
     assert set(summary["policy"]) == {"ppo-bc", "random:0.5", "skip-nothing", meta["best_static"]["policy"]}
     assert "quality_rouge" not in episodes  # ROUGE-L (one generation per episode) only with rouge=True
 

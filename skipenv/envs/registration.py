@@ -29,9 +29,9 @@ _VECTOR = "skipenv.envs.vector:SwitchDecVectorEnv"
 #: ``benchmarks/choose_defaults.py`` and ``skipenv probe`` on 150 train / 60 test XSum documents): the quality signal
 #: is the mean probability the plan gives the full model's tokens (less argmax noise than agreement), its tolerance
 #: 0.01 (:data:`skipenv.envs.quality.PROBABILITY_DEFAULT_TAU`), and the constraint holds on the mean over inputs
-#: (:class:`~skipenv.formulations.ExpectedConstraint`): there a contextual probe policy saved 8.9 FLOPs points more
-#: than the best static mixture at equal quality, where v0's per-input agreement constraint showed no contextual
-#: headroom. The observation stays the pooled first-layer state. v0 is unchanged, for reproducibility (Gymnasium's
+#: (:class:`~skipenv.formulations.ExpectedConstraint`): there a contextual probe policy saved 3.3 to 8.9 FLOPs points
+#: more than the best static mixture at equal quality (five cross-validation seeds, every CI above 0), where v0's
+#: per-input agreement constraint showed no contextual headroom. The observation stays the pooled first-layer state. v0 is unchanged, for reproducibility (Gymnasium's
 #: convention: changed defaults get a new version); ``gym.make("SwitchDec-XSum")`` picks the latest version.
 _V1_DEFAULTS = {"quality": "probability", "tau": 0.01, "formulation": "expected"}
 
