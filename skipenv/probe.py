@@ -890,8 +890,10 @@ def configure_parser(p) -> None:
     from .cli import json_object, nonnegative_int, positive_int
 
     p.add_argument("--env", default="SwitchDec-XSum-v1", help="a one-shot SwitchDec env id")
-    p.add_argument("--train-docs", type=positive_int, default=40, help="first N documents of the train split")
-    p.add_argument("--test-docs", type=positive_int, default=20, help="first M documents of the test split")
+    p.add_argument("--train-docs", type=positive_int, default=96,
+                   help="first N documents of the train split (the probe policy's calibration needs about this many "
+                        "on XSum: README, \"Choosing the defaults\")")
+    p.add_argument("--test-docs", type=positive_int, default=40, help="first M documents of the test split")
     p.add_argument("--quality", default=None,
                    help="quality signal (gym.make kwarg; default the env's: probability for SwitchDec-XSum-v1, "
                         "agreement for v0): agreement, probability, likelihood, reference, fidelity")
