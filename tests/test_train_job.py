@@ -119,3 +119,59 @@ def test_small_split_is_reported_and_phase_times_are_separate(tiny_model_dir, tm
         cells = line.strip()[len(name):].split()
         assert cells[1:4] == [f"{loss:.4f}", "yes" if loss <= 0.01 + 1e-12 else "no",
                               f"{e['flops_saved'].mean():.3f}"], line
+
+
+def _run_folder(tmp_path, env_id="SwitchDec-XSum-v1", name="run"):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"env_id": env_id, "algo": "ppo-bc"}))
+    (run / "policy.zip").write_bytes(b"not read by the env lookup")
+    return run
+
+
+def test_env_for_policies_reads_the_run_folder(tmp_path, capsys):
+    from skipenv.cli import DefaultEnv, env_for_policies
+
+    run = _run_folder(tmp_path)
+    default = DefaultEnv("SwitchDec-XSum-v0")
+    for spec in (str(run / "policy.zip"), f"sb3:ppo:{run / 'policy.zip'}"):
+        assert env_for_policies(default, ["skip-nothing", spec], "leaderboard") == "SwitchDec-XSum-v1"
+        assert (f"skipenv leaderboard: --env not given: using SwitchDec-XSum-v1, the env_id in "
+                f"{run / 'summary.json'}") in capsys.readouterr().err
+    # a typed --env wins, baselines and folders without summary.json keep the default, silently
+    assert env_for_policies("SwitchDec-XSum-v0", [str(run / "policy.zip")], "leaderboard") == "SwitchDec-XSum-v0"
+    (tmp_path / "bare").mkdir()
+    assert env_for_policies(default, ["random:0.5", str(tmp_path / "bare" / "p.zip")], "generate") == \
+        "SwitchDec-XSum-v0"
+    assert capsys.readouterr().err == ""
+    other = _run_folder(tmp_path, "SwitchDec-XSum-v0", "run0")
+    with pytest.raises(ValueError, match="different envs.*pass --env"):
+        env_for_policies(default, [str(run / "policy.zip"), str(other / "policy.zip")], "leaderboard")
+
+
+def test_cli_commands_score_a_policy_on_its_training_env(tmp_path, monkeypatch, capsys):
+    """leaderboard, generate and dataset record hand the run folder's env id to the code that builds the env."""
+    import skipenv.benchmark as benchmark
+    import skipenv.generate as generate
+    import skipenv.offline as offline
+    from skipenv.cli import main
+
+    seen = []
+
+    class Stop(ValueError):
+        pass
+
+    def capture(*args, env_id=None, **kwargs):
+        seen.append(env_id if env_id is not None else args[0])
+        raise Stop("stopped by the test")
+
+    monkeypatch.setattr(benchmark, "leaderboard", capture)
+    monkeypatch.setattr(generate, "PolicyGenerator", capture)
+    monkeypatch.setattr(offline, "record_dataset", capture)
+    policy = str(_run_folder(tmp_path) / "policy.zip")
+    assert main(["leaderboard", policy, "--out", str(tmp_path / "lb")]) == 1
+    assert main(["generate", "--policy", policy, "--text", "A short text."]) == 1
+    assert main(["dataset", "record", "--policy", policy, "--episodes", "1", "--out", "x"]) == 1
+    assert main(["leaderboard", policy, "--env", "SwitchDec-XSum-v0", "--out", str(tmp_path / "lb")]) == 1
+    assert seen == ["SwitchDec-XSum-v1"] * 3 + ["SwitchDec-XSum-v0"]
+    assert capsys.readouterr().err.count("--env not given: using SwitchDec-XSum-v1") == 3
