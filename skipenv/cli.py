@@ -157,13 +157,60 @@ def _run_train(args: argparse.Namespace) -> int:
 # ---- leaderboard ------------------------------------------------------------------------------------------------
 
 
+class DefaultEnv(str):
+    """An ``--env`` default: shown by ``--help`` like any string, but told apart from a value the user typed (an
+    ``isinstance`` check), so that :func:`env_for_policies` may replace it by a run folder's env id."""
+
+
+#: ``--env`` help of the commands that load policy files: where the id comes from when ``--env`` is not given
+ENV_FROM_RUN_HELP = ("; when not given and a policy file sits in a skipenv train run folder, the env_id of that "
+                     "folder's summary.json (the env it was trained on)")
+
+
+def env_for_policies(env: str, specs, command: str) -> str:
+    """The env id to evaluate policy ``specs`` on: ``env`` when the user passed ``--env``; else (``env`` a
+    :class:`DefaultEnv`) the ``env_id`` of the ``summary.json`` that ``skipenv train`` wrote next to a policy file
+    (``PATH.zip`` / ``PATH.pt``, also ``sb3:ALGO:PATH.zip`` / ``pg:PATH.pt``), with one line on stderr saying so;
+    else ``env`` itself.
+
+    Raises:
+        ValueError: the policies' run folders name different env ids (pass ``--env``).
+    """
+    import sys
+    from pathlib import Path
+
+    if not isinstance(env, DefaultEnv):
+        return env
+    found: dict[str, str] = {}
+    for spec in specs:
+        path = Path(str(spec).rsplit(":", 1)[-1] if str(spec).startswith(("sb3:", "pg:")) else str(spec))
+        if path.suffix not in (".zip", ".pt"):
+            continue
+        summary = path.parent / "summary.json"
+        try:
+            env_id = json.loads(summary.read_text()).get("env_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(env_id, str) and env_id:
+            found[str(summary)] = env_id
+    ids = sorted(set(found.values()))
+    if len(ids) > 1:
+        raise ValueError(f"the policies were trained on different envs ({found}); pass --env ENV_ID")
+    if not ids:
+        return str(env)
+    where = next(iter(found))
+    print(f"skipenv {command}: --env not given: using {ids[0]}, the env_id in {where} (pass --env to override)",
+          file=sys.stderr)
+    return ids[0]
+
+
 def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
     from .benchmark import POLICY_SPECS  # light module: pandas / torch load only when evaluating
 
     p.add_argument("policies", nargs="+", metavar="POLICY",
                    help="policy specs, each one of: " + ", ".join(POLICY_SPECS) + " (one-shot policies only; a "
                    "layerwise DQN of agents/dqn_layerwise.py is not supported: evaluate it with that script)")
-    p.add_argument("--env", default="SwitchDec-XSum-v0", help="environment id (one-shot)")
+    p.add_argument("--env", default=DefaultEnv("SwitchDec-XSum-v0"), help="environment id (one-shot)" + ENV_FROM_RUN_HELP)
     p.add_argument("--split", default="test", help="split evaluated (train, validation or test)")
     p.add_argument("--episodes", type=positive_int, default=20, help="evaluate the first N examples of the split")
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2],
@@ -182,7 +229,8 @@ def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
 def _run_leaderboard(args: argparse.Namespace) -> int:
     from .benchmark import format_summary, leaderboard
 
-    _, summary = leaderboard(args.policies, env_id=args.env, split=args.split, episodes=args.episodes,
+    env_id = env_for_policies(args.env, args.policies, "leaderboard")
+    _, summary = leaderboard(args.policies, env_id=env_id, split=args.split, episodes=args.episodes,
                              seeds=args.seeds, out_dir=args.out, extra_quality=args.extra_quality,
                              env_kwargs={"device": args.device, **args.env_kwargs},
                              progress=not args.no_progress)
@@ -192,7 +240,8 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS["train"] = Subcommand(_configure_train, _run_train,
-                                  "the main job: train PPO on SwitchDec-XSum-v0, evaluate on the test split vs baselines")
+                                  "the main job: train a learner (default ppo-bc) on SwitchDec-XSum-v1 under its "
+                                  "expected constraint, evaluate on the test split vs baselines")
 SUBCOMMANDS["leaderboard"] = Subcommand(_configure_leaderboard, _run_leaderboard,
                                         "evaluate policies (baselines, SB3 models, agents) and write a comparison "
                                         "table and plot to --out")

@@ -307,8 +307,10 @@ def configure_parser(p) -> None:
     from .policies import POLICY_HELP
 
     p.add_argument("--policy", required=True, help=POLICY_HELP)
-    p.add_argument("--env", default="SwitchDec-XSum-v0",
-                   help="the env id the policy was trained for")
+    from .cli import ENV_FROM_RUN_HELP, DefaultEnv
+
+    p.add_argument("--env", default=DefaultEnv("SwitchDec-XSum-v0"),
+                   help="the env id the policy was trained for" + ENV_FROM_RUN_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="one document, given inline")
     src.add_argument("--file", help="a UTF-8 text file holding one document")
@@ -330,7 +332,9 @@ def main(args) -> int:
         if args.question:
             for d in docs:
                 d.setdefault("question", args.question)
-        pg = PolicyGenerator(args.policy, env_id=args.env, env_kwargs=args.env_kwargs, device=args.device)
+        from .cli import env_for_policies
+
+        pg = PolicyGenerator(args.policy, env_id=env_for_policies(args.env, [args.policy], "generate"), env_kwargs=args.env_kwargs, device=args.device)
         results = []
         for d in docs:
             r = pg.generate(d["document"], compare=args.compare, id=d.get("id"), question=d.get("question"))

@@ -300,7 +300,9 @@ def configure_parser(p) -> None:
                           help="record: log episodes of a policy as a Minari dataset; evaluate: off-policy estimates from one")
     rec = sub.add_parser("record",
                          help="log a policy's episodes (with its action probabilities) as a Minari dataset")
-    rec.add_argument("--env", default="SwitchDec-XSum-v0", help="one-shot env id (default: SwitchDec-XSum-v0)")
+    from .cli import ENV_FROM_RUN_HELP, DefaultEnv
+
+    rec.add_argument("--env", default=DefaultEnv("SwitchDec-XSum-v0"), help="one-shot env id" + ENV_FROM_RUN_HELP)
     rec.add_argument("--policy", required=True, help="logging policy: " + POLICY_HELP)
     rec.add_argument("--episodes", type=int, required=True, help="episodes to record (document i mod N)")
     rec.add_argument("--out", required=True, help="dataset name, e.g. xsum-random (-> skipenv/xsum-random-v0)")
@@ -331,7 +333,10 @@ def main(args) -> int:
 
     try:
         if args.dataset_command == "record":
-            ds = record_dataset(args.env, args.policy, args.episodes, args.out, env_kwargs=args.env_kwargs,
+            from .cli import env_for_policies
+
+            env_id = env_for_policies(args.env, [args.policy], "dataset record")
+            ds = record_dataset(env_id, args.policy, args.episodes, args.out, env_kwargs=args.env_kwargs,
                                 split=args.split, seed=args.seed, root=args.root, progress=not args.no_progress)
             where = args.root or os.environ.get("MINARI_DATASETS_PATH") or "~/.minari/datasets"
             print(f"saved Minari dataset {ds.spec.dataset_id} ({ds.total_episodes} episodes) under {where}")

@@ -337,6 +337,11 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
       (:func:`skipenv.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
       the probe rule's multiplier (:meth:`skipenv.probe.ProbePolicy.expected_multiplier`).
 
+    ``summary.json`` times (seconds, wall clock): ``menu_seconds`` the menu's evaluation (step 2; 0 without a
+    menu), ``train_seconds`` the learner's training only (step 3, behaviour cloning of a warm start included; not
+    the references nor the menu), ``total_seconds`` the whole job. ``train_examples`` / ``test_examples`` there are
+    the documents really used (a split smaller than asked is used whole, with a line on stderr).
+
     Args:
         algo: learner name (default ``"ppo-bc"`` under the expected formulation, ``"ppo"`` under per-input).
         static_examples: train documents the menu is evaluated on (default all ``train_examples``; the menu
@@ -352,7 +357,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         ValueError: ``total_timesteps``, ``train_examples`` or ``test_examples`` not an integer ``>= 1``,
             ``static_examples`` not an integer ``>= 0``, 1 to 3 menu documents (``min(static_examples,
             train_examples)``), a warm-started learner with fewer than 4 menu documents, reserved ``env_kwargs``,
-            or an unknown learner (all checked before anything loads).
+            an unknown learner, an id that is not one-shot (``-Layerwise``), or a CUDA ``device`` on a machine
+            without one (all checked before anything loads).
     """
     import gymnasium as gym
     import pandas as pd
@@ -365,6 +371,17 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     from .envs.registration import resolve_env_id
 
     env_id = resolve_env_id(env_id)  # an unknown id fails here, before the output folder is created
+    from .envs.registration import _ONE_SHOT, SPECS
+
+    if env_id in SPECS and SPECS[env_id][0] != _ONE_SHOT:
+        raise ValueError(f"skipenv train needs a one-shot env (SwitchDecEnv); {env_id!r} is "
+                         f"{SPECS[env_id][0].rsplit(':', 1)[-1]}: use the id without '-Layerwise'")
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch finds no CUDA GPU on this machine; use --device cpu "
+                             f"(device='cpu')")
     formulation = registered_formulation(env_id)
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"{env_id} applies the {formulation!r} formulation; skipenv train runs per_input and "
@@ -376,6 +393,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                     ("test_examples", test_examples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    static_given = static_examples is not None
     if static_examples is None:
         static_examples = train_examples
     if isinstance(static_examples, bool) or not isinstance(static_examples, int) or static_examples < 0:
@@ -383,8 +401,14 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                          f"{static_examples!r}")
     n_menu = min(static_examples, train_examples)
     if algo in WARM_STARTED and n_menu < 4:
+        got = (f"static_examples={static_examples} (--static-examples), train_examples={train_examples}"
+               if static_given else f"train_examples={train_examples} (--train-examples; the menu uses all of "
+                                    f"them by default)")
+        fix = ("static_examples >= 4 and train_examples >= 4 (--static-examples / --train-examples)" if static_given
+               else "train_examples >= 4 (--train-examples)")
         raise ValueError(f"{algo} clones the probe policy fitted on the menu's train documents, which needs >= 4 "
-                         f"of them; got static_examples={static_examples}, train_examples={train_examples}")
+                         f"of them; got {got}. Use {fix}, or a learner without warm start (--algo ppo, "
+                         f"algo='ppo'; warm-started: {sorted(WARM_STARTED)})")
     if 0 < n_menu < 4:  # the menu's static baselines come with the probe policy, fitted on >= 4 documents
         raise ValueError(f"the probe's menu (best static plan, probe policy) needs >= 4 train documents, got "
                          f"min(static_examples, train_examples) = {n_menu}; use static_examples >= 4 and "
@@ -408,15 +432,26 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     env_kwargs.update(model=model, device=device, formulation="per_input")  # the job applies the formulation
-    say(f"skipenv train: [1/4] full-model references of {train_examples} train documents (cached on disk)")
     train_env = gym.make(env_id, split="train", num_examples=train_examples, **env_kwargs).unwrapped
+    asked_train = train_examples
+    train_examples = len(train_env.examples)  # the split may hold fewer documents than asked
+    if train_examples < asked_train:
+        say(f"skipenv train: the train split holds {train_examples} documents, fewer than the {asked_train} asked "
+            f"(--train-examples): using {train_examples}")
+    n_menu = min(static_examples, train_examples)
+    say(f"skipenv train: [1/4] full-model references of {train_examples} train documents (cached on disk)")
     t_ref0 = time.perf_counter()
     computed = train_env.prefetch(progress=progress_bar)  # batched references
     s_per_ref = (time.perf_counter() - t_ref0) / computed if computed else None
     test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
+    asked_test = test_examples
+    test_examples = len(test_env.examples)
+    if test_examples < asked_test:
+        say(f"skipenv train: the test split holds {test_examples} documents, fewer than the {asked_test} asked "
+            f"(--test-examples): using {test_examples}")
     tau = train_env.tau
 
-    table, s_menu = None, None
+    table, s_menu, t_menu = None, None, 0.0
     if n_menu:
         from .probe import _fit_policies, evaluate_menu
 
@@ -427,7 +462,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         t_menu0 = time.perf_counter()
         table = evaluate_menu(lambda split, n: envs[split], num_train=n_menu, num_test=max(test_examples, 2),
                               config={"env_id": env_id, "tau": tau}, progress=progress_bar)
-        s_menu = (time.perf_counter() - t_menu0) / len(table.outcomes)  # seconds per uncached teacher-forced episode
+        t_menu = time.perf_counter() - t_menu0
+        s_menu = t_menu / len(table.outcomes)  # seconds per uncached teacher-forced episode
         table.save(out / "menu")
         tr = table.matrices("train")
         empty = table.plans.index(table.empty) if table.empty is not None else None
@@ -452,6 +488,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         if formulation == "expected":
             lam_init = probe.expected_multiplier()
     learn_env = train_env
+    t_learn0 = time.perf_counter()  # training proper (warm start included), after the references and the menu
     if formulation == "expected":
         from .formulations import ExpectedConstraint
 
@@ -487,7 +524,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
         learned, _ = train_learner(algo, learn_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
                                    progress_bar=progress_bar, device=device, warm_start=warm)
-    t_train = time.perf_counter() - t0
+    t_train = time.perf_counter() - t_learn0
 
     say(f"skipenv train: [4/4] evaluating {algo}, random:0.5, skip-nothing"
         f"{' and the best static plan' if table is not None else ''} on {test_examples} test documents")
@@ -503,7 +540,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     summary.to_csv(out / "summary.csv", index=False)
     meta = {"env_id": env_id, "formulation": formulation, "algo": algo, "model": model,
             "total_timesteps": total_timesteps, "train_examples": train_examples, "test_examples": test_examples,
-            "seed": seed, "train_seconds": round(t_train, 1), "total_seconds": None, "tau": tau,
+            "seed": seed, "menu_seconds": round(t_menu, 1), "train_seconds": round(t_train, 1),
+            "total_seconds": None, "tau": tau,
             "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
     if formulation == "expected":
         if algo.startswith("pg-"):  # ConstrainedPG ignores the wrapper's reward: its own handler's multiplier
@@ -546,16 +584,40 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     return summary
 
 
-def format_table(summary: pd.DataFrame, quality_name: str = "agreement") -> str:
-    """The main job's printed table: per policy the mean quality (named ``quality_name``), mean quality loss
-    (full model minus plan; the expected constraint bounds its mean by tau), ROUGE-L, FLOPs saved (fraction),
-    per-input constraint-met rate and lexicographic reward."""
+def format_table(summary: pd.DataFrame, quality_name: str = "agreement", formulation: str = "per_input",
+                 tau: float | None = None) -> str:
+    """The main job's printed table, one row per policy.
+
+    ``formulation="per_input"`` (v0): mean quality (named ``quality_name``), mean quality loss (full model minus
+    plan), ROUGE-L (when scored), FLOPs saved (fraction), per-input constraint-met rate ("constraint ok") and the
+    env's lexicographic reward (mean, std).
+
+    ``formulation="expected"`` (v1): mean quality, mean quality loss next to ``tau`` ("mean loss <= tau": whether
+    the expected constraint holds on these documents), FLOPs saved, and the per-input numbers renamed "per-input ok"
+    / "per-input reward" (the per-input rule, which this formulation does not impose).
+
+    Raises:
+        ValueError: an unknown ``formulation``, or ``formulation="expected"`` without ``tau``.
+    """
+    if formulation not in ("per_input", "expected"):
+        raise ValueError(f"formulation must be 'per_input' or 'expected', got {formulation!r}")
     t = summary.assign(quality_loss=summary["quality_full"] - summary["quality"])
-    cols = {"policy": "policy", "quality": quality_name, "quality_loss": "quality loss",
-            "quality_rouge": "ROUGE-L", "quality_full_rouge": "ROUGE-L (full)", "flops_saved": "FLOPs saved",
-            "constraint_satisfied": "constraint ok", "reward_mean": "reward mean", "reward_std": "reward std"}
+    f3 = lambda v: f"{v:.3f}"  # noqa: E731
+    if formulation == "per_input":
+        cols = {"policy": "policy", "quality": quality_name, "quality_loss": "quality loss",
+                "quality_rouge": "ROUGE-L", "quality_full_rouge": "ROUGE-L (full)", "flops_saved": "FLOPs saved",
+                "constraint_satisfied": "constraint ok", "reward_mean": "reward mean", "reward_std": "reward std"}
+        t = t[[c for c in cols if c in t.columns]].rename(columns=cols)
+        return t.to_string(index=False, float_format=f3)
+    if tau is None:
+        raise ValueError("format_table(formulation='expected') needs tau (the bound on the mean quality loss)")
+    t["within_tau"] = (t["quality_loss"] <= tau + 1e-12).map({True: "yes", False: "no"})
+    cols = {"policy": "policy", "quality": quality_name, "quality_loss": "mean quality loss",
+            "within_tau": f"mean loss <= tau ({tau:g})", "flops_saved": "FLOPs saved", "quality_rouge": "ROUGE-L",
+            "quality_full_rouge": "ROUGE-L (full)", "constraint_satisfied": "per-input ok",
+            "reward_mean": "per-input reward"}
     t = t[[c for c in cols if c in t.columns]].rename(columns=cols)
-    return t.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    return t.to_string(index=False, formatters={"mean quality loss": lambda v: f"{v:.4f}"}, float_format=f3)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -603,7 +665,7 @@ def main(args: argparse.Namespace) -> int:
                            env_id=args.env, progress_bar=not args.no_progress, algo=args.algo,
                            static_examples=args.static_examples, rouge=args.rouge)
     meta = json.loads((Path(args.out) / "summary.json").read_text())
-    print(format_table(summary, meta["quality"]))
+    print(format_table(summary, meta["quality"], meta["formulation"], meta["tau"]))
     sb3 = meta["algo"] in ("ppo", "a2c", "ppo-bc")
     logs = (f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})" if sb3 else
             "progress.csv (one row per training episode)")
