@@ -135,6 +135,9 @@ def test_main_job_under_the_expected_formulation(tiny_model_dir, tmp_path):
     table = ProbeTable.load(out / "menu")
     tr, te = table.matrices("train"), table.matrices("test")
     assert tr["loss"].shape == (8, len(table.plans)) and te["loss"].shape == (5, len(table.plans))
+    # the main job's menu: the default menu's 7 token-segment plans (8 segments), without its sublayer plan
+    assert table.plans == ["skip nothing"] + [f"drop last {n}/8 segments" for n in range(1, 5)] + \
+        ["drop segment 3", "drop segment 5"]
     # the multiplier starts at the probe rule's, refitted here
     probe = ProbePolicy(empty=table.plans.index("skip nothing")).fit(tr["X"], tr["loss"], tr["saved"],
                                                                         tr["quality_full"], 0.01)
