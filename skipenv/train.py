@@ -4,10 +4,10 @@ evaluate it on the XSum test split against the random policy, "skip nothing" and
 menu, and write a table (CSV + JSON), the margins and a quality-vs-FLOPs scatter plot next to the policy
 (:func:`run_main_job`).
 
-Command line: ``skipenv train`` (see ``skipenv train --help``). Measured budget under v0's former defaults (384 PPO
-episodes, the best static plan chosen on 16 train documents), assets and references already cached: about 5 minutes
-on 2 lightly loaded CPU cores (5.1 min), ~5 more the first time to compute the references; the menu now adds 8
-teacher-forced episodes per train and test document — the printed estimate tells. The job states torch's thread
+Command line: ``skipenv train`` (see ``skipenv train --help``). Measured at the defaults (v1, 96 train / 40 test
+documents, 7 menu plans, 384 episodes), references already cached, from a fresh clone on 2 lightly loaded CPU cores:
+7.2 minutes, 6.2 of them evaluating the menu; computing the references the first time adds ~1.5-3 s per document.
+The job states torch's thread
 setting and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after
 the first 8 training episodes (and checks the load again then), and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
