@@ -106,8 +106,14 @@ class _TrainingProgress:
         return Progress()
 
 
-def _threads_line() -> tuple[str, str | None]:
-    """One line stating torch's thread setting and the machine's load; and a warning if it looks oversubscribed."""
+def _threads_line(running: bool = False) -> tuple[str, str | None]:
+    """One line stating torch's thread setting and the machine's load; and a warning if it looks oversubscribed.
+
+    Args:
+        running: this job is already computing, so its own torch threads are part of the load average; the warning
+            then needs at least half a core's worth of load from other processes (without it, a job using both
+            cores of an otherwise idle 2-core machine warned about "other processes" at load 2.0).
+    """
     import os
 
     import torch
@@ -122,7 +128,8 @@ def _threads_line() -> tuple[str, str | None]:
     line = (f"skipenv train: torch uses {threads} thread(s) (OMP_NUM_THREADS={omp if omp else 'unset'}); "
             f"{cores} CPU core(s); load average {load:.1f}")
     warning = None
-    if load > cores:
+    others = load - threads if running else load  # the load of other processes (this job's threads excluded)
+    if load > cores and others >= 0.5:
         advice = ("torch already uses one thread, so expect the job to be slower until the load drops"
                   if threads == 1 else
                   "if several PyTorch processes share the machine, give each fewer threads, e.g. "
@@ -520,7 +527,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         left_eval = n_eval * (s_tf + s_gen)
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
             f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)}")
-        late_warning = _threads_line()[1]  # the load again, now that this job has run for a while
+        late_warning = _threads_line(running=True)[1]  # the load again, now that this job has run for a while
         if late_warning and not warning:
             say(late_warning)
 

@@ -132,6 +132,13 @@ def test_threads_line_and_oversubscription_warning(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     _, warning = train._threads_line()
     assert "7.5" in warning and "already uses one thread" in warning
+    # while the job runs, its own threads are in the load: 2 threads at load 2.04 on 2 cores is this job alone
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.04, 1.5, 1.0))
+    assert train._threads_line(running=True)[1] is None
+    assert train._threads_line()[1] is not None  # before the job starts, the same load is other processes'
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 2.0, 1.0))  # another process on top: warn
+    assert "3.2" in train._threads_line(running=True)[1]
 
 
 def test_status_line_is_not_glued_to_a_live_bar(capsys):
