@@ -236,3 +236,16 @@ def test_probe_deterministic_expected_rule_is_the_best_single_rule_within_tau(ti
     targets = warm_start_targets(table, tau, env=make_env("train", 10), source="probe", formulation="expected",
                                  seed=3)
     assert targets.plans == [table.plans[j] for j in expected_choice] and (targets.weights == 1).all()
+
+
+@pytest.mark.parametrize("env_id, kwargs", [("SwitchDec-XSum-v1", {}), ("SwitchDec-XSum-v0", {}),
+                                            ("SwitchDec-XSum-v0", {"quality": "probability"}),
+                                            ("SwitchDec-XSum-v1", {"tau": 0.05}),
+                                            ("SwitchDec-XSum-v1", {"quality": "agreement"}),
+                                            ("SwitchDec-XSum-v0", {"quality": "rouge"})])
+def test_probe_reads_the_env_tau_without_building_the_env(env_id, kwargs, tiny_llama):
+    """The probe's default tau (no model load) equals the tau of the env gym.make builds."""
+    from skipenv.probe import env_tau
+
+    built = skipenv.make(env_id, generator=tiny_llama, **SMALL, **kwargs).unwrapped.tau
+    assert env_tau(env_id, kwargs) == built
