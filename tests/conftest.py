@@ -93,6 +93,19 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """A tiny random-weight Llama (initializer_range 0.5: sensitive to skips) saved with ``save_pretrained`` together
+    with the embedded SmolLM2 tokenizer: a local model folder for ``model=`` / ``skipenv train --model``."""
+    from skipenv.testing import tiny_generator
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    gen = tiny_generator("llama", smollm2_tokenizer, initializer_range=0.5)
+    gen.model.save_pretrained(str(folder))
+    smollm2_tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_xsum_env_factory(smollm2_tokenizer):
     """``(split, n) -> SwitchDecEnv`` on XSum over one tiny random-weight Llama (initializer_range 0.5 makes it
     sensitive to skips, so plans differ in agreement per document); the factory the probe tests hand to

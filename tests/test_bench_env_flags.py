@@ -3,9 +3,7 @@ tiny random models (hidden --tiny), and bad flags failing at once with a one-lin
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +11,9 @@ import torch
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_env.py"
-    spec = importlib.util.spec_from_file_location("bench_env_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from _scripts import load_benchmark
+
+    return load_benchmark("bench_env", "bench_env_under_test")
 
 
 @pytest.mark.assets

@@ -3,22 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_front.py"
-
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("budget_front", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from _scripts import load_benchmark
+
+    return load_benchmark("budget_front")
 
 
 @pytest.mark.assets

@@ -4,20 +4,15 @@ other kinds is refused or completed instead of failing with a KeyError after the
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "choose_defaults.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("choose_defaults", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from _scripts import load_benchmark
+
+    return load_benchmark("choose_defaults")
 
 
 def test_report_and_kinds_parsed(script):

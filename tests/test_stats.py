@@ -4,9 +4,7 @@ bootstrap intervals, significance marks."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -86,11 +84,9 @@ def test_score_matrix_and_profile(tmp_path):
 
 
 def _compare_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_algorithms.py"
-    spec = importlib.util.spec_from_file_location("compare_algorithms", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from _scripts import load_benchmark
+
+    return load_benchmark("compare_algorithms")
 
 
 def test_compare_algorithms_statistics_against_numpy():

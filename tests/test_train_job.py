@@ -5,25 +5,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random-weight Llama (initializer_range 0.5: sensitive to skips) saved with the SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
-    from skipenv.testing import tiny_generator
-
-    folder = tmp_path_factory.mktemp("tiny_train")
-    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=False)))
-    gen = tiny_generator("llama", tok, initializer_range=0.5)
-    gen.model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return str(folder)
 
 
 def _summary():

@@ -98,22 +98,6 @@ def test_default_dual_step_scales_with_one_over_tau_squared():
         default_dual_lr(float("nan"))
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random-weight Llama (initializer_range 0.5: sensitive to skips) saved with the SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer
-
-    from skipenv.assets import embedded_model_dir
-    from skipenv.testing import tiny_generator
-
-    folder = tmp_path_factory.mktemp("tiny_v1")
-    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=False)))
-    gen = tiny_generator("llama", tok, initializer_range=0.5)
-    gen.model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return str(folder)
-
-
 ENV_KWARGS = dict(max_new_tokens=6, max_input_tokens=96, disk_cache=False)
 
 

@@ -97,16 +97,13 @@ def test_main_job_per_input_static_plan_follows_the_envs_reward(tmp_path):
 def test_compare_algorithms_layerwise_envs_share_the_one_shot_tau(tmp_path, monkeypatch):
     """``--env SwitchDec-XSum-v1 --formulation per_input`` with another quality signal: the one-shot envs keep v1's
     registered tau (0.01); the layerwise envs DQN trains on must use that tau too, not their signal's default."""
-    import importlib.util
-    from pathlib import Path
 
     import skipenv
     from _tiny_local import write_tiny_assets
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_algorithms.py"
-    spec = importlib.util.spec_from_file_location("compare_algorithms", path)
-    C = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(C)
+    from _scripts import load_benchmark
+
+    C = load_benchmark("compare_algorithms")
 
     model_dir, _ = write_tiny_assets(tmp_path)
     made, make = [], skipenv.make
