@@ -157,8 +157,9 @@ def _minutes(seconds: float) -> str:
 def best_static_plan(env, examples, *, progress: bool = True):
     """The plan of the probe's default menu (:func:`skipenv.probe.default_menu`: skip nothing, drop the last 1–4
     token segments, drop segment 3 or 5, skip one attention sublayer) with the highest mean reward of ``env`` (its
-    reward rule and tau) over ``examples`` — the static baseline a learned policy has to beat, chosen on train
-    documents only.
+    reward rule and tau) over ``examples`` — the per-input static baseline a learned policy has to beat, chosen on
+    train documents only. (:func:`run_main_job` makes the same choice from its evaluated menu table, over
+    :func:`main_job_menu`, without stepping the plans again.)
 
     Returns:
         ``(name, plan, mean_rewards)`` with ``mean_rewards`` = menu name → mean reward over ``examples``.
