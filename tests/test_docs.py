@@ -18,7 +18,7 @@ PAGES = [README, *DOCS]
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
-LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
 
 
@@ -61,10 +61,10 @@ def broken_links(path: Path) -> list[str]:
 def test_the_link_checker_finds_a_broken_file_and_a_broken_anchor(tmp_path):
     (tmp_path / "b.md").write_text("# Real heading\n\n## `code` in it: yes\n", encoding="utf-8")
     page = tmp_path / "a.md"
-    page.write_text("[ok](b.md#real-heading) [ok2](b.md#code-in-it-yes) [gone](c.md) [bad](b.md#nope)\n"
+    page.write_text("[ok](b.md#real-heading) [ok2](b.md#code-in-it-yes) [gone](c.md) [bad](b.md#nope) [two\nlines](d.md)\n"
                     "`[in code](missing.md)` [web](https://example.org/x.md)\n"
                     "```\n[in a block](missing.md)\n```\n", encoding="utf-8")
-    assert [b.split(" ")[0] for b in broken_links(page)] == ["c.md", "b.md#nope"]
+    assert [b.split(" ")[0] for b in broken_links(page)] == ["c.md", "b.md#nope", "d.md"]
 
 
 def test_readme_is_a_manual_of_at_most_250_lines():
