@@ -64,7 +64,7 @@ def wrap(model, tokenizer) -> SkippableGenerator:
     if cls is None:
         hint = ""
         if type(model).__name__ == "Gemma3ForConditionalGeneration":
-            hint = " (for the text model load the checkpoint with Gemma3ForCausalLM)"
+            hint = " (multimodal; skipenv wraps the text-only Gemma3ForCausalLM, e.g. google/gemma-3-1b-it)"
         raise UnsupportedModelError(
             f"{type(model).__name__} is not supported{hint}; skipenv can wrap: "
             f"{', '.join(sorted(GENERATOR_CLASSES))}"

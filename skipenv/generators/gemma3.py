@@ -1,5 +1,5 @@
-"""Gemma 3 text decoder-only generators (``Gemma3ForCausalLM``: gemma-3-1b / -270m, and the text stack of the
-larger Gemma 3 checkpoints loaded as a causal LM). Pre- *and* post-norm (Gemma RMSNorm, ``x · (1 + w)``) sublayers::
+"""Gemma 3 text decoder-only generators (``Gemma3ForCausalLM``: the text-only checkpoints gemma-3-1b / -270m and
+their instruction-tuned versions). Pre- *and* post-norm (Gemma RMSNorm, ``x · (1 + w)``) sublayers::
 
     h = h + post_attention_layernorm(self_attn(input_layernorm(h)))      # attention sublayer (q / k norms, GQA)
     h = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h))) # FFN sublayer (GeGLU: gate, up, down)
@@ -21,7 +21,7 @@ Source: ``transformers/models/gemma3/modeling_gemma3.py`` (``Gemma3DecoderLayer`
 - ``use_bidirectional_attention=True`` (EmbeddingGemma-style encoders) is refused: KV-cache decoding and prefix
   reuse assume causal attention.
 
-Multimodal ``Gemma3ForConditionalGeneration`` is not supported (load the text model with ``Gemma3ForCausalLM``).
+Multimodal ``Gemma3ForConditionalGeneration`` (gemma-3-4b / 12b / 27b) is not supported; :func:`wrap` says so.
 
 FLOPs coefficients (2 per multiply-accumulate; norms, softcapping and the embedding scale are not counted):
 ``attn_proj = 2·d·(H·d_head)·2 + 2·d·(H_kv·d_head)·2`` (q, o + k, v; Gemma 3 sets ``head_dim`` explicitly, 256),
