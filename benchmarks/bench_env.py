@@ -21,6 +21,14 @@ timing):
 
     python benchmarks/bench_env.py --gpu-report --device cuda --dtype bfloat16
 
+After those two models it runs the same small tables for a tiny random-weight model of each Llama-contract family
+(issue 24: ``tiny-random-qwen2``, ``-qwen3``, ``-mistral``, ``-gemma3``, ``-phi3``; :data:`skipenv.testing.TINY_CONFIGS`,
+hidden 32, 4 layers, sliding windows of 8 tokens where the family has them, with the embedded SmolLM2 tokenizer):
+they check on the device that the reuse and batched paths of every family run and agree with the from-scratch path
+in the device's kernels and dtype (the precision table), not the speed of real checkpoints (see ``docs/models.md``
+for those). ``--families qwen2,gemma3`` picks some (``--families none``: none). Any of these names is also a
+``--model`` value.
+
 It needs the embedded assets (SmolLM2 and XSum in ``$SKIPENV_CACHE``, ``skipenv download``) on that machine; a model
 whose assets are missing is printed as an "n/a" line with the fix and the other model still runs.
 
@@ -82,9 +90,13 @@ def main(argv=None) -> None:
     p.add_argument("--gpu-report", action="store_true",
                    help="the reuse table and the vector env, batched vs row by row, for SmolLM2 and "
                         "bart-large-random at small sizes, on --device / --dtype (about 5 minutes on one GPU)")
+    p.add_argument("--families", default=",".join(TINY_FAMILIES),
+                   help="--gpu-report: the tiny random family models to run after SmolLM2 and bart-large-random "
+                        f"(comma-separated of {', '.join(TINY_FAMILIES)}; 'none': none)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny random models and sizes (tests)
     args = p.parse_args(argv)
     args.device, args.dtype = _check_device_dtype(args.device, args.dtype)
+    args.families = _check_families(args.families)
     if args.gpu_report:
         return gpu_report(args)
     if (args.forward_costs or args.soak or args.caches) and (
@@ -151,6 +163,24 @@ BART_LARGE_RANDOM = "bart-large-random"
 BART_LARGE_SIZES = dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
                         decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
                         max_position_embeddings=1024)
+
+
+#: the Llama-contract families of issue 24 whose tiny random models the GPU report covers (``--model
+#: tiny-random-<family>``: :func:`skipenv.testing.tiny_generator` with the embedded SmolLM2 tokenizer)
+TINY_FAMILIES = ("qwen2", "qwen3", "mistral", "gemma3", "phi3")
+TINY_FAMILY_PREFIX = "tiny-random-"
+
+
+def _check_families(value: str) -> tuple[str, ...]:
+    """``--families`` → family names, or exit at once naming the unknown ones and the choices."""
+    if value.strip().lower() == "none":
+        return ()
+    names = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in TINY_FAMILIES]
+    if unknown:
+        raise SystemExit(f"bench_env.py: --families: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(TINY_FAMILIES)} (comma-separated) or 'none'")
+    return names
 
 
 def _check_device_dtype(device: str, dtype: str):
@@ -225,6 +255,24 @@ def load_bench_generator(model: str | None, device: torch.device, dtype: torch.d
                  f"{sizes['d_model']}, {sizes['encoder_layers']}+{sizes['decoder_layers']} layers, "
                  f"vocabulary {len(tok)} (toy BPE tokenizer)")
         return wrap(net, tok), label, True
+    if model is not None and model.startswith(TINY_FAMILY_PREFIX):
+        from transformers import AutoTokenizer
+
+        from skipenv.assets import embedded_model_dir
+        from skipenv.testing import TINY_CONFIGS, tiny_generator
+
+        family = model[len(TINY_FAMILY_PREFIX):]
+        if family not in TINY_FAMILIES:
+            raise SystemExit(f"bench_env.py: --model {model}: unknown family; choose from "
+                             f"{', '.join(TINY_FAMILY_PREFIX + f for f in TINY_FAMILIES)}")
+        gen = tiny_generator(family, AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=False))))
+        gen.model.to(device=device, dtype=dtype)
+        windows = [w for w in gen.flops_model.decoder.sliding_windows if w is not None]
+        cfg = TINY_CONFIGS[family]
+        label = (f"{model}: random {type(gen.model).__name__}, hidden {cfg['hidden_size']}, "
+                 f"{cfg['num_hidden_layers']} layers, {len(windows)} with a sliding window of "
+                 f"{windows[0] if windows else '-'} (embedded SmolLM2 tokenizer)")
+        return gen, label, True
     if tiny:
         from transformers import AutoTokenizer
 
@@ -264,8 +312,9 @@ def _plan_mixes(spec, rng):
 
 
 def gpu_report(args) -> None:
-    """The reuse table and the vector env (batched vs row by row) for the embedded SmolLM2 and
-    :data:`BART_LARGE_RANDOM` on ``args.device`` / ``args.dtype``, at small sizes (issue 11's GPU row)."""
+    """The reuse table and the vector env (batched vs row by row) for the embedded SmolLM2,
+    :data:`BART_LARGE_RANDOM` and the tiny random model of each family in ``args.families`` (issue 24) on
+    ``args.device`` / ``args.dtype``, at small sizes (issue 11's GPU row)."""
     import copy
 
     from skipenv.assets import AssetUnavailableError
@@ -273,7 +322,8 @@ def gpu_report(args) -> None:
     from skipenv.tasks.sources import DatasetUnavailableError
 
     small = dict(docs=2, episodes=2, vector_steps=2, fill=0)
-    for model in (None, BART_LARGE_RANDOM):
+    families = tuple(TINY_FAMILY_PREFIX + f for f in getattr(args, "families", TINY_FAMILIES))
+    for model in (None, BART_LARGE_RANDOM, *families):
         run = copy.copy(args)
         run.model = model
         for k, v in small.items():

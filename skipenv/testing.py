@@ -29,6 +29,22 @@ __all__ = ["TINY_CONFIGS", "tiny_model", "tiny_generator", "check_generator", "c
 TINY_CONFIGS = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True),
+    # the Llama-contract families (tests/test_families.py): small sliding windows (8 tokens) wherever the family has
+    # them, so that short test inputs cross the window (masks, KV-cache truncation, FLOPs of decoding steps)
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+                  use_sliding_window=True, sliding_window=8, max_window_layers=2),  # layers 0-1 full, 2-3 sliding
+    "qwen3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, sliding_window=8),
+    "gemma3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, max_position_embeddings=1024,
+                   sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                                  "full_attention"]),
+    "phi3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, original_max_position_embeddings=1024,
+                 tie_word_embeddings=True, sliding_window=8),
     "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=1024),
     "bart": dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                  decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=1024),
@@ -87,7 +103,8 @@ def toy_bpe_tokenizer(vocab_size: int = 400):
 
 def tiny_model(family: str = "llama", *, vocab_size: int = 64, seed: int = 0, attn_implementation: str = "eager",
                **overrides):
-    """A random-weight Hugging Face model of ``family`` (``llama``, ``gpt2``, ``bart``, ``t5``) in eval mode.
+    """A random-weight Hugging Face model of ``family`` (a key of :data:`TINY_CONFIGS`: ``llama``, ``qwen2``,
+    ``qwen3``, ``mistral``, ``gemma3``, ``phi3``, ``gpt2``, ``bart``, ``t5``) in eval mode.
 
     Raises:
         ValueError: an unknown family.
@@ -95,6 +112,9 @@ def tiny_model(family: str = "llama", *, vocab_size: int = 64, seed: int = 0, at
     import transformers as tf
 
     classes = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel),
+               "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM), "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+               "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+               "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM), "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
                "bart": (tf.BartConfig, tf.BartForConditionalGeneration),
                "t5": (tf.T5Config, tf.T5ForConditionalGeneration)}
     if family not in classes:

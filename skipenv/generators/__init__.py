@@ -18,13 +18,23 @@ from .base import (
     SublayerModules,
 )
 from .flops import FlopsBreakdown, FlopsModel, StackCost
+from .gemma3 import Gemma3Generator
 from .gpt2 import GPT2Generator
 from .llama import LlamaGenerator
+from .mistral import MistralGenerator
+from .phi3 import Phi3Generator
+from .qwen2 import Qwen2Generator
+from .qwen3 import Qwen3Generator
 from .t5 import T5Generator
 
 #: Hugging Face architecture class name → skippable wrapper class.
 GENERATOR_CLASSES: dict[str, type[SkippableGenerator]] = {
-    "LlamaForCausalLM": LlamaGenerator,
+    "LlamaForCausalLM": LlamaGenerator,  # Llama 2 / 3.x (rope_type "llama3"), SmolLM2
+    "Qwen2ForCausalLM": Qwen2Generator,  # Qwen2, Qwen2.5
+    "Qwen3ForCausalLM": Qwen3Generator,
+    "MistralForCausalLM": MistralGenerator,
+    "Gemma3ForCausalLM": Gemma3Generator,  # Gemma 3 text
+    "Phi3ForCausalLM": Phi3Generator,  # Phi-3, Phi-3.5-mini, Phi-4-mini
     "GPT2LMHeadModel": GPT2Generator,
     "BartForConditionalGeneration": BartGenerator,
     "T5ForConditionalGeneration": T5Generator,
@@ -39,8 +49,10 @@ def wrap(model, tokenizer) -> SkippableGenerator:
     the layer contract fails here instead of giving wrong numbers later.
 
     Args:
-        model: a ``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``BartForConditionalGeneration`` or
-            ``T5ForConditionalGeneration`` instance.
+        model: an instance of one of the classes in :data:`GENERATOR_CLASSES`: ``LlamaForCausalLM``,
+            ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``MistralForCausalLM``, ``Gemma3ForCausalLM``,
+            ``Phi3ForCausalLM``, ``GPT2LMHeadModel``, ``BartForConditionalGeneration`` or
+            ``T5ForConditionalGeneration``.
         tokenizer: the model's tokenizer.
 
     Raises:
@@ -50,15 +62,20 @@ def wrap(model, tokenizer) -> SkippableGenerator:
     """
     cls = GENERATOR_CLASSES.get(type(model).__name__)
     if cls is None:
+        hint = ""
+        if type(model).__name__ == "Gemma3ForConditionalGeneration":
+            hint = " (multimodal; skipenv wraps the text-only Gemma3ForCausalLM, e.g. google/gemma-3-1b-it)"
         raise UnsupportedModelError(
-            f"{type(model).__name__} is not supported; skipenv can wrap: {', '.join(sorted(GENERATOR_CLASSES))}"
+            f"{type(model).__name__} is not supported{hint}; skipenv can wrap: "
+            f"{', '.join(sorted(GENERATOR_CLASSES))}"
         )
     return cls(model, tokenizer)
 
 
 __all__ = [
     "wrap", "GENERATOR_CLASSES", "SkippableGenerator", "DecoderOnlyGenerator", "EncoderDecoderGenerator",
-    "LlamaGenerator", "GPT2Generator", "BartGenerator", "T5Generator", "GenerationOutput", "ScoreOutput",
+    "LlamaGenerator", "Qwen2Generator", "Qwen3Generator", "MistralGenerator", "Gemma3Generator", "Phi3Generator",
+    "GPT2Generator", "BartGenerator", "T5Generator", "GenerationOutput", "ScoreOutput",
     "SublayerModules", "LayerStepper", "SkipAwareCache", "UnsupportedModelError", "SUPPORTED_TRANSFORMERS",
     "FlopsModel", "FlopsBreakdown", "StackCost",
 ]

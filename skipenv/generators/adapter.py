@@ -39,6 +39,7 @@ __all__ = [
     "SkipAwareCache",
     "encoder_decoder_cache",
     "cache_kwarg",
+    "sliding_windows",
     "layer_arguments",
     "replaced_forwards",
     "model_lock",
@@ -60,8 +61,10 @@ class SkipAwareCache(DynamicCache):
     """A :class:`transformers.DynamicCache` for plans that skip attention sublayers.
 
     A layer whose attention is skipped stores no keys / values, but transformers derives the processed sequence
-    length (for masks and positions) from layer 0 by default. This cache redirects ``get_seq_length``,
-    ``get_mask_sizes`` and ``get_query_offset`` for skipped layers to the first layer that attends. If every
+    length (for masks and positions) from layer 0 by default (the sliding-window mask from the first sliding
+    layer). This cache redirects ``get_seq_length``, ``get_mask_sizes`` and ``get_query_offset`` for skipped layers
+    to the first attending layer of the same kind (full attention, or a sliding window of the same size; any
+    attending layer when none of that kind attends: the mask of that kind is then used by no layer). If every
     attention is skipped no layer stores anything, so the generator reports each call's new tokens with
     :meth:`advance` and the cache answers length queries from that count (BART's decoder derives its positions
     from ``get_seq_length()``).
@@ -75,7 +78,21 @@ class SkipAwareCache(DynamicCache):
         super().__init__(config=config)
         self.attention_skipped = tuple(bool(s) for s in attention_skipped)
         self.reference_layer = next((i for i, s in enumerate(self.attention_skipped) if not s), None)
+        # a skipped layer answers like the first attending layer of its own kind (full / sliding window of the same
+        # size): transformers builds the sliding-window mask from the first sliding layer's sizes (Gemma 3, Qwen2
+        # with use_sliding_window, Mistral), so a full layer must not stand in for it while a sliding one attends
+        kinds = [self._kind(i) for i in range(len(self.attention_skipped))]
+        self._references = tuple(
+            next((r for r, (k, s) in enumerate(zip(kinds, self.attention_skipped)) if not s and k == kinds[i]),
+                 self.reference_layer)
+            for i in range(len(self.attention_skipped)))
         self.unattended_length = 0  # tokens processed so far, counted only when no layer attends
+
+    def _kind(self, layer_idx: int):
+        if layer_idx >= len(self.layers):  # layers created lazily (no config): all full attention
+            return None
+        layer = self.layers[layer_idx]
+        return type(layer), getattr(layer, "sliding_window", None)
 
     def advance(self, num_tokens: int) -> None:
         """Record that a forward call processed ``num_tokens`` new positions (only counted when every attention is
@@ -85,7 +102,7 @@ class SkipAwareCache(DynamicCache):
 
     def _redirect(self, layer_idx: int) -> int | None:
         if layer_idx < len(self.attention_skipped) and self.attention_skipped[layer_idx]:
-            return self.reference_layer
+            return self._references[layer_idx]
         return layer_idx
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -118,6 +135,19 @@ def self_attention_cache(cache) -> SkipAwareCache | None:
     if cache is None:
         return None
     return getattr(cache, "self_attention_cache", cache)
+
+
+def sliding_windows(config) -> tuple[int | None, ...]:
+    """Per decoder layer, the sliding window (in tokens) its KV cache keeps, or ``None`` for full attention.
+
+    Read from the cache transformers itself builds for ``config`` (``DynamicCache(config=config)``: its
+    ``DynamicSlidingWindowLayer`` entries keep the last ``sliding_window - 1`` keys / values, so a decoding step
+    attends over at most ``sliding_window`` keys). Sources: ``config.layer_types`` (Gemma 3; Qwen2 / Qwen3 with
+    ``use_sliding_window``) or ``config.sliding_window`` on every layer (Mistral, Phi-3).
+    """
+    cache = DynamicCache(config=config)
+    return tuple(int(layer.sliding_window) if getattr(layer, "is_sliding", False) else None
+                 for layer in cache.layers)
 
 
 def cache_kwarg(model: nn.Module) -> str:

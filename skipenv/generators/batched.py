@@ -91,6 +91,21 @@ def _base_call(generator, ids, mask, cache=None):
     return out.last_hidden_state
 
 
+def _lm_head(generator):
+    """Final hidden states ``[.., d]`` → logits ``[.., V]`` as the model's ``forward`` computes them: the output
+    embedding, then ``cap · tanh(logits / cap)`` when the config sets ``final_logit_softcapping`` (Gemma 2 / 3;
+    source: ``Gemma3ForCausalLM.forward``)."""
+    head = generator.model.get_output_embeddings()
+    cap = getattr(generator.config, "final_logit_softcapping", None)
+    if cap is None:
+        return head
+
+    def capped(hidden):
+        return torch.tanh(head(hidden) / cap) * cap
+
+    return capped
+
+
 def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``[R, T]`` right-padded ids and their 0/1 attention mask."""
     from .base import _right_pad as pad
@@ -157,7 +172,7 @@ def score_plans(generator, inputs: Sequence[PromptInput], targets: Sequence[Sequ
                 s[r], j[r] = plan_reuse_point(state.ids, ids[r], plan.decoder_attention, plan.decoder_ffn, m[r] + 1)
             if j[r] == 0:
                 s[r] = 0
-        head = generator.model.get_output_embeddings()
+        head = _lm_head(generator)
         logits: list[torch.Tensor | None] = [None] * B
         entering: dict[int, torch.Tensor] = {}  # row -> residual stream entering layer j_r at its tail, [t_r, d]
         ctx = _Rows(generator, layers, states, ids, n, m, s, j, [plan for plan, _ in rows], head, logits, entering)

@@ -163,8 +163,10 @@ class LayerStepper:
     """Runs the prefill of one input layer by layer, so a sequential agent can decide each layer's skips on the
     hidden state actually produced so far (used by :class:`~skipenv.envs.SwitchDecLayerwiseEnv`).
 
-    The embedding and the layer arguments (mask, positions) are produced by the model's own forward, stopped just
-    before the first layer; each :meth:`step` then calls one layer (with the same replacement bodies as
+    The embedding and the layer arguments (mask, positions) are produced by the model's own forward, run with
+    every layer passing its input through and stopped at the last one (so each layer's own arguments are kept:
+    Gemma 3's sliding-window and full layers get different masks and rotary tables); each :meth:`step` then calls
+    one layer (with the same replacement bodies as
     :meth:`SkippableGenerator.generate`). Holds the model's lock while it runs, so it may share the generator with
     other threads.
 
@@ -183,24 +185,23 @@ class LayerStepper:
         seqs = [inp.apply_token_skips(tuple(token_flags))]
         generator._check_length(seqs, 0, [inp])
         ids, mask = generator._pad(seqs)
-        captured = {}
+        layers = generator._decoder_layers()
+        self._kwargs: list[dict] = []  # per layer: the keyword arguments the model's forward passed to it
 
-        def hook(module, args, kwargs):
-            captured["args"], captured["kwargs"] = args, kwargs
-            raise _StopForward(args[0] if args else kwargs["hidden_states"])
+        def record(i):
+            def body(hidden_states, **kwargs):
+                self._kwargs.append(kwargs)
+                if i == len(layers) - 1:
+                    raise _StopForward(hidden_states)
+                return hidden_states  # passed through: the embedding reaches every layer unchanged
+            return body
 
-        with generator._lock:
-            handle = generator._decoder_layers()[0].register_forward_pre_hook(hook, with_kwargs=True)
+        with generator._lock, replaced_forwards([(layer, record(i)) for i, layer in enumerate(layers)]):
             try:
                 with torch.inference_mode():
                     generator._run_to_first_layer(ids, mask)
             except _StopForward as stop:
                 self.hidden = stop.hidden
-            finally:
-                handle.remove()
-        self._kwargs = dict(captured["kwargs"])
-        self._kwargs.pop("hidden_states", None)
-        self._extra_args = tuple(captured["args"][1:])
         self.num_tokens = ids.shape[1]
 
     def pooled(self) -> np.ndarray:
@@ -215,6 +216,6 @@ class LayerStepper:
         body = [(layer, gen._layer_forward("decoder", layer, skip_attention, skip_ffn))] \
             if skip_attention or skip_ffn else []
         with gen._lock, replaced_forwards(body):
-            out = layer(self.hidden, *self._extra_args, **self._kwargs)
+            out = layer(self.hidden, **self._kwargs[layer_idx])
         self.hidden = out[0] if isinstance(out, tuple) else out
         return self.pooled()

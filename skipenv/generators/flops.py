@@ -22,7 +22,8 @@ products whatever kernel runs them.
 Phases of one greedy generation of ``m`` tokens from an ``n``-token input, with the KV cache:
 
 - decoder-only: one prefill call over ``n`` tokens (yields token 1), then ``m − 1`` decoding calls of one token
-  each, the ``j``-th attending over ``n + j`` keys;
+  each, the ``j``-th attending over ``n + j`` keys (``min(n + j, W)`` in a layer with a sliding window ``W``:
+  Mistral, Phi-3, Gemma 3's local layers, Qwen2 / Qwen3 with ``use_sliding_window``);
 - encoder-decoder: the encoder over ``n`` tokens, then ``m`` decoder calls of one token each (the first consumes
   the decoder start token), the ``k``-th attending over ``k`` self-attention keys and ``n`` source keys;
   cross-attention keys / values are projected once.
@@ -49,6 +50,10 @@ class StackCost:
         cross_proj_q_o: FLOPs per decoder token of the cross-attention q and o projections (0 if none).
         cross_proj_k_v: FLOPs per source token of the cross-attention k and v projections (0 if none).
         cross_pair: FLOPs per (decoder token, source token) pair of cross-attention (0 if none).
+        sliding_windows: per layer, the sliding window ``W`` of its KV cache (``None`` = full attention); ``()`` =
+            every layer full. A sliding layer's decoding step attends over at most ``W`` keys (its cache keeps the
+            last ``W − 1``, see :func:`~skipenv.generators.adapter.sliding_windows`); its prefill still counts the
+            full ``n × n`` square (eager attention masks the window by addition).
     """
 
     num_layers: int
@@ -58,6 +63,20 @@ class StackCost:
     cross_proj_q_o: int = 0
     cross_proj_k_v: int = 0
     cross_pair: int = 0
+    sliding_windows: tuple = ()
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of ``layer`` (``None`` = full attention)."""
+        return self.sliding_windows[layer] if self.sliding_windows else None
+
+
+def _decode_pairs(n: int, steps: int, window: int | None) -> int:
+    """(query, key) pairs of ``steps`` one-token decoding calls after an ``n``-token prefill: the ``j``-th call
+    attends over ``n + j`` keys, or ``min(n + j, window)`` for a sliding-window layer."""
+    if window is None:
+        return steps * n + steps * (steps + 1) // 2
+    k = min(max(window - n, 0), steps)  # calls before the window is full
+    return k * n + k * (k + 1) // 2 + (steps - k) * window
 
 
 @dataclass
@@ -125,9 +144,9 @@ class FlopsModel:
         if self.encoder is None:
             d = self.decoder
             decode_steps = max(m - 1, 0)
-            # keys attended over all decoding calls: sum_{j=1}^{m-1} (n + j)
-            decode_pairs = decode_steps * n + decode_steps * (decode_steps + 1) // 2
             for i in range(d.num_layers):
+                # keys attended over all decoding calls: sum_{j=1}^{m-1} (n + j), capped per call by a sliding window
+                decode_pairs = _decode_pairs(n, decode_steps, d.window(i))
                 pre_a = 0 if plan.decoder_attention[i] else d.attn_proj * n + d.attn_pair * n * n
                 dec_a = 0 if plan.decoder_attention[i] else d.attn_proj * decode_steps + d.attn_pair * decode_pairs
                 pre_f = 0 if plan.decoder_ffn[i] else d.ffn * n

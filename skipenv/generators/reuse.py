@@ -252,7 +252,9 @@ def compute_state(generator, ids: Sequence[int]) -> PrefixState:
         return record
 
     handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers) if i]
-    cache = SkipAwareCache(generator.config, [False] * len(layers))
+    # no config: every cache layer is a full DynamicLayer, so sliding-window layers (Gemma 3, Mistral, ...) keep
+    # the keys / values of all T positions too (their mask still applies the window: same outputs)
+    cache = SkipAwareCache(None, [False] * len(layers))
     tensor = torch.tensor([list(ids)], dtype=torch.long, device=generator.device)
     try:
         generator._forward(tensor, torch.ones_like(tensor), cache, logits_to_keep=1)
@@ -328,8 +330,8 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, n
         logits = generator._forward(full, mask, cache, logits_to_keep=num_logits)
     if cache is not None:
         for i in range(j):
-            if s < n:
-                cache.update(first.layers[i].keys, first.layers[i].values, i)
+            if s < n:  # the layer object itself: a sliding-window layer keeps its count of processed tokens
+                cache.layers[i] = first.layers[i]
             else:
                 cache.update(state.keys[i][:, :, :n].to(dtype), state.values[i][:, :, :n].to(dtype), i)
     return logits, cache
