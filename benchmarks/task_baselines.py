@@ -6,7 +6,7 @@ majority label of the train split (accuracy); DisflQA — the best of three extr
 passage sentence with the most question-word overlap, its first 3 words, and its longest run of capitalised words /
 numbers.
 
-    OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task rt --docs 100
+    OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task rt --docs 30
     OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task xsum --docs 20
     OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task disflqa --docs 20
 
@@ -122,38 +122,33 @@ def run_rt(n: int, fit: bool) -> None:
     envs = {s: gym.make("SwitchDec-RottenTomatoes-v1", split=s, num_examples=n).unwrapped for s in ("train", "test")}
     train_labels = [ex.label for ex in envs["train"].task.examples("train")]
     majority = max(("positive", "negative"), key=train_labels.count)
-    margins = {s: np.array([e.evaluator.label_margin(ex, None) for ex in e.examples]) for s, e in envs.items()}
-    gold = {s: np.array([ex.label == "positive" for ex in e.examples]) for s, e in envs.items()}
     th = envs["train"].task.threshold
-    if fit:
-        t, a = best_threshold(margins["train"], gold["train"])
+    if fit:  # margins are not cached: one extra forward pass per review and verbalizer
+        margins = np.array([envs["train"].evaluator.label_margin(ex, None) for ex in envs["train"].examples])
+        t, a = best_threshold(margins, np.array([ex.label == "positive" for ex in envs["train"].examples]))
         print(f"train accuracy-maximising threshold: {t:.3f} nats (train accuracy {a:.3f}); registered: {th}")
-    print(f"| split | n | full model (threshold {th}) | uncalibrated (threshold 0) | majority label ({majority}) | "
-          f"margin |\n|---|---|---|---|---|---|")
-    for s in envs:
-        acc = float(((margins[s] > th) == gold[s]).mean())
-        acc0 = float(((margins[s] > 0) == gold[s]).mean())
+    print(f"| split | n | full model (threshold {th}) | majority label of train ({majority}) | margin |\n"
+          f"|---|---|---|---|---|")
+    for s in envs:  # the full model's label is cached on disk with the full output
+        acc = float(np.mean([envs[s].evaluator.full_output(ex).target_score for ex in envs[s].examples]))
         maj = float(np.mean([ex.label == majority for ex in envs[s].examples]))
-        print(f"| {s} | {n} | {acc:.3f} | {acc0:.3f} | {maj:.3f} | {acc - maj:+.3f} |")
+        print(f"| {s} | {n} | {acc:.3f} | {maj:.3f} | {acc - maj:+.3f} |", flush=True)
     env = envs["test"]
     spec = env.plan_spec
     S = skipenv.SkipPlan.from_skips
     L = spec.num_layers
     plans = {
-        "drop last 1/8 of the review": S(spec, tokens=[7]),
         "drop last 1/2 of the review": S(spec, tokens=[4, 5, 6, 7]),
         f"attention {L - 2}-{L - 1}": S(spec, attention=[L - 2, L - 1]),
-        f"FFN {L - 2}-{L - 1}": S(spec, ffn=[L - 2, L - 1]),
         f"FFN {L - 6}-{L - 2}": S(spec, ffn=range(L - 6, L - 1)),
         "attention 10-19": S(spec, attention=range(10, 20)),
         "every other attention": S(spec, attention=range(1, L, 2)),
     }
-    agree = skipenv.envs.Evaluator(env.generator, env.task, quality="label_agreement")
     print(f"\nlabel kept under skip plans, {n} test reviews (FLOPs saved include the observation's first layer)")
     print("| plan | FLOPs saved | label kept | mean p(full label) plan / full | accuracy |\n|---|---|---|---|---|")
     for name, plan in plans.items():
         outs = [env.outcome(plan, ex) for ex in env.examples]
-        kept = [agree.outcome(ex, plan).quality for ex in env.examples]
+        kept = [o.text == env.evaluator.full_output(ex).text for o, ex in zip(outs, env.examples)]  # label agreement
         acc = np.mean([env.task.score(o.text, ex) for o, ex in zip(outs, env.examples)])
         print(f"| {name} | {np.mean([o.flops_saved for o in outs]):.3f} | {np.mean(kept):.3f} | "
               f"{np.mean([o.quality for o in outs]):.3f} / {np.mean([o.quality_full for o in outs]):.3f} | "
