@@ -174,11 +174,11 @@ RT_TEST_MARGIN = 0.05
 @pytest.mark.slow
 @pytest.mark.assets
 def test_rt_scored_full_model_beats_the_majority_label():
-    """40 test reviews: the verbalizer-scored full model's accuracy exceeds the train-majority label's by the
-    margin docs/tasks.md states (one forward pass per review and verbalizer)."""
+    """30 test reviews (docs/tasks.md: 0.767 vs 0.533): the verbalizer-scored full model's accuracy exceeds the
+    train-majority label's by RT_TEST_MARGIN (one forward pass per review and verbalizer)."""
     import gymnasium as gym
 
-    env = gym.make("SwitchDec-RottenTomatoes-v1", split="test", num_examples=40).unwrapped
+    env = gym.make("SwitchDec-RottenTomatoes-v1", split="test", num_examples=30).unwrapped
     acc = np.mean([env.evaluator.full_output(ex).target_score for ex in env.examples])
     train = [e.label for e in env.task.examples("train")]
     majority = max(("positive", "negative"), key=train.count)
