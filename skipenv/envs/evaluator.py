@@ -271,10 +271,12 @@ class Evaluator:
             from .quality import LABEL_SIGNALS
 
             raise ValueError(f"task {self.task.name!r} scores its label with verbalizers (no generation); quality "
-                             f"{self.signal.name!r} needs generated text or output tokens — use one of {LABEL_SIGNALS}")
+                             f"{self.signal.name!r} needs generated text or output tokens — use one of "
+                             f"{LABEL_SIGNALS}")
         if label_signal and not self.label_scoring:
             raise ValueError(f"quality {self.signal.name!r} needs a classification task with scoring='verbalizer' "
-                             f"(e.g. task 'rotten_tomatoes_scored'), got task {getattr(self.task, 'name', self.task)!r}")
+                             f"(e.g. task 'rotten_tomatoes_scored'), got task "
+                             f"{getattr(self.task, 'name', self.task)!r}")
 
     def label_margin(self, example, plan: SkipPlan | None) -> float:
         """``log p(v_pos) - log p(v_neg)`` (nats) at the answer position (the last input token) under ``plan``

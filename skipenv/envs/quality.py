@@ -37,7 +37,8 @@ import numpy as np
 from .. import metrics
 
 __all__ = ["QualitySignal", "Measurement", "Agreement", "ReferenceMetric", "Fidelity", "Likelihood", "Probability",
-           "LabelAgreement", "LabelProbability", "LABEL_SIGNALS", "PROBABILITY_DEFAULT_TAU", "QUALITY_SIGNALS", "QUALITY_ALIASES", "QUALITY_MODES", "DEFAULT_TAU",
+           "LabelAgreement", "LabelProbability", "LABEL_SIGNALS", "PROBABILITY_DEFAULT_TAU", "QUALITY_SIGNALS",
+           "QUALITY_ALIASES", "QUALITY_MODES", "DEFAULT_TAU",
            "get_signal", "mean_probability"]
 
 
