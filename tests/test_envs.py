@@ -252,9 +252,11 @@ def test_prefetch_batches_references(tiny_llama):
 
 
 @pytest.mark.parametrize("env_id", ["SwitchDec-XSum-v0", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
-                                    "SwitchDec-RottenTomatoes-v0"])
+                                    "SwitchDec-RottenTomatoes-v0", "SwitchDec-RottenTomatoes-v1"])
 def test_every_offline_id_passes_both_checkers(env_id, tiny_llama):
-    kw = {"num_examples": 3, "max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False}
+    # RT-v1's 2-shot prompt alone takes 105 tokens
+    kw = {"num_examples": 3, "max_new_tokens": 4, "max_input_tokens": 160 if env_id.endswith("Tomatoes-v1") else 96,
+          "disk_cache": False}
     env = skipenv.make(env_id, generator=tiny_llama, **kw)
     assert env.spec.kwargs["num_examples"] == 3 and "generator" not in env.spec.kwargs
     gym_check_env(env.unwrapped, skip_render_check=True)

@@ -242,6 +242,7 @@ class Evaluator:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
         self.generator, self.task = generator, task
+        self._check_label_scoring()
         self._observation_kind = check_observation_kind(observation, generator)
         self.spec = generator.plan_spec(int(token_segments))
         self.max_new_tokens = int(max_new_tokens if max_new_tokens is not None else task.max_new_tokens)
@@ -257,6 +258,50 @@ class Evaluator:
         self._full: dict[str, FullOutput] = {}
         self.outcomes = LRU(lru_size)
         self._prescored: dict = {}  # (example id, target, plan) -> ScoreOutput, filled by outcomes_together
+
+    @property
+    def label_scoring(self) -> bool:
+        """Whether the task reads its label by verbalizer scoring (one forward pass, no generation; see
+        :class:`skipenv.tasks.ClassificationTask`): then the full output is the chosen verbalizer's one token."""
+        return bool(getattr(self.task, "label_scoring", False))
+
+    def _check_label_scoring(self) -> None:
+        label_signal = bool(getattr(self.signal, "label_signal", False))
+        if self.label_scoring and not label_signal:
+            from .quality import LABEL_SIGNALS
+
+            raise ValueError(f"task {self.task.name!r} scores its label with verbalizers (no generation); quality "
+                             f"{self.signal.name!r} needs generated text or output tokens — use one of "
+                             f"{LABEL_SIGNALS}")
+        if label_signal and not self.label_scoring:
+            raise ValueError(f"quality {self.signal.name!r} needs a classification task with scoring='verbalizer' "
+                             f"(e.g. task 'rotten_tomatoes_scored'), got task "
+                             f"{getattr(self.task, 'name', self.task)!r}")
+
+    def label_margin(self, example, plan: SkipPlan | None) -> float:
+        """``log p(v_pos) - log p(v_neg)`` (nats) at the answer position (the last input token) under ``plan``
+        (``None`` = full model), for a task with verbalizer scoring: the first tokens of the two verbalizers
+        (:meth:`~skipenv.tasks.ClassificationTask.verbalizer_ids`) scored after the formatted input.
+
+        Both log-probabilities come from the logits of the same position of the same forward pass; they are read
+        with two teacher-forced calls of one target token each, whose FLOPs are charged once (the outcome charges
+        one prefill, ``num_generated = 1``), as one pass that reads two logits costs.
+        """
+        pos, neg = self.task.verbalizer_ids(self.generator.tokenizer)
+        a = self.score(example, [pos], plan).logprobs
+        b = self.score(example, [neg], plan).logprobs
+        return float(a[0]) - float(b[0])
+
+    def _scored_full(self, example) -> FullOutput:
+        """The full output of a verbalizer-scored task: the chosen label's verbalizer token, its text, and the
+        calibrated probability of that label in ``output_probability``."""
+        margin = self.label_margin(example, None)
+        label = self.task.label_of_margin(margin)
+        pos, neg = self.task.verbalizer_ids(self.generator.tokenizer)
+        full = FullOutput((pos if label == "positive" else neg,), label, len(self.prompt(example)),
+                          float(self.task.score(label, example)),
+                          output_probability=self.task.label_probability(margin, label))
+        return full
 
     @property
     def quality(self) -> str:
@@ -320,7 +365,8 @@ class Evaluator:
         target = hashlib.sha256(json.dumps([example.reference, getattr(example, "label", None),
                                             list(getattr(example, "answers", ()) or ())]).encode()).hexdigest()
         return json.dumps({"input_ids": ids, "max_new_tokens": self.max_new_tokens, "stop_rule": STOP_RULE_VERSION,
-                           "task": f"{type(self.task).__module__}.{type(self.task).__qualname__}/{self.task.metric}",
+                           "task": f"{type(self.task).__module__}.{type(self.task).__qualname__}/{self.task.metric}"
+                                   + (f"/{tag}" if (tag := getattr(self.task, "cache_tag", lambda: "")()) else ""),
                            "eos": self.generator.eos_token_id, "target": target}, sort_keys=True)
 
     def _cached_full(self, example) -> FullOutput | None:
@@ -351,6 +397,8 @@ class Evaluator:
         full = self._full.get(example.id)
         if full is None:
             full = self._cached_full(example)
+            if full is None and self.label_scoring:
+                full = self._store_full(example, self._scored_full(example))
             if full is None:
                 out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
                                               stop=self.task.output_complete, **self._reuse_kwargs())
@@ -359,7 +407,8 @@ class Evaluator:
         if self.signal.needs_target_logprob and full.target_logprob is None:  # cached by another signal
             full = self._store_full(example, dataclasses.replace(
                 full, target_logprob=self.target_logprob(example, None)))
-        if self.signal.needs_output_probability and full.output_probability is None:  # cached by another signal
+        if self.signal.needs_output_probability and full.output_probability is None \
+                and not self.label_scoring:  # cached by another signal
             full = self._store_full(example, dataclasses.replace(
                 full, output_probability=self.output_probability(example, full.tokens)))
         return full
@@ -386,7 +435,9 @@ class Evaluator:
             if ex.id in self._full:
                 continue
             cached = self._cached_full(ex)
-            if cached is None:
+            if cached is None and self.label_scoring:  # one forward pass each, nothing to batch-generate
+                self.full_output(ex)
+            elif cached is None:
                 todo.append(ex)
             else:
                 self._full[ex.id] = cached

@@ -22,6 +22,9 @@ Words: the *gold target* is the dataset's answer for an example (reference summa
   pass): the mean probability the plan gives the full model's tokens, ``mean_t p_plan(y_t | x, y_<t)``;
   ``quality_full`` = the full model's own ``mean_t p_full(y_t | x, y_<t)`` (cached with the full output). Unlike
   agreement it moves smoothly with the plan (no argmax flips), so it carries less noise per input.
+- :class:`LabelAgreement` (``"label_agreement"``) and :class:`LabelProbability` (``"label_probability"``) — for a
+  classification task that scores its label with verbalizers (``scoring="verbalizer"``, no generation): whether the
+  plan keeps the full model's label, and the calibrated probability the plan gives it (one forward pass each).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import numpy as np
 from .. import metrics
 
 __all__ = ["QualitySignal", "Measurement", "Agreement", "ReferenceMetric", "Fidelity", "Likelihood", "Probability",
-           "PROBABILITY_DEFAULT_TAU", "QUALITY_SIGNALS", "QUALITY_ALIASES", "QUALITY_MODES", "DEFAULT_TAU",
+           "LabelAgreement", "LabelProbability", "LABEL_SIGNALS", "PROBABILITY_DEFAULT_TAU", "QUALITY_SIGNALS",
+           "QUALITY_ALIASES", "QUALITY_MODES", "DEFAULT_TAU",
            "get_signal", "mean_probability"]
 
 
@@ -206,6 +210,60 @@ class Probability(QualitySignal):
         return list(full.tokens)
 
 
+class _LabelSignal(QualitySignal):
+    """A signal of a verbalizer-scored classification task (``ClassificationTask(scoring="verbalizer")``): one
+    forward pass under the plan gives the calibrated margin (:meth:`~skipenv.envs.evaluator.Evaluator.label_margin`),
+    hence the plan's label; the full output is the full model's label (one token, so the cost is one prefill)."""
+
+    label_signal = True
+
+    def measure(self, evaluator, example, plan, full) -> Measurement:
+        task = evaluator.task
+        if plan.is_empty:
+            return Measurement(self.full_value(full), self.full_value(full), full.text, 1)
+        margin = evaluator.label_margin(example, plan)
+        label = task.label_of_margin(margin)
+        return Measurement(float(self.value(task, margin, label, full)), self.full_value(full), label, 1)
+
+    def value(self, task, margin: float, label: str, full) -> float:
+        raise NotImplementedError
+
+    def full_value(self, full) -> float:
+        raise NotImplementedError
+
+
+class LabelAgreement(_LabelSignal):
+    """Label agreement with the full model: 1.0 if the plan's calibrated label equals the full model's, else 0.0
+    (``quality_full = 1``). Averaged over inputs it is the fraction of inputs whose label the plan keeps."""
+
+    name = "label_agreement"
+    #: with the per-input constraint a plan must keep the label (any tau < 1 means "keep it"); 0.0 states that
+    default_tau = 0.0
+
+    def value(self, task, margin, label, full):
+        return float(label == full.text)
+
+    def full_value(self, full):
+        return 1.0
+
+
+class LabelProbability(_LabelSignal):
+    """The calibrated probability the plan gives the full model's label,
+    ``ClassificationTask.label_probability(margin_plan, label_full)`` (a fraction in [0, 1]); ``quality_full`` = the
+    full model's probability of its own label (cached with the full output, ``FullOutput.output_probability``). It
+    moves smoothly with the plan, unlike the 0/1 label agreement."""
+
+    name = "label_probability"
+    #: measured by ``benchmarks/task_baselines.py`` (docs/tasks.md): see there for the fraction of labels kept
+    default_tau = 0.05
+
+    def value(self, task, margin, label, full):
+        return task.label_probability(margin, full.text)
+
+    def full_value(self, full):
+        return float(full.output_probability)
+
+
 def mean_probability(logprobs) -> float:
     """``mean_t exp(logprobs[t])`` (float64) of log-probabilities ``[m]`` in nats; 0.0 for ``m = 0``."""
     lp = np.asarray(logprobs, dtype=np.float64).reshape(-1)
@@ -214,7 +272,10 @@ def mean_probability(logprobs) -> float:
 
 #: name → signal class
 QUALITY_SIGNALS: dict[str, type[QualitySignal]] = {
-    cls.name: cls for cls in (Agreement, ReferenceMetric, Fidelity, Likelihood, Probability)}
+    cls.name: cls for cls in (Agreement, ReferenceMetric, Fidelity, Likelihood, Probability, LabelAgreement,
+                              LabelProbability)}
+#: the signals of verbalizer-scored classification tasks (the only ones such a task accepts)
+LABEL_SIGNALS = (LabelAgreement.name, LabelProbability.name)
 #: accepted alternative names
 QUALITY_ALIASES = {"rouge": "reference"}
 QUALITY_MODES = tuple(QUALITY_SIGNALS)

