@@ -507,7 +507,7 @@ def check_identity(stored: Any, generator, config: Any = None, *, what: str = "s
             is checked).
         generator: the wrapped model now in use.
         config: the configuration now in use (``None``: not compared).
-        what: what the stored results are, for the message (e.g. ``"probe table runs/probe/outcomes.csv"``).
+        what: what the stored results are, the start of the message (e.g. ``"probe table runs/probe/outcomes.csv"``).
         fix: what the user should do, for the message.
 
     Raises:
@@ -515,12 +515,12 @@ def check_identity(stored: Any, generator, config: Any = None, *, what: str = "s
             message names the differing fingerprint or configuration keys, and ``fix``).
     """
     if not isinstance(stored, dict) or not isinstance(stored.get("model_fingerprint"), str):
-        raise IdentityMismatchError(f"{what} carry no model identity (written by an older skipenv or edited), so "
-                                    f"they may come from another model: {fix}")
+        raise IdentityMismatchError(f"{what}: no model identity stored with them (written by an older skipenv, or "
+                                    f"edited), so they may come from another model; {fix}")
     current = model_fingerprint(generator)
     if stored["model_fingerprint"] != current:
-        raise IdentityMismatchError(f"{what} were made by another model (fingerprint {stored['model_fingerprint']}, "
-                                    f"the model in use is {current}: other weights, config or dtype): {fix}")
+        raise IdentityMismatchError(f"{what}: made by another model (fingerprint {stored['model_fingerprint']}; the "
+                                    f"model in use is {current}: other weights, config or dtype); {fix}")
     if config is not None and stored.get("config_sha256") != value_checksum(config):
         old = stored.get("config")
         if isinstance(old, dict) and isinstance(config, dict):
@@ -529,7 +529,7 @@ def check_identity(stored: Any, generator, config: Any = None, *, what: str = "s
                                                          f"{config.get(k, '<absent>')!r})" for k in keys[:6])
         else:
             detail = f"stored {old!r}, now {config!r}"
-        raise IdentityMismatchError(f"{what} were made with another configuration ({detail}): {fix}")
+        raise IdentityMismatchError(f"{what}: made with another configuration ({detail}); {fix}")
 
 
 _MISSING = object()

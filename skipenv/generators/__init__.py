@@ -13,6 +13,7 @@ from .base import (
     EncoderDecoderGenerator,
     GenerationOutput,
     LayerStepper,
+    NonFiniteError,
     ScoreOutput,
     SkippableGenerator,
     SublayerModules,
@@ -59,6 +60,7 @@ def wrap(model, tokenizer) -> SkippableGenerator:
 __all__ = [
     "wrap", "GENERATOR_CLASSES", "SkippableGenerator", "DecoderOnlyGenerator", "EncoderDecoderGenerator",
     "LlamaGenerator", "GPT2Generator", "BartGenerator", "T5Generator", "GenerationOutput", "ScoreOutput",
-    "SublayerModules", "LayerStepper", "SkipAwareCache", "UnsupportedModelError", "SUPPORTED_TRANSFORMERS",
+    "SublayerModules", "LayerStepper", "SkipAwareCache", "UnsupportedModelError", "NonFiniteError",
+    "SUPPORTED_TRANSFORMERS",
     "FlopsModel", "FlopsBreakdown", "StackCost",
 ]
