@@ -550,10 +550,11 @@ class SwitchDecEnv(_SwitchDecBase):
     def step(self, action):
         self._check_can_step()
         plan = self.codec.decode(action)
-        o = self._evaluator.outcome(self.example, plan)
-        self._last_outcome, self._episode_over = o, True
-        info = self._info(o)
-        return self._observation(), float(info["reward"]), True, False, info
+        with self._evaluator._checked():  # one model-identity check for the outcome and the next observation
+            o = self._evaluator.outcome(self.example, plan)
+            self._last_outcome, self._episode_over = o, True
+            info = self._info(o)
+            return self._observation(), float(info["reward"]), True, False, info
 
 
 class SwitchDecLayerwiseEnv(_SwitchDecBase):
