@@ -298,3 +298,25 @@ def test_budget_conditioned_refused_tau_leaves_the_episode(tiny_model_dir):
         assert w.unwrapped.example is example and w.tau == 0.1  # the inner env was not reset
     *_, info = w.step(np.zeros(w.action_space.shape, np.int8))  # the episode goes on
     assert info["example_id"] == example.id and info["tau"] == 0.1
+
+
+def test_a_non_persistent_buffer_edit_drops_the_in_memory_caches(tiny_model_dir):
+    """The rotary ``inv_freq`` is not in the state dict (so not in the fingerprint, the disk namespace), but the
+    watch sees its edit: the prefix store and the evaluator's memos are dropped (identity_token changes)."""
+    from skipenv.envs.cache import identity_token
+
+    def halve(g):
+        with torch.no_grad():
+            g.model.model.rotary_emb.inv_freq.mul_(0.5)
+
+    g = load(tiny_model_dir)
+    env = warm(g, "agreement")
+    actions = plans(env)
+    episodes(env, actions)
+    fp, token = model_fingerprint(g), identity_token(g)
+    halve(g)
+    assert model_fingerprint(g) == fp and identity_token(g) != token
+    ref = load(tiny_model_dir)
+    halve(ref)
+    assert_same(episodes(env, actions), episodes(uncached(ref, "agreement"), actions))
+    assert env.unwrapped.evaluator.identity_changes == 1 and g.prefix_store.invalidations == 1

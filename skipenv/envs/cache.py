@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import operator
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["cache_root", "DiskCache", "LRU", "CacheWarning", "model_fingerprint", "model_identity", "check_identity",
-           "identity_scope", "IdentityMismatchError", "value_checksum"]
+           "identity_scope", "identity_token", "IdentityMismatchError", "value_checksum"]
 
 
 class CacheWarning(UserWarning):
@@ -270,7 +271,8 @@ class LRU:
 # 2. the *fingerprint*: BLAKE2b of the config and of every byte of the state dict, recomputed only when the watch
 #    sees a change (about 1 s per 500 MB of weights).
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[_Watch, str]]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[_Watch, tuple[str, int]]]" = weakref.WeakKeyDictionary()
+_EPOCHS = itertools.count(1)
 _FP_LOCK = threading.RLock()
 _TRUSTED = threading.local()  # id(model) -> (model, fingerprint) inside identity_scope blocks of this thread
 
@@ -439,6 +441,21 @@ def model_fingerprint(generator) -> str:
     Returns:
         16 lowercase hex characters.
     """
+    return _identity(generator)[0]
+
+
+def identity_token(generator) -> str:
+    """``"<fingerprint>/<epoch>"``: the key of the in-memory caches (prefix store, evaluator memos). The epoch
+    (a process-wide counter) changes whenever the watch sees *any* change, also one the digest does not cover (an
+    in-place edit of a non-persistent buffer such as the rotary ``inv_freq``), so in-memory caches are dropped on
+    every change the watch sees, while the disk namespace (the fingerprint) stays stable across processes."""
+    digest, epoch = _identity(generator)
+    return f"{digest}/{epoch}"
+
+
+def _identity(generator) -> tuple[str, int]:
+    """``(fingerprint, epoch)`` of the generator's model: the trusted value inside :func:`identity_scope`, the
+    remembered one while the watch sees no change, else a new digest and epoch."""
     model = generator.model
     trusted = getattr(_TRUSTED, "models", None)
     if trusted:
@@ -450,24 +467,24 @@ def model_fingerprint(generator) -> str:
         if hit is not None and hit[0].unchanged():
             return hit[1]
         watch = _Watch(model)  # before the digest: an edit made while it runs shows as a change next time
-        digest = _digest(generator)
-        _FINGERPRINTS[model] = (watch, digest)
-    return digest
+        identity = (_digest(generator), next(_EPOCHS))
+        _FINGERPRINTS[model] = (watch, identity)
+    return identity
 
 
 @contextlib.contextmanager
 def identity_scope(generator):
-    """Check :func:`model_fingerprint` once and trust it for the rest of the block on this thread (nested calls
-    that read caches then skip the per-call check). Yields the fingerprint. Use it only around code that does not
-    edit the model's weights."""
-    digest = model_fingerprint(generator)
+    """Check the model identity once and trust it for the rest of the block on this thread (nested calls that read
+    caches then skip the per-call check). Yields the fingerprint. Use it only around code that does not edit the
+    model's weights."""
+    identity = _identity(generator)
     model = generator.model
     if not hasattr(_TRUSTED, "models"):
         _TRUSTED.models = {}
     previous = _TRUSTED.models.get(id(model))
-    _TRUSTED.models[id(model)] = (model, digest)
+    _TRUSTED.models[id(model)] = (model, identity)
     try:
-        yield digest
+        yield identity[0]
     finally:
         if previous is None:
             _TRUSTED.models.pop(id(model), None)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..inputs import PromptInput
 from ..plan import PlanError, SkipPlan
-from .cache import LRU, DiskCache, identity_scope, model_fingerprint
+from .cache import LRU, DiskCache, identity_scope, identity_token, model_fingerprint
 from .quality import DEFAULT_TAU, QUALITY_MODES, QualitySignal, get_signal
 from .rewards import Reward, make_reward
 
@@ -251,6 +251,7 @@ class Evaluator:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens} (from the task)")
         self.record_time = bool(record_time)
         self._fingerprint = model_fingerprint(generator)
+        self._token = identity_token(generator)  # fingerprint and change epoch: the key of the memos
         self._cache_root, self._disk_cache = cache_root, bool(disk_cache)
         self._identity_lock = threading.Lock()
         self._vocab_size = getattr(generator.config, "vocab_size", None)
@@ -273,16 +274,18 @@ class Evaluator:
     def fingerprint(self) -> str:
         """The :func:`~skipenv.envs.cache.model_fingerprint` of the generator's model *now* (the identity every
         cache of this evaluator is keyed by; checking it drops the caches of older weights)."""
-        self._sync_identity(model_fingerprint(self.generator))
-        return self._fingerprint
+        with self._checked():
+            return self._fingerprint
 
-    def _sync_identity(self, fingerprint: str) -> None:
-        """Drop every in-memory memo (full outputs, observations, outcomes, pre-scored rows) and point the disk
-        cache at ``full/<fingerprint>`` when the model's fingerprint is no longer the one they were computed with."""
-        if fingerprint == self._fingerprint:
+    def _sync_identity(self) -> None:
+        """Drop every in-memory memo (full outputs, observations, outcomes, pre-scored rows) when the model changed
+        since they were computed (:func:`~skipenv.envs.cache.identity_token`), and point the disk cache at
+        ``full/<fingerprint>`` when the fingerprint changed."""
+        token = identity_token(self.generator)
+        if token == self._token:
             return
         with self._identity_lock:
-            if fingerprint == self._fingerprint:
+            if token == self._token:
                 return
             self._full.clear()
             self._observations.clear()
@@ -290,9 +293,10 @@ class Evaluator:
             self.outcomes.clear()
             if getattr(self, "_prescored", None):
                 self._prescored.clear()
-            if self._disk_cache:
+            fingerprint = token.split("/")[0]
+            if self._disk_cache and fingerprint != self._fingerprint:
                 self.disk = DiskCache(f"full/{fingerprint}", root=self._cache_root)
-            self._fingerprint = fingerprint
+            self._fingerprint, self._token = fingerprint, token
             self.identity_changes += 1
 
     @contextlib.contextmanager
@@ -300,8 +304,8 @@ class Evaluator:
         """The block runs with every cache of this evaluator (and the generator's prefix store) keyed by the model's
         current fingerprint, checked once on entry (:func:`~skipenv.envs.cache.identity_scope`; nested calls do not
         check again)."""
-        with identity_scope(self.generator) as fingerprint:
-            self._sync_identity(fingerprint)
+        with identity_scope(self.generator):
+            self._sync_identity()
             yield
 
     def __setstate__(self, state: dict) -> None:  # evaluators pickled before the identity attributes existed
@@ -310,6 +314,7 @@ class Evaluator:
         state.setdefault("_cache_root", None)
         state.setdefault("_disk_cache", state.get("disk") is not None)
         state.setdefault("identity_changes", 0)
+        state.setdefault("_token", None)
         self.__dict__.update(state)
         self._identity_lock = threading.Lock()
 

@@ -215,10 +215,12 @@ class SkippableGenerator:
         no reuse; the default of a bare generator). Reading it binds the store to the model's current
         :attr:`fingerprint` (:meth:`PrefixStore.bind <skipenv.generators.reuse.PrefixStore.bind>`), so after any
         weight edit (``load_state_dict``, in-place ops, ``.data = ...``, a new Parameter) the states of the old
-        weights are dropped before anything reads them."""
+        weights are dropped before anything reads them (:func:`skipenv.envs.cache.identity_token`)."""
         store = self.__dict__.get("_prefix_store")
         if store is not None:
-            store.bind(self.fingerprint)
+            from ..envs.cache import identity_token
+
+            store.bind(identity_token(self))
         return store
 
     @prefix_store.setter

@@ -122,8 +122,8 @@ class PrefixStore:
     Attributes:
         nbytes: bytes held now. peak_bytes: the most held at once. hits, misses: lookups that found / did not find
             a state. evictions: states dropped to stay under the cap.
-        identity: the :func:`~skipenv.envs.cache.model_fingerprint` of the model whose states the store holds
-            (``None`` until first used). A generator's :attr:`~skipenv.generators.SkippableGenerator.prefix_store`
+        identity: the :func:`~skipenv.envs.cache.identity_token` (fingerprint and change epoch) of the model
+            whose states the store holds (``None`` until first used). A generator's :attr:`~skipenv.generators.SkippableGenerator.prefix_store`
             binds it to its model's current fingerprint on every access (:meth:`bind`), so states computed before a
             weight edit are dropped, never served.
         invalidations: how many times :meth:`bind` dropped the states for another identity.
