@@ -362,7 +362,8 @@ class Evaluator:
                 from ..observations import env_observation
 
                 obs = env_observation(self.generator, self.prompt(example), self._observation_kind,
-                                      pooled=self.observation_features(example), token_segments=self.spec.token_segments,
+                                      pooled=self.observation_features(example),
+                                      token_segments=self.spec.token_segments,
                                       max_input_tokens=self.task.max_input_tokens)
                 obs.setflags(write=False)
                 self._env_observations[example.id] = obs
@@ -459,8 +460,8 @@ class Evaluator:
                        leave=False)
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i: i + batch_size]
-                out = self.generator.generate([self.prompt(ex) for ex in chunk], None, max_new_tokens=self.max_new_tokens,
-                                              stop=self.task.output_complete)
+                out = self.generator.generate([self.prompt(ex) for ex in chunk], None,
+                                              max_new_tokens=self.max_new_tokens, stop=self.task.output_complete)
                 for j, ex in enumerate(chunk):
                     self._store_full(ex, self._new_full(ex, out.tokens[j], out.texts[j]))
                 bar.update(len(chunk))
@@ -533,7 +534,8 @@ class Evaluator:
             flops_full = self.generator.flops(None, prompt, full.num_generated).total
             breakdown = flops.to_dict()
             breakdown["per_candidate"] = FrozenMapping(breakdown["per_candidate"])
-            out = Outcome(example_id=example.id, plan=plan, quality=float(m.quality), quality_full=float(m.quality_full),
+            out = Outcome(example_id=example.id, plan=plan, quality=float(m.quality),
+                          quality_full=float(m.quality_full),
                           cost=float(flops.total / flops_full), flops=int(flops.total), flops_full=int(flops_full),
                           flops_breakdown=FrozenMapping(breakdown), num_generated=int(n_gen), text=m.text,
                           time_s=(time.perf_counter() - t0) if self.record_time else None)

@@ -119,8 +119,8 @@ def _check_kwargs(*, task, task_source, split, reward_mode, tau, token_segments,
     if tau is not None:
         check_tau(tau)
     if cost_weight is not None:
-        if isinstance(cost_weight, bool) or not isinstance(cost_weight, numbers.Real) or not math.isfinite(cost_weight) \
-                or cost_weight < 0:
+        if isinstance(cost_weight, bool) or not isinstance(cost_weight, numbers.Real) \
+                or not math.isfinite(cost_weight) or cost_weight < 0:
             raise ValueError(f"cost_weight must be a finite number >= 0 (a negative weight rewards spending FLOPs), "
                              f"got {cost_weight!r}")
     _check_int("token_segments", token_segments, 0)

@@ -564,7 +564,7 @@ class SkippableGenerator:
         plan = self._active_plan
         where = f" under the plan skipping {plan.num_skipped} candidates" if plan is not None and plan.num_skipped \
             else " of the full model"
-        msg = f"non-finite values (NaN or inf) in {what} of a forward pass{where} ({type(self.model).__name__}, " \
+        msg = f"{what} of a forward pass{where} are not finite (NaN or inf) ({type(self.model).__name__}, " \
               f"{self.model.dtype})"
         if layer is not None:
             msg += f"; the first layer whose output is non-finite: {layer}"
