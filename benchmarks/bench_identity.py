@@ -6,7 +6,7 @@ Prints two tables:
    its sampled-element part alone, and the full digest (what a check costs after a weight edit);
 2. real episodes of the one-shot env (XSum train documents, prefix reuse on, full outputs prefetched), per quality
    signal and plan mix: mean wall-clock seconds per episode, and the time spent in the identity checks
-   (:func:`skipenv.envs.cache.model_fingerprint`, every call) and in the logits' ``isfinite`` checks
+   (``skipenv.envs.cache._identity``, which every fingerprint / identity-token lookup calls) and in the logits' ``isfinite`` checks
    (``SkippableGenerator._check_finite``) during those episodes, per episode and as a share of it. Episodes that
    are outcome-cache hits (the same document and plan again) are timed separately: they run no forward pass.
 
@@ -110,10 +110,7 @@ def episode_table(g, docs: int, plans_per_mix: int, repeats: int) -> None:
             for mix, actions in mixes.items():
                 for phase in ("forward passes", "outcome-cache hits"):
                     totals = {k: 0.0 for k in ("identity", "identity_calls", "finite", "finite_calls")}
-                    fp = _timed(cache, "model_fingerprint", totals, "identity")
-                    # the evaluator and the generator import the name: wrap it where it is looked up
-                    import skipenv.envs.evaluator as evmod
-                    fp_ev = _timed(evmod, "model_fingerprint", totals, "identity")
+                    ident = _timed(cache, "_identity", totals, "identity")  # every identity check goes here
                     cf = _timed(SkippableGenerator, "_check_finite", totals, "finite")
                     n, t0 = 0, time.perf_counter()
                     try:
@@ -124,14 +121,14 @@ def episode_table(g, docs: int, plans_per_mix: int, repeats: int) -> None:
                                     env.step(a)
                                     n += 1
                     finally:
-                        cache.model_fingerprint, evmod.model_fingerprint = fp, fp_ev
+                        cache._identity = ident
                         SkippableGenerator._check_finite = cf
                     wall = (time.perf_counter() - t0) / n
                     rows.append((quality, mix, phase, n, wall, totals["identity"] / n, totals["identity_calls"] / n,
                                  totals["finite"] / n, totals["finite_calls"] / n))
                 ev.outcomes.clear()  # the next mix starts from forward passes again
     print(f"\nper episode, SwitchDecEnv on {docs} XSum train documents, reuse on, full outputs prefetched "
-          f"(wall-clock; identity = every model_fingerprint call, finite = every logits isfinite check)\n")
+          f"(wall-clock; identity = every identity check, trusted ones inside a scope included; finite = every logits check)\n")
     print("| quality | plan mix | episodes | n | s / episode | identity ms / episode (calls) | identity share "
           "| finite ms / episode (calls) | finite share |")
     print("|---|---|---|---|---|---|---|---|---|")

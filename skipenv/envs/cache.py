@@ -265,7 +265,7 @@ class LRU:
 #    or a new key); for every tensor, PyTorch's in-place version counter (``load_state_dict``, ``mul_``, ``copy_``,
 #    ``w[0, 0] = x`` under ``no_grad`` all bump it) and its data pointer (``w.data = ...``, ``model.half()``,
 #    ``.to(device)`` and ``torch.utils.swap_tensors`` do not bump the counter but move the data); and the bytes of
-#    up to 16 sampled elements per tensor (first, last and evenly spaced ones), which catches whole-tensor writes
+#    up to 4 sampled elements per tensor (the first and evenly spaced ones), which catches whole-tensor writes
 #    that bypass the version counter (``w.data.mul_(2)``, writes through ``w.numpy()``). The watch holds a
 #    reference to every watched tensor and its storage, so no address or object id can be reused while it lives.
 # 2. the *fingerprint*: BLAKE2b of the config and of every byte of the state dict, recomputed only when the watch
@@ -276,8 +276,8 @@ _EPOCHS = itertools.count(1)
 _FP_LOCK = threading.RLock()
 _TRUSTED = threading.local()  # id(model) -> (model, fingerprint) inside identity_scope blocks of this thread
 
-#: elements sampled per tensor by the watch (first, last and evenly spaced in between)
-SAMPLED_ELEMENTS = 16
+#: elements sampled per tensor by the watch (the first and evenly spaced ones; more cost cold cache lines per check)
+SAMPLED_ELEMENTS = 4
 
 
 class IdentityMismatchError(RuntimeError):
@@ -427,13 +427,13 @@ def model_fingerprint(generator) -> str:
 
     The digest is computed once per model per process (about 1 s per 500 MB of weights) and remembered together
     with a watch of the model (see the comment above: module slots, tensor objects, version counters, data
-    pointers, 16 sampled elements per tensor) that is compared on every call (about 1 ms for the embedded
-    SmolLM2-135M's 273 tensors, ``benchmarks/bench_identity.py``); the digest is recomputed when the watch sees a
+    pointers, 4 sampled elements per tensor) that is compared on every call (0.4-1 ms for the embedded
+    SmolLM2-135M's 274 tensors on a busy 2-core CPU, ``benchmarks/bench_identity.py``); the digest is recomputed when the watch sees a
     change. So ``load_state_dict``, in-place ops, ``w.data = ...``, a replaced Parameter, buffer or submodule,
     a dtype or device change all give the new fingerprint on the next call. Not covered: an in-place write that
     bypasses PyTorch's version counter (through ``.data``, ``.numpy()``, DLPack) and changes none of the sampled
-    elements of a tensor; edits of the config object, of non-persistent buffers or of module code / hooks after
-    the first call (see docs/guarantees.md). Inside :func:`identity_scope` the watch is not re-checked.
+    elements of a tensor; edits of the config object or of module code / hooks after the first call; non-persistent
+    buffers are watched (:func:`identity_token` changes) but not digested (see docs/guarantees.md). Inside :func:`identity_scope` the watch is not re-checked.
 
     Args:
         generator: a :class:`~skipenv.generators.SkippableGenerator` (anything with ``.model`` and ``.config``).
