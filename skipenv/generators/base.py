@@ -539,7 +539,7 @@ class SkippableGenerator:
                       mask: torch.Tensor | None = None) -> None:
         """Raise :class:`NonFiniteError` if ``logits`` hold NaN / inf. ``ids`` ``[B, T]`` / ``mask`` ``[B, T]``: the
         whole sequences of the failing call, when it ran from position 0 (then they are re-run with hooks to locate
-        the first layer with a non-finite output). One ``isfinite`` over the logits per model call
+        the first layer with a non-finite output). One float32 sum of the logits per model call
         (``benchmarks/bench_identity.py`` measures its cost).
 
         The test is a float32 sum of the logits (one reduction pass, no temporary): NaN / inf make it non-finite;
@@ -553,7 +553,8 @@ class SkippableGenerator:
                          mask: torch.Tensor | None = None) -> NonFiniteError:
         """The :class:`NonFiniteError` for non-finite ``what``: the first non-finite layer output (re-running ``ids``
         with hooks, under the layer bodies installed now) and the parameters / buffers holding NaN / inf."""
-        layer = self._first_nonfinite_layer(ids, mask) if ids is not None else None
+        with self._lock:  # the re-run installs hooks on the shared model
+            layer = self._first_nonfinite_layer(ids, mask) if ids is not None else None
         bad = []
         with torch.no_grad():
             for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
