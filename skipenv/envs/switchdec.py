@@ -40,9 +40,10 @@ _GENERATORS: dict = {}
 
 
 def _folder_stamp(model) -> tuple | None:
-    """``(name, size, mtime_ns)`` of every file of a local model folder (or of a local model file), so a folder
-    re-saved at the same path is noticed; ``None`` for a Hub id or the embedded default (whose files skipenv
-    writes once)."""
+    """``(name, size, inode, mtime_ns, ctime_ns)`` of every file of a local model folder (or of a local model file),
+    so a folder re-saved at the same path is noticed; ``None`` for a Hub id or the embedded default (whose files
+    skipenv writes once). A file rewritten in place with the same size within the file system's timestamp
+    resolution is not noticed (the fingerprint of the loaded weights still is what every cache keys on)."""
     from ..loading import is_embedded_model
 
     if is_embedded_model(model):
@@ -50,8 +51,8 @@ def _folder_stamp(model) -> tuple | None:
     path = Path(str(model)).expanduser()
     try:
         files = sorted(path.rglob("*")) if path.is_dir() else ([path] if path.exists() else [])
-        return tuple((str(f.relative_to(path) if f != path else f.name), st.st_size, st.st_mtime_ns)
-                     for f in files for st in (f.stat(),) if f.is_file())
+        return tuple((str(f.relative_to(path) if f != path else f.name), st.st_size, st.st_ino, st.st_mtime_ns,
+                      st.st_ctime_ns) for f in files for st in (f.stat(),) if f.is_file())
     except OSError:
         return None
 
