@@ -91,11 +91,12 @@ class LagrangeMultiplier:
             rule uses (README, "Choosing the defaults").
         update_every: episodes per dual update (the running mean is over these episodes).
         lam_init: initial multiplier (``>= 0``).
-        lam_max: upper bound of the multiplier (keeps the reward scale bounded; ``inf`` to disable).
+        lam_max: upper bound of the multiplier (finite: it keeps the reward scale bounded; with no bound, absurd
+            losses drove the multiplier and the reward to inf / NaN).
 
     Raises:
         ValueError: ``tau`` / ``lr`` / ``lam_init`` not a finite real number ``>= 0``, ``update_every`` not an
-            integer ``>= 1``, or ``lam_max`` NaN or ``< lam_init``.
+            integer ``>= 1``, or ``lam_max`` not a finite number ``>= lam_init``.
     """
 
     def __init__(self, tau: float, *, lr: float | None = None, update_every: int = 8, lam_init: float = 0.0,
@@ -109,9 +110,10 @@ class LagrangeMultiplier:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
-        if isinstance(lam_max, bool) or not isinstance(lam_max, (int, float, np.number)) or np.isnan(lam_max) \
-                or lam_max < lam_init:
-            raise ValueError(f"lam_max must be a number >= lam_init ({lam_init}) (inf allowed), got {lam_max!r}")
+        if isinstance(lam_max, bool) or not isinstance(lam_max, (int, float, np.number)) \
+                or not np.isfinite(lam_max) or lam_max < lam_init:
+            raise ValueError(f"lam_max must be a finite number >= lam_init ({lam_init}), got {lam_max!r} (an unbounded "
+                             f"multiplier can turn the reward into inf / NaN; pick a large finite bound such as 1e6)")
         self.tau, self.lr, self.update_every = float(tau), float(lr), int(update_every)
         self.lam_max = float(lam_max)
         self.value = float(lam_init)
@@ -153,7 +155,8 @@ class ExpectedConstraint(gym.Wrapper):
 
     Raises:
         ValueError: a shared multiplier with another ``tau``, invalid multiplier arguments, or an ``update`` that is
-            not a bool (a string such as ``"false"`` would read as True).
+            not a bool (a string such as ``"false"`` would read as True); at a step, a Lagrangian reward that is not
+            finite (a multiplier times a loss beyond float range).
     """
 
     def __init__(self, env: gym.Env, tau: float = 0.1, *, multiplier: LagrangeMultiplier | None = None,
@@ -186,6 +189,9 @@ class ExpectedConstraint(gym.Wrapper):
         loss = q_full - q
         lam = self.multiplier.value
         reward = float((1.0 - cost) - lam * (loss - self.tau))
+        if not np.isfinite(reward):
+            raise ValueError(f"the Lagrangian reward is not finite (multiplier {lam:g}, quality loss {loss:g}, cost "
+                             f"{cost:g}): lower lam_max or check the quality signal's scale")
         info = dict(info, lagrange_multiplier=lam, constraint_violation=loss - self.tau, lagrangian_reward=reward)
         if self.update:
             self.multiplier.observe(loss)
@@ -208,7 +214,8 @@ class BudgetConditioned(gym.Wrapper):
         tau_range: ``(low, high)`` with ``0 <= low <= high`` (default :data:`DEFAULT_TAU_RANGE`).
 
     Raises:
-        ValueError: a bad range, a non-Box / non-1-D observation space, or ``options["tau"]`` outside the range.
+        ValueError: a bad range (or one whose values are not finite in the observation's dtype), a non-Box / non-1-D
+            observation space, or ``options["tau"]`` outside the range (raised before the env is reset).
     """
 
     def __init__(self, env: gym.Env, tau_range: Sequence[float] = DEFAULT_TAU_RANGE):
@@ -223,6 +230,12 @@ class BudgetConditioned(gym.Wrapper):
         space = env.observation_space
         if not isinstance(space, spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"BudgetConditioned needs a 1-D Box observation space, got {space}")
+        with np.errstate(over="ignore"):
+            representable = np.isfinite(np.asarray([low, high], dtype=space.dtype)).all()
+        if not representable:
+            raise ValueError(f"tau_range {tau_range!r} does not fit the observation's dtype {space.dtype} (tau is "
+                             f"appended to the observation and would be inf); use a range within quality units, "
+                             f"e.g. (0, 0.3)")
         self.tau_range = (low, high)
         self.observation_space = spaces.Box(np.append(space.low, low).astype(space.dtype),
                                             np.append(space.high, high).astype(space.dtype), dtype=space.dtype)
@@ -237,16 +250,14 @@ class BudgetConditioned(gym.Wrapper):
             raise ValueError(f"reset options must be a dict such as {{'tau': 0.1}} or None, got {options!r}")
         options = dict(options or {})
         tau = options.pop("tau", None)
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        obs, info = self.env.reset(seed=seed, options=options or None)
-        if tau is None:
-            self.tau = float(self._rng.uniform(*self.tau_range))
-        else:
+        if tau is not None:  # checked before the env resets: a refused reset leaves the episode as it was
             tau = check_tau(tau, "options['tau']")
             if not self.tau_range[0] <= tau <= self.tau_range[1]:
                 raise ValueError(f"options['tau']={tau} lies outside tau_range {self.tau_range}; widen tau_range")
-            self.tau = tau
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        obs, info = self.env.reset(seed=seed, options=options or None)
+        self.tau = float(self._rng.uniform(*self.tau_range)) if tau is None else tau
         return self._augment(obs), dict(info, tau=self.tau)
 
     def step(self, action):

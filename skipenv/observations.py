@@ -284,18 +284,21 @@ class SegmentObservation(gym.ObservationWrapper):
                                             np.concatenate([space.high, np.full(n, bound)]).astype(space.dtype),
                                             dtype=space.dtype)
         self._bound = bound
-        self._memo: dict[str, np.ndarray] = {}
+        self._memo: dict[tuple[str, str], np.ndarray] = {}  # (model fingerprint, example id) -> features
 
     def observation(self, observation):
         base = self.env.unwrapped
         ex = base.example
-        f = self._memo.get(ex.id)
+        key = (base.generator.fingerprint, ex.id)  # a weight edit gives a new key: no features of old weights
+        f = self._memo.get(key)
         if f is None:
+            if len(self._memo) and next(iter(self._memo))[0] != key[0]:
+                self._memo.clear()
             g = base.generator
             prompt = base.task.format(ex, g.tokenizer, encoder_decoder=False)
             f = observation_features(g, prompt, "segments", token_segments=self.token_segments,
                                      max_input_tokens=base.task.max_input_tokens)
-            self._memo[ex.id] = f = np.clip(f, -self._bound, self._bound)
+            self._memo[key] = f = np.clip(f, -self._bound, self._bound)
         return np.concatenate([np.asarray(observation), f]).astype(self.observation_space.dtype)
 
 

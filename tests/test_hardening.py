@@ -145,10 +145,12 @@ def test_lagrange_multiplier_arguments_are_checked(kw, named):
         LagrangeMultiplier(**{"tau": 0.1, **kw})
 
 
-def test_expected_constraint_rewards_stay_finite_with_infinite_lam_max(generator):
+def test_expected_constraint_rewards_stay_finite_with_a_large_lam_max(generator):
     from skipenv.formulations import ExpectedConstraint
 
-    w = ExpectedConstraint(make(generator), tau=0.0, lam_max=float("inf"), lam_init=1.0, update_every=1, lr=1.0)
+    with pytest.raises(ValueError, match="lam_max must be a finite number"):  # issue 20: inf gave -inf / NaN rewards
+        ExpectedConstraint(make(generator), tau=0.0, lam_max=float("inf"))
+    w = ExpectedConstraint(make(generator), tau=0.0, lam_max=1e6, lam_init=1.0, update_every=1, lr=1.0)
     w.reset(seed=0)
     for _ in range(3):
         w.reset()

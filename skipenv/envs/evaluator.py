@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import contextlib
 import math
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import numpy as np
 
 from ..inputs import PromptInput
 from ..plan import PlanError, SkipPlan
-from .cache import LRU, DiskCache, model_fingerprint
+from .cache import LRU, DiskCache, identity_scope, identity_token, model_fingerprint
 from .quality import DEFAULT_TAU, QUALITY_MODES, QualitySignal, get_signal
 from .rewards import Reward, make_reward
 
@@ -249,9 +251,13 @@ class Evaluator:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens} (from the task)")
         self.record_time = bool(record_time)
-        self.fingerprint = model_fingerprint(generator)
+        self._fingerprint = model_fingerprint(generator)
+        self._token = identity_token(generator)  # fingerprint and change epoch: the key of the memos
+        self._cache_root, self._disk_cache = cache_root, bool(disk_cache)
+        self._identity_lock = threading.Lock()
         self._vocab_size = getattr(generator.config, "vocab_size", None)
-        self.disk = DiskCache(f"full/{self.fingerprint}", root=cache_root) if disk_cache else None
+        self.disk = DiskCache(f"full/{self._fingerprint}", root=cache_root) if disk_cache else None
+        self.identity_changes = 0
         self._prompts: dict[str, PromptInput] = {}
         self._observations: dict[str, np.ndarray] = {}
         self._env_observations: dict[str, np.ndarray] = {}
@@ -308,6 +314,60 @@ class Evaluator:
         """Name of the quality signal."""
         return self.signal.name
 
+    # ------------------------------------------------------------------ model identity
+    @property
+    def fingerprint(self) -> str:
+        """The :func:`~skipenv.envs.cache.model_fingerprint` of the generator's model *now* (the identity every
+        cache of this evaluator is keyed by; checking it drops the caches of older weights)."""
+        with self._checked():
+            return self._fingerprint
+
+    def _sync_identity(self) -> None:
+        """Drop every in-memory memo (full outputs, observations, outcomes, pre-scored rows) when the model changed
+        since they were computed (:func:`~skipenv.envs.cache.identity_token`), and point the disk cache at
+        ``full/<fingerprint>`` when the fingerprint changed."""
+        token = identity_token(self.generator)
+        if token == self._token:
+            return
+        with self._identity_lock:
+            if token == self._token:
+                return
+            self._full.clear()
+            self._observations.clear()
+            self._env_observations.clear()
+            self.outcomes.clear()
+            if getattr(self, "_prescored", None):
+                self._prescored.clear()
+            fingerprint = token.split("/")[0]
+            if self._disk_cache and fingerprint != self._fingerprint:
+                self.disk = DiskCache(f"full/{fingerprint}", root=self._cache_root)
+            self._fingerprint, self._token = fingerprint, token
+            self.identity_changes += 1
+
+    @contextlib.contextmanager
+    def _checked(self):
+        """The block runs with every cache of this evaluator (and the generator's prefix store) keyed by the model's
+        current fingerprint, checked once on entry (:func:`~skipenv.envs.cache.identity_scope`; nested calls do not
+        check again)."""
+        with identity_scope(self.generator):
+            self._sync_identity()
+            yield
+
+    def __setstate__(self, state: dict) -> None:  # evaluators pickled before the identity attributes existed
+        if "fingerprint" in state:
+            state["_fingerprint"] = state.pop("fingerprint")
+        state.setdefault("_cache_root", None)
+        state.setdefault("_disk_cache", state.get("disk") is not None)
+        state.setdefault("identity_changes", 0)
+        state.setdefault("_token", None)
+        self.__dict__.update(state)
+        self._identity_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_identity_lock", None)
+        return state
+
     @property
     def default_tau(self) -> float:
         return self.signal.default_tau
@@ -329,27 +389,30 @@ class Evaluator:
 
     def observation_features(self, example) -> np.ndarray:
         """Pooled first-layer hidden states ``[d]`` (float32, memoised; a read-only array) of the full input."""
-        obs = self._observations.get(example.id)
-        if obs is None:
-            obs = self.generator.observe([self.prompt(example)])[0].numpy().astype(np.float32)
-            obs.setflags(write=False)
-            self._observations[example.id] = obs
-        return obs
+        with self._checked():
+            obs = self._observations.get(example.id)
+            if obs is None:
+                obs = self.generator.observe([self.prompt(example)])[0].numpy().astype(np.float32)
+                obs.setflags(write=False)
+                self._observations[example.id] = obs
+            return obs
 
     def observation(self, example) -> np.ndarray:
         """The one-shot env's observation of ``example`` for :attr:`observation_kind`, unclipped (float32, read-only,
         memoised per example id; length :func:`skipenv.observations.observation_size`): the pooled first-layer state
         and the two lengths for ``"pooled"``; see :func:`skipenv.observations.env_observation` for the others."""
-        obs = self._env_observations.get(example.id)
-        if obs is None:
-            from ..observations import env_observation
+        with self._checked():
+            obs = self._env_observations.get(example.id)
+            if obs is None:
+                from ..observations import env_observation
 
-            obs = env_observation(self.generator, self.prompt(example), self._observation_kind,
-                                  pooled=self.observation_features(example), token_segments=self.spec.token_segments,
-                                  max_input_tokens=self.task.max_input_tokens)
-            obs.setflags(write=False)
-            self._env_observations[example.id] = obs
-        return obs
+                obs = env_observation(self.generator, self.prompt(example), self._observation_kind,
+                                      pooled=self.observation_features(example),
+                                      token_segments=self.spec.token_segments,
+                                      max_input_tokens=self.task.max_input_tokens)
+                obs.setflags(write=False)
+                self._env_observations[example.id] = obs
+            return obs
 
     def observation_flops(self, example) -> int:
         """FLOPs charged for computing the observation of ``example`` (see
@@ -394,24 +457,25 @@ class Evaluator:
 
     def full_output(self, example) -> FullOutput:
         """The full model's greedy output for ``example``: from memory, from disk, or computed once."""
-        full = self._full.get(example.id)
-        if full is None:
-            full = self._cached_full(example)
-            if full is None and self.label_scoring:
-                full = self._store_full(example, self._scored_full(example))
+        with self._checked():
+            full = self._full.get(example.id)
             if full is None:
-                out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
-                                              stop=self.task.output_complete, **self._reuse_kwargs())
-                full = self._store_full(example, self._new_full(example, out.tokens[0], out.texts[0]))
-            self._full[example.id] = full
-        if self.signal.needs_target_logprob and full.target_logprob is None:  # cached by another signal
-            full = self._store_full(example, dataclasses.replace(
-                full, target_logprob=self.target_logprob(example, None)))
-        if self.signal.needs_output_probability and full.output_probability is None \
-                and not self.label_scoring:  # cached by another signal
-            full = self._store_full(example, dataclasses.replace(
-                full, output_probability=self.output_probability(example, full.tokens)))
-        return full
+                full = self._cached_full(example)
+                if full is None and self.label_scoring:
+                    full = self._store_full(example, self._scored_full(example))
+                if full is None:
+                    out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
+                                                  stop=self.task.output_complete, **self._reuse_kwargs())
+                    full = self._store_full(example, self._new_full(example, out.tokens[0], out.texts[0]))
+                self._full[example.id] = full
+            if self.signal.needs_target_logprob and full.target_logprob is None:  # cached by another signal
+                full = self._store_full(example, dataclasses.replace(
+                    full, target_logprob=self.target_logprob(example, None)))
+            if self.signal.needs_output_probability and full.output_probability is None \
+                    and not self.label_scoring:  # cached by another signal
+                full = self._store_full(example, dataclasses.replace(
+                    full, output_probability=self.output_probability(example, full.tokens)))
+            return full
 
     def full_reference(self, example) -> dict:
         """Deprecated: :meth:`full_output` as a dict (``tokens``, ``text``, ``num_generated``, ``prompt_length``,
@@ -428,31 +492,32 @@ class Evaluator:
         the one-at-a-time outputs up to float round-off (a near-tie between two tokens can in rare cases resolve
         differently); they are cached, so every later episode sees the same full output.
         """
-        from tqdm import tqdm
+        with self._checked():
+            from tqdm import tqdm
 
-        todo = []
-        for ex in examples:
-            if ex.id in self._full:
-                continue
-            cached = self._cached_full(ex)
-            if cached is None and self.label_scoring:  # one forward pass each, nothing to batch-generate
-                self.full_output(ex)
-            elif cached is None:
-                todo.append(ex)
-            else:
-                self._full[ex.id] = cached
-        todo.sort(key=lambda ex: len(self.prompt(ex)))
-        bar = tqdm(total=len(todo), desc="full-model outputs", unit="document", disable=not progress or not todo,
-                   leave=False)
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i: i + batch_size]
-            out = self.generator.generate([self.prompt(ex) for ex in chunk], None, max_new_tokens=self.max_new_tokens,
-                                          stop=self.task.output_complete)
-            for j, ex in enumerate(chunk):
-                self._store_full(ex, self._new_full(ex, out.tokens[j], out.texts[j]))
-            bar.update(len(chunk))
-        bar.close()
-        return len(todo)
+            todo = []
+            for ex in examples:
+                if ex.id in self._full:
+                    continue
+                cached = self._cached_full(ex)
+                if cached is None and self.label_scoring:  # one forward pass each, nothing to batch-generate
+                    self.full_output(ex)
+                elif cached is None:
+                    todo.append(ex)
+                else:
+                    self._full[ex.id] = cached
+            todo.sort(key=lambda ex: len(self.prompt(ex)))
+            bar = tqdm(total=len(todo), desc="full-model outputs", unit="document", disable=not progress or not todo,
+                       leave=False)
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i: i + batch_size]
+                out = self.generator.generate([self.prompt(ex) for ex in chunk], None,
+                                              max_new_tokens=self.max_new_tokens, stop=self.task.output_complete)
+                for j, ex in enumerate(chunk):
+                    self._store_full(ex, self._new_full(ex, out.tokens[j], out.texts[j]))
+                bar.update(len(chunk))
+            bar.close()
+            return len(todo)
 
     # ------------------------------------------------------------------ generator helpers used by the signals
     def generate(self, example, plan: SkipPlan) -> tuple[str, int]:
@@ -502,32 +567,34 @@ class Evaluator:
         Raises:
             PlanError: a plan made for another model / segment count.
         """
-        if plan.spec != self.spec:
-            raise PlanError(f"plan was made for {plan.spec} but this evaluator needs {self.spec}")
-        key = self._outcome_key(example.id, plan)
-        hit = self.outcomes.get(key)
-        if hit is not None:
-            return hit
-        t0 = time.perf_counter()
-        prompt = self.prompt(example)
-        full = self.full_output(example)
-        m = self.signal.measure(self, example, plan, full)
-        n_gen = full.num_generated if m.num_generated is None else m.num_generated
-        flops = self.generator.flops(plan, prompt, n_gen, observation=True)
-        if self._observation_kind != "pooled":
-            flops.observation = self.observation_flops(example)
-        flops_full = self.generator.flops(None, prompt, full.num_generated).total
-        breakdown = flops.to_dict()
-        breakdown["per_candidate"] = FrozenMapping(breakdown["per_candidate"])
-        out = Outcome(example_id=example.id, plan=plan, quality=float(m.quality), quality_full=float(m.quality_full),
-                      cost=float(flops.total / flops_full), flops=int(flops.total), flops_full=int(flops_full),
-                      flops_breakdown=FrozenMapping(breakdown), num_generated=int(n_gen), text=m.text,
-                      time_s=(time.perf_counter() - t0) if self.record_time else None)
-        for name in ("quality", "quality_full", "cost"):
-            if not math.isfinite(getattr(out, name)):
-                raise ValueError(f"quality signal {self.signal!r} gave a non-finite {name} on {example.id!r}")
-        self.outcomes.put(key, out)
-        return out
+        with self._checked():
+            if plan.spec != self.spec:
+                raise PlanError(f"plan was made for {plan.spec} but this evaluator needs {self.spec}")
+            key = self._outcome_key(example.id, plan)
+            hit = self.outcomes.get(key)
+            if hit is not None:
+                return hit
+            t0 = time.perf_counter()
+            prompt = self.prompt(example)
+            full = self.full_output(example)
+            m = self.signal.measure(self, example, plan, full)
+            n_gen = full.num_generated if m.num_generated is None else m.num_generated
+            flops = self.generator.flops(plan, prompt, n_gen, observation=True)
+            if self._observation_kind != "pooled":
+                flops.observation = self.observation_flops(example)
+            flops_full = self.generator.flops(None, prompt, full.num_generated).total
+            breakdown = flops.to_dict()
+            breakdown["per_candidate"] = FrozenMapping(breakdown["per_candidate"])
+            out = Outcome(example_id=example.id, plan=plan, quality=float(m.quality),
+                          quality_full=float(m.quality_full),
+                          cost=float(flops.total / flops_full), flops=int(flops.total), flops_full=int(flops_full),
+                          flops_breakdown=FrozenMapping(breakdown), num_generated=int(n_gen), text=m.text,
+                          time_s=(time.perf_counter() - t0) if self.record_time else None)
+            for name in ("quality", "quality_full", "cost"):
+                if not math.isfinite(getattr(out, name)):
+                    raise ValueError(f"quality signal {self.signal!r} gave a non-finite {name} on {example.id!r}")
+            self.outcomes.put(key, out)
+            return out
 
     def outcomes_together(self, examples, plans, *, batch: bool = True) -> list[Outcome]:
         """:meth:`outcome` of ``N`` (example, plan) pairs, the same outcomes as calling it pair by pair.
@@ -542,17 +609,18 @@ class Evaluator:
         Raises:
             ValueError: ``examples`` and ``plans`` of different lengths. PlanError: as :meth:`outcome`.
         """
-        examples, plans = list(examples), list(plans)
-        if len(examples) != len(plans):
-            raise ValueError(f"got {len(examples)} examples but {len(plans)} plans")
-        self._prescored = {}
-        if batch and len(examples) > 1 and not self.generator.num_encoder_layers \
-                and hasattr(self.generator, "prefix_store"):
-            self._prescore(examples, plans)
-        try:
-            return [self.outcome(ex, plan) for ex, plan in zip(examples, plans)]
-        finally:
-            self._prescored.clear()
+        with self._checked():
+            examples, plans = list(examples), list(plans)
+            if len(examples) != len(plans):
+                raise ValueError(f"got {len(examples)} examples but {len(plans)} plans")
+            self._prescored = {}
+            if batch and len(examples) > 1 and not self.generator.num_encoder_layers \
+                    and hasattr(self.generator, "prefix_store"):
+                self._prescore(examples, plans)
+            try:
+                return [self.outcome(ex, plan) for ex, plan in zip(examples, plans)]
+            finally:
+                self._prescored.clear()
 
     def _prescore(self, examples, plans) -> None:
         """Fill :attr:`_prescored` with the teacher-forced scores that :meth:`outcome` will ask for."""

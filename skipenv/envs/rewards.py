@@ -38,6 +38,15 @@ def _finite(name: str, value) -> float:
     return value
 
 
+def _cost_weight(value, name: str = "cost_weight") -> float:
+    """``value`` as a float after checking it is a finite number ``>= 0`` (a negative weight would reward cost)."""
+    value = _finite(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 (quality units per unit of cost; a negative weight rewards spending "
+                         f"FLOPs), got {value:g}")
+    return value
+
+
 def check_tau(tau, name: str = "tau") -> float:
     """``tau`` as a float after checking it is a finite number ``>= 0``.
 
@@ -96,7 +105,8 @@ def weighted_reward(quality: float, cost: float, cost_weight: float | None = Non
         lam: deprecated name of ``cost_weight`` (``lam`` is reserved for Lagrange multipliers).
 
     Raises:
-        ValueError: a non-finite input, or both / neither of ``cost_weight`` and ``lam``.
+        ValueError: a non-finite input, a negative ``cost_weight`` (it would reward spending FLOPs), or both /
+            neither of ``cost_weight`` and ``lam``.
     """
     if lam is not None:
         if cost_weight is not None:
@@ -105,6 +115,7 @@ def weighted_reward(quality: float, cost: float, cost_weight: float | None = Non
         cost_weight = lam
     if cost_weight is None:
         raise ValueError("weighted_reward needs cost_weight")
+    _cost_weight(cost_weight)
     for name, v in (("quality", quality), ("cost", cost), ("cost_weight", cost_weight)):
         if not math.isfinite(v):
             raise ValueError(f"{name} must be finite, got {v}")
@@ -163,15 +174,18 @@ class WeightedReward(Reward):
     """:func:`weighted_reward`: ``quality - cost_weight * cost``.
 
     Args:
-        cost_weight: quality units per unit of cost (finite).
+        cost_weight: quality units per unit of cost (finite, ``>= 0``).
         tau: tolerance reported in ``info["constraint_satisfied"]`` only (the reward ignores it).
+
+    Raises:
+        ValueError: a non-finite or negative ``cost_weight`` (a negative weight rewards spending FLOPs).
     """
 
     name = "weighted"
 
     def __init__(self, cost_weight: float = 0.5, tau: float = 0.1):
         super().__init__(tau)
-        self.cost_weight = _finite("cost_weight", cost_weight)
+        self.cost_weight = _cost_weight(cost_weight)
 
     def __call__(self, outcome) -> float:
         return weighted_reward(outcome.quality, outcome.cost, self.cost_weight)

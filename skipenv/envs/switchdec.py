@@ -18,6 +18,7 @@ import dataclasses
 import math
 import numbers
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -38,15 +39,40 @@ RESET_OPTIONS = ("example_id", "index")
 _GENERATORS: dict = {}
 
 
+def _folder_stamp(model) -> tuple | None:
+    """``(name, size, inode, mtime_ns, ctime_ns)`` of every file of a local model folder (or of a local model file),
+    so a folder re-saved at the same path is noticed; ``None`` for a Hub id or the embedded default (whose files
+    skipenv writes once). A file rewritten in place with the same size within the file system's timestamp
+    resolution is not noticed (the fingerprint of the loaded weights still is what every cache keys on)."""
+    from ..loading import is_embedded_model
+
+    if is_embedded_model(model):
+        return None
+    path = Path(str(model)).expanduser()
+    try:
+        files = sorted(path.rglob("*")) if path.is_dir() else ([path] if path.exists() else [])
+        return tuple((str(f.relative_to(path) if f != path else f.name), st.st_size, st.st_ino, st.st_mtime_ns,
+                      st.st_ctime_ns) for f in files for st in (f.stat(),) if f.is_file())
+    except OSError:
+        return None
+
+
 def shared_generator(model: str, device: str = "cpu", dtype: str = "float32"):
     """Load a generator once per process and share it between environments (one model copy serving N envs,
-    e.g. inside a ``SyncVectorEnv``)."""
+    e.g. inside a ``SyncVectorEnv``).
+
+    Keyed by ``(model, device, dtype)`` and, for a local folder, by the names, sizes and modification times of its
+    files: a folder re-saved at the same path (other weights) is loaded again, not served from memory. Envs built
+    earlier keep the generator they were given.
+    """
     from ..loading import load_generator
 
     key = (str(model), str(device), str(dtype))
-    if key not in _GENERATORS:
-        _GENERATORS[key] = load_generator(model, device=device, dtype=dtype)
-    return _GENERATORS[key]
+    stamp = _folder_stamp(model)
+    hit = _GENERATORS.get(key)
+    if hit is None or hit[0] != stamp:
+        _GENERATORS[key] = hit = (stamp, load_generator(model, device=device, dtype=dtype))
+    return hit[1]
 
 
 def _plain(v) -> bool:
@@ -94,8 +120,10 @@ def _check_kwargs(*, task, task_source, split, reward_mode, tau, token_segments,
     if tau is not None:
         check_tau(tau)
     if cost_weight is not None:
-        if isinstance(cost_weight, bool) or not isinstance(cost_weight, numbers.Real) or not math.isfinite(cost_weight):
-            raise ValueError(f"cost_weight must be a finite number, got {cost_weight!r}")
+        if isinstance(cost_weight, bool) or not isinstance(cost_weight, numbers.Real) \
+                or not math.isfinite(cost_weight) or cost_weight < 0:
+            raise ValueError(f"cost_weight must be a finite number >= 0 (a negative weight rewards spending FLOPs), "
+                             f"got {cost_weight!r}")
     _check_int("token_segments", token_segments, 0)
     _check_int("max_input_tokens", max_input_tokens, 8)
     _check_int("max_new_tokens", max_new_tokens, 1)
@@ -523,10 +551,11 @@ class SwitchDecEnv(_SwitchDecBase):
     def step(self, action):
         self._check_can_step()
         plan = self.codec.decode(action)
-        o = self._evaluator.outcome(self.example, plan)
-        self._last_outcome, self._episode_over = o, True
-        info = self._info(o)
-        return self._observation(), float(info["reward"]), True, False, info
+        with self._evaluator._checked():  # one model-identity check for the outcome and the next observation
+            o = self._evaluator.outcome(self.example, plan)
+            self._last_outcome, self._episode_over = o, True
+            info = self._info(o)
+            return self._observation(), float(info["reward"]), True, False, info
 
 
 class SwitchDecLayerwiseEnv(_SwitchDecBase):

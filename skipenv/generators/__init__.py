@@ -13,6 +13,7 @@ from .base import (
     EncoderDecoderGenerator,
     GenerationOutput,
     LayerStepper,
+    NonFiniteError,
     ScoreOutput,
     SkippableGenerator,
     SublayerModules,
@@ -76,6 +77,7 @@ __all__ = [
     "wrap", "GENERATOR_CLASSES", "SkippableGenerator", "DecoderOnlyGenerator", "EncoderDecoderGenerator",
     "LlamaGenerator", "Qwen2Generator", "Qwen3Generator", "MistralGenerator", "Gemma3Generator", "Phi3Generator",
     "GPT2Generator", "BartGenerator", "T5Generator", "GenerationOutput", "ScoreOutput",
-    "SublayerModules", "LayerStepper", "SkipAwareCache", "UnsupportedModelError", "SUPPORTED_TRANSFORMERS",
+    "SublayerModules", "LayerStepper", "SkipAwareCache", "UnsupportedModelError", "NonFiniteError",
+    "SUPPORTED_TRANSFORMERS",
     "FlopsModel", "FlopsBreakdown", "StackCost",
 ]

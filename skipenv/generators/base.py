@@ -60,7 +60,27 @@ __all__ = [
     "LayerStepper",
     "SkipAwareCache",
     "UnsupportedModelError",
+    "NonFiniteError",
 ]
+
+
+class NonFiniteError(RuntimeError):
+    """A forward pass produced NaN or inf (corrupt weights, or activations that overflowed the model's dtype).
+
+    Raised by :meth:`SkippableGenerator.generate`, :meth:`~SkippableGenerator.score`,
+    :meth:`~SkippableGenerator.observe` and :func:`~skipenv.generators.batched.score_plans` instead of returning
+    tokens or log-probabilities computed from non-finite logits (an argmax over NaN is token 0, which every quality
+    signal would then score). The message names the first layer whose output is non-finite (when the failing call
+    can be re-run with hooks) and every parameter or buffer holding NaN / inf.
+
+    Attributes:
+        layer: qualified module name of the first layer with a non-finite output (``None`` if not located).
+        parameters: names of the parameters / buffers holding non-finite values (empty: an overflow).
+    """
+
+    def __init__(self, message: str, layer: str | None = None, parameters: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.layer, self.parameters = layer, tuple(parameters)
 
 
 class _StopForward(Exception):
@@ -175,8 +195,37 @@ class SkippableGenerator:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if "prefix_store" in state:  # pickled before prefix_store became a property
+            state["_prefix_store"] = state.pop("prefix_store")
         self.__dict__.update(state)
         self._lock = model_lock(self.model)
+
+    # ------------------------------------------------------------------ model identity
+    @property
+    def fingerprint(self) -> str:
+        """:func:`skipenv.envs.cache.model_fingerprint` of the model now (16 hex chars; a cheap check per call,
+        the full digest again only after a weight edit)."""
+        from ..envs.cache import model_fingerprint
+
+        return model_fingerprint(self)
+
+    @property
+    def prefix_store(self):
+        """The :class:`~skipenv.generators.reuse.PrefixStore` of the full model's computation per input (``None``:
+        no reuse; the default of a bare generator). Reading it binds the store to the model's current
+        :attr:`fingerprint` (:meth:`PrefixStore.bind <skipenv.generators.reuse.PrefixStore.bind>`), so after any
+        weight edit (``load_state_dict``, in-place ops, ``.data = ...``, a new Parameter) the states of the old
+        weights are dropped before anything reads them (:func:`skipenv.envs.cache.identity_token`)."""
+        store = self.__dict__.get("_prefix_store")
+        if store is not None:
+            from ..envs.cache import identity_token
+
+            store.bind(identity_token(self))
+        return store
+
+    @prefix_store.setter
+    def prefix_store(self, store) -> None:
+        self.__dict__["_prefix_store"] = store
 
     # ------------------------------------------------------------------ per-family hooks
     def _encoder_layers(self) -> Sequence[nn.Module]:
@@ -480,8 +529,101 @@ class SkippableGenerator:
                 raise RuntimeError("the first layer was never called")
             finally:
                 handle.remove()
+        if not bool(torch.isfinite(hidden[mask.bool()]).all()):
+            raise self._nonfinite_error("the first layer's output (the observation)", ids, mask)
         m = mask.to(hidden.dtype).unsqueeze(-1)
         return ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()
+
+    # ------------------------------------------------------------------ non-finite values
+    def _check_finite(self, logits: torch.Tensor, ids: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> None:
+        """Raise :class:`NonFiniteError` if ``logits`` hold NaN / inf. ``ids`` ``[B, T]`` / ``mask`` ``[B, T]``: the
+        whole sequences of the failing call, when it ran from position 0 (then they are re-run with hooks to locate
+        the first layer with a non-finite output). One float32 sum of the logits per model call
+        (``benchmarks/bench_identity.py`` measures its cost).
+
+        The test is a float32 sum of the logits (one reduction pass, no temporary): NaN / inf make it non-finite;
+        a finite sum proves every entry finite. A non-finite sum is confirmed entry by entry (``isfinite``, about 40x
+        slower on a CPU), so an overflow of the sum itself raises nothing."""
+        if bool(torch.isfinite(logits.sum(dtype=torch.float32))) or bool(torch.isfinite(logits).all()):
+            return
+        raise self._nonfinite_error("the logits", ids, mask)
+
+    def _nonfinite_error(self, what: str, ids: torch.Tensor | None = None,
+                         mask: torch.Tensor | None = None) -> NonFiniteError:
+        """The :class:`NonFiniteError` for non-finite ``what``: the first non-finite layer output (re-running ``ids``
+        with hooks, under the layer bodies installed now) and the parameters / buffers holding NaN / inf."""
+        with self._lock:  # the re-run installs hooks on the shared model
+            layer = self._first_nonfinite_layer(ids, mask) if ids is not None else None
+        bad = []
+        with torch.no_grad():
+            for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
+                if t.is_floating_point() or t.is_complex():
+                    n = int((~torch.isfinite(t)).sum())
+                    if n:
+                        bad.append(f"{name} ({n} of {t.numel()} values)")
+        plan = self._active_plan
+        where = f" under the plan skipping {plan.num_skipped} candidates" if plan is not None and plan.num_skipped \
+            else " of the full model"
+        msg = f"{what} of a forward pass{where} are not finite (NaN or inf) ({type(self.model).__name__}, " \
+              f"{self.model.dtype})"
+        if layer is not None:
+            msg += f"; the first layer whose output is non-finite: {layer}"
+        if bad:
+            msg += (f"; parameters holding NaN / inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Fix: "
+                    f"reload the model or repair those weights")
+        else:
+            msg += (f"; no parameter or buffer holds NaN / inf, so the activations overflowed {self.model.dtype}. "
+                    f"Fix: load the model in float32 (dtype='float32') or bfloat16")
+        return NonFiniteError(msg, layer, tuple(b.split(" (")[0] for b in bad))
+
+    def _first_nonfinite_layer(self, ids: torch.Tensor, mask: torch.Tensor | None) -> str | None:
+        """Re-run ``ids`` ``[B, T]`` (no KV cache) with a forward hook on every layer and return the qualified name
+        of the first layer whose output is non-finite at an unpadded position (``"the embedding"`` if the first
+        layer's input already is); ``None`` if none is (or the re-run fails)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        stacks = [("encoder", list(self._encoder_layers()))] if self.num_encoder_layers else \
+            [("decoder", list(self._decoder_layers()))]
+        found: list[str] = []
+        keep = None if mask is None else mask.bool()
+
+        def finite(h) -> bool:
+            h = h[0] if isinstance(h, tuple) else h
+            if keep is not None and h.dim() == 3 and h.shape[:2] == keep.shape:
+                h = h[keep]
+            return bool(torch.isfinite(h).all())
+
+        def pre(module, args, kwargs):
+            if not found and not finite(args[0] if args else kwargs["hidden_states"]):
+                found.append("the embedding (the input of the first layer)")
+
+        def post(label):
+            def hook(module, args, output):
+                if not found and not finite(output):
+                    found.append(label)
+            return hook
+
+        handles = []
+        try:
+            for stack, layers in stacks:
+                handles.append(layers[0].register_forward_pre_hook(pre, with_kwargs=True))
+                for i, layer in enumerate(layers):
+                    label = f"{stack} layer {i} ({names.get(id(layer), '?')})"
+                    handles.append(layer.register_forward_hook(post(label)))
+            try:
+                m = torch.ones_like(ids) if mask is None else mask
+                if self.num_encoder_layers:
+                    self.model.get_encoder()(input_ids=ids, attention_mask=m)
+                else:
+                    self.model(input_ids=ids, attention_mask=m, position_ids=_positions(m), use_cache=False)
+            except Exception:  # noqa: BLE001 - a diagnosis only; the NonFiniteError is raised either way
+                pass
+        finally:
+            for h in handles:
+                h.remove()
+        if found:
+            return found[0]
+        return None
 
     def _first_layer(self) -> nn.Module:
         enc = self._encoder_layers()

@@ -187,6 +187,9 @@ def score_plans(generator, inputs: Sequence[PromptInput], targets: Sequence[Sequ
 
     out = []
     for (plan, p), t, lg in zip(rows, targets, logits):
+        if not bool(torch.isfinite(lg).all()):
+            with generator.skipping(plan):  # names the plan; the parameters holding NaN / inf are listed
+                raise generator._nonfinite_error("the logits")
         logp = torch.log_softmax(lg.float(), dim=-1)
         tgt = torch.tensor(t, dtype=torch.long, device=logp.device)
         out.append(ScoreOutput(logprobs=logp.gather(-1, tgt[:, None]).squeeze(-1).cpu(),

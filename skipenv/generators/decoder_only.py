@@ -129,10 +129,13 @@ class DecoderOnlyGenerator(SkippableGenerator):
         kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
+        from_start = cache is None or cache.get_seq_length() == 0
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, -ids.shape[1]:],
                          **kwargs)
         if cache is not None:
             cache.advance(ids.shape[1])
+        # NaN / inf anywhere in the pass reach these logits (attention mixes every earlier position)
+        self._check_finite(out.logits, ids if from_start and ids.shape[1] == mask.shape[1] else None, mask)
         return out.logits
 
     def _begin_decoding(self, ids, mask, plan, use_cache):

@@ -120,6 +120,7 @@ class EncoderDecoderGenerator(SkippableGenerator):
         out = self.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=dec_ids, **kwargs)
         if cache is not None:
             self_attention_cache(cache).advance(dec_ids.shape[1])
+        self._check_finite(out.logits)  # NaN / inf in the encoder or decoder reach the logits
         return out.logits
 
     @property

@@ -122,6 +122,11 @@ class PrefixStore:
     Attributes:
         nbytes: bytes held now. peak_bytes: the most held at once. hits, misses: lookups that found / did not find
             a state. evictions: states dropped to stay under the cap.
+        identity: the :func:`~skipenv.envs.cache.identity_token` (fingerprint and change epoch) of the model
+            whose states the store holds (``None`` until first used). A generator's :attr:`~skipenv.generators.SkippableGenerator.prefix_store`
+            binds it to its model's current fingerprint on every access (:meth:`bind`), so states computed before a
+            weight edit are dropped, never served.
+        invalidations: how many times :meth:`bind` dropped the states for another identity.
 
     Raises:
         ValueError: a negative or non-integer ``max_bytes``, ``admit_after < 1``, a ``dtype`` that is not a
@@ -148,7 +153,21 @@ class PrefixStore:
         self._states: OrderedDict[tuple[int, ...], PrefixState] = OrderedDict()
         self._seen: OrderedDict[int, int] = OrderedDict()
         self._lock = threading.Lock()
-        self.nbytes = self.peak_bytes = self.hits = self.misses = self.evictions = 0
+        self.nbytes = self.peak_bytes = self.hits = self.misses = self.evictions = self.invalidations = 0
+        self.identity: str | None = None
+
+    def bind(self, identity: str) -> None:
+        """Declare the model identity the next states belong to: when it differs from :attr:`identity`, every state
+        and admission count is dropped first (they were computed by other weights)."""
+        with self._lock:
+            if identity == self.identity:
+                return
+            had = bool(self._states) or bool(self._seen)
+            self._states.clear()
+            self._seen.clear()
+            self.nbytes = 0
+            self.identity = identity
+            self.invalidations += had
 
     def admit(self, ids: Sequence[int]) -> bool:
         """Count a request for the state of ``ids``; ``True`` when it should be computed now (the
@@ -198,6 +217,7 @@ class PrefixStore:
         return state
 
     def clear(self) -> None:
+        """Drop every state and admission count."""
         with self._lock:
             self._states.clear()
             self._seen.clear()
