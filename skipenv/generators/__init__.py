@@ -8,15 +8,9 @@ from __future__ import annotations
 
 from .adapter import SUPPORTED_TRANSFORMERS, SkipAwareCache, UnsupportedModelError
 from .bart import BartGenerator
-from .base import (
-    DecoderOnlyGenerator,
-    EncoderDecoderGenerator,
-    GenerationOutput,
-    LayerStepper,
-    ScoreOutput,
-    SkippableGenerator,
-    SublayerModules,
-)
+from .base import GenerationOutput, ScoreOutput, SkippableGenerator, SublayerModules
+from .decoder_only import DecoderOnlyGenerator, LayerStepper
+from .encoder_decoder import EncoderDecoderGenerator
 from .flops import FlopsBreakdown, FlopsModel, StackCost
 from .gpt2 import GPT2Generator
 from .llama import LlamaGenerator

@@ -52,12 +52,9 @@ _SKIPPING = threading.local()
 
 __all__ = [
     "SkippableGenerator",
-    "DecoderOnlyGenerator",
-    "EncoderDecoderGenerator",
     "GenerationOutput",
     "ScoreOutput",
     "SublayerModules",
-    "LayerStepper",
     "SkipAwareCache",
     "UnsupportedModelError",
 ]
@@ -487,9 +484,15 @@ class SkippableGenerator:
         enc = self._encoder_layers()
         return enc[0] if len(enc) else self._decoder_layers()[0]
 
-    def layer_stepper(self, inp: PromptInput, token_flags: Sequence[bool]) -> "LayerStepper":
-        """A :class:`LayerStepper` over the prefill of ``inp`` with the given token segments removed."""
-        return LayerStepper(self, inp, token_flags)
+    def layer_stepper(self, inp: PromptInput, token_flags: Sequence[bool]):
+        """A :class:`~skipenv.generators.decoder_only.LayerStepper` over the prefill of ``inp`` with the given token
+        segments removed; defined by :class:`~skipenv.generators.decoder_only.DecoderOnlyGenerator`.
+
+        Raises:
+            NotImplementedError: this generator is not decoder-only (layerwise stepping walks decoder layers).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot step layer by layer: the layerwise env and "
+                                  "richer observations need a decoder-only generator (Llama, GPT-2)")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.model).__name__}, layers="
@@ -530,7 +533,3 @@ def _check_inputs(inputs: Sequence[PromptInput]) -> None:
         if not isinstance(inp, PromptInput):
             raise TypeError(f"expected PromptInput (from Task.format), got {type(inp).__name__}")
 
-
-# the two architecture types (separate modules; re-exported here for ``from .base import ...``)
-from .decoder_only import DecoderOnlyGenerator, LayerStepper  # noqa: E402
-from .encoder_decoder import EncoderDecoderGenerator  # noqa: E402
