@@ -597,9 +597,9 @@ def _convert_gguf(gguf: Path, out: Path, *, progress: bool) -> None:
     t0 = time.perf_counter()
     if progress:
         print(f"skipenv: converting {gguf.name} to safetensors (de-quantising, ~20-30 s)", file=sys.stderr)
-    from .loading import _quiet_transformers  # no per-tensor bars: the line above says what is happening
+    from .util.progress import quiet_transformers  # no per-tensor bars: the line above says what is happening
 
-    with _quiet_transformers():
+    with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                           dtype=torch.float32)

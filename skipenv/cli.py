@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from .progress import log_friendly_progress
+    from .util.progress import log_friendly_progress
 
     try:
         with log_friendly_progress():  # periodic plain lines instead of in-place bars when stderr is a log file

@@ -10,7 +10,7 @@ documents, 7 menu plans, 384 episodes), references already cached, from a fresh 
 The job states torch's thread
 setting and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after
 the first 8 training episodes (and checks the load again then), and labels every progress bar; with standard error
-redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
+redirected to a file, bars become periodic plain lines (:mod:`skipenv.util.progress`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path |
 
     Args:
         progress_bar: a tqdm bar labelled ``train ppo`` (episodes, rate, time left, mean reward of the last 64
-            episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.progress`).
+            episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.util.progress`).
         on_early_speed: called once as ``on_early_speed(episodes_done, seconds)`` after the first 8 episodes (or
             the first rollout, if shorter), e.g. to print a time estimate.
         warm_start: :class:`~skipenv.warm_start.WarmStartTargets` cloned into the policy's action distribution
@@ -445,7 +445,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         raise ValueError(f"env_kwargs {reserved} are set by the main job itself (its own arguments, or the id's "
                          f"registered formulation); drop them")
     say = _say
-    from .threads import configure_torch_threads
+    from .util.threads import configure_torch_threads
 
     configure_torch_threads()  # as loading the generator would, so that the line below states the real count
     line, warning = _threads_line()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from skipenv.cli import SUBCOMMANDS, build_parser, main
-from skipenv.progress import LineWriter, log_friendly_progress
+from skipenv.util.progress import LineWriter, log_friendly_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pandas", "transformers", "stable_baselines3", "matplotlib")
