@@ -14,7 +14,7 @@ DEFAULT = ["skip-nothing", "random:0.5", "random:0.1", "every-other:attention", 
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--policies", nargs="+", default=DEFAULT, help="policy specs (skipenv.benchmark.POLICY_SPECS)")
+    p.add_argument("--policies", nargs="+", default=DEFAULT, help="policy specs (skipenv.policies.POLICY_SPECS)")
     p.add_argument("--oracle", action="store_true", help="also run the (expensive) per-input greedy oracle")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     args = p.parse_args(argv)

@@ -116,7 +116,8 @@ def main(argv=None) -> None:
 
     import skipenv
     from skipenv import baselines as B
-    from skipenv.benchmark import make_policy, markdown_table, plot_learning_curves, plot_pareto
+    from skipenv.benchmark import markdown_table, plot_learning_curves, plot_pareto
+    from skipenv.policies import load_policy
     from skipenv.formulations import DEFAULT_TAU_RANGE, make_formulation
     from skipenv.learners import WARM_STARTED, train_learner
     from skipenv.sb3 import monitor_curve, train_sb3
@@ -154,7 +155,7 @@ def main(argv=None) -> None:
 
     for spec in STATIC:
         try:
-            pol = make_policy(spec, test, calibration_env=train)
+            pol = load_policy(spec, test, calibration_env=train)
         except ValueError as e:  # e.g. lead:6 with fewer than 6 token segments
             print(f"note: static baseline {spec} left out ({e})")
             continue

@@ -5,7 +5,7 @@ A *policy* is any callable ``observation -> action`` for the env's action space 
 stable-baselines3 models via :class:`~skipenv.baselines.SB3Policy`). Policies that need the current example (the
 oracle) read ``env.example``.
 
-Importing this module is cheap (no torch, no pandas): ``skipenv leaderboard --help`` reads :data:`POLICY_SPECS`.
+Importing this module is cheap (no torch, no pandas).
 """
 
 from __future__ import annotations
@@ -396,110 +396,6 @@ def learning_curves_figure(curves: dict[str, pd.DataFrame], *, window: int = 32,
 # ---------------------------------------------------------------------------------------------------------------
 # leaderboard
 
-POLICY_SPECS = ("skip-nothing", "random:RATE", "lead:KEEP_SEGMENTS", "every-other:attention|ffn|both",
-                "calibrated:NUM_SUBLAYERS", "oracle[:MAX_SKIPS]", "PATH.zip or sb3:ppo|a2c:PATH.zip",
-                "PATH.pt or pg:PATH.pt")
-
-
-def make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
-    """Build a policy from a short spec string (see :data:`POLICY_SPECS`), e.g. ``"random:0.25"``, ``"lead:4"``,
-    ``"sb3:ppo:runs/ppo/policy.zip"``.
-
-    Args:
-        spec: the policy spec.
-        env: the evaluation env (one-shot).
-        seed: seed of stochastic baselines.
-        calibration_env: env over the *train* split for ``calibrated:N`` (default: ``env``).
-
-    The policy's ``name`` is the spec itself for baselines (``"random:0.25"``, ``"lead:4"``; see
-    :mod:`skipenv.baselines`) and
-    ``<algo>:<folder>`` for saved agents (``"ppo:ppo-xsum"`` for ``sb3:ppo:runs/ppo-xsum/policy.zip``), so tables,
-    bars, plots and files all use one short name.
-
-    A saved policy (a path ending in ``.zip`` / ``.pt``, bare or as ``sb3:ALGO:PATH.zip`` / ``pg:PATH.pt``) is
-    loaded by :func:`skipenv.policies.load_policy`, which reads the SB3 algorithm from the file and checks that the
-    policy fits ``env`` (one-shot policies only: a layerwise policy is rejected).
-
-    Raises:
-        ValueError: an unknown spec (the message lists the valid forms), or a saved policy that does not fit.
-        FileNotFoundError: a saved policy's file does not exist.
-    """
-    if spec.endswith((".zip", ".pt")) or spec.partition(":")[0] in ("sb3", "pg"):  # a saved policy
-        from .policies import load_policy
-
-        return load_policy(spec, env, seed=seed)
-    return _make_policy(spec, env, seed=seed, calibration_env=calibration_env)
-
-
-#: spec kinds whose policy samples (evaluated once per seed); every other kind is deterministic (evaluated once)
-STOCHASTIC_KINDS = ("random",)
-
-
-def check_policy_spec(spec: str) -> tuple[str, str]:
-    """Check the syntax of a policy spec without building anything; returns ``(kind, argument)``.
-
-    Raises:
-        ValueError: unknown kind or a bad argument (names the spec and its valid form).
-    """
-    if not isinstance(spec, str):
-        raise ValueError(f"a policy spec must be a string such as 'lead:4', got {spec!r}")
-    kind, _, arg = spec.partition(":")
-    if spec.endswith((".zip", ".pt")) and kind not in ("sb3", "pg"):  # a bare saved-policy path
-        return "file", spec
-
-    def bad(form: str) -> ValueError:
-        return ValueError(f"bad policy spec {spec!r}: expected {form}")
-
-    if kind == "skip-nothing" and not arg:
-        return kind, arg
-    if kind == "random":
-        try:
-            rate = float(arg or 0.5)
-        except ValueError:
-            raise bad("random:RATE with RATE a number in [0, 1], e.g. random:0.25") from None
-        if not 0.0 <= rate <= 1.0:
-            raise bad("random:RATE with RATE a number in [0, 1], e.g. random:0.25")
-        return kind, arg
-    if kind in ("lead", "calibrated") or (kind == "oracle" and arg):
-        form = {"lead": "lead:KEEP_SEGMENTS", "calibrated": "calibrated:NUM_SUBLAYERS",
-                "oracle": "oracle[:MAX_SKIPS]"}[kind]
-        if not arg.strip().isdigit():
-            raise bad(f"{form} with an integer >= 0, e.g. {kind}:4")
-        return kind, arg
-    if kind == "oracle":
-        return kind, arg
-    if kind == "every-other" and arg in ("", "attention", "ffn", "both"):
-        return kind, arg
-    if kind == "sb3":
-        algo, _, path = arg.partition(":")
-        if not algo or not path:
-            raise bad("sb3:ALGO:PATH.zip, e.g. sb3:ppo:runs/ppo-xsum/policy.zip")
-        return kind, arg
-    if kind == "pg" and arg:
-        return kind, arg
-    raise ValueError(f"unknown policy spec {spec!r}; valid forms: {', '.join(POLICY_SPECS)}")
-
-
-def _make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
-    """A baseline from its spec (saved policies go through :func:`skipenv.policies.load_policy`)."""
-    from . import baselines as B
-
-    kind, arg = check_policy_spec(spec)
-    if kind == "skip-nothing":
-        return B.SkipNothing(env)
-    if kind == "random":
-        return B.RandomPolicy(env, float(arg or 0.5), seed=seed)
-    if kind == "lead":
-        return B.lead_truncation(env, int(arg))
-    if kind == "every-other":
-        return B.every_other_layer(env, arg or "attention")
-    if kind == "calibrated":
-        policy = B.calibrate_static_drop(calibration_env or env, int(arg))
-        return B.StaticPlan(env, policy.plan, name=spec)
-    if kind == "oracle":
-        return B.OraclePolicy(env, max_skips=int(arg) if arg else None)
-    raise ValueError(f"unknown policy spec {spec!r}; valid forms: {', '.join(POLICY_SPECS)}")
-
 
 def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", split: str = "test",
                 episodes: int | None = 20, seeds: Sequence[int] = (0, 1, 2), out_dir: str | Path | None = None,
@@ -510,7 +406,8 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
 
     Stochastic baselines (:data:`STOCHASTIC_KINDS`) are re-seeded and evaluated once per seed; deterministic policies
     give the same episodes under every seed, so they are evaluated once (with the first seed) and their confidence
-    intervals count each episode once. Rows are named by the policy's short name (see :func:`make_policy`).
+    intervals count each episode once. Rows are named by the policy's short name (see
+    :func:`skipenv.policies.load_policy`).
     """
     import gymnasium as gym
     import pandas as pd
@@ -518,6 +415,7 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
     import skipenv  # noqa: F401
 
     from .envs import SwitchDecEnv
+    from .policies import STOCHASTIC_KINDS, check_policy_spec, load_policy
 
     for spec in policies:  # every spec (and saved policy file) is checked before anything loads
         kind, arg = check_policy_spec(spec)
@@ -543,7 +441,7 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
         for seed in run_seeds:
             if spec.startswith("calibrated") and calib is None:
                 calib = gym.make(env_id, split="train", num_examples=16, **kwargs).unwrapped
-            policy = make_policy(spec, env, seed=seed, calibration_env=calib)
+            policy = load_policy(spec, env, seed=seed, calibration_env=calib)
             if name is None:  # two specs with the same short name (agents in same-named folders): use the spec
                 name = policy.name if policy.name not in used else spec
             label = f"eval {name} seed {seed}" if len(run_seeds) > 1 else None  # one bar per seed: tell them apart

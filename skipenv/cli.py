@@ -205,7 +205,7 @@ def env_for_policies(env: str, specs, command: str) -> str:
 
 
 def _configure_leaderboard(p: argparse.ArgumentParser) -> None:
-    from .benchmark import POLICY_SPECS  # light module: pandas / torch load only when evaluating
+    from .policies import POLICY_SPECS  # light module: pandas / torch load only when evaluating
 
     p.add_argument("policies", nargs="+", metavar="POLICY",
                    help="policy specs, each one of: " + ", ".join(POLICY_SPECS) + " (one-shot policies only; a "

@@ -110,7 +110,8 @@ def test_leaderboard_bars_count_episodes_and_documents_and_name_the_seed(tmp_pat
 
 
 def test_saved_policy_specs_bare_or_prefixed_are_checked_before_anything_loads(tmp_path):
-    from skipenv.benchmark import check_policy_spec, leaderboard
+    from skipenv.benchmark import leaderboard
+    from skipenv.policies import check_policy_spec
 
     assert check_policy_spec("runs/ppo-xsum/policy.zip") == ("file", "runs/ppo-xsum/policy.zip")
     assert check_policy_spec("runs/pg/policy.pt") == ("file", "runs/pg/policy.pt")
