@@ -365,10 +365,11 @@ def test_probe_options_and_attention_features(smollm2_tokenizer, tmp_path):
     import argparse
 
     from skipenv import probe
+    from skipenv.cli.probe import configure_parser
     from skipenv.observations import feature_table
 
     p = argparse.ArgumentParser()
-    probe.configure_parser(p)
+    configure_parser(p)
     args = p.parse_args(["--quality", "probability", "--observation", "attention:4", "--observations", "layer:2",
                          "attention:2"])
     assert (args.quality, args.observation, args.observations) == ("probability", "attention:4",

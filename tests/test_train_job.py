@@ -113,7 +113,7 @@ def _run_folder(tmp_path, env_id="SwitchDec-XSum-v1", name="run"):
 
 
 def test_env_for_policies_reads_the_run_folder(tmp_path, capsys):
-    from skipenv.cli import DefaultEnv, env_for_policies
+    from skipenv.cli.args import DefaultEnv, env_for_policies
 
     run = _run_folder(tmp_path)
     default = DefaultEnv("SwitchDec-XSum-v0")
