@@ -204,7 +204,7 @@ def evaluate_at_taus(policy, env, taus, *, progress: bool = True):
             rows.append({"tau": float(tau), "doc": i, "example_id": str(info["example_id"]),
                          "quality": info["quality"], "quality_full": info["quality_full"], "cost": info["cost"],
                          "flops_saved": info["flops_saved"], "reward": float(reward),
-                         "constraint_satisfied": bool(info["budget_constraint_satisfied"]),
+                         "constraint_satisfied": bool(info["constraint_satisfied"]),
                          "num_skipped": int(info["num_skipped"])})
             bar.update(1)
     bar.close()

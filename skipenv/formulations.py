@@ -35,7 +35,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .rewards import check_tau, constraint_satisfied, lexicographic_reward
+from .envs.rewards import (BudgetReward, EpisodeScores, LagrangeMultiplier, LagrangianReward, Reward, check_tau,
+                           constraint_satisfied, default_dual_lr, lexicographic_reward)
 
 __all__ = ["FORMULATIONS", "default_dual_lr", "LagrangeMultiplier", "ExpectedConstraint", "BudgetConditioned", "make_formulation",
            "formulation_metrics", "metrics_by_tau", "bootstrap_ci"]
@@ -49,99 +50,30 @@ FORMULATIONS = ("per_input", "expected", "budget")
 DEFAULT_TAU_RANGE = (0.0, 0.3)
 
 
-def _episode_outcome(info: dict) -> tuple[float, float, float] | None:
-    """``(quality, quality_full, cost)`` of a finished episode, or ``None`` for an intermediate step (the layerwise
-    env reports them only on its last step)."""
-    if "quality" not in info or "cost" not in info:
-        return None
-    return float(info["quality"]), float(info.get("quality_full", 1.0)), float(info["cost"])
+def _rewarded(rule: Reward, env_reward: float, info: dict) -> tuple[float, dict]:
+    """The reward and ``info`` of a step under ``rule``: on a finished episode, ``rule`` computes the reward and
+    writes ``info["reward"]`` (the same value), its formulation and state; the unwrapped env's own value is kept as
+    ``info["env_reward"]``; then ``rule`` observes the episode (a stateful rule updates). Intermediate steps
+    (layerwise env) keep the env's reward (0) and ``info``."""
+    scores = EpisodeScores.from_info(info)
+    if scores is None:
+        return env_reward, info
+    info = {**info, "env_reward": float(info.get("reward", env_reward)), **rule.info(scores)}
+    rule.observe(scores)
+    return info["reward"], info
 
 
 # ---------------------------------------------------------------------------------------------- expected
-def default_dual_lr(tau: float) -> float:
-    """Default dual step size of :class:`LagrangeMultiplier` at tolerance ``tau``: ``0.005 / max(tau, 0.01)**2``
-    (multiplier units per unit of mean violation; 0.5 at ``tau = 0.1``, 50 for ``tau <= 0.01``). See the class's
-    ``lr`` argument for why it scales with ``1 / tau**2``.
-
-    Raises:
-        ValueError: ``tau`` not a finite number ``>= 0``.
-    """
-    return 0.005 / max(check_tau(tau, "tau"), 0.01) ** 2
-
-
-class LagrangeMultiplier:
-    """The dual variable of the expected-quality constraint, updated by projected dual ascent.
-
-    Each finished episode adds its constraint violation ``v = loss - tau`` (``loss = quality_full - quality``) to a
-    buffer; once the buffer holds ``update_every`` violations the multiplier becomes
-    ``lam <- min(lam_max, max(0, lam + lr * mean(buffer)))`` and the buffer is emptied. A violated constraint
-    (positive mean) raises ``lam``; slack lowers it down to 0. One instance can be shared by the wrappers of a
-    vector env so all copies see the same multiplier.
-
-    Args:
-        tau: tolerance on the mean quality loss (quality units, ``>= 0``).
-        lr: dual step size ``eta`` (multiplier units per unit of mean violation). Default (None):
-            :func:`default_dual_lr` ``= 0.005 / max(tau, 0.01)**2``, i.e. 0.5 at the agreement tolerance 0.1 and
-            50 at the probability tolerance 0.01. The multiplier's natural scale is ``1 / tau`` (at ``lam = 1 /
-            tau`` a loss of one ``tau`` above the constraint costs as much reward as running the whole model), so
-            a step proportional to ``1 / tau**2`` makes the dual ascent move at the same pace in units of ``tau``
-            whatever the quality signal's scale: a mean violation of one ``tau`` moves ``lam`` by ``0.005 / tau``
-            (0.5 % of that scale) per update. Measured on SmolLM2/XSum: with the fixed step 0.5 at tau 0.01 the
-            multiplier was still at 0.38 after 256 episodes, far below the ~11 the probe's expected-constraint
-            rule uses (README, "Choosing the defaults").
-        update_every: episodes per dual update (the running mean is over these episodes).
-        lam_init: initial multiplier (``>= 0``).
-        lam_max: upper bound of the multiplier (keeps the reward scale bounded; ``inf`` to disable).
-
-    Raises:
-        ValueError: ``tau`` / ``lr`` / ``lam_init`` not a finite real number ``>= 0``, ``update_every`` not an
-            integer ``>= 1``, or ``lam_max`` NaN or ``< lam_init``.
-    """
-
-    def __init__(self, tau: float, *, lr: float | None = None, update_every: int = 8, lam_init: float = 0.0,
-                 lam_max: float = 100.0):
-        check_tau(tau, "tau")
-        if lr is None:
-            lr = default_dual_lr(tau)
-        for name, v in (("lr", lr), ("lam_init", lam_init)):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
-                    or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
-            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
-        if isinstance(lam_max, bool) or not isinstance(lam_max, (int, float, np.number)) or np.isnan(lam_max) \
-                or lam_max < lam_init:
-            raise ValueError(f"lam_max must be a number >= lam_init ({lam_init}) (inf allowed), got {lam_max!r}")
-        self.tau, self.lr, self.update_every = float(tau), float(lr), int(update_every)
-        self.lam_max = float(lam_max)
-        self.value = float(lam_init)
-        self.buffer: list[float] = []
-        self.num_updates = 0
-
-    def observe(self, loss: float) -> bool:
-        """Record one episode's quality loss; returns True when this call performed a dual update."""
-        if not np.isfinite(loss):
-            raise ValueError(f"quality loss must be finite, got {loss}")
-        self.buffer.append(float(loss) - self.tau)
-        if len(self.buffer) < self.update_every:
-            return False
-        self.value = float(min(self.lam_max, max(0.0, self.value + self.lr * float(np.mean(self.buffer)))))
-        self.buffer.clear()
-        self.num_updates += 1
-        return True
-
-    def __repr__(self) -> str:
-        return f"LagrangeMultiplier(value={self.value:.4g}, tau={self.tau}, lr={self.lr}, updates={self.num_updates})"
-
-
 class ExpectedConstraint(gym.Wrapper):
     """Expected-quality constraint as a scalar reward with an online Lagrange multiplier (see module docstring).
 
-    On each finished episode the reward becomes ``(1 - cost) - lam * (loss - tau)`` with the multiplier ``lam``
-    *before* this episode's dual update; then the episode's loss is given to the multiplier. Intermediate steps
-    (layerwise env) keep the env's reward (0). ``info`` gains ``lagrange_multiplier`` (the value used),
-    ``constraint_violation`` (``loss - tau``) and ``lagrangian_reward`` (the returned reward); ``info["reward"]``
-    stays the env's own lexicographic reward.
+    The reward of each finished episode is computed by :attr:`reward`, a
+    :class:`~skipenv.envs.rewards.LagrangianReward`: ``(1 - cost) - lam * (loss - tau)`` with the multiplier
+    ``lam`` *before* this episode's dual update; then the episode's loss is given to the multiplier. The same object
+    writes ``info["reward"]`` (equal to the returned reward), ``info["formulation"] = "expected"``,
+    ``lagrange_multiplier`` (the value used), ``constraint_violation`` (``loss - tau``) and ``multiplier_updates``;
+    ``info["env_reward"]`` keeps the unwrapped env's lexicographic value. Intermediate steps (layerwise env) keep
+    the env's reward (0).
 
     Args:
         env: a SwitchDec env (one-shot or layerwise).
@@ -167,10 +99,19 @@ class ExpectedConstraint(gym.Wrapper):
         elif multiplier_kwargs or abs(multiplier.tau - float(tau)) > 1e-12:
             raise ValueError("pass either a shared multiplier (with the same tau) or multiplier kwargs, not both; "
                              f"multiplier.tau={multiplier.tau}, tau={tau}, kwargs={sorted(multiplier_kwargs)}")
-        if not isinstance(update, (bool, np.bool_)):
-            raise ValueError(f"update must be True (learn the multiplier) or False (freeze it), got {update!r}")
-        self.multiplier, self.update = multiplier, bool(update)
+        #: the one reward rule of this formulation (what the agent receives and ``info["reward"]`` reports)
+        self.reward = LagrangianReward(multiplier, update=update)
         self.tau = float(tau)
+
+    @property
+    def multiplier(self) -> LagrangeMultiplier:
+        """The Lagrange multiplier of :attr:`reward`."""
+        return self.reward.multiplier
+
+    @property
+    def update(self) -> bool:
+        """Whether finished episodes update the multiplier (False: frozen, for evaluation)."""
+        return self.reward.update
 
     @property
     def lam(self) -> float:
@@ -179,16 +120,7 @@ class ExpectedConstraint(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        outcome = _episode_outcome(info)
-        if outcome is None:
-            return obs, reward, terminated, truncated, info
-        q, q_full, cost = outcome
-        loss = q_full - q
-        lam = self.multiplier.value
-        reward = float((1.0 - cost) - lam * (loss - self.tau))
-        info = dict(info, lagrange_multiplier=lam, constraint_violation=loss - self.tau, lagrangian_reward=reward)
-        if self.update:
-            self.multiplier.observe(loss)
+        reward, info = _rewarded(self.reward, reward, info)
         return obs, reward, terminated, truncated, info
 
 
@@ -199,9 +131,11 @@ class BudgetConditioned(gym.Wrapper):
     ``reset`` draws ``tau ~ Uniform(tau_range)`` from the wrapper's own generator (seeded by ``reset(seed=...)``,
     so the env's example order is the same as without the wrapper), or takes ``options["tau"]`` (evaluation at a
     fixed tolerance; the other options go to the env). The observation is the env's with ``tau`` appended:
-    ``Box`` of shape ``[n + 1]`` whose last bound is ``tau_range``. The reward of a finished episode is
-    :func:`skipenv.rewards.lexicographic_reward` at that tau; intermediate steps keep the env's reward.
-    ``info`` gains ``tau``, and on finished episodes ``budget_reward`` and ``budget_constraint_satisfied``.
+    ``Box`` of shape ``[n + 1]`` whose last bound is ``tau_range``. The reward of a finished episode is computed by
+    :attr:`reward`, a :class:`~skipenv.envs.rewards.BudgetReward`: :func:`~skipenv.envs.rewards.lexicographic_reward`
+    at that tau. It writes ``info["reward"]`` (equal to the returned reward), ``info["constraint_satisfied"]`` (at
+    the episode's tau), ``info["formulation"] = "budget"``; ``info["env_reward"]`` keeps the unwrapped env's value
+    (at the env's tau). ``info`` gains ``tau`` on every step; intermediate steps keep the env's reward.
 
     Args:
         env: a SwitchDec env whose observation space is a 1-D float ``Box``.
@@ -227,7 +161,13 @@ class BudgetConditioned(gym.Wrapper):
         self.observation_space = spaces.Box(np.append(space.low, low).astype(space.dtype),
                                             np.append(space.high, high).astype(space.dtype), dtype=space.dtype)
         self._rng = np.random.default_rng()
-        self.tau = low
+        #: the one reward rule of this formulation; its ``tau`` is the episode's
+        self.reward = BudgetReward(low)
+
+    @property
+    def tau(self) -> float:
+        """The current episode's tolerance (quality units)."""
+        return self.reward.tau
 
     def _augment(self, obs) -> np.ndarray:
         return np.append(np.asarray(obs), self.tau).astype(self.observation_space.dtype)
@@ -241,22 +181,17 @@ class BudgetConditioned(gym.Wrapper):
             self._rng = np.random.default_rng(seed)
         obs, info = self.env.reset(seed=seed, options=options or None)
         if tau is None:
-            self.tau = float(self._rng.uniform(*self.tau_range))
+            self.reward.tau = float(self._rng.uniform(*self.tau_range))
         else:
             tau = check_tau(tau, "options['tau']")
             if not self.tau_range[0] <= tau <= self.tau_range[1]:
                 raise ValueError(f"options['tau']={tau} lies outside tau_range {self.tau_range}; widen tau_range")
-            self.tau = tau
+            self.reward.tau = tau
         return self._augment(obs), dict(info, tau=self.tau)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info = dict(info, tau=self.tau)
-        outcome = _episode_outcome(info)
-        if outcome is not None:
-            q, q_full, cost = outcome
-            reward = lexicographic_reward(q, q_full, cost, self.tau)
-            info.update(budget_reward=reward, budget_constraint_satisfied=constraint_satisfied(q, q_full, self.tau))
+        reward, info = _rewarded(self.reward, reward, dict(info, tau=self.tau))
         return self._augment(obs), float(reward), terminated, truncated, info
 
 

@@ -28,7 +28,9 @@ class EpisodeRecord:
             numbers only).
         split, example_id: which input.
         plan: the plan as JSON (:meth:`skipenv.SkipPlan.to_json`).
-        reward, quality, quality_full, cost: outcomes (cost = FLOPs fraction, observation included).
+        reward, quality, quality_full, cost: outcomes (cost = FLOPs fraction, observation included); ``reward`` is
+            the unwrapped env's own (stateless, replayable) reward, ``info["env_reward"]`` under a formulation
+            wrapper, whose stateful reward (e.g. the Lagrangian one) cannot be replayed from one episode.
         model_fingerprint: :func:`skipenv.envs.evaluator.model_fingerprint` of the generator.
         skipenv_version: package version that produced the record.
     """
@@ -59,7 +61,7 @@ class EpisodeRecord:
         kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
         kwargs.setdefault("split", base.split)
         return cls(env_id=env_id, split=base.split, example_id=info["example_id"], plan=info["plan"],
-                   reward=float(info["reward"]), quality=float(info["quality"]),
+                   reward=float(info.get("env_reward", info["reward"])), quality=float(info["quality"]),
                    quality_full=float(info["quality_full"]), cost=float(info["cost"]),
                    model_fingerprint=base.fingerprint, skipenv_version=__version__, env_kwargs=kwargs)
 

@@ -153,6 +153,7 @@ def test_reward_objects_wrap_the_pure_functions():
     assert LexicographicReward(0.2)(O) == pytest.approx(1 + (1 - 0.6))
     assert WeightedReward(cost_weight=0.25, tau=0.1)(O) == pytest.approx(0.85 - 0.25 * 0.6)
     assert VectorReward(0.2).info(O) == {"constraint_satisfied": True, "reward": pytest.approx(1.4),
+                                         "formulation": "per_input", "reward_rule": "vector",
                                          "reward_vector": (0.85, 0.6)}
     with pytest.warns(DeprecationWarning, match="cost_weight"):
         assert weighted_reward(0.8, 0.5, lam=0.4) == pytest.approx(0.6)

@@ -48,7 +48,8 @@ def test_v1_is_v0_with_the_measured_defaults(tiny_llama):
         env.reset(seed=0, options={"index": 1})
     _, r1, *_, i1 = v1.step(a)
     _, r0, *_, i0 = ref.step(a)
-    assert i1["quality"] == i0["quality"] and i1["cost"] == i0["cost"] and i1["reward"] == r0
+    assert i1["quality"] == i0["quality"] and i1["cost"] == i0["cost"] and i1["env_reward"] == r0 == i0["reward"]
+    assert i1["reward"] == r1 and i1["formulation"] == "expected" and i0["formulation"] == "per_input"
     loss = i1["quality_full"] - i1["quality"]
     assert r1 == pytest.approx((1 - i1["cost"]) - 0.0 * (loss - 0.01))  # Lagrangian reward, multiplier still 0
     # the per-input formulation is one kwarg away, and kwargs still override the registered defaults
@@ -65,7 +66,7 @@ def test_v1_vectorises_through_gym_make(tiny_llama):
         v = gym.make_vec("SwitchDec-XSum-v1", num_envs=2, vectorization_mode="sync", **SMALL)
         v.reset(seed=0)
         _, reward, *_, info = v.step(np.zeros((2, v.single_action_space.n), dtype=np.int8))
-    assert np.allclose(reward, info["lagrangian_reward"]) and np.all(info["lagrange_multiplier"] == 0.0)
+    assert np.allclose(reward, info["reward"]) and np.all(info["lagrange_multiplier"] == 0.0)
 
 
 def test_records_of_v1_replay_without_false_setting_notes(tiny_llama):

@@ -473,7 +473,8 @@ class SwitchDecEnv(_SwitchDecBase):
 
     Reward: ``reward`` / ``reward_mode`` (see :mod:`skipenv.envs.rewards`). ``info`` carries quality,
     quality_full, constraint_satisfied, cost, flops_saved, flops, flops_full, flops_breakdown, plan (JSON),
-    example_id, num_skipped, reward, and ``text`` when a generation ran (``reward_vector`` in ``vector`` mode;
+    example_id, num_skipped, reward (the returned reward), formulation and reward_rule (which rule computed it; a
+    formulation wrapper replaces them, see :mod:`skipenv.envs.rewards`), and ``text`` when a generation ran (``reward_vector`` in ``vector`` mode;
     ``time_s`` with ``record_time=True``). Every info is a fresh object.
 """ + _ENV_ARGS_DOC + """        candidates: subset of ``("attention", "ffn", "tokens")`` (default all).
         layer_block: layers per action bit (integer ``>= 1``, default 1).
