@@ -19,7 +19,7 @@ def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--group-size", type=int, default=4, help="plans sampled per document (G >= 2)")
     p.add_argument("--groups-per-update", type=int, default=4, help="documents per gradient step")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the policy")
     p.add_argument("--scale-by-std", action="store_true", help="GRPO: divide the advantage by the group's std")
     p.add_argument("--formulation", choices=("per_input", "expected"), default="per_input",
                    help="reward: the env's per-input lexicographic reward, or the expected constraint with an "

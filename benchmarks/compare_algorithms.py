@@ -54,8 +54,11 @@ DEFAULT_ALGOS = ("ppo", "a2c", "pg-lagrangian", "pg-barrier", "dqn-layerwise", "
 def parse_args(argv=None) -> argparse.Namespace:
     from skipenv.learners import LEARNERS
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="SwitchDec-XSum-v1", help="one-shot env id")
+    from skipenv.envs.registration import DEFAULT_ENV_ID
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--env", default=DEFAULT_ENV_ID, help="one-shot env id")
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="further gym.make kwargs as JSON")
     p.add_argument("--formulation", choices=("per_input", "expected", "budget"), default=None,
                    help="constraint formulation (default: the env id's registered one: expected for "

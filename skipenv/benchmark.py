@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from .envs.registration import DEFAULT_ENV_ID
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -139,15 +141,30 @@ def distinct_episodes(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep).sort_index() if keep else df
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, *, formulation: str = "per_input", tau: float | None = None) -> pd.DataFrame:
     """Summary per policy over its distinct episodes (:func:`distinct_episodes`): mean quality (and extra quality
     columns), constraint-satisfied rate, mean FLOPs saved, mean reward ± std with a 95 % bootstrap CI over episodes,
     and the IQM of per-seed mean rewards.
 
     Columns ``episodes`` and ``seeds`` count distinct episodes and the seeds they came from (1 for a policy that
     acted deterministically); ``seeds_run`` is the number of seeds evaluated.
+
+    Args:
+        df: rows of :func:`evaluate_policy`.
+        formulation: the constraint formulation the policies are judged by (the env id's,
+            :func:`skipenv.envs.registration.registered_formulation`). Under ``"expected"`` the summary adds what
+            that formulation is judged by: ``mean_quality_loss`` (mean of ``quality_full - quality``, quality
+            units) with its 95 % bootstrap CI (``mean_quality_loss_ci_low/high``), ``tau`` and ``mean_loss_within_tau``
+            (``mean_quality_loss <= tau``); :func:`format_summary` then shows those instead of the per-input reward.
+        tau: the tolerance (quality units); needed for ``"expected"``.
+
+    Raises:
+        ValueError: ``formulation="expected"`` without ``tau``.
     """
     import pandas as pd
+
+    if formulation == "expected" and tau is None:
+        raise ValueError("summarize(formulation='expected') needs tau (the mean quality loss is judged against it)")
 
     out = []
     seeds_run = df.groupby("policy", sort=False)["seed"].nunique()
@@ -166,6 +183,12 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "reward_ci_low": lo, "reward_ci_high": hi,
             "reward_iqm_over_seeds": iqm(g.groupby("seed")["reward"].mean()),
         })
+        if formulation == "expected":
+            loss = g["quality_full"] - g["quality"]
+            loss_lo, loss_hi = bootstrap_ci(loss)
+            row.update({"mean_quality_loss": loss.mean(), "mean_quality_loss_ci_low": loss_lo,
+                        "mean_quality_loss_ci_high": loss_hi, "tau": float(tau),
+                        "mean_loss_within_tau": bool(loss.mean() <= tau + 1e-12)})
         out.append(row)
     return pd.DataFrame(out)
 
@@ -175,7 +198,10 @@ def format_summary(summary: pd.DataFrame, *, max_name: int = 22) -> str:
 
     Columns: policy (names longer than ``max_name`` are shortened with "…"), seeds and distinct episodes,
     quality, each extra quality signal with the full model's value, constraint-satisfied rate, FLOPs saved, reward
-    mean with its 95 % bootstrap CI, IQM over seeds.
+    mean with its 95 % bootstrap CI, IQM over seeds. A summary of the expected formulation (it has
+    ``mean_quality_loss``, see :func:`summarize`) shows the mean quality loss with its CI and whether it is within
+    tau instead of the per-input reward, its CI and IQM (the per-input reward does not rank policies under that
+    formulation).
     """
     import pandas as pd
 
@@ -192,9 +218,16 @@ def format_summary(summary: pd.DataFrame, *, max_name: int = 22) -> str:
             t[f"{sig} full"] = summary[c.replace("quality_", "quality_full_")].map(f3)
     t["constraint ok"] = summary["constraint_satisfied"].map(f3)
     t["FLOPs saved"] = summary["flops_saved"].map(f3)
-    t["reward"] = summary["reward_mean"].map(f3)
-    t["95% CI"] = [f"{lo:.3f} – {hi:.3f}" for lo, hi in zip(summary["reward_ci_low"], summary["reward_ci_high"])]
-    t["IQM"] = summary["reward_iqm_over_seeds"].map(f3)
+    if "mean_quality_loss" in summary.columns:  # the expected constraint: mean loss against tau
+        t["mean loss"] = summary["mean_quality_loss"].map(lambda v: f"{v:.4f}")
+        t["95% CI"] = [f"{lo:.4f} – {hi:.4f}" for lo, hi in zip(summary["mean_quality_loss_ci_low"],
+                                                                 summary["mean_quality_loss_ci_high"])]
+        t["<= tau"] = [f"{'yes' if ok else 'no'} ({tau:g})" for ok, tau in zip(summary["mean_loss_within_tau"],
+                                                                           summary["tau"])]
+    else:
+        t["reward"] = summary["reward_mean"].map(f3)
+        t["95% CI"] = [f"{lo:.3f} – {hi:.3f}" for lo, hi in zip(summary["reward_ci_low"], summary["reward_ci_high"])]
+        t["IQM"] = summary["reward_iqm_over_seeds"].map(f3)
     width = max([len("policy"), *map(len, t["policy"])])
     t = t.rename(columns={"policy": "policy".ljust(width)})
     t.iloc[:, 0] = [n.ljust(width) for n in t.iloc[:, 0]]
@@ -397,7 +430,7 @@ def learning_curves_figure(curves: dict[str, pd.DataFrame], *, window: int = 32,
 # leaderboard
 
 
-def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", split: str = "test",
+def leaderboard(policies: Sequence[str], *, env_id: str = DEFAULT_ENV_ID, split: str = "test",
                 episodes: int | None = 20, seeds: Sequence[int] = (0, 1, 2), out_dir: str | Path | None = None,
                 extra_quality: Sequence[str] = (), env_kwargs: dict | None = None,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -407,7 +440,9 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
     Stochastic baselines (:data:`STOCHASTIC_KINDS`) are re-seeded and evaluated once per seed; deterministic policies
     give the same episodes under every seed, so they are evaluated once (with the first seed) and their confidence
     intervals count each episode once. Rows are named by the policy's short name (see
-    :func:`skipenv.policies.load_policy`).
+    :func:`skipenv.policies.load_policy`). Policies act in ``env_id``'s unwrapped env (a frozen policy: no
+    multiplier to learn); the summary reports the metrics of the id's formulation (:func:`summarize`: under
+    ``SwitchDec-XSum-v1``'s expected constraint, the mean quality loss against tau).
     """
     import gymnasium as gym
     import pandas as pd
@@ -415,6 +450,7 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
     import skipenv  # noqa: F401
 
     from .envs import SwitchDecEnv
+    from .envs.registration import registered_formulation
     from .policies import STOCHASTIC_KINDS, check_policy_spec, load_policy
 
     for spec in policies:  # every spec (and saved policy file) is checked before anything loads
@@ -450,7 +486,7 @@ def leaderboard(policies: Sequence[str], *, env_id: str = "SwitchDec-XSum-v0", s
             rows.append(df)
         used.add(name)
     episodes_df = pd.concat(rows, ignore_index=True)
-    summary = summarize(episodes_df)
+    summary = summarize(episodes_df, formulation=registered_formulation(env_id, env_kwargs), tau=env.tau)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .envs.registration import DEFAULT_ENV_ID
+
 __all__ = ["PolicyGenerator", "GenerationResult", "describe_plan", "read_documents"]
 
 #: observation features are clipped like the env's (``skipenv.envs.switchdec.OBS_BOUND``)
@@ -185,7 +187,7 @@ class PolicyGenerator:
         as :func:`skipenv.policies.load_policy` and ``gym.make``.
     """
 
-    def __init__(self, policy="skip-nothing", env_id: str = "SwitchDec-XSum-v0", env_kwargs: dict | None = None,
+    def __init__(self, policy="skip-nothing", env_id: str = DEFAULT_ENV_ID, env_kwargs: dict | None = None,
                  device: str = "cpu"):
         import gymnasium as gym
 

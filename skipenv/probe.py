@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from .formulations import bootstrap_ci, formulation_metrics
+from .envs.registration import DEFAULT_ENV_ID
 from .plan import SkipPlan
 from .rewards import lexicographic_reward
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # annotations only; pandas is imported where it is used
 
 __all__ = ["default_menu", "parse_plan", "ProbeTable", "evaluate_menu", "mixture_lp", "expected_oracle",
            "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "compare_observations", "plot_probe",
-           "run_probe", "env_tau"]
+           "run_probe"]
 
 #: Attention layer skipped by the default menu on models with >= 12 decoder layers: layer 6 of SmolLM2-135M's 30,
 #: the most redundant attention sublayer measured on XSum (agreement ~0.9 when skipped alone).
@@ -768,28 +769,7 @@ def config_key(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def env_tau(env_id: str, env_kwargs: Mapping | None = None) -> float:
-    """The tolerance ``gym.make(env_id, **env_kwargs).unwrapped.tau`` would have, without building the env (no model
-    load): the ``tau`` kwarg, else the id's registered ``tau``, else the default of the quality signal (the
-    ``quality`` kwarg, else the id's registered quality, else agreement).
-
-    Raises:
-        gymnasium.error.Error: an unknown id; ValueError: an unknown quality signal.
-    """
-    import gymnasium as gym
-
-    from .envs.quality import get_signal
-
-    env_kwargs = dict(env_kwargs or {})
-    registered = gym.spec(env_id).kwargs
-    tau = env_kwargs.get("tau", registered.get("tau"))
-    if tau is None:
-        quality = env_kwargs.get("quality", registered.get("quality"))
-        tau = get_signal("agreement" if quality is None else quality).default_tau
-    return float(tau)
-
-
-def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = None,
+def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
               menu: Mapping[str, SkipPlan] | Sequence[str] | None = None, num_train: int = 40, num_test: int = 20,
               tau: float | None = None, out_dir: str | Path = "runs/probe", progress: bool = True,
               learning_curve: Sequence[int] | None = None, observations: Sequence[str] = (),
@@ -856,6 +836,8 @@ def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = No
                              f"NAME: prefix")
         menu = dict(parsed)
         env.close()
+    from .envs.registration import env_tau
+
     tau = float(tau if tau is not None else env_tau(env_id, env_kwargs))
     menu_cfg = _menu_json(menu) if menu is not None else "default"
     cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,

@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .envs.registration import DEFAULT_ENV_ID
+
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["train_ppo", "run_main_job", "main_job_menu", "registered_formulation", "expected_margins", "best_static_plan",
+__all__ = ["train_ppo", "run_main_job", "main_job_menu", "expected_margins", "best_static_plan",
            "paired_margin", "format_table"]
 
 
@@ -214,14 +216,6 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     return out
 
 
-def registered_formulation(env_id: str) -> str:
-    """The constraint formulation ``gym.make(env_id)`` applies by default (``"per_input"`` unless the id's
-    registered kwargs say otherwise, e.g. ``"expected"`` for ``SwitchDec-XSum-v1``)."""
-    import gymnasium as gym
-
-    return gym.spec(env_id).kwargs.get("formulation", "per_input")
-
-
 def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0, passthrough: int = 2) -> dict:
     """Margins of a learned policy under the expected constraint (mean quality loss ``<= tau``), on the test
     documents of a menu ``table`` (:func:`skipenv.probe.evaluate_menu`, train part used to fit the baselines).
@@ -334,7 +328,7 @@ def main_job_menu(spec) -> dict:
 
 def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 96,
                  test_examples: int = 40, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
-                 env_id: str = "SwitchDec-XSum-v1", progress_bar: bool = True, algo: str | None = None,
+                 env_id: str = DEFAULT_ENV_ID, progress_bar: bool = True, algo: str | None = None,
                  static_examples: int | None = None, env_kwargs: dict | None = None,
                  rouge: bool = False) -> pd.DataFrame:
     """Train a learner of :data:`skipenv.learners.LEARNERS` on ``env_id`` under its registered constraint
@@ -405,6 +399,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: torch finds no CUDA GPU on this machine; use --device cpu "
                              f"(device='cpu')")
+    from .envs.registration import registered_formulation
+
     formulation = registered_formulation(env_id)
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"{env_id} applies the {formulation!r} formulation; skipenv train runs per_input and "

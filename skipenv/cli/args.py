@@ -12,9 +12,7 @@ from typing import Callable
 __all__ = ["DEFAULT_ENV_ID", "positive_int", "nonnegative_int", "json_object", "DefaultEnv", "ENV_FROM_RUN_HELP",
            "env_for_policies"]
 
-#: the env id every tool uses when none is given: the latest version of the XSum env (its registered formulation,
-#: the expected constraint, is what the tools report: mean quality loss against tau)
-DEFAULT_ENV_ID = "SwitchDec-XSum-v1"
+from ..envs.registration import DEFAULT_ENV_ID  # the one default id of every tool
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .args import ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies
+from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies
 
 __all__ = ["configure_parser", "main"]
 
@@ -21,7 +21,7 @@ def configure_parser(p) -> None:
                           help="record: log episodes of a policy as a Minari dataset; evaluate: off-policy estimates from one")
     rec = sub.add_parser("record",
                          help="log a policy's episodes (with its action probabilities) as a Minari dataset")
-    rec.add_argument("--env", default=DefaultEnv("SwitchDec-XSum-v0"), help="one-shot env id" + ENV_FROM_RUN_HELP)
+    rec.add_argument("--env", default=DefaultEnv(DEFAULT_ENV_ID), help="one-shot env id" + ENV_FROM_RUN_HELP)
     rec.add_argument("--policy", required=True, help="logging policy: " + POLICY_HELP)
     rec.add_argument("--episodes", type=int, required=True, help="episodes to record (document i mod N)")
     rec.add_argument("--out", required=True, help="dataset name, e.g. xsum-random (-> skipenv/xsum-random-v0)")

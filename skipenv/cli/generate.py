@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .args import ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies
+from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies
 
 __all__ = ["configure_parser", "main"]
 
@@ -17,7 +17,7 @@ def configure_parser(p) -> None:
     from ..policies import POLICY_HELP
 
     p.add_argument("--policy", required=True, help=POLICY_HELP)
-    p.add_argument("--env", default=DefaultEnv("SwitchDec-XSum-v0"),
+    p.add_argument("--env", default=DefaultEnv(DEFAULT_ENV_ID),
                    help="the env id the policy was trained for" + ENV_FROM_RUN_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="one document, given inline")

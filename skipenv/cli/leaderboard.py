@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies, json_object, nonnegative_int, \
+from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies, json_object, nonnegative_int, \
     positive_int
 
 __all__ = ["configure_parser", "main"]
@@ -17,7 +17,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("policies", nargs="+", metavar="POLICY",
                    help="policy specs, each one of: " + ", ".join(POLICY_SPECS) + " (one-shot policies only; a "
                    "layerwise DQN of agents/dqn_layerwise.py is not supported: evaluate it with that script)")
-    p.add_argument("--env", default=DefaultEnv("SwitchDec-XSum-v0"), help="environment id (one-shot)" + ENV_FROM_RUN_HELP)
+    p.add_argument("--env", default=DefaultEnv(DEFAULT_ENV_ID), help="environment id (one-shot)" + ENV_FROM_RUN_HELP)
     p.add_argument("--split", default="test", help="split evaluated (train, validation or test)")
     p.add_argument("--episodes", type=positive_int, default=20, help="evaluate the first N examples of the split")
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2],
