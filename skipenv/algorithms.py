@@ -26,6 +26,9 @@ revisiting REINFORCE style optimization for learning from human feedback in LLMs
 by the group's standard deviation (GRPO: Shao et al., "DeepSeekMath", arXiv 2402.03300, 2024). Comparing plans on
 the *same* document removes the document's difficulty from the advantage — the reason per-document baselines help
 here, where rewards vary far more between documents than between plans.
+
+Why this module is long: ConstrainedPG and GroupPG share the Bernoulli policy, its save format and the
+constraint handlers; splitting them would duplicate that shared core (``policies/pg.py`` is their planned home).
 """
 
 from __future__ import annotations

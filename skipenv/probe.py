@@ -30,6 +30,10 @@ For one env configuration the probe
 3. draws the test policies in a quality-vs-FLOPs-saved plot (:func:`plot_probe`).
 
 Command line: ``skipenv probe`` (README, "Constraint formulations and the learnability probe", has a measured run).
+
+Why this module is long: the plan menu, its evaluated table, the menu policies and the analysis report are
+read together by the main job; splitting it into ``policies/menu.py`` and ``evaluation/probe.py`` (issue 19) is
+the next step of the layout.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ The job states torch's thread
 setting and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after
 the first 8 training episodes (and checks the load again then), and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.util.progress`).
+
+Why this module is long: ``run_main_job`` is one pipeline whose steps share the run folder, the menu table
+and the margins; splitting it into named steps in ``evaluation/main_job.py`` (issue 19) is the next step of the
+layout.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Data flow of one step: action → :mod:`~skipenv.envs.codec` → plan → :class
 
 Words: the *gold target* is the dataset's answer for an example; the *full output* is the full model's greedy
 output for it (:class:`FullOutput`).
+
+Why this module is long: the Evaluator, its outcome cache key and the batched paths (prefetch,
+``outcomes_together``) must agree on one key and one FLOPs accounting; keeping them together keeps that visible.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Both are thin Gymnasium shells over the stages in this package: the action codec
 :class:`~skipenv.envs.evaluator.Evaluator` (which returns cached :class:`~skipenv.envs.evaluator.Outcome` objects),
 and a :class:`~skipenv.envs.rewards.Reward`. Build them from strings (``gym.make`` / :func:`skipenv.make`) or from
 an evaluator shared between several envs (``SwitchDecEnv(evaluator=ev, tau=0.05)``).
+
+Why this module is long: the one-shot and the layerwise env share kwarg validation, the kwargs
+documentation and the episode bookkeeping; each shell on its own would repeat them.
 """
 
 from __future__ import annotations

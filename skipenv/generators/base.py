@@ -23,6 +23,9 @@ This module holds the logic shared by every family: one greedy decoding loop, on
 one length check. The architecture types only say how a batch is padded and run: ``decoder_only.py``
 (:class:`DecoderOnlyGenerator`, and :class:`LayerStepper` for the layerwise env) and ``encoder_decoder.py``
 (:class:`EncoderDecoderGenerator`).
+
+Why this module is long: the SkippableGenerator contract (generate, score, the skipping context,
+FLOPs, the first-layer observation) is one interface that both architecture modules implement.
 """
 
 from __future__ import annotations
