@@ -101,7 +101,7 @@ def static_menu(spec, *, lead=(7, 6, 5, 4), drop_segment=(3, 5), attention=(6,),
 
 def menu_rewards(m: dict, tau: float) -> np.ndarray:
     """Lexicographic rewards ``[D, P]`` of the (documents x plans) matrices ``m`` (:meth:`ProbeTable.matrices`)."""
-    from skipenv.rewards import lexicographic_reward
+    from skipenv.envs.rewards import lexicographic_reward
 
     return np.vectorize(lambda q, f, c: lexicographic_reward(q, f, c, tau))(m["quality"], m["quality_full"],
                                                                              m["cost"])

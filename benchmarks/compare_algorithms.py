@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def evaluate(policy, env, name: str, seed: int, *, formulation: str, taus, tau: float) -> pd.DataFrame:
     """One deterministic episode per test document (per tolerance under ``budget``); the ``score`` column is the
     formulation's score (see the module docstring)."""
-    from skipenv.rewards import constraint_satisfied, lexicographic_reward
+    from skipenv.envs.rewards import constraint_satisfied, lexicographic_reward
 
     rows = []
     for i in range(len(env.unwrapped.examples)):

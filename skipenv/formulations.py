@@ -5,7 +5,7 @@ divided by the full model's FLOPs) in ``info``. Write the quality loss of an epi
 quality`` and the tolerance as ``tau``. The three formulations differ in *where* the quality constraint must hold:
 
 ``"per_input"`` — every input must keep ``loss <= tau`` (the environment's own lexicographic reward, see
-    :mod:`skipenv.rewards`; after Switchable Decision, Zhang et al., ICML 2024, arXiv 2405.04513). No wrapper is
+    :mod:`skipenv.envs.rewards`; after Switchable Decision, Zhang et al., ICML 2024, arXiv 2405.04513). No wrapper is
     needed: :func:`make_formulation` returns the env unchanged.
 
 ``"expected"`` — a constrained MDP (Altman, *Constrained Markov Decision Processes*, 1999): minimise ``E[cost]``

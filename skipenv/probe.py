@@ -50,7 +50,7 @@ import numpy as np
 from .formulations import bootstrap_ci, formulation_metrics
 from .envs.registration import DEFAULT_ENV_ID
 from .plan import SkipPlan
-from .rewards import lexicographic_reward
+from .envs.rewards import lexicographic_reward
 
 if TYPE_CHECKING:  # annotations only; pandas is imported where it is used
     import pandas as pd

@@ -1,5 +1,5 @@
 """Constraint formulations: dual-ascent arithmetic of the Lagrange multiplier against hand-computed values, the
-wrappers' rewards against skipenv.rewards on a scripted env, API checkers on a tiny-model env, and the metrics
+wrappers' rewards against skipenv.envs.rewards on a scripted env, API checkers on a tiny-model env, and the metrics
 against hand-computed numbers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from skipenv.formulations import (BudgetConditioned, ExpectedConstraint, LagrangeMultiplier, formulation_metrics,
                                   make_formulation, metrics_by_tau)
-from skipenv.rewards import lexicographic_reward
+from skipenv.envs.rewards import lexicographic_reward
 
 
 class ScriptedEnv(gym.Env):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from skipenv import probe
-from skipenv.rewards import lexicographic_reward
+from skipenv.envs.rewards import lexicographic_reward
 
 
 def test_mixture_lp_hand_solved():

@@ -18,7 +18,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-sidecars", action="store_true",
                    help="fast check: trust a file's recorded sha256 when the file was not modified after it was "
                         "recorded (by default every cached file is re-hashed)")
-    p.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)  # old flag: re-hashing is the default
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -28,9 +27,8 @@ from ..inputs import PromptInput
 from ..plan import PlanError, SkipPlan
 from .cache import LRU, DiskCache, model_fingerprint
 from .quality import DEFAULT_TAU, QUALITY_MODES, QualitySignal, get_signal
-from .rewards import Reward, make_reward
 
-__all__ = ["Evaluator", "EpisodeEvaluator", "Outcome", "FullOutput", "QUALITY_MODES", "DEFAULT_TAU",
+__all__ = ["Evaluator", "Outcome", "FullOutput", "QUALITY_MODES", "DEFAULT_TAU",
            "model_fingerprint", "STOP_RULE_VERSION"]
 
 #: Version of the generation stop rule (EOS or ``Task.output_complete``); part of the full-output cache key.
@@ -367,13 +365,6 @@ class Evaluator:
                 full, output_probability=self.output_probability(example, full.tokens)))
         return full
 
-    def full_reference(self, example) -> dict:
-        """Deprecated: :meth:`full_output` as a dict (``tokens``, ``text``, ``num_generated``, ``prompt_length``,
-        ``target_score``, ``target_logprob``)."""
-        warnings.warn("full_reference() is deprecated; use full_output()", DeprecationWarning, stacklevel=2)
-        full = self.full_output(example)
-        return {**full.to_json(), "num_generated": full.num_generated}
-
     def prefetch(self, examples, batch_size: int = 8, progress: bool = True) -> int:
         """Compute the missing full outputs of ``examples`` in batches (inputs of similar length together,
         left-padded), store them, and return how many were computed.
@@ -531,33 +522,3 @@ class Evaluator:
             return  # a row that cannot run (e.g. its plan removes every token): pair by pair raises it in order
         for (ex, target, plan), score in zip(rows, scores):
             self._prescored[(ex.id, target, plan)] = score
-
-    def evaluate(self, example, plan: SkipPlan, reward: Reward | None = None) -> dict[str, Any]:
-        """The step ``info`` of ``plan`` on ``example`` with ``reward`` applied (default: the lexicographic reward
-        at the signal's default ``tau``). A fresh dict every call."""
-        reward = reward if reward is not None else make_reward("lexicographic", tau=self.default_tau)
-        o = self.outcome(example, plan)
-        return {**o.to_info(), **reward.info(o)}
-
-
-class EpisodeEvaluator(Evaluator):
-    """Deprecated: an :class:`Evaluator` bundled with one reward (``reward_mode``, ``tau``, ``cost_weight``), whose
-    :meth:`evaluate` returns the step ``info`` with that reward. Build an :class:`Evaluator` and a
-    :class:`~skipenv.envs.rewards.Reward` instead.
-
-    Raises:
-        ValueError: as :class:`Evaluator`, plus a bad ``reward_mode`` / ``tau`` / ``cost_weight``.
-    """
-
-    def __init__(self, generator, task, *, quality="agreement", reward_mode: str = "lexicographic",
-                 tau: float | None = None, cost_weight: float | None = None, lam: float | None = None, **kwargs):
-        super().__init__(generator, task, quality=quality, **kwargs)
-        weight = cost_weight if cost_weight is not None else (lam if lam is not None else 0.5)
-        self.reward = make_reward(reward_mode, tau=self.default_tau if tau is None else tau, cost_weight=weight)
-
-    @property
-    def tau(self) -> float:
-        return self.reward.tau
-
-    def evaluate(self, example, plan: SkipPlan, reward: Reward | None = None) -> dict[str, Any]:
-        return super().evaluate(example, plan, reward if reward is not None else self.reward)

@@ -114,7 +114,7 @@ def weighted_reward(quality: float, cost: float, cost_weight: float | None = Non
         quality: quality of the plan's output.
         cost: FLOPs fraction (observation included).
         cost_weight: the exchange rate between cost and quality (quality units per unit of cost).
-        lam: deprecated name of ``cost_weight`` (``lam`` is reserved for Lagrange multipliers).
+        lam: deprecated name of ``cost_weight`` (``lam`` is reserved for Lagrange multipliers); removed in 0.3.
 
     Raises:
         ValueError: a non-finite input, or both / neither of ``cost_weight`` and ``lam``.
@@ -122,7 +122,8 @@ def weighted_reward(quality: float, cost: float, cost_weight: float | None = Non
     if lam is not None:
         if cost_weight is not None:
             raise ValueError("pass cost_weight only (lam is its deprecated name)")
-        warnings.warn("weighted_reward(lam=...) is deprecated; use cost_weight=...", DeprecationWarning, stacklevel=2)
+        warnings.warn("weighted_reward(lam=...) is deprecated and will be removed in skipenv 0.3; use cost_weight=...",
+                      DeprecationWarning, stacklevel=2)
         cost_weight = lam
     if cost_weight is None:
         raise ValueError("weighted_reward needs cost_weight")

@@ -140,7 +140,8 @@ class _SwitchDecBase(gym.Env):
                 raise ValueError(f"lam (deprecated name of cost_weight) must be a finite number, got {lam!r}")
             if cost_weight is not None:
                 raise ValueError("pass cost_weight only (lam is its deprecated name)")
-            warnings.warn("the env kwarg lam= is deprecated; use cost_weight= (the weight of the cost in "
+            warnings.warn("the env kwarg lam= is deprecated and will be removed in skipenv 0.3; use cost_weight= (the "
+                          "weight of the cost in "
                           "reward_mode='weighted')", DeprecationWarning, stacklevel=2)
             cost_weight = lam
         _check_kwargs(task=task, task_source=task_source, split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
