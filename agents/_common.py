@@ -57,7 +57,7 @@ def make_test_env(args):
 def evaluate_and_save(policy, args, out: Path, env=None) -> None:
     """Evaluate ``policy`` on the test split (one-shot env, :func:`make_test_env` unless given) and write
     ``eval_episodes.csv`` / ``eval_summary.csv``."""
-    from skipenv.benchmark import evaluate_policy, summarize
+    from skipenv.evaluation.harness import evaluate_policy, summarize
     from skipenv.envs.registration import registered_formulation
 
     env = env if env is not None else make_test_env(args)

@@ -6,7 +6,7 @@ layer, similarity-calibrated static drop, lead truncation, and the per-input gre
 
 from _common import out_dir, parser
 
-from skipenv.benchmark import leaderboard
+from skipenv.evaluation.harness import leaderboard
 
 DEFAULT = ["skip-nothing", "random:0.5", "random:0.1", "every-other:attention", "every-other:ffn",
            "calibrated:4", "lead:4", "lead:6"]

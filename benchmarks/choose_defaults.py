@@ -42,7 +42,8 @@ from skipenv import metrics
 from skipenv.envs.quality import mean_probability
 from skipenv.observations import (check_observation_kind, extra_observation_flops, observation_features,
                                   passthrough_columns)
-from skipenv.probe import ProbeTable, analyse, default_menu, markdown_table
+from skipenv.evaluation.stats import markdown_table
+from skipenv.probe import ProbeTable, analyse, default_menu
 
 KINDS = ("pooled", "segments", "layer:4", "layer:15", "attention:2", "attention:4", "attention:8")
 TAUS = {"agreement": (0.05, 0.1, 0.15), "probability": (0.01, 0.02, 0.04)}

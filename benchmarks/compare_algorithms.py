@@ -20,7 +20,7 @@ Every policy is evaluated deterministically on the same test documents. The scor
   constraint ``E[loss] <= tau`` holds on the test documents — compare scores only among policies where it holds;
 - ``budget``: the lexicographic reward at each of ``--eval-taus`` (tasks are (document, tau) pairs).
 
-Statistics (:mod:`skipenv.stats`, rliable): IQM of the scores over seeds × test documents with a stratified-bootstrap
+Statistics (:mod:`skipenv.evaluation.stats`, rliable): IQM of the scores over seeds × test documents with a stratified-bootstrap
 95 % CI (documents resampled too), and the probability of improvement (PoI) of each learner over the best static
 baseline (highest IQM on the test documents, which favours the baseline; under ``expected`` the most FLOPs saved
 among the static policies whose mean constraint holds) and over PPO, with stratified-bootstrap 95 % CIs that
@@ -119,12 +119,13 @@ def main(argv=None) -> None:
 
     import skipenv
     from skipenv import baselines as B
-    from skipenv.benchmark import markdown_table, plot_learning_curves, plot_pareto
+    from skipenv.evaluation.plots import plot_learning_curves, plot_pareto
+    from skipenv.evaluation.stats import markdown_table
     from skipenv.policies import load_policy
     from skipenv.formulations import DEFAULT_TAU_RANGE, make_formulation
     from skipenv.learners import WARM_STARTED, train_learner
     from skipenv.sb3 import monitor_curve, train_sb3
-    from skipenv.stats import performance_profile_figure
+    from skipenv.evaluation.stats import performance_profile_figure
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def statistics(episodes: pd.DataFrame, args, times: dict, extra: dict):
     Returns:
         ``(summary, poi, scores)`` — ``scores`` maps policy → ``[runs, tasks]`` score matrix.
     """
-    from skipenv.stats import interval_estimates, probability_of_improvement, score_matrix
+    from skipenv.evaluation.stats import interval_estimates, probability_of_improvement, score_matrix
 
     form = args.formulation
     task = ("example_id", "tau") if form == "budget" else ("example_id",)

@@ -126,7 +126,7 @@ class ConstrainedPG:
     Quality loss per episode: ``ℓ = q_full − q`` (0 when the plan matches the full model); cost: the env's
     ``info["cost"]``. The constraint is on the mean: ``E[ℓ] ≤ tau``.
 
-    Use ``agent(obs)`` as a deterministic policy (skip where ``p > 0.5``) for :mod:`skipenv.benchmark`.
+    Use ``agent(obs)`` as a deterministic policy (skip where ``p > 0.5``) for :mod:`skipenv.evaluation.harness`.
     """
 
     def __init__(self, env, config: PGConfig | None = None, seed: int = 0, device: str = "cpu"):

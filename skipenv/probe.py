@@ -49,6 +49,7 @@ import numpy as np
 
 from .formulations import bootstrap_ci, formulation_metrics
 from .envs.registration import DEFAULT_ENV_ID
+from .evaluation.stats import markdown_table
 from .plan import SkipPlan
 from .envs.rewards import lexicographic_reward
 
@@ -501,14 +502,6 @@ class ProbeReport:
         if len(self.learning_curve):
             parts += ["### Learning curve (advantage of the probe on the test documents)", fmt(self.learning_curve)]
         return "\n\n".join(parts) + "\n"
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A DataFrame as a GitHub markdown table (floats formatted with ``floatfmt``; no extra dependency)."""
-    cell = lambda v: format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _one_hot(choice: np.ndarray, P: int) -> np.ndarray:

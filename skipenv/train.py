@@ -386,7 +386,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     import skipenv  # noqa: F401  (registers the ids)
     from .baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
-    from .benchmark import evaluate_policy, plot_pareto, summarize
+    from .evaluation.harness import evaluate_policy, summarize
+    from .evaluation.plots import plot_pareto
     from .learners import LEARNERS, WARM_STARTED
 
     from .envs.registration import resolve_env_id

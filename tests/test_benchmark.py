@@ -1,4 +1,4 @@
-"""skipenv.benchmark statistics without a model: distinct episodes, bootstrap CI / IQM, the Pareto front and the
+"""skipenv.evaluation (harness, stats) without a model: distinct episodes, bootstrap CI / IQM, the Pareto front and the
 leaderboard table, on hand-made episode tables whose answers are computed by hand or independently; and the
 leaderboard's progress bars on a tiny random-weight model."""
 
@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skipenv.benchmark import bootstrap_ci, distinct_episodes, format_summary, iqm, pareto_front, summarize
+from skipenv.evaluation.harness import distinct_episodes, format_summary, summarize
+from skipenv.evaluation.plots import pareto_front
+from skipenv.evaluation.stats import bootstrap_ci, iqm
 
 REWARDS = [0.97, 1.20, -0.30, 0.55, 1.41, -0.88, 0.12, 1.05]
 
@@ -95,7 +97,7 @@ def test_leaderboard_bars_count_episodes_and_documents_and_name_the_seed(tmp_pat
     says which seed it is; a deterministic policy runs once, without a seed in its label."""
     from _tiny_local import tiny_env_kwargs, write_tiny_assets
 
-    from skipenv.benchmark import leaderboard
+    from skipenv.evaluation.harness import leaderboard
 
     model, data = write_tiny_assets(tmp_path, num_documents=3)
     capsys.readouterr()  # transformers' own bar while saving the model
@@ -131,7 +133,7 @@ def test_expected_formulation_summary_is_mean_loss_against_tau():
 
 
 def test_saved_policy_specs_bare_or_prefixed_are_checked_before_anything_loads(tmp_path):
-    from skipenv.benchmark import leaderboard
+    from skipenv.evaluation.harness import leaderboard
     from skipenv.policies import check_policy_spec
 
     assert check_policy_spec("runs/ppo-xsum/policy.zip") == ("file", "runs/ppo-xsum/policy.zip")

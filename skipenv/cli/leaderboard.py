@@ -1,5 +1,5 @@
 """``skipenv leaderboard``: evaluate policies on one env and write a comparison table and plot
-(:func:`skipenv.benchmark.leaderboard`)."""
+(:func:`skipenv.evaluation.harness.leaderboard`)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..benchmark import format_summary, leaderboard
+    from ..evaluation.harness import format_summary, leaderboard
 
     env_id = env_for_policies(args.env, args.policies, "leaderboard")
     _, summary = leaderboard(args.policies, env_id=env_id, split=args.split, episodes=args.episodes,
