@@ -12,7 +12,7 @@ runs it.
 from _common import evaluate_and_save, make_env, out_dir, parser
 
 from skipenv.algorithms import GroupPG, GroupPGConfig
-from skipenv.formulations import make_formulation
+from skipenv.envs.wrappers import make_formulation
 
 
 def main(argv=None):
@@ -23,7 +23,7 @@ def main(argv=None):
     p.add_argument("--scale-by-std", action="store_true", help="GRPO: divide the advantage by the group's std")
     p.add_argument("--formulation", choices=("per_input", "expected"), default="per_input",
                    help="reward: the env's per-input lexicographic reward, or the expected constraint with an "
-                        "online Lagrange multiplier (skipenv.formulations)")
+                        "online Lagrange multiplier (skipenv.envs.wrappers)")
     p.add_argument("--warm-start", choices=("none", "oracle", "probe"), default="none",
                    help="behaviour cloning before RL: targets of the oracle / probe policy over the probe menu on "
                         "the train documents (costs menu size x train documents extra episodes)")

@@ -18,7 +18,7 @@
    The policy sees the observation standardised with the train documents' mean and std (and ``tau`` with those of
    its uniform range; :func:`standardise`, statistics saved in ``ppo/standardisation.npz``).
 3. **Evaluation.** The deterministic policy runs on every test document at each fixed ``tau`` in ``--taus``
-   (``reset(options={"tau": x})``); :func:`skipenv.formulations.metrics_by_tau` gives mean quality, per-input
+   (``reset(options={"tau": x})``); :func:`skipenv.evaluation.formulation_metrics.metrics_by_tau` gives mean quality, per-input
    constraint-met rate, mean FLOPs saved and mean lexicographic reward per ``tau``, and a paired percentile bootstrap
    over test documents gives the reward difference to the best static plan at the same ``tau``.
 
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
 
     import skipenv  # noqa: F401  (registers the env ids)
     from skipenv import BudgetConditioned
-    from skipenv.formulations import bootstrap_ci, formulation_metrics, metrics_by_tau
+    from skipenv.evaluation.formulation_metrics import bootstrap_ci, formulation_metrics, metrics_by_tau
     from skipenv.evaluation.stats import markdown_table
     from skipenv.probe import ProbeTable, evaluate_menu
     from skipenv.sb3 import make_sb3

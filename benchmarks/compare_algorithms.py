@@ -7,7 +7,7 @@ the README's comparison table, with rliable statistics.
 One process, one model copy. One-shot learners (:data:`skipenv.learners.LEARNERS`: PPO, A2C, ConstrainedPG with a
 Lagrangian / dynamic-barrier handler, the group-baseline learners RLOO / GRPO, and the behaviour-cloning
 warm-started ``rloo-bc`` / ``ppo-bc``) train for ``--timesteps`` episodes on the train documents, wrapped by the
-formulation (:func:`skipenv.formulations.make_formulation`); DQN on the layerwise env (``dqn-layerwise``,
+formulation (:func:`skipenv.envs.wrappers.make_formulation`); DQN on the layerwise env (``dqn-layerwise``,
 per-input formulation only) trains for ``--timesteps`` *episodes* as well. The ``-bc`` learners first clone the
 plans of the per-input oracle (``--bc-source oracle``) or of the probe policy (``probe``) over the probe's default
 menu, evaluated on the train documents (that table costs ``menu size × train documents`` extra episodes, reported
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     from skipenv.evaluation.plots import plot_learning_curves, plot_pareto
     from skipenv.evaluation.stats import markdown_table
     from skipenv.policies import load_policy
-    from skipenv.formulations import DEFAULT_TAU_RANGE, make_formulation
+    from skipenv.envs.wrappers import DEFAULT_TAU_RANGE, make_formulation
     from skipenv.learners import WARM_STARTED, train_learner
     from skipenv.sb3 import monitor_curve, train_sb3
     from skipenv.evaluation.stats import performance_profile_figure

@@ -26,10 +26,10 @@ _LAZY = {
     "SwitchDecEnv": "envs", "SwitchDecLayerwiseEnv": "envs", "Evaluator": "envs",
     "QualitySignal": "envs", "Reward": "envs", "LexicographicReward": "envs", "WeightedReward": "envs",
     "VectorReward": "envs",
-    "ExpectedConstraint": "formulations", "BudgetConditioned": "formulations", "LagrangeMultiplier": "formulations",
-    "make_formulation": "formulations", "formulation_metrics": "formulations",
+    "ExpectedConstraint": "envs.wrappers", "BudgetConditioned": "envs.wrappers", "LagrangeMultiplier": "envs.rewards",
+    "make_formulation": "envs.wrappers", "formulation_metrics": "evaluation.formulation_metrics",
     "load_generator": "loading", "load_model_and_tokenizer": "loading", "wrap": "generators",
-    "make_task": "tasks", "EpisodeRecord": "records", "validate": "records",
+    "make_task": "tasks", "EpisodeRecord": "envs.records", "validate": "envs.records",
 }
 
 

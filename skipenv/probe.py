@@ -7,7 +7,7 @@ For one env configuration the probe
    a (documents x plans) table of quality, quality_full and cost, plus each document's observation
    (:func:`evaluate_menu`; the table is cached as CSV so re-analysis runs no forward pass);
 2. fits, on the train documents only, the static and contextual policies below, and evaluates them on the test
-   documents under the per-input and the expected formulation (:mod:`skipenv.formulations`) (:func:`analyse`):
+   documents under the per-input and the expected formulation (:mod:`skipenv.envs.wrappers`) (:func:`analyse`):
 
    - best static plan — per-input: highest mean lexicographic reward; expected: most FLOPs saved with mean quality
      loss ``<= tau`` (train means);
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .formulations import bootstrap_ci, formulation_metrics
+from .evaluation.formulation_metrics import bootstrap_ci, formulation_metrics
 from .envs.registration import DEFAULT_ENV_ID
 from .evaluation.stats import markdown_table
 from .plan import SkipPlan
@@ -424,7 +424,7 @@ class ProbePolicy:
     def expected_multiplier(self) -> float:
         """The Lagrange multiplier ``lam`` of the deterministic expected-constraint rule (``argmax_p S^_p - lam
         L^_p``, the best single ``lam`` of the grid whose out-of-fold train mean loss is within tau), in
-        FLOPs-fraction per unit of quality loss: the scale :class:`~skipenv.formulations.ExpectedConstraint`'s
+        FLOPs-fraction per unit of quality loss: the scale :class:`~skipenv.envs.wrappers.ExpectedConstraint`'s
         multiplier needs to keep this rule's trade-off (e.g. its ``lam_init`` after a warm start). When only the most
         cautious rule (``lam = inf``) qualifies, the largest finite ``lam`` of the grid (1000).
 
@@ -676,7 +676,7 @@ def compare_observations(table: ProbeTable, tau: float, features: Mapping[str, "
     gains over the best static policies (no learning curve).
 
     Args:
-        features: kind name → feature table of :func:`skipenv.observations.feature_table` (``None`` = the
+        features: kind name → feature table of :func:`skipenv.envs.observations.feature_table` (``None`` = the
             table's own observation).
         passthrough: kind → trailing columns kept out of the PCA (default 2).
 
@@ -782,7 +782,7 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
         tau: tolerance of the analysis (default the env's: ``env_kwargs["tau"]``, else the id's registered tau,
             else the quality signal's default).
         out_dir: parent folder of the cache / results.
-        observations: further observation kinds to compare with the env's (:mod:`skipenv.observations`, e.g.
+        observations: further observation kinds to compare with the env's (:mod:`skipenv.envs.observations`, e.g.
             ``("segments", "layer:4")``); adds ``observation_kinds.csv`` and a table to ``report.md``. Their
             features are cached next to the table.
 
@@ -794,8 +794,8 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
     import skipenv  # noqa: F401  (registers the ids)
 
     from .envs import SwitchDecEnv
-    from .observations import passthrough_columns
-    from .observations import _parse as _parse_observation_kind
+    from .envs.observations import passthrough_columns
+    from .envs.observations import _parse as _parse_observation_kind
 
     from .envs.registration import resolve_env_id
 
@@ -853,7 +853,7 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
     if observations:
         import pandas as pd
 
-        from .observations import feature_table
+        from .envs.observations import feature_table
 
         feats: dict = {f"{env_observation} (env)": None}
         passthrough = {f"{env_observation} (env)": passthrough_columns(env_observation, k)}

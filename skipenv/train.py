@@ -196,7 +196,7 @@ def best_static_plan(env, examples, *, progress: bool = True):
 
 def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     """Mean per-document difference ``a − b`` of reward and FLOPs saved over the test documents both policies ran,
-    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.formulations.bootstrap_ci`).
+    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`).
 
     Returns:
         ``{"documents", "reward", "reward_ci", "flops_saved", "flops_saved_ci"}``.
@@ -204,7 +204,7 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     Raises:
         ValueError: ``a`` and ``b`` share no test document (e.g. a misspelt policy name), instead of a NaN margin.
     """
-    from .formulations import bootstrap_ci
+    from .evaluation.formulation_metrics import bootstrap_ci
 
     x = episodes[episodes["policy"] == a].drop_duplicates("example_id").set_index("example_id")
     y = episodes[episodes["policy"] == b].drop_duplicates("example_id").set_index("example_id")
@@ -240,7 +240,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         "best_static_mixture": {...}, "probe": {...}, "probe_deterministic": {...}, "margins": [...]}`` where each
         margin is ``{"policy",
         "baseline", "flops_saved", "flops_saved_ci", "quality_loss", "quality_loss_ci"}`` (means of per-document
-        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.formulations.bootstrap_ci`), and
+        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`), and
         ``share_of_probe_margin`` / ``share_of_probe_deterministic_margin`` = the learned policy's margin over the
         static front at equal quality divided by that probe rule's (None when the rule has no positive margin).
         FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
@@ -251,7 +251,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     """
     import numpy as np
 
-    from .formulations import bootstrap_ci
+    from .evaluation.formulation_metrics import bootstrap_ci
     from .probe import _fit_policies, mixture_lp
 
     train, test = tuple(table.config.get("splits", ("train", "test")))
@@ -350,7 +350,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
       ``env_kwargs`` set ``reward_mode``); the best static plan has the highest mean train reward of that env; the margin (reward and FLOPs saved, paired over test documents,
       :func:`paired_margin`) is stored under ``margin_over_best_static``.
     - ``"expected"`` (``SwitchDec-XSum-v1``, the default): the learner trains through
-      :class:`~skipenv.formulations.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
+      :class:`~skipenv.envs.wrappers.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
       static plan is the cheapest menu plan whose mean train loss is within tau; margins against the best static
       mixture and against the static front at equal quality, with the probe policy's margins for scale, are
       stored under ``expected_constraint`` (:func:`expected_margins`). A warm-started learner (``ppo-bc``, the
@@ -513,7 +513,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     learn_env = train_env
     t_learn0 = time.perf_counter()  # training proper (warm start included), after the references and the menu
     if formulation == "expected":
-        from .formulations import ExpectedConstraint
+        from .envs.wrappers import ExpectedConstraint
 
         learn_env = ExpectedConstraint(train_env, tau, lam_init=lam_init)
     n_eval = (4 if table is not None else 3) * test_examples

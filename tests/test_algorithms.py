@@ -15,7 +15,7 @@ from skipenv.evaluation.harness import evaluate_policy, summarize
 from skipenv.evaluation.plots import plot_pareto
 from skipenv.evaluation.stats import bootstrap_ci, iqm
 from skipenv.envs import SwitchDecEnv
-from skipenv.records import EpisodeRecord, validate
+from skipenv.envs.records import EpisodeRecord, validate
 from skipenv.testing import tiny_generator
 
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows

@@ -11,8 +11,9 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from skipenv.formulations import (BudgetConditioned, ExpectedConstraint, LagrangeMultiplier, formulation_metrics,
-                                  make_formulation, metrics_by_tau)
+from skipenv.envs.rewards import LagrangeMultiplier
+from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint, make_formulation
+from skipenv.evaluation.formulation_metrics import formulation_metrics, metrics_by_tau
 from skipenv.envs.rewards import lexicographic_reward
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import skipenv
 from skipenv.envs.rewards import lexicographic_reward, weighted_reward
-from skipenv.formulations import FORMULATIONS
+from skipenv.envs.wrappers import FORMULATIONS
 
 SMALL = dict(num_examples=2, max_new_tokens=4, max_input_tokens=96, token_segments=4, disk_cache=False)
 #: a fast multiplier: one dual update per episode with a large step, so lam moves between the episodes checked

@@ -12,7 +12,8 @@ import pytest
 
 import skipenv
 from skipenv.envs import SwitchDecEnv
-from skipenv.formulations import ExpectedConstraint, LagrangeMultiplier, default_dual_lr
+from skipenv.envs.rewards import LagrangeMultiplier, default_dual_lr
+from skipenv.envs.wrappers import ExpectedConstraint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,7 +70,7 @@ def test_v1_vectorises_through_gym_make(tiny_llama):
 
 
 def test_records_of_v1_replay_without_false_setting_notes(tiny_llama):
-    from skipenv.records import EpisodeRecord, validate
+    from skipenv.envs.records import EpisodeRecord, validate
 
     env = skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, **SMALL)
     env.reset(seed=0)

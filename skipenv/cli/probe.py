@@ -31,7 +31,7 @@ def configure_parser(p) -> None:
     p.add_argument("--env-kwargs", type=json_object, default={}, help="further gym.make kwargs as JSON")
     p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
                    help="observation kinds to compare with the env's: segments, layer:m, attention:m "
-                        "(skipenv.observations)")
+                        "(skipenv.envs.observations)")
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the analysis (fold shuffling, learning-curve subsets, randomised policies)")

@@ -209,8 +209,8 @@ class Evaluator:
             tokens or skip late sublayers; FLOPs are still charged as if the plan ran from scratch. Attaches a
             :class:`~skipenv.generators.reuse.PrefixStore` (2 GiB cap) to the generator if it has none. ``False``
             runs every plan from scratch; ``SKIPENV_REUSE=0`` turns the default off process-wide.
-        observation: the agent's observation kind (:mod:`skipenv.observations`: ``"pooled"`` (default),
-            ``"segments"``, ``"layer:m"``, ``"attention:m"``). Its FLOPs (:func:`skipenv.observations.
+        observation: the agent's observation kind (:mod:`skipenv.envs.observations`: ``"pooled"`` (default),
+            ``"segments"``, ``"layer:m"``, ``"attention:m"``). Its FLOPs (:func:`skipenv.envs.observations.
             observation_flops`) are charged in every outcome's ``cost``, so it belongs to the evaluator (and keys
             its outcome cache); :meth:`observation` computes it.
 
@@ -222,7 +222,7 @@ class Evaluator:
     def __init__(self, generator, task, *, quality: str | QualitySignal = "agreement", token_segments: int = 8,
                  max_new_tokens: int | None = None, disk_cache: bool = True, cache_root=None, lru_size: int = 4096,
                  record_time: bool = False, reuse: bool | None = None, observation: str = "pooled"):
-        from ..observations import check_observation_kind
+        from .observations import check_observation_kind
 
         self.signal = get_signal(quality)
         if reuse is None:
@@ -294,11 +294,11 @@ class Evaluator:
 
     def observation(self, example) -> np.ndarray:
         """The one-shot env's observation of ``example`` for :attr:`observation_kind`, unclipped (float32, read-only,
-        memoised per example id; length :func:`skipenv.observations.observation_size`): the pooled first-layer state
-        and the two lengths for ``"pooled"``; see :func:`skipenv.observations.env_observation` for the others."""
+        memoised per example id; length :func:`skipenv.envs.observations.observation_size`): the pooled first-layer state
+        and the two lengths for ``"pooled"``; see :func:`skipenv.envs.observations.env_observation` for the others."""
         obs = self._env_observations.get(example.id)
         if obs is None:
-            from ..observations import env_observation
+            from .observations import env_observation
 
             obs = env_observation(self.generator, self.prompt(example), self._observation_kind,
                                   pooled=self.observation_features(example), token_segments=self.spec.token_segments,
@@ -309,8 +309,8 @@ class Evaluator:
 
     def observation_flops(self, example) -> int:
         """FLOPs charged for computing the observation of ``example`` (see
-        :func:`skipenv.observations.observation_flops`)."""
-        from ..observations import observation_flops
+        :func:`skipenv.envs.observations.observation_flops`)."""
+        from .observations import observation_flops
 
         return observation_flops(self.generator, self.prompt(example), self._observation_kind)
 

@@ -2,7 +2,7 @@
 
 Ids are task variants over the two env classes plus kwargs; every id uses the embedded SmolLM2-135M-Instruct as
 default generator. ``gym.make`` builds them through :func:`make_env`, which also applies a constraint formulation
-(``formulation=`` / ``formulation_kwargs=``, see :mod:`skipenv.formulations`), so ``env.unwrapped`` is always the
+(``formulation=`` / ``formulation_kwargs=``, see :mod:`skipenv.envs.wrappers`), so ``env.unwrapped`` is always the
 SwitchDec env class named in :data:`SPECS`. Hub-only datasets (CNN/DailyMail, SQuAD, SST-2) fail at ``gym.make``
 with a clear message when the dataset hub cannot be reached.
 """
@@ -30,7 +30,7 @@ _VECTOR = "skipenv.envs.vector:SwitchDecVectorEnv"
 #: ``benchmarks/choose_defaults.py`` and ``skipenv probe`` on 150 train / 60 test XSum documents): the quality signal
 #: is the mean probability the plan gives the full model's tokens (less argmax noise than agreement), its tolerance
 #: 0.01 (:data:`skipenv.envs.quality.PROBABILITY_DEFAULT_TAU`), and the constraint holds on the mean over inputs
-#: (:class:`~skipenv.formulations.ExpectedConstraint`): there a contextual probe policy saved 3.3 to 8.9 FLOPs points
+#: (:class:`~skipenv.envs.wrappers.ExpectedConstraint`): there a contextual probe policy saved 3.3 to 8.9 FLOPs points
 #: more than the best static mixture at equal quality (five cross-validation seeds, every CI above 0), where v0's
 #: per-input agreement constraint showed no contextual headroom. The observation stays the pooled first-layer state. v0 is unchanged, for reproducibility (Gymnasium's
 #: convention: changed defaults get a new version); ``gym.make("SwitchDec-XSum")`` picks the latest version.
@@ -97,8 +97,8 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
     Args:
         env_class: ``"module:Class"`` of the env (an entry of :data:`SPECS`).
         formulation: ``"per_input"`` (default: the env itself, today's lexicographic reward), ``"expected"``
-            (:class:`~skipenv.formulations.ExpectedConstraint` at the env's ``tau``: the ``tau`` kwarg, else the
-            quality signal's default) or ``"budget"`` (:class:`~skipenv.formulations.BudgetConditioned`).
+            (:class:`~skipenv.envs.wrappers.ExpectedConstraint` at the env's ``tau``: the ``tau`` kwarg, else the
+            quality signal's default) or ``"budget"`` (:class:`~skipenv.envs.wrappers.BudgetConditioned`).
         formulation_kwargs: further arguments of the wrapper, plain values only (they are kept in ``env.spec``):
             ``lr``, ``update_every``, ``lam_init``, ``lam_max`` (expected); ``tau_range`` (budget).
         **kwargs: the env's keyword arguments.
@@ -109,7 +109,7 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
     """
     import importlib
 
-    from ..formulations import FORMULATIONS, make_formulation
+    from .wrappers import FORMULATIONS, make_formulation
 
     if formulation not in FORMULATIONS:
         raise ValueError(f"unknown formulation {formulation!r}; choose one of {FORMULATIONS}")
@@ -150,7 +150,8 @@ def _formulation_arguments(formulation: str) -> set[str]:
     ``"expected"``), except the env, ``tau`` (the env's) and the shared ``multiplier`` object."""
     import inspect
 
-    from ..formulations import BudgetConditioned, ExpectedConstraint, LagrangeMultiplier
+    from .rewards import LagrangeMultiplier
+    from .wrappers import BudgetConditioned, ExpectedConstraint
 
     classes = {"per_input": (), "expected": (ExpectedConstraint, LagrangeMultiplier),
                "budget": (BudgetConditioned,)}[formulation]

@@ -22,11 +22,11 @@ one :class:`Reward` object, and the same object writes ``info["reward"]`` (so th
 
 - ``per_input`` (the env itself): :class:`LexicographicReward` (or :class:`WeightedReward` /
   :class:`VectorReward`), stateless;
-- ``expected`` (:class:`~skipenv.formulations.ExpectedConstraint`): :class:`LagrangianReward`, the Lagrangian
+- ``expected`` (:class:`~skipenv.envs.wrappers.ExpectedConstraint`): :class:`LagrangianReward`, the Lagrangian
   relaxation ``(1 - cost) - lam (loss - tau)`` of ``E[loss] <= tau`` with the multiplier ``lam`` of a
   :class:`LagrangeMultiplier` (state: ``info["lagrange_multiplier"]``, ``info["constraint_violation"]``,
   ``info["multiplier_updates"]``);
-- ``budget`` (:class:`~skipenv.formulations.BudgetConditioned`): :class:`BudgetReward`, the lexicographic reward at
+- ``budget`` (:class:`~skipenv.envs.wrappers.BudgetConditioned`): :class:`BudgetReward`, the lexicographic reward at
   the episode's tolerance (state: ``info["tau"]``).
 
 A wrapper keeps the unwrapped env's own value as ``info["env_reward"]`` (what ``env.unwrapped`` would return, e.g.
@@ -374,7 +374,7 @@ class LagrangianReward(Reward):
 
 class BudgetReward(LexicographicReward):
     """The budget-conditioned formulation's reward: :func:`lexicographic_reward` at the episode's tolerance, which
-    :class:`~skipenv.formulations.BudgetConditioned` sets on :attr:`tau` at every reset (``info["tau"]``;
+    :class:`~skipenv.envs.wrappers.BudgetConditioned` sets on :attr:`tau` at every reset (``info["tau"]``;
     ``info["constraint_satisfied"]`` is judged at that tau too)."""
 
     name = "lexicographic"

@@ -149,7 +149,7 @@ class _SwitchDecBase(gym.Env):
                       cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
                       model=model, reward=reward)
         if observation is not None:
-            from ..observations import parse_observation_kind
+            from .observations import parse_observation_kind
 
             parse_observation_kind(observation)  # an unknown kind fails before anything loads
             if not isinstance(self, SwitchDecEnv) and observation != "pooled":
@@ -167,7 +167,7 @@ class _SwitchDecBase(gym.Env):
             if not isinstance(evaluator, Evaluator):
                 raise ValueError(f"evaluator must be a skipenv.envs.Evaluator, got {type(evaluator).__name__}")
             if observation is not None and observation != evaluator.observation_kind:
-                from ..observations import check_observation_kind
+                from .observations import check_observation_kind
 
                 if check_observation_kind(observation, evaluator.generator) != evaluator.observation_kind:
                     raise ValueError(f"observation={observation!r} differs from the evaluator's "
@@ -439,7 +439,7 @@ _ENV_ARGS_DOC = """
         reward: a :class:`~skipenv.envs.rewards.Reward` object (instead of ``reward_mode`` / ``tau`` /
             ``cost_weight``).
         render_mode: ``"ansi"`` or ``None``; other modes warn and disable rendering (as Gymnasium's envs do).
-        observation: observation kind of the one-shot env (:mod:`skipenv.observations`; default ``"pooled"``, see
+        observation: observation kind of the one-shot env (:mod:`skipenv.envs.observations`; default ``"pooled"``, see
             the class docstring); the layerwise env accepts only ``"pooled"``. With ``evaluator=`` it is the
             evaluator's.
 
@@ -462,11 +462,11 @@ class SwitchDecEnv(_SwitchDecBase):
       length, each divided by ``max_input_tokens``. Costs the first layer's FLOPs.
     - ``"segments"``: ``[d + 2 + (K + 1) d + 2 K]`` — the pooled observation, then the first-layer state pooled
       per document segment and over the rest of the prompt, segment lengths, and each segment's cosine to the
-      last position (:class:`skipenv.observations.SegmentObservation`). Costs the first layer.
+      last position (:class:`skipenv.envs.observations.SegmentObservation`). Costs the first layer.
     - ``"layer:m"``: ``[d + 2]`` — as pooled, after ``m`` layers. Costs ``m`` layers.
     - ``"attention:m"``: ``[d + 2 K + 3]`` — the pooled state after ``m`` layers, the attention mass the last 8
       input positions give each segment and the rest of the prompt in layer ``m``, segment lengths, the two
-      lengths (:func:`skipenv.observations.attention_features`). Costs ``m`` layers.
+      lengths (:func:`skipenv.envs.observations.attention_features`). Costs ``m`` layers.
 
     Decoder-only generators only, except ``"pooled"``. Memoised per example id.
 
@@ -497,7 +497,7 @@ class SwitchDecEnv(_SwitchDecBase):
         self.codec = ActionCodec(self.plan_spec, candidates, layer_block)
         self.candidates, self.layer_block = self.codec.candidates, self.codec.layer_block
         self.action_space = self.codec.space
-        from ..observations import observation_size
+        from .observations import observation_size
 
         n = observation_size(self.observation_kind, self.generator.hidden_size, self.plan_spec.token_segments)
         self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(n,), dtype=np.float32)

@@ -267,7 +267,7 @@ def performance_profile_figure(scores: Mapping[str, np.ndarray], *, thresholds: 
 def bootstrap_ci(values: Iterable[float], *, confidence: float = 0.95, resamples: int = 2000,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of ``values`` (Efron & Tibshirani 1993), computed by
-    ``scipy.stats.bootstrap`` (:func:`skipenv.formulations.bootstrap_ci`).
+    ``scipy.stats.bootstrap`` (:func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`).
 
     Pass *distinct* observations (see :func:`skipenv.evaluation.harness.distinct_episodes`): repeating identical episodes narrows the interval
     without adding information. Returns ``(nan, nan)`` for no values and ``(v, v)`` when all values equal ``v``
@@ -278,7 +278,7 @@ def bootstrap_ci(values: Iterable[float], *, confidence: float = 0.95, resamples
     improvement, performance profiles — use ``rliable`` (the functions below) (the ``stats`` extra: rliable 1.2
     pins ``arch < 8``, which does not import under pandas 3, so that extra caps pandas).
     """
-    from ..formulations import bootstrap_ci as _scipy_bootstrap_ci
+    from .formulation_metrics import bootstrap_ci as _scipy_bootstrap_ci
 
     x = np.asarray(list(values), dtype=float)
     if len(x) == 1:

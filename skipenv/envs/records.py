@@ -50,7 +50,7 @@ class EpisodeRecord:
     @classmethod
     def from_step(cls, env, info: dict, env_id: str | None = None, env_kwargs: dict | None = None) -> "EpisodeRecord":
         """Build a record from an env (one-shot or layerwise) and the ``info`` of its terminal step."""
-        from . import __version__
+        from .. import __version__
 
         base = env.unwrapped
         spec = getattr(base, "spec", None)
@@ -121,8 +121,8 @@ class ValidationResult:
 def _settings_differ(record: EpisodeRecord, base) -> list[str]:
     """Notes for every setting of ``record`` (env id, split, and the ``env_kwargs`` that change the numbers) that
     the replaying env ``base`` does not have; empty when they agree."""
-    from .envs.quality import get_signal
-    from .envs.registration import SPECS
+    from .quality import get_signal
+    from .registration import SPECS
 
     notes = []
     spec = getattr(base, "spec", None)
@@ -208,8 +208,8 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
     import gymnasium as gym
 
     import skipenv  # noqa: F401
-    from . import __version__
-    from .plan import SkipPlan
+    from .. import __version__
+    from ..plan import SkipPlan
 
     notes = []
     recorded_version, ours = _version_tuple(record.skipenv_version), _version_tuple(__version__)
