@@ -1,12 +1,12 @@
 """Non-learning baselines on the test split (no training): skip nothing, random, LayerDrop-style every other
 layer, similarity-calibrated static drop, lead truncation, and the per-input greedy oracle.
 
-    python agents/baselines.py --env SwitchDec-XSum-v0 --eval-examples 16 --out runs/baselines
+    python agents/baselines.py --eval-examples 16 --out runs/baselines
 """
 
 from _common import out_dir, parser
 
-from skipenv.benchmark import leaderboard
+from skipenv.evaluation.harness import leaderboard
 
 DEFAULT = ["skip-nothing", "random:0.5", "random:0.1", "every-other:attention", "every-other:ffn",
            "calibrated:4", "lead:4", "lead:6"]
@@ -14,9 +14,10 @@ DEFAULT = ["skip-nothing", "random:0.5", "random:0.1", "every-other:attention", 
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--policies", nargs="+", default=DEFAULT, help="policy specs (skipenv.benchmark.POLICY_SPECS)")
+    p.add_argument("--policies", nargs="+", default=DEFAULT, help="policy specs (skipenv.policies.POLICY_SPECS)")
     p.add_argument("--oracle", action="store_true", help="also run the (expensive) per-input greedy oracle")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds of stochastic baselines (default: --seed only)")
     args = p.parse_args(argv)
     out = out_dir(args, "baselines")
     policies = args.policies + (["oracle:6"] if args.oracle else [])

@@ -13,9 +13,10 @@ from skipenv.algorithms import ConstrainedPG, PGConfig
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--handler", choices=("lagrangian", "barrier"), default="lagrangian")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--handler", choices=("lagrangian", "barrier"), default="lagrangian",
+                   help="constraint handler of ConstrainedPG")
+    p.add_argument("--batch-size", type=int, default=16, help="episodes per gradient step")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the policy")
     args = p.parse_args(argv)
     out = out_dir(args, f"pg-{args.handler}")
     env = make_env(args, "train", args.train_examples)

@@ -12,18 +12,18 @@ runs it.
 from _common import evaluate_and_save, make_env, out_dir, parser
 
 from skipenv.algorithms import GroupPG, GroupPGConfig
-from skipenv.formulations import make_formulation
+from skipenv.envs.wrappers import make_formulation
 
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--group-size", type=int, default=4, help="plans sampled per document (G >= 2)")
     p.add_argument("--groups-per-update", type=int, default=4, help="documents per gradient step")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the policy")
     p.add_argument("--scale-by-std", action="store_true", help="GRPO: divide the advantage by the group's std")
     p.add_argument("--formulation", choices=("per_input", "expected"), default="per_input",
                    help="reward: the env's per-input lexicographic reward, or the expected constraint with an "
-                        "online Lagrange multiplier (skipenv.formulations)")
+                        "online Lagrange multiplier (skipenv.envs.wrappers)")
     p.add_argument("--warm-start", choices=("none", "oracle", "probe"), default="none",
                    help="behaviour cloning before RL: targets of the oracle / probe policy over the probe menu on "
                         "the train documents (costs menu size x train documents extra episodes)")

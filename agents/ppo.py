@@ -1,6 +1,6 @@
 """PPO (stable-baselines3) on the one-shot SwitchDec env (MultiBinary actions).
 
-    python agents/ppo.py --env SwitchDec-XSum-v0 --total-timesteps 448 --seed 0 --out runs/ppo
+    python agents/ppo.py --total-timesteps 448 --seed 0 --out runs/ppo
 
 Writes policy.zip, monitor.csv, TensorBoard logs and the test-split evaluation to the output folder.
 """
@@ -14,7 +14,7 @@ from skipenv.sb3 import train_sb3
 def main(argv=None):
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     out = out_dir(args, "ppo")
-    env = make_env(args, "train", args.train_examples)
+    env = make_env(args, "train", args.train_examples, formulation=True)  # v1: the Lagrangian reward
     model = train_sb3("ppo", env, total_timesteps=args.total_timesteps, seed=args.seed, device=args.device,
                       out_dir=out, progress_bar=not args.no_progress)
     evaluate_and_save(SB3Policy(model, name="ppo"), args, out)

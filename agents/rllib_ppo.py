@@ -1,6 +1,6 @@
 """PPO (Ray RLlib) on a one-shot SwitchDec env, with env runners in parallel processes or on a Ray cluster.
 
-    python agents/rllib_ppo.py --env SwitchDec-XSum-v0 --total-timesteps 448 --num-env-runners 2 --out runs/rllib-ppo
+    python agents/rllib_ppo.py --total-timesteps 448 --num-env-runners 2 --out runs/rllib-ppo
     RAY_ADDRESS=auto python agents/rllib_ppo.py ...           # on a running Ray cluster (or --ray-address HOST:6379)
 
 Needs the ``ray`` extra (``pip install -e ".[ray]"``). The env is registered with ``ray.tune.register_env``; every

@@ -67,10 +67,10 @@ def main(argv=None) -> None:
     print(f"XSum test, {len(docs) - 1} documents (+1 warm-up), {args.threads} thread(s), "
           f"{time.perf_counter() - t0:.0f} s in all\n")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    from skipenv.benchmark import markdown_table
+    from skipenv.evaluation.stats import markdown_table
 
     print()
-    print(markdown_table(df, digits=3))
+    print(markdown_table(df))
 
 
 if __name__ == "__main__":

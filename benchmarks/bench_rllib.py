@@ -110,10 +110,10 @@ def main(argv=None) -> None:
     df = pd.DataFrame(rows)
     print()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    from skipenv.benchmark import markdown_table
+    from skipenv.evaluation.stats import markdown_table
 
     print()
-    print(markdown_table(df[["env", "path", "env_steps", "seconds", "env_steps_per_s", "setup_s"]], digits=1))
+    print(markdown_table(df[["env", "path", "env_steps", "seconds", "env_steps_per_s", "setup_s"]], ".1f"))
 
 
 if __name__ == "__main__":

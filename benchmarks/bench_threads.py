@@ -1,4 +1,4 @@
-"""PyTorch CPU threads per env process: torch's default vs skipenv's default (:mod:`skipenv.threads`).
+"""PyTorch CPU threads per env process: torch's default vs skipenv's default (:mod:`skipenv.util.threads`).
 
 Runs ``--workers`` worker processes (started like stable-baselines3's ``SubprocVecEnv`` workers) that each load the
 generator through :func:`skipenv.loading.load_model_and_tokenizer` and then, after a common start, run
@@ -7,7 +7,7 @@ prompt + 32-token target. Two settings:
 
 - ``torch default``: every worker keeps torch's default thread count (one per core: what happened before
   skipenv set a default; reproduced here with ``SKIPENV_NUM_THREADS`` = that count);
-- ``skipenv default``: :func:`skipenv.threads.configure_torch_threads` (1 thread per worker process).
+- ``skipenv default``: :func:`skipenv.util.threads.configure_torch_threads` (1 thread per worker process).
 
 and, for reference, one worker process alone with both settings (a single *in-process* env keeps all cores: the
 ``torch default`` row). ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` are removed from
@@ -51,7 +51,7 @@ def _worker(model: str, tokens: int, repeats: int, barrier, queue) -> None:
     if model == "random":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from skipenv.threads import configure_torch_threads
+        from skipenv.util.threads import configure_torch_threads
         from skipenv.testing import ToyTokenizer
 
         configure_torch_threads()

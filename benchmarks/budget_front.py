@@ -18,11 +18,11 @@
    The policy sees the observation standardised with the train documents' mean and std (and ``tau`` with those of
    its uniform range; :func:`standardise`, statistics saved in ``ppo/standardisation.npz``).
 3. **Evaluation.** The deterministic policy runs on every test document at each fixed ``tau`` in ``--taus``
-   (``reset(options={"tau": x})``); :func:`skipenv.formulations.metrics_by_tau` gives mean quality, per-input
+   (``reset(options={"tau": x})``); :func:`skipenv.evaluation.formulation_metrics.metrics_by_tau` gives mean quality, per-input
    constraint-met rate, mean FLOPs saved and mean lexicographic reward per ``tau``, and a paired percentile bootstrap
    over test documents gives the reward difference to the best static plan at the same ``tau``.
 
-Output under ``--out``: ``front.png`` (static plans, their Pareto front (:func:`skipenv.benchmark.pareto_front`),
+Output under ``--out``: ``front.png`` (static plans, their Pareto front (:func:`skipenv.evaluation.plots.pareto_front`),
 the train-chosen best static plan per ``tau`` and the policy's curve, points labelled by ``tau``), ``front.csv``
 (one row per point: ``kind, policy, tau, num_documents, mean_quality, mean_quality_loss, constraint_met_rate,
 mean_flops_saved, mean_reward, on_static_front``), ``by_tau.csv`` (the printed table), ``episodes.csv`` (the policy's
@@ -101,7 +101,7 @@ def static_menu(spec, *, lead=(7, 6, 5, 4), drop_segment=(3, 5), attention=(6,),
 
 def menu_rewards(m: dict, tau: float) -> np.ndarray:
     """Lexicographic rewards ``[D, P]`` of the (documents x plans) matrices ``m`` (:meth:`ProbeTable.matrices`)."""
-    from skipenv.rewards import lexicographic_reward
+    from skipenv.envs.rewards import lexicographic_reward
 
     return np.vectorize(lambda q, f, c: lexicographic_reward(q, f, c, tau))(m["quality"], m["quality_full"],
                                                                              m["cost"])
@@ -204,7 +204,7 @@ def evaluate_at_taus(policy, env, taus, *, progress: bool = True):
             rows.append({"tau": float(tau), "doc": i, "example_id": str(info["example_id"]),
                          "quality": info["quality"], "quality_full": info["quality_full"], "cost": info["cost"],
                          "flops_saved": info["flops_saved"], "reward": float(reward),
-                         "constraint_satisfied": bool(info["budget_constraint_satisfied"]),
+                         "constraint_satisfied": bool(info["constraint_satisfied"]),
                          "num_skipped": int(info["num_skipped"])})
             bar.update(1)
     bar.close()
@@ -219,7 +219,7 @@ def plot_front(points, path, *, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from skipenv.benchmark import pareto_front
+    from skipenv.evaluation.plots import pareto_front
 
     st = points[points["kind"] == "static"]
     fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -328,8 +328,9 @@ def main(argv=None) -> int:
 
     import skipenv  # noqa: F401  (registers the env ids)
     from skipenv import BudgetConditioned
-    from skipenv.formulations import bootstrap_ci, formulation_metrics, metrics_by_tau
-    from skipenv.probe import ProbeTable, evaluate_menu, markdown_table
+    from skipenv.evaluation.formulation_metrics import bootstrap_ci, formulation_metrics, metrics_by_tau
+    from skipenv.evaluation.stats import markdown_table
+    from skipenv.probe import ProbeTable, evaluate_menu
     from skipenv.sb3 import make_sb3
 
     t_start = time.perf_counter()
@@ -446,7 +447,7 @@ def main(argv=None) -> int:
     points = pd.DataFrame(rows)
     st = points["kind"] == "static"
     xy = points.loc[st, ["mean_flops_saved", "mean_quality"]].to_numpy()
-    from skipenv.benchmark import pareto_front
+    from skipenv.evaluation.plots import pareto_front
 
     on_front = set(points.index[st][pareto_front(xy)])
     points["on_static_front"] = [i in on_front if k == "static" else np.nan for i, k in zip(points.index,

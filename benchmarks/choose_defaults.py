@@ -4,7 +4,7 @@ kind and tolerance give a contextual policy the largest held-out advantage over 
 One pass per document scores every plan of the probe's default menu (:func:`skipenv.probe.default_menu`) once,
 teacher-forced on the full model's output, and reads *both* teacher-forced quality signals off that one forward
 pass — ``agreement`` (argmax = full token) and ``probability`` (mean probability of the full model's tokens) — plus
-every candidate observation kind (:mod:`skipenv.observations`). Then, for every (signal, observation, tau), it runs
+every candidate observation kind (:mod:`skipenv.envs.observations`). Then, for every (signal, observation, tau), it runs
 :func:`skipenv.probe.analyse` (fit on the train documents, judged on the test documents) and prints:
 
 - ``r2`` — the best held-out R² over the menu plans of the predicted quality loss (0 = no better than the mean);
@@ -40,9 +40,10 @@ from tqdm import tqdm
 import skipenv
 from skipenv import metrics
 from skipenv.envs.quality import mean_probability
-from skipenv.observations import (check_observation_kind, extra_observation_flops, observation_features,
+from skipenv.envs.observations import (check_observation_kind, extra_observation_flops, observation_features,
                                   passthrough_columns)
-from skipenv.probe import ProbeTable, analyse, default_menu, markdown_table
+from skipenv.evaluation.stats import markdown_table
+from skipenv.probe import ProbeTable, analyse, default_menu
 
 KINDS = ("pooled", "segments", "layer:4", "layer:15", "attention:2", "attention:4", "attention:8")
 TAUS = {"agreement": (0.05, 0.1, 0.15), "probability": (0.01, 0.02, 0.04)}
@@ -79,9 +80,9 @@ def check_kinds(kinds) -> list[str]:
     """The ``--kinds`` in canonical spelling, checked before any model loads (``layer:04`` → ``layer:4``).
 
     Raises:
-        ValueError: an unknown kind (:func:`skipenv.observations.parse_observation_kind`) or one given twice.
+        ValueError: an unknown kind (:func:`skipenv.envs.observations.parse_observation_kind`) or one given twice.
     """
-    from skipenv.observations import parse_observation_kind
+    from skipenv.envs.observations import parse_observation_kind
 
     out = []
     for kind in kinds:

@@ -7,7 +7,7 @@ the README's comparison table, with rliable statistics.
 One process, one model copy. One-shot learners (:data:`skipenv.learners.LEARNERS`: PPO, A2C, ConstrainedPG with a
 Lagrangian / dynamic-barrier handler, the group-baseline learners RLOO / GRPO, and the behaviour-cloning
 warm-started ``rloo-bc`` / ``ppo-bc``) train for ``--timesteps`` episodes on the train documents, wrapped by the
-formulation (:func:`skipenv.formulations.make_formulation`); DQN on the layerwise env (``dqn-layerwise``,
+formulation (:func:`skipenv.envs.wrappers.make_formulation`); DQN on the layerwise env (``dqn-layerwise``,
 per-input formulation only) trains for ``--timesteps`` *episodes* as well. The ``-bc`` learners first clone the
 plans of the per-input oracle (``--bc-source oracle``) or of the probe policy (``probe``) over the probe's default
 menu, evaluated on the train documents (that table costs ``menu size × train documents`` extra episodes, reported
@@ -20,7 +20,7 @@ Every policy is evaluated deterministically on the same test documents. The scor
   constraint ``E[loss] <= tau`` holds on the test documents — compare scores only among policies where it holds;
 - ``budget``: the lexicographic reward at each of ``--eval-taus`` (tasks are (document, tau) pairs).
 
-Statistics (:mod:`skipenv.stats`, rliable): IQM of the scores over seeds × test documents with a stratified-bootstrap
+Statistics (:mod:`skipenv.evaluation.stats`, rliable): IQM of the scores over seeds × test documents with a stratified-bootstrap
 95 % CI (documents resampled too), and the probability of improvement (PoI) of each learner over the best static
 baseline (highest IQM on the test documents, which favours the baseline; under ``expected`` the most FLOPs saved
 among the static policies whose mean constraint holds) and over PPO, with stratified-bootstrap 95 % CIs that
@@ -54,8 +54,11 @@ DEFAULT_ALGOS = ("ppo", "a2c", "pg-lagrangian", "pg-barrier", "dqn-layerwise", "
 def parse_args(argv=None) -> argparse.Namespace:
     from skipenv.learners import LEARNERS
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="SwitchDec-XSum-v1", help="one-shot env id")
+    from skipenv.envs.registration import DEFAULT_ENV_ID
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--env", default=DEFAULT_ENV_ID, help="one-shot env id")
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="further gym.make kwargs as JSON")
     p.add_argument("--formulation", choices=("per_input", "expected", "budget"), default=None,
                    help="constraint formulation (default: the env id's registered one: expected for "
@@ -91,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def evaluate(policy, env, name: str, seed: int, *, formulation: str, taus, tau: float) -> pd.DataFrame:
     """One deterministic episode per test document (per tolerance under ``budget``); the ``score`` column is the
     formulation's score (see the module docstring)."""
-    from skipenv.rewards import constraint_satisfied, lexicographic_reward
+    from skipenv.envs.rewards import constraint_satisfied, lexicographic_reward
 
     rows = []
     for i in range(len(env.unwrapped.examples)):
@@ -116,11 +119,13 @@ def main(argv=None) -> None:
 
     import skipenv
     from skipenv import baselines as B
-    from skipenv.benchmark import make_policy, markdown_table, plot_learning_curves, plot_pareto
-    from skipenv.formulations import DEFAULT_TAU_RANGE, make_formulation
+    from skipenv.evaluation.plots import plot_learning_curves, plot_pareto
+    from skipenv.evaluation.stats import markdown_table
+    from skipenv.policies import load_policy
+    from skipenv.envs.wrappers import DEFAULT_TAU_RANGE, make_formulation
     from skipenv.learners import WARM_STARTED, train_learner
     from skipenv.sb3 import monitor_curve, train_sb3
-    from skipenv.stats import performance_profile_figure
+    from skipenv.evaluation.stats import performance_profile_figure
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,7 @@ def main(argv=None) -> None:
 
     for spec in STATIC:
         try:
-            pol = make_policy(spec, test, calibration_env=train)
+            pol = load_policy(spec, test, calibration_env=train)
         except ValueError as e:  # e.g. lead:6 with fewer than 6 token segments
             print(f"note: static baseline {spec} left out ({e})")
             continue
@@ -251,7 +256,7 @@ def statistics(episodes: pd.DataFrame, args, times: dict, extra: dict):
     Returns:
         ``(summary, poi, scores)`` — ``scores`` maps policy → ``[runs, tasks]`` score matrix.
     """
-    from skipenv.stats import interval_estimates, probability_of_improvement, score_matrix
+    from skipenv.evaluation.stats import interval_estimates, probability_of_improvement, score_matrix
 
     form = args.formulation
     task = ("example_id", "tau") if form == "budget" else ("example_id",)

@@ -15,7 +15,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from skipenv.probe import configure_parser, main as probe_main
+    from skipenv.cli.probe import configure_parser, main as probe_main
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     configure_parser(p)

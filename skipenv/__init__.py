@@ -15,21 +15,21 @@ __version__ = "0.1.0"
 
 from .inputs import PromptInput
 from .plan import PlanError, PlanSpec, SkipPlan
-from .registration import ENV_IDS, OFFLINE_IDS, make, register_envs, sharing
-from .rewards import constraint_satisfied, lexicographic_reward, weighted_reward
+from .envs.registration import ENV_IDS, OFFLINE_IDS, make, register_envs, sharing
+from .envs.rewards import constraint_satisfied, lexicographic_reward, weighted_reward
 
 register_envs()
 
 
 #: public name → submodule that defines it (imported on first access: keeps ``import skipenv`` light)
 _LAZY = {
-    "SwitchDecEnv": "envs", "SwitchDecLayerwiseEnv": "envs", "EpisodeEvaluator": "envs", "Evaluator": "envs",
+    "SwitchDecEnv": "envs", "SwitchDecLayerwiseEnv": "envs", "Evaluator": "envs",
     "QualitySignal": "envs", "Reward": "envs", "LexicographicReward": "envs", "WeightedReward": "envs",
     "VectorReward": "envs",
-    "ExpectedConstraint": "formulations", "BudgetConditioned": "formulations", "LagrangeMultiplier": "formulations",
-    "make_formulation": "formulations", "formulation_metrics": "formulations",
+    "ExpectedConstraint": "envs.wrappers", "BudgetConditioned": "envs.wrappers", "LagrangeMultiplier": "envs.rewards",
+    "make_formulation": "envs.wrappers", "formulation_metrics": "evaluation.formulation_metrics",
     "load_generator": "loading", "load_model_and_tokenizer": "loading", "wrap": "generators",
-    "make_task": "tasks", "EpisodeRecord": "records", "validate": "records",
+    "make_task": "tasks", "EpisodeRecord": "envs.records", "validate": "envs.records",
 }
 
 

@@ -18,7 +18,7 @@ are always there):
 Both gradients are REINFORCE estimates with their own mean baselines.
 
 :class:`GroupPG` — a group-baseline policy gradient for the one-shot env and any scalar-reward formulation
-(:mod:`skipenv.formulations`): for each sampled document it draws ``G`` plans from the same factorised Bernoulli
+(:mod:`skipenv.envs.wrappers`): for each sampled document it draws ``G`` plans from the same factorised Bernoulli
 policy, runs each through the env's public ``reset(options={"index": i})`` / ``step``, and weights each plan's
 log-probability by its leave-one-out advantage ``A_k = r_k − mean_{j≠k} r_j`` (RLOO: Kool, van Hoof & Welling,
 "Buy 4 REINFORCE samples, get a baseline for free!", ICLR 2019 workshop; Ahmadian et al., "Back to basics:
@@ -26,6 +26,9 @@ revisiting REINFORCE style optimization for learning from human feedback in LLMs
 by the group's standard deviation (GRPO: Shao et al., "DeepSeekMath", arXiv 2402.03300, 2024). Comparing plans on
 the *same* document removes the document's difficulty from the advantage — the reason per-document baselines help
 here, where rewards vary far more between documents than between plans.
+
+Why this module is long: ConstrainedPG and GroupPG share the Bernoulli policy, its save format and the
+constraint handlers; splitting them would duplicate that shared core (``policies/pg.py`` is their planned home).
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ class ConstrainedPG:
     Quality loss per episode: ``ℓ = q_full − q`` (0 when the plan matches the full model); cost: the env's
     ``info["cost"]``. The constraint is on the mean: ``E[ℓ] ≤ tau``.
 
-    Use ``agent(obs)`` as a deterministic policy (skip where ``p > 0.5``) for :mod:`skipenv.benchmark`.
+    Use ``agent(obs)`` as a deterministic policy (skip where ``p > 0.5``) for :mod:`skipenv.evaluation.harness`.
     """
 
     def __init__(self, env, config: PGConfig | None = None, seed: int = 0, device: str = "cpu"):
@@ -333,10 +336,10 @@ class GroupPG:
     Formulations: the reward is whatever the (wrapped) env returns, so any scalar-reward formulation works:
 
     - per-input (the bare env): the lexicographic reward;
-    - :class:`~skipenv.formulations.BudgetConditioned`: the first reset of a group draws the tolerance, the other
+    - :class:`~skipenv.envs.wrappers.BudgetConditioned`: the first reset of a group draws the tolerance, the other
       ``G − 1`` resets pass it back as ``options["tau"]``, so every episode of a group has the same document *and*
       tau (and the same observation);
-    - :class:`~skipenv.formulations.ExpectedConstraint`: its multiplier ``λ`` is updated as episodes stream, so it
+    - :class:`~skipenv.envs.wrappers.ExpectedConstraint`: its multiplier ``λ`` is updated as episodes stream, so it
       can change inside a group; the group's rewards are then put on the group's first multiplier ``λ_0`` before the
       advantage, ``r_k + (λ_k − λ_0)·v_k`` (``λ_k`` and the violation ``v_k`` from ``info["lagrange_multiplier"]`` /
       ``info["constraint_violation"]``), so plans are compared under one objective.
@@ -426,7 +429,7 @@ class GroupPG:
         Raises:
             ValueError: ``total_timesteps`` below the group size, or an env whose episodes last more than one step.
         """
-        from .formulations import BudgetConditioned
+        from .envs.wrappers import BudgetConditioned
 
         env, cfg, G = self.env, self.config, int(self.config.group_size)
         if total_timesteps < G:

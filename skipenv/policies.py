@@ -2,7 +2,7 @@
 
 :func:`load_policy` turns what a user types into a policy for a one-shot :class:`~skipenv.envs.SwitchDecEnv`:
 
-- a static baseline spec of :data:`skipenv.benchmark.POLICY_SPECS` (``skip-nothing``, ``lead:4``, ``random:0.1``,
+- a static baseline spec of :data:`POLICY_SPECS` (``skip-nothing``, ``lead:4``, ``random:0.1``,
   ``every-other:ffn``, ``calibrated:4``, ...);
 - the path of a stable-baselines3 ``policy.zip`` (PPO or A2C: the algorithm is read from the file), bare or as
   ``sb3:ALGO:PATH.zip`` (the stated algorithm must match the file's);
@@ -26,7 +26,83 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_policy", "action_probability", "sample_action", "is_stochastic", "POLICY_HELP"]
+__all__ = ["load_policy", "check_policy_spec", "POLICY_SPECS", "STOCHASTIC_KINDS", "action_probability",
+           "sample_action", "is_stochastic", "POLICY_HELP"]
+
+#: the forms of a policy spec (for help texts and error messages)
+POLICY_SPECS = ("skip-nothing", "random:RATE", "lead:KEEP_SEGMENTS", "every-other:attention|ffn|both",
+                "calibrated:NUM_SUBLAYERS", "oracle[:MAX_SKIPS]", "PATH.zip or sb3:ppo|a2c:PATH.zip",
+                "PATH.pt or pg:PATH.pt")
+
+#: spec kinds whose policy samples (evaluated once per seed); every other kind is deterministic (evaluated once)
+STOCHASTIC_KINDS = ("random",)
+
+
+def check_policy_spec(spec: str) -> tuple[str, str]:
+    """Check the syntax of a policy spec without building anything; returns ``(kind, argument)``.
+
+    Raises:
+        ValueError: unknown kind or a bad argument (names the spec and its valid form).
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"a policy spec must be a string such as 'lead:4', got {spec!r}")
+    kind, _, arg = spec.partition(":")
+    if spec.endswith((".zip", ".pt")) and kind not in ("sb3", "pg"):  # a bare saved-policy path
+        return "file", spec
+
+    def bad(form: str) -> ValueError:
+        return ValueError(f"bad policy spec {spec!r}: expected {form}")
+
+    if kind == "skip-nothing" and not arg:
+        return kind, arg
+    if kind == "random":
+        try:
+            rate = float(arg or 0.5)
+        except ValueError:
+            raise bad("random:RATE with RATE a number in [0, 1], e.g. random:0.25") from None
+        if not 0.0 <= rate <= 1.0:
+            raise bad("random:RATE with RATE a number in [0, 1], e.g. random:0.25")
+        return kind, arg
+    if kind in ("lead", "calibrated") or (kind == "oracle" and arg):
+        form = {"lead": "lead:KEEP_SEGMENTS", "calibrated": "calibrated:NUM_SUBLAYERS",
+                "oracle": "oracle[:MAX_SKIPS]"}[kind]
+        if not arg.strip().isdigit():
+            raise bad(f"{form} with an integer >= 0, e.g. {kind}:4")
+        return kind, arg
+    if kind == "oracle":
+        return kind, arg
+    if kind == "every-other" and arg in ("", "attention", "ffn", "both"):
+        return kind, arg
+    if kind == "sb3":
+        algo, _, path = arg.partition(":")
+        if not algo or not path:
+            raise bad("sb3:ALGO:PATH.zip, e.g. sb3:ppo:runs/ppo-xsum/policy.zip")
+        return kind, arg
+    if kind == "pg" and arg:
+        return kind, arg
+    raise ValueError(f"unknown policy spec {spec!r}; valid forms: {', '.join(POLICY_SPECS)}")
+
+
+def _make_policy(spec: str, env, *, seed: int = 0, calibration_env=None):
+    """A baseline from its spec (saved policies are loaded by :func:`load_policy` itself)."""
+    from . import baselines as B
+
+    kind, arg = check_policy_spec(spec)
+    if kind == "skip-nothing":
+        return B.SkipNothing(env)
+    if kind == "random":
+        return B.RandomPolicy(env, float(arg or 0.5), seed=seed)
+    if kind == "lead":
+        return B.lead_truncation(env, int(arg))
+    if kind == "every-other":
+        return B.every_other_layer(env, arg or "attention")
+    if kind == "calibrated":
+        policy = B.calibrate_static_drop(calibration_env or env, int(arg))
+        return B.StaticPlan(env, policy.plan, name=spec)
+    if kind == "oracle":
+        return B.OraclePolicy(env, max_skips=int(arg) if arg else None)
+    raise ValueError(f"unknown policy spec {spec!r}; valid forms: {', '.join(POLICY_SPECS)}")
+
 
 #: one line for command-line help
 POLICY_HELP = ("a baseline spec (skip-nothing, lead:K, random:RATE, every-other:attention|ffn|both, calibrated:N, "
@@ -74,7 +150,6 @@ def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: 
     import gymnasium as gym
 
     from .baselines import SB3Policy
-    from .benchmark import make_policy
 
     env = env.unwrapped
     kind, _, rest = spec.partition(":")
@@ -115,7 +190,7 @@ def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: 
             policy = load_agent(path, env, device=device)
             policy.name = f"{policy.name if isinstance(policy, GroupPG) else 'pg'}:{path.parent.name}"
     else:
-        policy = make_policy(spec, env, seed=seed, calibration_env=calibration_env)
+        policy = _make_policy(spec, env, seed=seed, calibration_env=calibration_env)
     if isinstance(policy, SB3Policy):
         policy.stochastic = bool(stochastic)
     return policy

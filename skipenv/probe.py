@@ -7,7 +7,7 @@ For one env configuration the probe
    a (documents x plans) table of quality, quality_full and cost, plus each document's observation
    (:func:`evaluate_menu`; the table is cached as CSV so re-analysis runs no forward pass);
 2. fits, on the train documents only, the static and contextual policies below, and evaluates them on the test
-   documents under the per-input and the expected formulation (:mod:`skipenv.formulations`) (:func:`analyse`):
+   documents under the per-input and the expected formulation (:mod:`skipenv.envs.wrappers`) (:func:`analyse`):
 
    - best static plan — per-input: highest mean lexicographic reward; expected: most FLOPs saved with mean quality
      loss ``<= tau`` (train means);
@@ -30,6 +30,10 @@ For one env configuration the probe
 3. draws the test policies in a quality-vs-FLOPs-saved plot (:func:`plot_probe`).
 
 Command line: ``skipenv probe`` (README, "Constraint formulations and the learnability probe", has a measured run).
+
+Why this module is long: the plan menu, its evaluated table, the menu policies and the analysis report are
+read together by the main job; splitting it into ``policies/menu.py`` and ``evaluation/probe.py`` (issue 19) is
+the next step of the layout.
 """
 
 from __future__ import annotations
@@ -43,16 +47,18 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .formulations import bootstrap_ci, formulation_metrics
+from .evaluation.formulation_metrics import bootstrap_ci, formulation_metrics
+from .envs.registration import DEFAULT_ENV_ID
+from .evaluation.stats import markdown_table
 from .plan import SkipPlan
-from .rewards import lexicographic_reward
+from .envs.rewards import lexicographic_reward
 
 if TYPE_CHECKING:  # annotations only; pandas is imported where it is used
     import pandas as pd
 
 __all__ = ["default_menu", "parse_plan", "ProbeTable", "evaluate_menu", "mixture_lp", "expected_oracle",
            "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "compare_observations", "plot_probe",
-           "run_probe", "env_tau"]
+           "run_probe"]
 
 #: Attention layer skipped by the default menu on models with >= 12 decoder layers: layer 6 of SmolLM2-135M's 30,
 #: the most redundant attention sublayer measured on XSum (agreement ~0.9 when skipped alone).
@@ -418,7 +424,7 @@ class ProbePolicy:
     def expected_multiplier(self) -> float:
         """The Lagrange multiplier ``lam`` of the deterministic expected-constraint rule (``argmax_p S^_p - lam
         L^_p``, the best single ``lam`` of the grid whose out-of-fold train mean loss is within tau), in
-        FLOPs-fraction per unit of quality loss: the scale :class:`~skipenv.formulations.ExpectedConstraint`'s
+        FLOPs-fraction per unit of quality loss: the scale :class:`~skipenv.envs.wrappers.ExpectedConstraint`'s
         multiplier needs to keep this rule's trade-off (e.g. its ``lam_init`` after a warm start). When only the most
         cautious rule (``lam = inf``) qualifies, the largest finite ``lam`` of the grid (1000).
 
@@ -496,14 +502,6 @@ class ProbeReport:
         if len(self.learning_curve):
             parts += ["### Learning curve (advantage of the probe on the test documents)", fmt(self.learning_curve)]
         return "\n\n".join(parts) + "\n"
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A DataFrame as a GitHub markdown table (floats formatted with ``floatfmt``; no extra dependency)."""
-    cell = lambda v: format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _one_hot(choice: np.ndarray, P: int) -> np.ndarray:
@@ -678,7 +676,7 @@ def compare_observations(table: ProbeTable, tau: float, features: Mapping[str, "
     gains over the best static policies (no learning curve).
 
     Args:
-        features: kind name → feature table of :func:`skipenv.observations.feature_table` (``None`` = the
+        features: kind name → feature table of :func:`skipenv.envs.observations.feature_table` (``None`` = the
             table's own observation).
         passthrough: kind → trailing columns kept out of the PCA (default 2).
 
@@ -768,28 +766,7 @@ def config_key(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def env_tau(env_id: str, env_kwargs: Mapping | None = None) -> float:
-    """The tolerance ``gym.make(env_id, **env_kwargs).unwrapped.tau`` would have, without building the env (no model
-    load): the ``tau`` kwarg, else the id's registered ``tau``, else the default of the quality signal (the
-    ``quality`` kwarg, else the id's registered quality, else agreement).
-
-    Raises:
-        gymnasium.error.Error: an unknown id; ValueError: an unknown quality signal.
-    """
-    import gymnasium as gym
-
-    from .envs.quality import get_signal
-
-    env_kwargs = dict(env_kwargs or {})
-    registered = gym.spec(env_id).kwargs
-    tau = env_kwargs.get("tau", registered.get("tau"))
-    if tau is None:
-        quality = env_kwargs.get("quality", registered.get("quality"))
-        tau = get_signal("agreement" if quality is None else quality).default_tau
-    return float(tau)
-
-
-def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = None,
+def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
               menu: Mapping[str, SkipPlan] | Sequence[str] | None = None, num_train: int = 40, num_test: int = 20,
               tau: float | None = None, out_dir: str | Path = "runs/probe", progress: bool = True,
               learning_curve: Sequence[int] | None = None, observations: Sequence[str] = (),
@@ -805,7 +782,7 @@ def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = No
         tau: tolerance of the analysis (default the env's: ``env_kwargs["tau"]``, else the id's registered tau,
             else the quality signal's default).
         out_dir: parent folder of the cache / results.
-        observations: further observation kinds to compare with the env's (:mod:`skipenv.observations`, e.g.
+        observations: further observation kinds to compare with the env's (:mod:`skipenv.envs.observations`, e.g.
             ``("segments", "layer:4")``); adds ``observation_kinds.csv`` and a table to ``report.md``. Their
             features are cached next to the table.
 
@@ -817,8 +794,8 @@ def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = No
     import skipenv  # noqa: F401  (registers the ids)
 
     from .envs import SwitchDecEnv
-    from .observations import passthrough_columns
-    from .observations import _parse as _parse_observation_kind
+    from .envs.observations import passthrough_columns
+    from .envs.observations import _parse as _parse_observation_kind
 
     from .envs.registration import resolve_env_id
 
@@ -856,6 +833,8 @@ def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = No
                              f"NAME: prefix")
         menu = dict(parsed)
         env.close()
+    from .envs.registration import env_tau
+
     tau = float(tau if tau is not None else env_tau(env_id, env_kwargs))
     menu_cfg = _menu_json(menu) if menu is not None else "default"
     cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,
@@ -874,7 +853,7 @@ def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = No
     if observations:
         import pandas as pd
 
-        from .observations import feature_table
+        from .envs.observations import feature_table
 
         feats: dict = {f"{env_observation} (env)": None}
         passthrough = {f"{env_observation} (env)": passthrough_columns(env_observation, k)}
@@ -899,57 +878,3 @@ def run_probe(env_id: str = "SwitchDec-XSum-v1", *, env_kwargs: dict | None = No
     plot_probe(report, folder / "pareto.png", title=f"{env_id}: learnability probe (tau = {tau})")
     report.folder = folder
     return table, report
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def configure_parser(p) -> None:
-    """Arguments of ``skipenv probe`` / ``benchmarks/learnability.py``."""
-    from .cli import json_object, nonnegative_int, positive_int
-
-    p.add_argument("--env", default="SwitchDec-XSum-v1", help="a one-shot SwitchDec env id")
-    p.add_argument("--train-docs", type=positive_int, default=96,
-                   help="first N documents of the train split (the probe policy's calibration needs about this many "
-                        "on XSum: README, \"Choosing the defaults\")")
-    p.add_argument("--test-docs", type=positive_int, default=40, help="first M documents of the test split")
-    p.add_argument("--quality", default=None,
-                   help="quality signal (gym.make kwarg; default the env's: probability for SwitchDec-XSum-v1, "
-                        "agreement for v0): agreement, probability, likelihood, reference, fidelity")
-    p.add_argument("--tau", type=float, default=None,
-                   help="quality tolerance (quality units; default the env's: 0.01 for v1, 0.1 for v0, else the "
-                        "quality signal's default)")
-    p.add_argument("--observation", default=None, metavar="KIND",
-                   help="the env's observation (gym.make kwarg; default the env's, pooled): pooled, segments, "
-                        "layer:m, attention:m")
-    p.add_argument("--plan", action="append", default=None, metavar="NAME:KIND=I,J;KIND=I",
-                   help="a menu plan (repeatable; replaces the default menu), e.g. 'lead:tokens=6,7'")
-    p.add_argument("--learning-curve", type=positive_int, nargs="*", default=None,
-                   help="train-document counts of the learning curve (default 1/4, 1/2, 3/4 of --train-docs)")
-    p.add_argument("--env-kwargs", type=json_object, default={}, help="further gym.make kwargs as JSON")
-    p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
-                   help="observation kinds to compare with the env's: segments, layer:m, attention:m "
-                        "(skipenv.observations)")
-    p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
-    p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the analysis (fold shuffling, learning-curve subsets, randomised policies)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def main(args) -> int:
-    """Run the probe from parsed :func:`configure_parser` arguments; prints the report; returns 0."""
-    both = sorted({"quality", "tau"} & set(args.env_kwargs))
-    if both:
-        raise ValueError(f"set {' and '.join(both)} with --{' / --'.join(both)}, not in --env-kwargs (the analysis "
-                         f"uses the flag's value)")
-    observation = getattr(args, "observation", None)
-    if observation is not None and "observation" in args.env_kwargs:
-        raise ValueError("set the observation with --observation or in --env-kwargs, not both")
-    env_kwargs = {**{k: v for k, v in (("quality", args.quality), ("tau", args.tau)) if v is not None},
-                  **args.env_kwargs}
-    if observation is not None:
-        env_kwargs["observation"] = observation
-    _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
-                          num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,
-                          learning_curve=args.learning_curve, observations=args.observations, seed=args.seed)
-    print((report.folder / "report.md").read_text())
-    print(f"saved: {report.folder}/ (outcomes.csv, observations.csv, report.md, summary.csv, pareto.png)")
-    return 0

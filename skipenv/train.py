@@ -4,28 +4,33 @@ evaluate it on the XSum test split against the random policy, "skip nothing" and
 menu, and write a table (CSV + JSON), the margins and a quality-vs-FLOPs scatter plot next to the policy
 (:func:`run_main_job`).
 
-Command line: ``skipenv train`` (see ``skipenv train --help``). Measured at the defaults (v1, 96 train / 40 test
+Command line: ``skipenv train`` (:mod:`skipenv.cli.train`; see ``skipenv train --help``). Measured at the defaults (v1, 96 train / 40 test
 documents, 7 menu plans, 384 episodes), references already cached, from a fresh clone on 2 lightly loaded CPU cores:
 7.2 minutes, 6.2 of them evaluating the menu; computing the references the first time adds ~1.5-3 s per document.
 The job states torch's thread
 setting and the machine's load first (warning when the load average exceeds the cores), prints a time estimate after
 the first 8 training episodes (and checks the load again then), and labels every progress bar; with standard error
-redirected to a file, bars become periodic plain lines (:mod:`skipenv.progress`).
+redirected to a file, bars become periodic plain lines (:mod:`skipenv.util.progress`).
+
+Why this module is long: ``run_main_job`` is one pipeline whose steps share the run folder, the menu table
+and the margins; splitting it into named steps in ``evaluation/main_job.py`` (issue 19) is the next step of the
+layout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .envs.registration import DEFAULT_ENV_ID
+
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["train_ppo", "run_main_job", "main_job_menu", "registered_formulation", "expected_margins", "best_static_plan",
-           "paired_margin", "format_table", "configure_parser", "main"]
+__all__ = ["train_ppo", "run_main_job", "main_job_menu", "expected_margins", "best_static_plan",
+           "paired_margin", "format_table"]
 
 
 def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path | None = None,
@@ -40,7 +45,7 @@ def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path |
 
     Args:
         progress_bar: a tqdm bar labelled ``train ppo`` (episodes, rate, time left, mean reward of the last 64
-            episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.progress`).
+            episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.util.progress`).
         on_early_speed: called once as ``on_early_speed(episodes_done, seconds)`` after the first 8 episodes (or
             the first rollout, if shorter), e.g. to print a time estimate.
         warm_start: :class:`~skipenv.warm_start.WarmStartTargets` cloned into the policy's action distribution
@@ -191,7 +196,7 @@ def best_static_plan(env, examples, *, progress: bool = True):
 
 def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     """Mean per-document difference ``a − b`` of reward and FLOPs saved over the test documents both policies ran,
-    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.formulations.bootstrap_ci`).
+    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`).
 
     Returns:
         ``{"documents", "reward", "reward_ci", "flops_saved", "flops_saved_ci"}``.
@@ -199,7 +204,7 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     Raises:
         ValueError: ``a`` and ``b`` share no test document (e.g. a misspelt policy name), instead of a NaN margin.
     """
-    from .formulations import bootstrap_ci
+    from .evaluation.formulation_metrics import bootstrap_ci
 
     x = episodes[episodes["policy"] == a].drop_duplicates("example_id").set_index("example_id")
     y = episodes[episodes["policy"] == b].drop_duplicates("example_id").set_index("example_id")
@@ -213,14 +218,6 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
         out[col] = float(d.mean()) if len(d) else float("nan")
         out[f"{col}_ci"] = list(bootstrap_ci(d))
     return out
-
-
-def registered_formulation(env_id: str) -> str:
-    """The constraint formulation ``gym.make(env_id)`` applies by default (``"per_input"`` unless the id's
-    registered kwargs say otherwise, e.g. ``"expected"`` for ``SwitchDec-XSum-v1``)."""
-    import gymnasium as gym
-
-    return gym.spec(env_id).kwargs.get("formulation", "per_input")
 
 
 def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0, passthrough: int = 2) -> dict:
@@ -243,7 +240,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         "best_static_mixture": {...}, "probe": {...}, "probe_deterministic": {...}, "margins": [...]}`` where each
         margin is ``{"policy",
         "baseline", "flops_saved", "flops_saved_ci", "quality_loss", "quality_loss_ci"}`` (means of per-document
-        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.formulations.bootstrap_ci`), and
+        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`), and
         ``share_of_probe_margin`` / ``share_of_probe_deterministic_margin`` = the learned policy's margin over the
         static front at equal quality divided by that probe rule's (None when the rule has no positive margin).
         FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
@@ -254,7 +251,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     """
     import numpy as np
 
-    from .formulations import bootstrap_ci
+    from .evaluation.formulation_metrics import bootstrap_ci
     from .probe import _fit_policies, mixture_lp
 
     train, test = tuple(table.config.get("splits", ("train", "test")))
@@ -335,7 +332,7 @@ def main_job_menu(spec) -> dict:
 
 def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 96,
                  test_examples: int = 40, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
-                 env_id: str = "SwitchDec-XSum-v1", progress_bar: bool = True, algo: str | None = None,
+                 env_id: str = DEFAULT_ENV_ID, progress_bar: bool = True, algo: str | None = None,
                  static_examples: int | None = None, env_kwargs: dict | None = None,
                  rouge: bool = False) -> pd.DataFrame:
     """Train a learner of :data:`skipenv.learners.LEARNERS` on ``env_id`` under its registered constraint
@@ -353,7 +350,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
       ``env_kwargs`` set ``reward_mode``); the best static plan has the highest mean train reward of that env; the margin (reward and FLOPs saved, paired over test documents,
       :func:`paired_margin`) is stored under ``margin_over_best_static``.
     - ``"expected"`` (``SwitchDec-XSum-v1``, the default): the learner trains through
-      :class:`~skipenv.formulations.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
+      :class:`~skipenv.envs.wrappers.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
       static plan is the cheapest menu plan whose mean train loss is within tau; margins against the best static
       mixture and against the static front at equal quality, with the probe policy's margins for scale, are
       stored under ``expected_constraint`` (:func:`expected_margins`). A warm-started learner (``ppo-bc``, the
@@ -389,7 +386,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     import skipenv  # noqa: F401  (registers the ids)
     from .baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
-    from .benchmark import evaluate_policy, plot_pareto, summarize
+    from .evaluation.harness import evaluate_policy, summarize
+    from .evaluation.plots import plot_pareto
     from .learners import LEARNERS, WARM_STARTED
 
     from .envs.registration import resolve_env_id
@@ -406,6 +404,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: torch finds no CUDA GPU on this machine; use --device cpu "
                              f"(device='cpu')")
+    from .envs.registration import registered_formulation
+
     formulation = registered_formulation(env_id)
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"{env_id} applies the {formulation!r} formulation; skipenv train runs per_input and "
@@ -445,7 +445,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         raise ValueError(f"env_kwargs {reserved} are set by the main job itself (its own arguments, or the id's "
                          f"registered formulation); drop them")
     say = _say
-    from .threads import configure_torch_threads
+    from .util.threads import configure_torch_threads
 
     configure_torch_threads()  # as loading the generator would, so that the line below states the real count
     line, warning = _threads_line()
@@ -513,7 +513,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     learn_env = train_env
     t_learn0 = time.perf_counter()  # training proper (warm start included), after the references and the menu
     if formulation == "expected":
-        from .formulations import ExpectedConstraint
+        from .envs.wrappers import ExpectedConstraint
 
         learn_env = ExpectedConstraint(train_env, tau, lam_init=lam_init)
     n_eval = (4 if table is not None else 3) * test_examples
@@ -641,57 +641,3 @@ def format_table(summary: pd.DataFrame, quality_name: str = "agreement", formula
             "reward_mean": "per-input reward"}
     t = t[[c for c in cols if c in t.columns]].rename(columns=cols)
     return t.to_string(index=False, formatters={"mean quality loss": lambda v: f"{v:.4f}"}, float_format=f3)
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``skipenv train`` (every one with help text; ``skipenv train --help`` shows the defaults)."""
-    from .cli import nonnegative_int, positive_int
-
-    p.add_argument("--out", default="runs/ppo-xsum",
-                   help="output folder: policy.zip, summary.csv/json, episodes.csv, quality_vs_flops.png, "
-                        "monitor.csv (one row per training episode) and tensorboard/")
-    p.add_argument("--total-timesteps", type=positive_int, default=384, help="PPO environment steps (= episodes)")
-    p.add_argument("--train-examples", type=positive_int, default=96,
-                   help="XSum train documents: the probe's menu is evaluated on them (see --static-examples) and "
-                        "training cycles through them; the probe policy needs about this many (README, \"Choosing "
-                        "the defaults\")")
-    p.add_argument("--test-examples", type=positive_int, default=40, help="XSum test documents evaluated")
-    p.add_argument("--rouge", action="store_true",
-                   help="also generate every evaluation episode's output and report ROUGE-L against the reference "
-                        "(one greedy generation per episode: ~4-5 more minutes at the defaults)")
-    p.add_argument("--static-examples", type=nonnegative_int, default=None,
-                   help="train documents the probe's menu is evaluated on: the best static plan (and, under the "
-                        "expected formulation, the static mixture and the probe policy the margins are reported "
-                        "against) and the warm-start targets (default: all --train-examples; 0 = no menu, no "
-                        "static baseline)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of PPO, the env and the random baseline")
-    p.add_argument("--device", default="cpu", help="torch device of the generator and PPO (e.g. cpu, cuda)")
-    p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="generator: the embedded short name, a Hugging Face Hub id or a local model folder")
-    p.add_argument("--env", default="SwitchDec-XSum-v1",
-                   help="environment id (one-shot); its registered formulation is used (v1: expected, v0: "
-                        "per_input)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (phase lines and the time estimate are still printed to stderr)")
-    from .learners import LEARNERS
-
-    p.add_argument("--algo", default=None, choices=list(LEARNERS),
-                   help="learner (skipenv.learners; default ppo-bc under the expected formulation, ppo under "
-                        "per_input): ppo, a2c, the ConstrainedPG handlers, the group-baseline rloo / grpo "
-                        "(policy.pt instead of policy.zip), or ppo-bc / rloo-bc (behaviour cloning of the probe "
-                        "policy's plans first)")
-
-
-def main(args: argparse.Namespace) -> int:
-    summary = run_main_job(args.out, total_timesteps=args.total_timesteps, train_examples=args.train_examples,
-                           test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,
-                           env_id=args.env, progress_bar=not args.no_progress, algo=args.algo,
-                           static_examples=args.static_examples, rouge=args.rouge)
-    meta = json.loads((Path(args.out) / "summary.json").read_text())
-    print(format_table(summary, meta["quality"], meta["formulation"], meta["tau"]))
-    sb3 = meta["algo"] in ("ppo", "a2c", "ppo-bc")
-    logs = (f"monitor.csv, tensorboard/ (view: tensorboard --logdir {Path(args.out) / 'tensorboard'})" if sb3 else
-            "progress.csv (one row per training episode)")
-    print(f"\nsaved: {Path(args.out) / ('policy.zip' if sb3 else 'policy.pt')}, summary.csv, summary.json, "
-          f"episodes.csv, quality_vs_flops.png, {'menu/, ' if meta.get('best_static') else ''}{logs}")
-    return 0

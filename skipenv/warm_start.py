@@ -91,7 +91,7 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
         source: ``"oracle"`` or ``"probe"`` (see the module docstring).
         formulation: ``"per_input"`` (one plan per document) or ``"expected"`` (plan mixtures, as weights).
         split: the table's split (default its first split, the train documents).
-        append_tau: append the tolerance to each observation (for :class:`~skipenv.formulations.BudgetConditioned`).
+        append_tau: append the tolerance to each observation (for :class:`~skipenv.envs.wrappers.BudgetConditioned`).
         seed: folds of the probe policy.
 
     Returns:

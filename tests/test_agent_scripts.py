@@ -1,9 +1,10 @@
-"""Every runnable agent in agents/ trains end to end on the embedded SwitchDec-XSum-v0 (real SmolLM2, real XSum)
+"""Every runnable agent in agents/ trains end to end on the default id (SwitchDec-XSum-v1, embedded) (real SmolLM2, real XSum)
 at tiny settings, saves a policy, and the harness evaluates it."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ pytestmark = [pytest.mark.assets, pytest.mark.slow]
 
 def run_agent(script: str, out: Path, *extra: str) -> pd.DataFrame:
     cmd = [sys.executable, str(ROOT / "agents" / script), "--out", str(out), *TINY, *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = pd.read_csv(out / "eval_summary.csv")
     assert summary.loc[0, "episodes"] == 2

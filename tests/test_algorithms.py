@@ -11,9 +11,11 @@ from skipenv.algorithms import (ConstrainedPG, DynamicBarrierHandler, Lagrangian
                                 dynamic_barrier_lambda)
 from skipenv.baselines import (OraclePolicy, RandomPolicy, SkipNothing, calibrate_static_drop, every_other_layer,
                                lead_truncation, sublayer_similarity)
-from skipenv.benchmark import bootstrap_ci, evaluate_policy, iqm, plot_pareto, summarize
+from skipenv.evaluation.harness import evaluate_policy, summarize
+from skipenv.evaluation.plots import plot_pareto
+from skipenv.evaluation.stats import bootstrap_ci, iqm
 from skipenv.envs import SwitchDecEnv
-from skipenv.records import EpisodeRecord, validate
+from skipenv.envs.records import EpisodeRecord, validate
 from skipenv.testing import tiny_generator
 
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows

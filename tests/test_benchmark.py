@@ -1,4 +1,4 @@
-"""skipenv.benchmark statistics without a model: distinct episodes, bootstrap CI / IQM, the Pareto front and the
+"""skipenv.evaluation (harness, stats) without a model: distinct episodes, bootstrap CI / IQM, the Pareto front and the
 leaderboard table, on hand-made episode tables whose answers are computed by hand or independently; and the
 leaderboard's progress bars on a tiny random-weight model."""
 
@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skipenv.benchmark import bootstrap_ci, distinct_episodes, format_summary, iqm, pareto_front, summarize
+from skipenv.evaluation.harness import distinct_episodes, format_summary, summarize
+from skipenv.evaluation.plots import pareto_front
+from skipenv.evaluation.stats import bootstrap_ci, iqm
 
 REWARDS = [0.97, 1.20, -0.30, 0.55, 1.41, -0.88, 0.12, 1.05]
 
@@ -95,22 +97,44 @@ def test_leaderboard_bars_count_episodes_and_documents_and_name_the_seed(tmp_pat
     says which seed it is; a deterministic policy runs once, without a seed in its label."""
     from _tiny_local import tiny_env_kwargs, write_tiny_assets
 
-    from skipenv.benchmark import leaderboard
+    from skipenv.evaluation.harness import leaderboard
 
     model, data = write_tiny_assets(tmp_path, num_documents=3)
     capsys.readouterr()  # transformers' own bar while saving the model
-    episodes, _ = leaderboard(["random:0.5", "skip-nothing"], split="all", episodes=2, seeds=(0, 1), progress=True,
-                              env_kwargs=tiny_env_kwargs(model, data, disk_cache=False))
+    episodes, summary = leaderboard(["random:0.5", "skip-nothing"], split="all", episodes=2, seeds=(0, 1),
+                                    progress=True, env_kwargs=tiny_env_kwargs(model, data, disk_cache=False))
     err = capsys.readouterr().err
     assert "eval random:0.5 seed 0:" in err and "eval random:0.5 seed 1:" in err
     assert "eval skip-nothing:" in err and "eval skip-nothing seed" not in err
     assert "episode/s" in err and "document/s" in err and "it/s" not in err
     assert sorted(set(zip(episodes["policy"], episodes["seed"]))) == [("random:0.5", 0), ("random:0.5", 1),
                                                                       ("skip-nothing", 0)]
+    # the default id is v1: the summary reports its expected constraint, the mean quality loss against tau 0.01
+    loss = (episodes["quality_full"] - episodes["quality"]).groupby(episodes["policy"]).mean()
+    by_policy = summary.set_index("policy")
+    assert by_policy["mean_quality_loss"].to_dict() == pytest.approx(loss.to_dict())
+    assert (by_policy["tau"] == 0.01).all() and by_policy.loc["skip-nothing", "mean_loss_within_tau"]
+    assert "mean loss" in format_summary(summary) and "yes (0.01)" in format_summary(summary)
+
+
+def test_expected_formulation_summary_is_mean_loss_against_tau():
+    """Under the expected constraint the table shows the mean loss, its CI and whether it is within tau, not the
+    per-input reward (which ranked skip-nothing first on v1)."""
+    eps = _episodes("lead:4", 0, REWARDS)  # quality linspace(0.5, 1, 8) against 1.0: mean loss 0.25
+    s = summarize(eps, formulation="expected", tau=0.3).iloc[0]
+    assert s["mean_quality_loss"] == pytest.approx(0.25) and s["mean_loss_within_tau"] and s["tau"] == 0.3
+    assert s["mean_quality_loss_ci_low"] <= 0.25 <= s["mean_quality_loss_ci_high"]
+    assert not summarize(eps, formulation="expected", tau=0.2).iloc[0]["mean_loss_within_tau"]
+    text = format_summary(summarize(eps, formulation="expected", tau=0.2))
+    assert "mean loss" in text and "0.2500" in text and "no (0.2)" in text and "IQM" not in text
+    assert "IQM" in format_summary(summarize(eps))  # the per-input table is unchanged
+    with pytest.raises(ValueError, match="needs tau"):
+        summarize(eps, formulation="expected")
 
 
 def test_saved_policy_specs_bare_or_prefixed_are_checked_before_anything_loads(tmp_path):
-    from skipenv.benchmark import check_policy_spec, leaderboard
+    from skipenv.evaluation.harness import leaderboard
+    from skipenv.policies import check_policy_spec
 
     assert check_policy_spec("runs/ppo-xsum/policy.zip") == ("file", "runs/ppo-xsum/policy.zip")
     assert check_policy_spec("runs/pg/policy.pt") == ("file", "runs/pg/policy.pt")

@@ -22,7 +22,7 @@ def test_budget_front_tiny_matches_an_independent_re_evaluation(tmp_path, one_th
 
     from skipenv import BudgetConditioned
     from skipenv.envs import SwitchDecEnv
-    from skipenv.rewards import lexicographic_reward
+    from skipenv.envs.rewards import lexicographic_reward
 
     bf = _load_script()
     out = tmp_path / "front"

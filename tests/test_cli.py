@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from skipenv.cli import SUBCOMMANDS, build_parser, main
-from skipenv.progress import LineWriter, log_friendly_progress
+from skipenv.util.progress import LineWriter, log_friendly_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pandas", "transformers", "stable_baselines3", "matplotlib")
@@ -79,7 +79,32 @@ def test_help_shows_each_default_once():
         twice = re.findall(r"(\(default: [^()]*\))[^()]*\1", text)
         assert not twice, f"skipenv {name} --help: {twice}"
         if name == "generate":
-            assert text.count("(default: SwitchDec-XSum-v0)") == 1 and text.count("(default: cpu)") == 1
+            assert text.count("(default: SwitchDec-XSum-v1)") == 1 and text.count("(default: cpu)") == 1
+
+
+def test_every_tool_defaults_to_the_same_id():
+    """skipenv train / probe / leaderboard / generate / dataset record, the agents and compare_algorithms.py all
+    default to DEFAULT_ENV_ID, the latest XSum version (what gym.make("SwitchDec-XSum") picks), and the scripts'
+    --help shows it."""
+    import gymnasium as gym
+
+    from skipenv.envs.registration import DEFAULT_ENV_ID
+    from skipenv.envs.registration import resolve_env_id
+
+    assert DEFAULT_ENV_ID == resolve_env_id("SwitchDec-XSum")
+    subs = _subparsers(build_parser())
+    record = next(a for a in subs["dataset"]._actions if isinstance(a, argparse._SubParsersAction)).choices["record"]
+    for name, p in [*((n, subs[n]) for n in ("train", "probe", "leaderboard", "generate")), ("dataset record", record)]:
+        env = next(a for a in p._actions if "--env" in a.option_strings)
+        assert env.default == DEFAULT_ENV_ID, name
+    assert gym.spec(DEFAULT_ENV_ID).kwargs["formulation"] == "expected"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for script in ("agents/ppo.py", "agents/baselines.py", "agents/constrained_pg.py", "agents/group_pg.py",
+                   "benchmarks/compare_algorithms.py"):
+        proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"(default: {DEFAULT_ENV_ID})" in " ".join(proc.stdout.split()), script
 
 
 def test_line_writer_throttles_redraws_per_bar():

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import skipenv
 from skipenv import SkipPlan
 from skipenv.envs import Evaluator, SwitchDecEnv, SwitchDecLayerwiseEnv
-from skipenv.observations import (
+from skipenv.envs.observations import (
     attention_features,
     observation_features,
     observation_flops,
@@ -202,7 +202,7 @@ def test_env_observation_values(tiny_llama, xsum_task):
     prompt = pooled_env.prompt()
     assert obs_pooled.shape == (34,)  # today's observation, unchanged
     seg, _ = make(tiny_llama, observation="segments").reset(options={"index": 0})
-    from skipenv.observations import SegmentObservation
+    from skipenv.envs.observations import SegmentObservation
 
     wrapped, _ = SegmentObservation(make(tiny_llama)).reset(options={"index": 0})
     np.testing.assert_array_equal(seg, wrapped)  # the kwarg gives what the wrapper gives
@@ -307,7 +307,7 @@ def test_passthrough_columns():
 
 # ---------------------------------------------------------------------------------------------- formulations
 def test_formulation_at_gym_make(tiny_llama):
-    from skipenv.formulations import BudgetConditioned, ExpectedConstraint
+    from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # formulation_kwargs (a dict of plain values) stays in the spec
@@ -321,7 +321,7 @@ def test_formulation_at_gym_make(tiny_llama):
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
     assert info["lagrange_multiplier"] == 0.0  # lam_init: the first reward is the FLOPs saved
-    assert info["lagrangian_reward"] == reward == pytest.approx(1 - info["cost"])
+    assert info["reward"] == reward == pytest.approx(1 - info["cost"])
 
     budget = skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, formulation="budget",
                           formulation_kwargs={"tau_range": [0.0, 0.2]}, observation="layer:2", **SMALL)
@@ -365,10 +365,11 @@ def test_probe_options_and_attention_features(smollm2_tokenizer, tmp_path):
     import argparse
 
     from skipenv import probe
-    from skipenv.observations import feature_table
+    from skipenv.cli.probe import configure_parser
+    from skipenv.envs.observations import feature_table
 
     p = argparse.ArgumentParser()
-    probe.configure_parser(p)
+    configure_parser(p)
     args = p.parse_args(["--quality", "probability", "--observation", "attention:4", "--observations", "layer:2",
                          "attention:2"])
     assert (args.quality, args.observation, args.observations) == ("probability", "attention:4",
@@ -402,7 +403,7 @@ def test_probe_options_and_attention_features(smollm2_tokenizer, tmp_path):
 def test_records_check_the_observation(tiny_llama):
     """A recorded episode's cost includes its observation's FLOPs: replaying it under another observation kind is
     flagged (a note naming the setting), under the same kind it validates."""
-    from skipenv.records import EpisodeRecord, validate
+    from skipenv.envs.records import EpisodeRecord, validate
 
     env = make(tiny_llama, observation="layer:2")
     env.reset(options={"index": 0})

@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import skipenv
-from skipenv.cache import CacheWarning, DiskCache
+from skipenv.envs.cache import CacheWarning, DiskCache
 from skipenv.envs import SwitchDecEnv, SwitchDecLayerwiseEnv
 from skipenv.testing import tiny_generator
 
@@ -168,7 +168,7 @@ def test_quality_modes_and_reward_modes(tiny_llama):
     env.reset(seed=0)
     _, r, *_, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
     assert r == pytest.approx(info["quality"] - 0.5 * info["cost"])
-    with pytest.warns(DeprecationWarning, match="cost_weight"):  # the old name of the weight still works
+    with pytest.warns(DeprecationWarning, match="removed in skipenv 0.3; use cost_weight"):  # the old name of the weight still works
         old = make(tiny_llama, reward_mode="weighted", lam=0.25)
     old.reset(seed=0)
     _, r, *_, info = old.step(np.zeros(old.action_space.n, dtype=np.int8))

@@ -1,5 +1,5 @@
 """Constraint formulations: dual-ascent arithmetic of the Lagrange multiplier against hand-computed values, the
-wrappers' rewards against skipenv.rewards on a scripted env, API checkers on a tiny-model env, and the metrics
+wrappers' rewards against skipenv.envs.rewards on a scripted env, API checkers on a tiny-model env, and the metrics
 against hand-computed numbers."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from skipenv.formulations import (BudgetConditioned, ExpectedConstraint, LagrangeMultiplier, formulation_metrics,
-                                  make_formulation, metrics_by_tau)
-from skipenv.rewards import lexicographic_reward
+from skipenv.envs.rewards import LagrangeMultiplier
+from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint, make_formulation
+from skipenv.evaluation.formulation_metrics import formulation_metrics, metrics_by_tau
+from skipenv.envs.rewards import lexicographic_reward
 
 
 class ScriptedEnv(gym.Env):
@@ -76,7 +77,7 @@ def test_expected_reward_uses_multiplier_before_update():
     assert i1["lagrange_multiplier"] == 0.0 and r1 == pytest.approx(0.6)  # (1 - 0.4) - 0 * 0.2
     assert i2["lagrange_multiplier"] == pytest.approx(0.2)  # 0 + 1 * (0.3 - 0.1)
     assert r2 == pytest.approx(0.6 - 0.2 * 0.2)
-    assert i2["constraint_violation"] == pytest.approx(0.2) and i2["lagrangian_reward"] == r2
+    assert i2["constraint_violation"] == pytest.approx(0.2) and i2["reward"] == r2
 
 
 def test_multiplier_rises_when_violated_and_falls_to_zero_with_slack():
@@ -121,7 +122,7 @@ def test_budget_reward_is_lexicographic_at_episode_tau():
     obs, info = env.reset(seed=0, options={"tau": 0.2})
     assert env.observation_space.shape == (4,) and obs[-1] == np.float32(0.2) and info["tau"] == 0.2
     _, r, *_, info = env.step(0)
-    assert r == pytest.approx(1 + 0.4) and info["budget_constraint_satisfied"]  # loss 0.15 <= 0.2
+    assert r == pytest.approx(1 + 0.4) and info["constraint_satisfied"]  # loss 0.15 <= 0.2
     env.reset(options={"tau": 0.1})
     _, r, *_, info = env.step(0)
     assert r == pytest.approx(lexicographic_reward(0.85, 1.0, 0.6, 0.1)) and r == pytest.approx(-0.05)

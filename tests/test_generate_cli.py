@@ -153,11 +153,10 @@ def test_repository_agent_policy_pt(kwargs, tmp_path):
 
 def test_a_saved_policy_is_named_the_same_way_in_every_command(kwargs, tmp_path):
     """A bare ``policy.zip`` / ``policy.pt`` and the leaderboard's ``sb3:ALGO:PATH.zip`` / ``pg:PATH.pt`` load the
-    same policy through :func:`load_policy` (generate, dataset) and :func:`make_policy` (leaderboard)."""
+    same policy through :func:`load_policy`, the front door of generate, dataset and leaderboard."""
     from stable_baselines3 import DQN
 
     from skipenv.algorithms import ConstrainedPG
-    from skipenv.benchmark import make_policy
     from skipenv.policies import load_policy
     from skipenv.sb3 import train_sb3
 
@@ -168,22 +167,22 @@ def test_a_saved_policy_is_named_the_same_way_in_every_command(kwargs, tmp_path)
     zip_path, pt_path = str(tmp_path / "ppo-run" / "policy.zip"), str(tmp_path / "cpg" / "policy.pt")
     obs, _ = env.reset(options={"index": 0})
     expected, _ = model.predict(obs, deterministic=True)
-    for build in (load_policy, make_policy):
-        for spec in (zip_path, f"sb3:ppo:{zip_path}"):
-            policy = build(spec, env)
-            assert policy.name == "ppo:ppo-run", (build, spec)
-            np.testing.assert_array_equal(policy(obs), expected)
-        for spec in (pt_path, f"pg:{pt_path}"):
-            policy = build(spec, env)
-            assert policy.name == "pg:cpg", (build, spec)
-            np.testing.assert_array_equal(policy(obs), agent(obs))
-        with pytest.raises(ValueError, match="saved by PPO, not 'a2c'"):
-            build(f"sb3:a2c:{zip_path}", env)
-        with pytest.raises(FileNotFoundError, match="nope.zip' does not exist"):
-            build(str(tmp_path / "nope.zip"), env)
+    build = load_policy  # the one front door of generate, dataset and leaderboard
+    for spec in (zip_path, f"sb3:ppo:{zip_path}"):
+        policy = build(spec, env)
+        assert policy.name == "ppo:ppo-run", (build, spec)
+        np.testing.assert_array_equal(policy(obs), expected)
+    for spec in (pt_path, f"pg:{pt_path}"):
+        policy = build(spec, env)
+        assert policy.name == "pg:cpg", (build, spec)
+        np.testing.assert_array_equal(policy(obs), agent(obs))
+    with pytest.raises(ValueError, match="saved by PPO, not 'a2c'"):
+        build(f"sb3:a2c:{zip_path}", env)
+    with pytest.raises(FileNotFoundError, match="nope.zip' does not exist"):
+        build(str(tmp_path / "nope.zip"), env)
     # a layerwise policy (Discrete per layer) is refused by name, not with a shape mismatch
     layerwise = gym.make("SwitchDec-XSum-Layerwise-v0", **kwargs).unwrapped
     (tmp_path / "dqn").mkdir()
     DQN("MlpPolicy", layerwise, learning_starts=0, buffer_size=16, device="cpu").save(tmp_path / "dqn" / "policy.zip")
     with pytest.raises(ValueError, match="is a layerwise policy"):
-        make_policy(str(tmp_path / "dqn" / "policy.zip"), env)
+        load_policy(str(tmp_path / "dqn" / "policy.zip"), env)

@@ -22,7 +22,7 @@ import skipenv
 from skipenv.envs import Evaluator, SwitchDecEnv, SwitchDecLayerwiseEnv, model_fingerprint
 from skipenv.assets import CacheLocationError
 from skipenv.envs.cache import CacheWarning, value_checksum
-from skipenv.records import EpisodeRecord, validate
+from skipenv.envs.records import EpisodeRecord, validate
 from skipenv.testing import tiny_generator
 
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows

@@ -139,14 +139,14 @@ BAD_MULTIPLIER = [
 
 @pytest.mark.parametrize("kw,named", BAD_MULTIPLIER, ids=[repr(k) for k, _ in BAD_MULTIPLIER])
 def test_lagrange_multiplier_arguments_are_checked(kw, named):
-    from skipenv.formulations import LagrangeMultiplier
+    from skipenv.envs.rewards import LagrangeMultiplier
 
     with pytest.raises(ValueError, match=named):
         LagrangeMultiplier(**{"tau": 0.1, **kw})
 
 
 def test_expected_constraint_rewards_stay_finite_with_a_large_lam_max(generator):
-    from skipenv.formulations import ExpectedConstraint
+    from skipenv.envs.wrappers import ExpectedConstraint
 
     with pytest.raises(ValueError, match="lam_max must be a finite number"):  # issue 20: inf gave -inf / NaN rewards
         ExpectedConstraint(make(generator), tau=0.0, lam_max=float("inf"))
@@ -161,7 +161,7 @@ def test_expected_constraint_rewards_stay_finite_with_a_large_lam_max(generator)
 
 @pytest.mark.parametrize("bad", [3, "multiplier"])
 def test_expected_constraint_refuses_a_non_multiplier(bad, generator):
-    from skipenv.formulations import ExpectedConstraint
+    from skipenv.envs.wrappers import ExpectedConstraint
 
     with pytest.raises(ValueError, match="LagrangeMultiplier"):
         ExpectedConstraint(make(generator), tau=0.1, multiplier=bad)
@@ -170,7 +170,7 @@ def test_expected_constraint_refuses_a_non_multiplier(bad, generator):
 @pytest.mark.parametrize("tau_range", [(0, 0.1, 0.2), 0.1, "ab", (float("nan"), 1), (0.2, 0.1), (-0.1, 0.1),
                                        (0, float("inf")), (True, 0.2)], ids=repr)
 def test_budget_conditioned_bad_tau_range(tau_range, generator):
-    from skipenv.formulations import BudgetConditioned
+    from skipenv.envs.wrappers import BudgetConditioned
 
     with pytest.raises(ValueError, match="tau_range"):
         BudgetConditioned(make(generator), tau_range=tau_range)
@@ -180,7 +180,7 @@ def test_budget_conditioned_bad_tau_range(tau_range, generator):
                                            ({"tau": [0.1]}, "options"), ({"tau": float("nan")}, "options"),
                                            ({"tau": 0.5}, "outside tau_range"), ([1], "dict")], ids=repr)
 def test_budget_conditioned_bad_reset_options(options, named, generator):
-    from skipenv.formulations import BudgetConditioned
+    from skipenv.envs.wrappers import BudgetConditioned
 
     w = BudgetConditioned(make(generator), tau_range=(0.0, 0.3))
     with pytest.raises(ValueError, match=named):
@@ -289,7 +289,7 @@ def test_lam_with_the_lexicographic_reward_is_refused(generator):
 
 @pytest.fixture(scope="module")
 def record(generator):
-    from skipenv.records import EpisodeRecord
+    from skipenv.envs.records import EpisodeRecord
 
     env = make(generator, tau=0.3)
     env.reset(options={"index": 1})
@@ -304,7 +304,7 @@ TAMPERED = [("foo", 1, "unknown fields"), ("reward", "1.0", "reward"), ("reward"
 
 @pytest.mark.parametrize("field,value,named", TAMPERED, ids=[f"{f}={v!r}" for f, v, _ in TAMPERED])
 def test_tampered_record_json_is_refused_by_name(field, value, named, record):
-    from skipenv.records import EpisodeRecord
+    from skipenv.envs.records import EpisodeRecord
 
     d = json.loads(record.to_json())
     d[field] = value
@@ -320,7 +320,7 @@ def test_tampered_record_json_is_refused_by_name(field, value, named, record):
                                      ({"tau": 0.3, "split": "all"}, "split")], ids=repr)
 def test_record_does_not_validate_in_an_env_with_other_settings(kw, note, record, generator):
     """Skipping everything scores the same under several settings, so the numbers alone used to validate."""
-    from skipenv.records import validate
+    from skipenv.envs.records import validate
 
     assert validate(record, env=make(generator, tau=0.3))
     if "token_segments" in kw:  # the plan itself no longer fits: a named PlanError
@@ -336,7 +336,7 @@ def test_record_does_not_validate_in_an_env_with_other_settings(kw, note, record
 def test_record_of_another_task_or_env_class_does_not_validate(record, generator):
     import dataclasses
 
-    from skipenv.records import validate
+    from skipenv.envs.records import validate
 
     result = validate(dataclasses.replace(record, env_id="SwitchDec-DisflQA-v0"), env=make(generator, tau=0.3))
     assert not result and any("task differs" in n for n in result.notes)
@@ -424,7 +424,7 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(all
        tau_range=st.one_of(scalars, st.tuples(scalars, scalars)),
        options=st.one_of(st.none(), st.dictionaries(st.sampled_from(["tau", "index"]), scalars, max_size=2)))
 def test_fuzz_formulations(generator, kw, tau_range, options):
-    from skipenv.formulations import BudgetConditioned, ExpectedConstraint
+    from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint
 
     action = np.ones(16, dtype=np.int8)
     try:
@@ -456,7 +456,7 @@ record_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, ma
                                               "quality_full", "cost", "model_fingerprint", "skipenv_version",
                                               "env_kwargs", "extra"]), record_values, max_size=3))
 def test_fuzz_record_files(record, edits):
-    from skipenv.records import EpisodeRecord
+    from skipenv.envs.records import EpisodeRecord
 
     d = {**json.loads(record.to_json()), **edits}
     try:

@@ -276,7 +276,7 @@ def test_negative_cost_weight_is_refused(kw):
 
 
 def test_budget_conditioned_range_must_fit_the_observation(tiny_model_dir):
-    from skipenv.formulations import BudgetConditioned
+    from skipenv.envs.wrappers import BudgetConditioned
 
     env = SwitchDecEnv("xsum", generator=load(tiny_model_dir), disk_cache=False, **KW)
     with pytest.raises(ValueError, match="does not fit the observation's dtype float32"):
@@ -286,7 +286,7 @@ def test_budget_conditioned_range_must_fit_the_observation(tiny_model_dir):
 
 
 def test_budget_conditioned_refused_tau_leaves_the_episode(tiny_model_dir):
-    from skipenv.formulations import BudgetConditioned
+    from skipenv.envs.wrappers import BudgetConditioned
 
     w = BudgetConditioned(SwitchDecEnv("xsum", generator=load(tiny_model_dir), disk_cache=False, **KW),
                           tau_range=(0.0, 0.3))

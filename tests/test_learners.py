@@ -13,7 +13,7 @@ import torch
 from gymnasium import spaces
 
 from skipenv.algorithms import BernoulliPolicy, GroupPG, GroupPGConfig, group_advantages, load_agent
-from skipenv.formulations import BudgetConditioned, ExpectedConstraint
+from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint
 from skipenv.warm_start import behaviour_cloning, warm_start_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ import skipenv
 from skipenv.envs import (ActionCodec, Evaluator, LayerwiseCodec, LexicographicReward, Outcome, QualitySignal,
                           Reward, SwitchDecEnv, SwitchDecLayerwiseEnv, VectorReward, WeightedReward)
 from skipenv.envs.quality import Measurement, get_signal
-from skipenv.rewards import lexicographic_reward, weighted_reward
+from skipenv.envs.rewards import lexicographic_reward, weighted_reward
 
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
 
@@ -153,8 +153,9 @@ def test_reward_objects_wrap_the_pure_functions():
     assert LexicographicReward(0.2)(O) == pytest.approx(1 + (1 - 0.6))
     assert WeightedReward(cost_weight=0.25, tau=0.1)(O) == pytest.approx(0.85 - 0.25 * 0.6)
     assert VectorReward(0.2).info(O) == {"constraint_satisfied": True, "reward": pytest.approx(1.4),
+                                         "formulation": "per_input", "reward_rule": "vector",
                                          "reward_vector": (0.85, 0.6)}
-    with pytest.warns(DeprecationWarning, match="cost_weight"):
+    with pytest.warns(DeprecationWarning, match="removed in skipenv 0.3; use cost_weight"):
         assert weighted_reward(0.8, 0.5, lam=0.4) == pytest.approx(0.6)
     for bad in (float("nan"), float("inf"), -0.1, "0.1", None):
         with pytest.raises(ValueError, match="tau"):

@@ -1,4 +1,4 @@
-"""Every figure the package draws (skipenv.benchmark), rendered with matplotlib's Agg canvas: axis labels name the
+"""Every figure the package draws (skipenv.evaluation.plots), rendered with matplotlib's Agg canvas: axis labels name the
 metric, the legend names every policy, the front and the constraint, coincident policies stay visible."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skipenv.benchmark import learning_curves_figure, pareto_figure, plot_learning_curves, plot_pareto
+from skipenv.evaluation.plots import learning_curves_figure, pareto_figure, plot_learning_curves, plot_pareto
 
 matplotlib = pytest.importorskip("matplotlib")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from skipenv import probe
-from skipenv.rewards import lexicographic_reward
+from skipenv.envs.rewards import lexicographic_reward
 
 
 def test_mixture_lp_hand_solved():
@@ -107,7 +107,7 @@ def test_probe_end_to_end(tiny_table, tmp_path):
 
 # ------------------------------------------------------------------------------------------ observation kinds
 def test_segment_features_agree_with_the_env_observation(tiny_table):
-    from skipenv.observations import extra_observation_flops, observation_features
+    from skipenv.envs.observations import extra_observation_flops, observation_features
 
     make_env, _ = tiny_table
     env = make_env("train", 2)
@@ -136,7 +136,7 @@ def test_segment_features_agree_with_the_env_observation(tiny_table):
 def test_segment_observation_wrapper(tiny_table):
     from gymnasium.utils.env_checker import check_env
 
-    from skipenv.observations import SegmentObservation
+    from skipenv.envs.observations import SegmentObservation
 
     make_env, _ = tiny_table
     env = SegmentObservation(make_env("train", 3))
@@ -149,7 +149,7 @@ def test_segment_observation_wrapper(tiny_table):
 
 
 def test_compare_observations(tiny_table):
-    from skipenv.observations import feature_table
+    from skipenv.envs.observations import feature_table
 
     make_env, t = tiny_table
     feats = {"pooled (env)": None, "layer:2": feature_table(make_env, t, "layer:2", progress=False)}

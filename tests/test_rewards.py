@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from skipenv.rewards import constraint_satisfied, lexicographic_reward, weighted_reward
+from skipenv.envs.rewards import constraint_satisfied, lexicographic_reward, weighted_reward
 
 
 def test_constraint_met_reward_is_one_plus_savings():

@@ -4,6 +4,7 @@ CPUs, on a tiny random-weight Llama saved to disk (each runner builds its own en
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,8 @@ def test_rllib_ppo_two_iterations_one_env_runner(kw, tmp_path):
     cmd = [sys.executable, str(ROOT / "agents" / "rllib_ppo.py"), "--out", str(out), "--num-env-runners", "1",
            "--num-cpus", "2", "--total-timesteps", "16", "--train-batch-size", "8", "--train-examples", "4",
            "--eval-examples", "1", "--no-progress", "--env-kwargs", json.dumps(kw)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     progress = pd.read_csv(out / "progress.csv")
     assert list(progress["env_steps"]) == [8, 16] and (progress["env_steps_per_s"] > 0).all()

@@ -1,4 +1,4 @@
-"""Comparison statistics (skipenv.stats, rliable) and benchmarks/compare_algorithms.py's tables, against
+"""Comparison statistics (skipenv.evaluation.stats, rliable) and benchmarks/compare_algorithms.py's tables, against
 independent numpy computations on hand-made scores: IQM, probability of improvement counted pair by pair,
 bootstrap intervals, significance marks."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skipenv import stats
+from skipenv.evaluation import stats
 
 
 def numpy_iqm(x) -> float:

@@ -1,4 +1,4 @@
-"""Default PyTorch thread count for processes running skipenv envs (skipenv.threads)."""
+"""Default PyTorch thread count for processes running skipenv envs (skipenv.util.threads)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from skipenv import threads
+from skipenv.util import threads
 
 
 @pytest.fixture

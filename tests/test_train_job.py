@@ -113,7 +113,7 @@ def _run_folder(tmp_path, env_id="SwitchDec-XSum-v1", name="run"):
 
 
 def test_env_for_policies_reads_the_run_folder(tmp_path, capsys):
-    from skipenv.cli import DefaultEnv, env_for_policies
+    from skipenv.cli.args import DefaultEnv, env_for_policies
 
     run = _run_folder(tmp_path)
     default = DefaultEnv("SwitchDec-XSum-v0")
@@ -134,7 +134,7 @@ def test_env_for_policies_reads_the_run_folder(tmp_path, capsys):
 
 def test_cli_commands_score_a_policy_on_its_training_env(tmp_path, monkeypatch, capsys):
     """leaderboard, generate and dataset record hand the run folder's env id to the code that builds the env."""
-    import skipenv.benchmark as benchmark
+    import skipenv.evaluation.harness as benchmark
     import skipenv.generate as generate
     import skipenv.offline as offline
     from skipenv.cli import main

@@ -12,7 +12,8 @@ import pytest
 
 import skipenv
 from skipenv.envs import SwitchDecEnv
-from skipenv.formulations import ExpectedConstraint, LagrangeMultiplier, default_dual_lr
+from skipenv.envs.rewards import LagrangeMultiplier, default_dual_lr
+from skipenv.envs.wrappers import ExpectedConstraint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,10 +37,9 @@ def test_v1_is_v0_with_the_measured_defaults(tiny_llama):
     assert v0.unwrapped.quality == "agreement" and v0.unwrapped.tau == 0.1  # v0 unchanged
     assert not any(isinstance(w, ExpectedConstraint) for w in _chain(v0))
     assert "SwitchDec-XSum-v1" in skipenv.OFFLINE_IDS
-    # the unversioned name resolves to the latest version (Gymnasium's rule)
-    with pytest.warns(UserWarning, match="latest versioned environment `SwitchDec-XSum-v1`"):
-        unversioned = skipenv.make("SwitchDec-XSum", generator=tiny_llama, **SMALL)
-    assert unversioned.spec.id == "SwitchDec-XSum-v1"
+    # the unversioned name resolves to the latest version (Gymnasium's rule), the default id of every tool
+    unversioned = skipenv.make("SwitchDec-XSum", generator=tiny_llama, **SMALL)
+    assert unversioned.spec.id == "SwitchDec-XSum-v1" == skipenv.envs.registration.DEFAULT_ENV_ID
     # same plan, same document: v1's info equals v0's built with v1's quality and tau (only defaults differ)
     ref = skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, quality="probability", tau=0.01, **SMALL)
     a = np.zeros(v1.action_space.n, dtype=np.int8)
@@ -48,7 +48,8 @@ def test_v1_is_v0_with_the_measured_defaults(tiny_llama):
         env.reset(seed=0, options={"index": 1})
     _, r1, *_, i1 = v1.step(a)
     _, r0, *_, i0 = ref.step(a)
-    assert i1["quality"] == i0["quality"] and i1["cost"] == i0["cost"] and i1["reward"] == r0
+    assert i1["quality"] == i0["quality"] and i1["cost"] == i0["cost"] and i1["env_reward"] == r0 == i0["reward"]
+    assert i1["reward"] == r1 and i1["formulation"] == "expected" and i0["formulation"] == "per_input"
     loss = i1["quality_full"] - i1["quality"]
     assert r1 == pytest.approx((1 - i1["cost"]) - 0.0 * (loss - 0.01))  # Lagrangian reward, multiplier still 0
     # the per-input formulation is one kwarg away, and kwargs still override the registered defaults
@@ -65,11 +66,11 @@ def test_v1_vectorises_through_gym_make(tiny_llama):
         v = gym.make_vec("SwitchDec-XSum-v1", num_envs=2, vectorization_mode="sync", **SMALL)
         v.reset(seed=0)
         _, reward, *_, info = v.step(np.zeros((2, v.single_action_space.n), dtype=np.int8))
-    assert np.allclose(reward, info["lagrangian_reward"]) and np.all(info["lagrange_multiplier"] == 0.0)
+    assert np.allclose(reward, info["reward"]) and np.all(info["lagrange_multiplier"] == 0.0)
 
 
 def test_records_of_v1_replay_without_false_setting_notes(tiny_llama):
-    from skipenv.records import EpisodeRecord, validate
+    from skipenv.envs.records import EpisodeRecord, validate
 
     env = skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, **SMALL)
     env.reset(seed=0)
@@ -229,7 +230,27 @@ def test_probe_deterministic_expected_rule_is_the_best_single_rule_within_tau(ti
                                             ("SwitchDec-XSum-v0", {"quality": "rouge"})])
 def test_probe_reads_the_env_tau_without_building_the_env(env_id, kwargs, tiny_llama):
     """The probe's default tau (no model load) equals the tau of the env gym.make builds."""
-    from skipenv.probe import env_tau
+    from skipenv.envs.registration import env_tau
 
     built = skipenv.make(env_id, generator=tiny_llama, **SMALL, **kwargs).unwrapped.tau
     assert env_tau(env_id, kwargs) == built
+
+
+def test_unversioned_name_logs_nothing_but_old_versions_still_warn():
+    """``gym.make("SwitchDec-XSum")`` used to print Gymnasium's "Using the latest versioned environment" on every
+    call; ``import skipenv`` filters that one message for SwitchDec ids (a fresh process, warnings shown; the spec
+    lookup of ``gym.make``, ``_find_spec``, is called without building the env)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import warnings; warnings.simplefilter('always'); import gymnasium as gym, skipenv\n"
+            "find = gym.envs.registration._find_spec\n"
+            "find('SwitchDec-XSum'); find('SwitchDec-XSum'); find('SwitchDec-XSum-v0')")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Using the latest versioned environment" not in proc.stderr
+    assert "SwitchDec-XSum-v0 is out of date" in proc.stderr  # an old version named explicitly still warns
+

@@ -33,7 +33,7 @@ Guarantees:
 _LAZY = {
     "SwitchDecEnv": "switchdec", "SwitchDecLayerwiseEnv": "switchdec", "CANDIDATE_KINDS": "codec",
     "shared_generator": "switchdec", "ActionCodec": "codec", "LayerwiseCodec": "codec",
-    "Evaluator": "evaluator", "EpisodeEvaluator": "evaluator", "Outcome": "evaluator", "FullOutput": "evaluator",
+    "Evaluator": "evaluator", "Outcome": "evaluator", "FullOutput": "evaluator",
     "QualitySignal": "quality", "Measurement": "quality", "QUALITY_MODES": "quality", "DEFAULT_TAU": "quality",
     "QUALITY_SIGNALS": "quality", "get_signal": "quality",
     "Reward": "rewards", "LexicographicReward": "rewards", "WeightedReward": "rewards", "VectorReward": "rewards",

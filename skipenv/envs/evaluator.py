@@ -6,6 +6,9 @@ Data flow of one step: action → :mod:`~skipenv.envs.codec` → plan → :class
 
 Words: the *gold target* is the dataset's answer for an example; the *full output* is the full model's greedy
 output for it (:class:`FullOutput`).
+
+Why this module is long: the Evaluator, its outcome cache key and the batched paths (prefetch,
+``outcomes_together``) must agree on one key and one FLOPs accounting; keeping them together keeps that visible.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import contextlib
 import math
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -27,9 +29,8 @@ from ..inputs import PromptInput
 from ..plan import PlanError, SkipPlan
 from .cache import LRU, DiskCache, identity_scope, identity_token, model_fingerprint
 from .quality import DEFAULT_TAU, QUALITY_MODES, QualitySignal, get_signal
-from .rewards import Reward, make_reward
 
-__all__ = ["Evaluator", "EpisodeEvaluator", "Outcome", "FullOutput", "QUALITY_MODES", "DEFAULT_TAU",
+__all__ = ["Evaluator", "Outcome", "FullOutput", "QUALITY_MODES", "DEFAULT_TAU",
            "model_fingerprint", "STOP_RULE_VERSION"]
 
 #: Version of the generation stop rule (EOS or ``Task.output_complete``); part of the full-output cache key.
@@ -210,8 +211,8 @@ class Evaluator:
             tokens or skip late sublayers; FLOPs are still charged as if the plan ran from scratch. Attaches a
             :class:`~skipenv.generators.reuse.PrefixStore` (2 GiB cap) to the generator if it has none. ``False``
             runs every plan from scratch; ``SKIPENV_REUSE=0`` turns the default off process-wide.
-        observation: the agent's observation kind (:mod:`skipenv.observations`: ``"pooled"`` (default),
-            ``"segments"``, ``"layer:m"``, ``"attention:m"``). Its FLOPs (:func:`skipenv.observations.
+        observation: the agent's observation kind (:mod:`skipenv.envs.observations`: ``"pooled"`` (default),
+            ``"segments"``, ``"layer:m"``, ``"attention:m"``). Its FLOPs (:func:`skipenv.envs.observations.
             observation_flops`) are charged in every outcome's ``cost``, so it belongs to the evaluator (and keys
             its outcome cache); :meth:`observation` computes it.
 
@@ -223,7 +224,7 @@ class Evaluator:
     def __init__(self, generator, task, *, quality: str | QualitySignal = "agreement", token_segments: int = 8,
                  max_new_tokens: int | None = None, disk_cache: bool = True, cache_root=None, lru_size: int = 4096,
                  record_time: bool = False, reuse: bool | None = None, observation: str = "pooled"):
-        from ..observations import check_observation_kind
+        from .observations import check_observation_kind
 
         self.signal = get_signal(quality)
         if reuse is None:
@@ -399,12 +400,13 @@ class Evaluator:
 
     def observation(self, example) -> np.ndarray:
         """The one-shot env's observation of ``example`` for :attr:`observation_kind`, unclipped (float32, read-only,
-        memoised per example id; length :func:`skipenv.observations.observation_size`): the pooled first-layer state
-        and the two lengths for ``"pooled"``; see :func:`skipenv.observations.env_observation` for the others."""
+        memoised per example id; length :func:`skipenv.envs.observations.observation_size`): the pooled first-layer
+        state and the two lengths for ``"pooled"``; see :func:`skipenv.envs.observations.env_observation` for the
+        others."""
         with self._checked():
             obs = self._env_observations.get(example.id)
             if obs is None:
-                from ..observations import env_observation
+                from .observations import env_observation
 
                 obs = env_observation(self.generator, self.prompt(example), self._observation_kind,
                                       pooled=self.observation_features(example),
@@ -416,8 +418,8 @@ class Evaluator:
 
     def observation_flops(self, example) -> int:
         """FLOPs charged for computing the observation of ``example`` (see
-        :func:`skipenv.observations.observation_flops`)."""
-        from ..observations import observation_flops
+        :func:`skipenv.envs.observations.observation_flops`)."""
+        from .observations import observation_flops
 
         return observation_flops(self.generator, self.prompt(example), self._observation_kind)
 
@@ -476,13 +478,6 @@ class Evaluator:
                 full = self._store_full(example, dataclasses.replace(
                     full, output_probability=self.output_probability(example, full.tokens)))
             return full
-
-    def full_reference(self, example) -> dict:
-        """Deprecated: :meth:`full_output` as a dict (``tokens``, ``text``, ``num_generated``, ``prompt_length``,
-        ``target_score``, ``target_logprob``)."""
-        warnings.warn("full_reference() is deprecated; use full_output()", DeprecationWarning, stacklevel=2)
-        full = self.full_output(example)
-        return {**full.to_json(), "num_generated": full.num_generated}
 
     def prefetch(self, examples, batch_size: int = 8, progress: bool = True) -> int:
         """Compute the missing full outputs of ``examples`` in batches (inputs of similar length together,
@@ -647,33 +642,3 @@ class Evaluator:
             return  # a row that cannot run (e.g. its plan removes every token): pair by pair raises it in order
         for (ex, target, plan), score in zip(rows, scores):
             self._prescored[(ex.id, target, plan)] = score
-
-    def evaluate(self, example, plan: SkipPlan, reward: Reward | None = None) -> dict[str, Any]:
-        """The step ``info`` of ``plan`` on ``example`` with ``reward`` applied (default: the lexicographic reward
-        at the signal's default ``tau``). A fresh dict every call."""
-        reward = reward if reward is not None else make_reward("lexicographic", tau=self.default_tau)
-        o = self.outcome(example, plan)
-        return {**o.to_info(), **reward.info(o)}
-
-
-class EpisodeEvaluator(Evaluator):
-    """Deprecated: an :class:`Evaluator` bundled with one reward (``reward_mode``, ``tau``, ``cost_weight``), whose
-    :meth:`evaluate` returns the step ``info`` with that reward. Build an :class:`Evaluator` and a
-    :class:`~skipenv.envs.rewards.Reward` instead.
-
-    Raises:
-        ValueError: as :class:`Evaluator`, plus a bad ``reward_mode`` / ``tau`` / ``cost_weight``.
-    """
-
-    def __init__(self, generator, task, *, quality="agreement", reward_mode: str = "lexicographic",
-                 tau: float | None = None, cost_weight: float | None = None, lam: float | None = None, **kwargs):
-        super().__init__(generator, task, quality=quality, **kwargs)
-        weight = cost_weight if cost_weight is not None else (lam if lam is not None else 0.5)
-        self.reward = make_reward(reward_mode, tau=self.default_tau if tau is None else tau, cost_weight=weight)
-
-    @property
-    def tau(self) -> float:
-        return self.reward.tau
-
-    def evaluate(self, example, plan: SkipPlan, reward: Reward | None = None) -> dict[str, Any]:
-        return super().evaluate(example, plan, reward if reward is not None else self.reward)

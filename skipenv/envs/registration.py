@@ -2,7 +2,7 @@
 
 Ids are task variants over the two env classes plus kwargs; every id uses the embedded SmolLM2-135M-Instruct as
 default generator. ``gym.make`` builds them through :func:`make_env`, which also applies a constraint formulation
-(``formulation=`` / ``formulation_kwargs=``, see :mod:`skipenv.formulations`), so ``env.unwrapped`` is always the
+(``formulation=`` / ``formulation_kwargs=``, see :mod:`skipenv.envs.wrappers`), so ``env.unwrapped`` is always the
 SwitchDec env class named in :data:`SPECS`. Hub-only datasets (CNN/DailyMail, SQuAD, SST-2) fail at ``gym.make``
 with a clear message when the dataset hub cannot be reached.
 """
@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 import gymnasium as gym
 
-__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "register_envs", "resolve_env_id", "make", "make_env", "make_one_shot",
+__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "DEFAULT_ENV_ID", "registered_formulation", "env_tau",
+           "register_envs", "resolve_env_id", "make", "make_env", "make_one_shot",
            "make_layerwise", "sharing", "shared_objects", "sharing_elsewhere"]
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
@@ -29,7 +30,7 @@ _VECTOR = "skipenv.envs.vector:SwitchDecVectorEnv"
 #: ``benchmarks/choose_defaults.py`` and ``skipenv probe`` on 150 train / 60 test XSum documents): the quality signal
 #: is the mean probability the plan gives the full model's tokens (less argmax noise than agreement), its tolerance
 #: 0.01 (:data:`skipenv.envs.quality.PROBABILITY_DEFAULT_TAU`), and the constraint holds on the mean over inputs
-#: (:class:`~skipenv.formulations.ExpectedConstraint`): there a contextual probe policy saved 3.3 to 8.9 FLOPs points
+#: (:class:`~skipenv.envs.wrappers.ExpectedConstraint`): there a contextual probe policy saved 3.3 to 8.9 FLOPs points
 #: more than the best static mixture at equal quality (five cross-validation seeds, every CI above 0), where v0's
 #: per-input agreement constraint showed no contextual headroom. The observation stays the pooled first-layer state. v0 is unchanged, for reproducibility (Gymnasium's
 #: convention: changed defaults get a new version); ``gym.make("SwitchDec-XSum")`` picks the latest version.
@@ -57,6 +58,41 @@ OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-v1", "SwitchDec-XSum-Layerwi
 
 ENV_IDS: tuple[str, ...] = tuple(SPECS)
 
+#: The id every skipenv tool uses when none is given (``skipenv train / probe / leaderboard / generate / dataset``,
+#: ``agents/*.py``, ``benchmarks/compare_algorithms.py``): the latest XSum version, which is also what
+#: ``gym.make("SwitchDec-XSum")`` picks. The tools report the metrics of its formulation (the expected constraint:
+#: mean quality loss against tau).
+DEFAULT_ENV_ID = "SwitchDec-XSum-v1"
+
+
+def registered_formulation(env_id: str, env_kwargs: dict | None = None) -> str:
+    """The constraint formulation ``gym.make(env_id, **env_kwargs)`` applies: the ``formulation`` kwarg, else the
+    id's registered one (``"expected"`` for ``SwitchDec-XSum-v1``), else ``"per_input"``; no env is built.
+
+    Raises:
+        gymnasium.error.Error: an unknown id.
+    """
+    return (env_kwargs or {}).get("formulation", gym.spec(env_id).kwargs.get("formulation", "per_input"))
+
+
+def env_tau(env_id: str, env_kwargs: dict | None = None) -> float:
+    """The tolerance ``gym.make(env_id, **env_kwargs).unwrapped.tau`` would have, without building the env (no model
+    load): the ``tau`` kwarg, else the id's registered ``tau``, else the default of the quality signal (the
+    ``quality`` kwarg, else the id's registered quality, else agreement).
+
+    Raises:
+        gymnasium.error.Error: an unknown id; ValueError: an unknown quality signal.
+    """
+    from .quality import get_signal
+
+    env_kwargs = dict(env_kwargs or {})
+    registered = gym.spec(env_id).kwargs
+    tau = env_kwargs.get("tau", registered.get("tau"))
+    if tau is None:
+        quality = env_kwargs.get("quality", registered.get("quality"))
+        tau = get_signal("agreement" if quality is None else quality).default_tau
+    return float(tau)
+
 
 def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwargs: dict | None = None,
              **kwargs: Any) -> gym.Env:
@@ -65,8 +101,8 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
     Args:
         env_class: ``"module:Class"`` of the env (an entry of :data:`SPECS`).
         formulation: ``"per_input"`` (default: the env itself, today's lexicographic reward), ``"expected"``
-            (:class:`~skipenv.formulations.ExpectedConstraint` at the env's ``tau``: the ``tau`` kwarg, else the
-            quality signal's default) or ``"budget"`` (:class:`~skipenv.formulations.BudgetConditioned`).
+            (:class:`~skipenv.envs.wrappers.ExpectedConstraint` at the env's ``tau``: the ``tau`` kwarg, else the
+            quality signal's default) or ``"budget"`` (:class:`~skipenv.envs.wrappers.BudgetConditioned`).
         formulation_kwargs: further arguments of the wrapper, plain values only (they are kept in ``env.spec``):
             ``lr``, ``update_every``, ``lam_init``, ``lam_max`` (expected); ``tau_range`` (budget).
         **kwargs: the env's keyword arguments.
@@ -77,7 +113,7 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
     """
     import importlib
 
-    from ..formulations import FORMULATIONS, make_formulation
+    from .wrappers import FORMULATIONS, make_formulation
 
     if formulation not in FORMULATIONS:
         raise ValueError(f"unknown formulation {formulation!r}; choose one of {FORMULATIONS}")
@@ -118,7 +154,8 @@ def _formulation_arguments(formulation: str) -> set[str]:
     ``"expected"``), except the env, ``tau`` (the env's) and the shared ``multiplier`` object."""
     import inspect
 
-    from ..formulations import BudgetConditioned, ExpectedConstraint, LagrangeMultiplier
+    from .rewards import LagrangeMultiplier
+    from .wrappers import BudgetConditioned, ExpectedConstraint
 
     classes = {"per_input": (), "expected": (ExpectedConstraint, LagrangeMultiplier),
                "budget": (BudgetConditioned,)}[formulation]
@@ -146,7 +183,17 @@ def register_envs() -> None:
     """Register every id in :data:`ENV_IDS` (idempotent). Episodes are one step (one-shot) or ``L + 1`` steps
     (layerwise), so no ``max_episode_steps`` is set. The entry point is :func:`make_one_shot` /
     :func:`make_layerwise` (the env class of :data:`SPECS`, wrapped for ``formulation=``). One-shot ids also get a
-    ``vector_entry_point`` (:class:`~skipenv.envs.vector.SwitchDecVectorEnv`, default formulation only)."""
+    ``vector_entry_point`` (:class:`~skipenv.envs.vector.SwitchDecVectorEnv`, default formulation only).
+
+    Also silences Gymnasium's "Using the latest versioned environment `SwitchDec-...`" warning, which
+    ``gym.make("SwitchDec-XSum")`` would print on every call: picking the latest version is what an unversioned
+    SwitchDec name means here (documented above :data:`DEFAULT_ENV_ID`), and Gymnasium refuses to register an
+    unversioned alias next to versioned ids. The filter matches SwitchDec ids only; other envs keep the warning, and
+    "v0 is out of date" stays (an old version chosen by name)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*Using the latest versioned environment `SwitchDec-",
+                            category=UserWarning)
     for env_id, (entry_point, kwargs) in SPECS.items():
         if env_id not in gym.registry:
             # the native vector env runs the per-input formulation only (v1's default is the expected one)

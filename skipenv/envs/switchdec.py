@@ -10,6 +10,9 @@ Both are thin Gymnasium shells over the stages in this package: the action codec
 :class:`~skipenv.envs.evaluator.Evaluator` (which returns cached :class:`~skipenv.envs.evaluator.Outcome` objects),
 and a :class:`~skipenv.envs.rewards.Reward`. Build them from strings (``gym.make`` / :func:`skipenv.make`) or from
 an evaluator shared between several envs (``SwitchDecEnv(evaluator=ev, tau=0.05)``).
+
+Why this module is long: the one-shot and the layerwise env share kwarg validation, the kwargs
+documentation and the episode bookkeeping; each shell on its own would repeat them.
 """
 
 from __future__ import annotations
@@ -165,7 +168,8 @@ class _SwitchDecBase(gym.Env):
                 raise ValueError(f"lam (deprecated name of cost_weight) must be a finite number, got {lam!r}")
             if cost_weight is not None:
                 raise ValueError("pass cost_weight only (lam is its deprecated name)")
-            warnings.warn("the env kwarg lam= is deprecated; use cost_weight= (the weight of the cost in "
+            warnings.warn("the env kwarg lam= is deprecated and will be removed in skipenv 0.3; use cost_weight= (the "
+                          "weight of the cost in "
                           "reward_mode='weighted')", DeprecationWarning, stacklevel=2)
             cost_weight = lam
         _check_kwargs(task=task, task_source=task_source, split=split, reward_mode=reward_mode, tau=tau, token_segments=token_segments,
@@ -173,7 +177,7 @@ class _SwitchDecBase(gym.Env):
                       cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
                       model=model, reward=reward)
         if observation is not None:
-            from ..observations import parse_observation_kind
+            from .observations import parse_observation_kind
 
             parse_observation_kind(observation)  # an unknown kind fails before anything loads
             if not isinstance(self, SwitchDecEnv) and observation != "pooled":
@@ -191,7 +195,7 @@ class _SwitchDecBase(gym.Env):
             if not isinstance(evaluator, Evaluator):
                 raise ValueError(f"evaluator must be a skipenv.envs.Evaluator, got {type(evaluator).__name__}")
             if observation is not None and observation != evaluator.observation_kind:
-                from ..observations import check_observation_kind
+                from .observations import check_observation_kind
 
                 if check_observation_kind(observation, evaluator.generator) != evaluator.observation_kind:
                     raise ValueError(f"observation={observation!r} differs from the evaluator's "
@@ -463,7 +467,7 @@ _ENV_ARGS_DOC = """
         reward: a :class:`~skipenv.envs.rewards.Reward` object (instead of ``reward_mode`` / ``tau`` /
             ``cost_weight``).
         render_mode: ``"ansi"`` or ``None``; other modes warn and disable rendering (as Gymnasium's envs do).
-        observation: observation kind of the one-shot env (:mod:`skipenv.observations`; default ``"pooled"``, see
+        observation: observation kind of the one-shot env (:mod:`skipenv.envs.observations`; default ``"pooled"``, see
             the class docstring); the layerwise env accepts only ``"pooled"``. With ``evaluator=`` it is the
             evaluator's.
 
@@ -486,11 +490,11 @@ class SwitchDecEnv(_SwitchDecBase):
       length, each divided by ``max_input_tokens``. Costs the first layer's FLOPs.
     - ``"segments"``: ``[d + 2 + (K + 1) d + 2 K]`` — the pooled observation, then the first-layer state pooled
       per document segment and over the rest of the prompt, segment lengths, and each segment's cosine to the
-      last position (:class:`skipenv.observations.SegmentObservation`). Costs the first layer.
+      last position (:class:`skipenv.envs.observations.SegmentObservation`). Costs the first layer.
     - ``"layer:m"``: ``[d + 2]`` — as pooled, after ``m`` layers. Costs ``m`` layers.
     - ``"attention:m"``: ``[d + 2 K + 3]`` — the pooled state after ``m`` layers, the attention mass the last 8
       input positions give each segment and the rest of the prompt in layer ``m``, segment lengths, the two
-      lengths (:func:`skipenv.observations.attention_features`). Costs ``m`` layers.
+      lengths (:func:`skipenv.envs.observations.attention_features`). Costs ``m`` layers.
 
     Decoder-only generators only, except ``"pooled"``. Memoised per example id.
 
@@ -501,7 +505,8 @@ class SwitchDecEnv(_SwitchDecBase):
 
     Reward: ``reward`` / ``reward_mode`` (see :mod:`skipenv.envs.rewards`). ``info`` carries quality,
     quality_full, constraint_satisfied, cost, flops_saved, flops, flops_full, flops_breakdown, plan (JSON),
-    example_id, num_skipped, reward, and ``text`` when a generation ran (``reward_vector`` in ``vector`` mode;
+    example_id, num_skipped, reward (the returned reward), formulation and reward_rule (which rule computed it; a
+    formulation wrapper replaces them, see :mod:`skipenv.envs.rewards`), and ``text`` when a generation ran (``reward_vector`` in ``vector`` mode;
     ``time_s`` with ``record_time=True``). Every info is a fresh object.
 """ + _ENV_ARGS_DOC + """        candidates: subset of ``("attention", "ffn", "tokens")`` (default all).
         layer_block: layers per action bit (integer ``>= 1``, default 1).
@@ -520,7 +525,7 @@ class SwitchDecEnv(_SwitchDecBase):
         self.codec = ActionCodec(self.plan_spec, candidates, layer_block)
         self.candidates, self.layer_block = self.codec.candidates, self.codec.layer_block
         self.action_space = self.codec.space
-        from ..observations import observation_size
+        from .observations import observation_size
 
         n = observation_size(self.observation_kind, self.generator.hidden_size, self.plan_spec.token_segments)
         self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(n,), dtype=np.float32)

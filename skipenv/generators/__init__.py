@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from .adapter import SUPPORTED_TRANSFORMERS, SkipAwareCache, UnsupportedModelError
 from .bart import BartGenerator
-from .base import (
-    DecoderOnlyGenerator,
-    EncoderDecoderGenerator,
-    GenerationOutput,
-    LayerStepper,
-    NonFiniteError,
-    ScoreOutput,
-    SkippableGenerator,
-    SublayerModules,
-)
+from .base import GenerationOutput, NonFiniteError, ScoreOutput, SkippableGenerator, SublayerModules
+from .decoder_only import DecoderOnlyGenerator, LayerStepper
+from .encoder_decoder import EncoderDecoderGenerator
 from .flops import FlopsBreakdown, FlopsModel, StackCost
 from .gemma3 import Gemma3Generator
 from .gpt2 import GPT2Generator

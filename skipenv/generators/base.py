@@ -23,6 +23,9 @@ This module holds the logic shared by every family: one greedy decoding loop, on
 one length check. The architecture types only say how a batch is padded and run: ``decoder_only.py``
 (:class:`DecoderOnlyGenerator`, and :class:`LayerStepper` for the layerwise env) and ``encoder_decoder.py``
 (:class:`EncoderDecoderGenerator`).
+
+Why this module is long: the SkippableGenerator contract (generate, score, the skipping context,
+FLOPs, the first-layer observation) is one interface that both architecture modules implement.
 """
 
 from __future__ import annotations
@@ -52,12 +55,9 @@ _SKIPPING = threading.local()
 
 __all__ = [
     "SkippableGenerator",
-    "DecoderOnlyGenerator",
-    "EncoderDecoderGenerator",
     "GenerationOutput",
     "ScoreOutput",
     "SublayerModules",
-    "LayerStepper",
     "SkipAwareCache",
     "UnsupportedModelError",
     "NonFiniteError",
@@ -629,9 +629,15 @@ class SkippableGenerator:
         enc = self._encoder_layers()
         return enc[0] if len(enc) else self._decoder_layers()[0]
 
-    def layer_stepper(self, inp: PromptInput, token_flags: Sequence[bool]) -> "LayerStepper":
-        """A :class:`LayerStepper` over the prefill of ``inp`` with the given token segments removed."""
-        return LayerStepper(self, inp, token_flags)
+    def layer_stepper(self, inp: PromptInput, token_flags: Sequence[bool]):
+        """A :class:`~skipenv.generators.decoder_only.LayerStepper` over the prefill of ``inp`` with the given token
+        segments removed; defined by :class:`~skipenv.generators.decoder_only.DecoderOnlyGenerator`.
+
+        Raises:
+            NotImplementedError: this generator is not decoder-only (layerwise stepping walks decoder layers).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot step layer by layer: the layerwise env and "
+                                  "richer observations need a decoder-only generator (Llama, GPT-2)")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.model).__name__}, layers="
@@ -672,7 +678,3 @@ def _check_inputs(inputs: Sequence[PromptInput]) -> None:
         if not isinstance(inp, PromptInput):
             raise TypeError(f"expected PromptInput (from Task.format), got {type(inp).__name__}")
 
-
-# the two architecture types (separate modules; re-exported here for ``from .base import ...``)
-from .decoder_only import DecoderOnlyGenerator, LayerStepper  # noqa: E402
-from .encoder_decoder import EncoderDecoderGenerator  # noqa: E402

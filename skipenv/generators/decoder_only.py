@@ -158,6 +158,10 @@ class DecoderOnlyGenerator(SkippableGenerator):
         # target token j sits at (kept) column total - m + j and is predicted by the column before it
         return [logits[i, total - len(t) - 1: total - 1] for i, t in enumerate(targets)]
 
+    def layer_stepper(self, inp: PromptInput, token_flags: Sequence[bool]) -> "LayerStepper":
+        """A :class:`LayerStepper` over the prefill of ``inp`` with the given token segments removed."""
+        return LayerStepper(self, inp, token_flags)
+
     def _run_to_first_layer(self, ids, mask):
         self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
 

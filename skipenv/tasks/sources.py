@@ -10,6 +10,9 @@ and scores. Three layers:
   type checks, ids, and the drop rules (every dropped row is counted in ``stats``, nothing is dropped silently);
 - an :class:`ExampleSource` (:class:`FileSource` for embedded data and local files, :class:`HubSource`) reads
   once, converts once and serves the splits.
+
+Why this module is long: its three layers (readers -> RowConverter -> ExampleSource) form one pipeline
+with one error vocabulary (DataFileError, DatasetUnavailableError).
 """
 
 from __future__ import annotations

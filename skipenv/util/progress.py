@@ -8,7 +8,8 @@ terminal it routes every tqdm bar created inside the block (skipenv's and other 
 
     train ppo:  25%|##5       | 64/256 [00:41<02:03,  1.56 episode/s, reward=0.412]
 
-Set ``SKIPENV_PROGRESS_SECONDS`` to change the interval (seconds).
+Set ``SKIPENV_PROGRESS_SECONDS`` to change the interval (seconds). :func:`quiet_transformers` silences transformers'
+own per-tensor bars within a block.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from typing import Iterator, TextIO
 
-__all__ = ["LOG_INTERVAL_S", "is_terminal", "log_friendly_progress", "LineWriter"]
+__all__ = ["LOG_INTERVAL_S", "is_terminal", "log_friendly_progress", "LineWriter", "quiet_transformers"]
 
 #: seconds between two progress lines when standard error is not a terminal
 LOG_INTERVAL_S = 30.0
@@ -97,3 +98,18 @@ def log_friendly_progress(interval_s: float | None = None) -> Iterator[bool]:
         yield True
     finally:
         sys.stderr = old_stderr
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Within the block, no transformers progress bars (the per-tensor "Loading weights" bar, printed on every env
+    creation); its warnings (e.g. weights missing from a local checkpoint) still show. The setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

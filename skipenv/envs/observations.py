@@ -166,7 +166,7 @@ def attention_features(generator, prompt, m: int, *, token_segments: int = 8,
     """
     import torch
 
-    from .generators.adapter import attention_weights_through
+    from ..generators.adapter import attention_weights_through
 
     if generator.num_encoder_layers:
         raise NotImplementedError("attention observations need a decoder-only generator (Llama, GPT-2)")

@@ -28,7 +28,9 @@ class EpisodeRecord:
             numbers only).
         split, example_id: which input.
         plan: the plan as JSON (:meth:`skipenv.SkipPlan.to_json`).
-        reward, quality, quality_full, cost: outcomes (cost = FLOPs fraction, observation included).
+        reward, quality, quality_full, cost: outcomes (cost = FLOPs fraction, observation included); ``reward`` is
+            the unwrapped env's own (stateless, replayable) reward, ``info["env_reward"]`` under a formulation
+            wrapper, whose stateful reward (e.g. the Lagrangian one) cannot be replayed from one episode.
         model_fingerprint: :func:`skipenv.envs.evaluator.model_fingerprint` of the generator.
         skipenv_version: package version that produced the record.
     """
@@ -48,7 +50,7 @@ class EpisodeRecord:
     @classmethod
     def from_step(cls, env, info: dict, env_id: str | None = None, env_kwargs: dict | None = None) -> "EpisodeRecord":
         """Build a record from an env (one-shot or layerwise) and the ``info`` of its terminal step."""
-        from . import __version__
+        from .. import __version__
 
         base = env.unwrapped
         spec = getattr(base, "spec", None)
@@ -59,7 +61,7 @@ class EpisodeRecord:
         kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
         kwargs.setdefault("split", base.split)
         return cls(env_id=env_id, split=base.split, example_id=info["example_id"], plan=info["plan"],
-                   reward=float(info["reward"]), quality=float(info["quality"]),
+                   reward=float(info.get("env_reward", info["reward"])), quality=float(info["quality"]),
                    quality_full=float(info["quality_full"]), cost=float(info["cost"]),
                    model_fingerprint=base.fingerprint, skipenv_version=__version__, env_kwargs=kwargs)
 
@@ -119,8 +121,8 @@ class ValidationResult:
 def _settings_differ(record: EpisodeRecord, base) -> list[str]:
     """Notes for every setting of ``record`` (env id, split, and the ``env_kwargs`` that change the numbers) that
     the replaying env ``base`` does not have; empty when they agree."""
-    from .envs.quality import get_signal
-    from .envs.registration import SPECS
+    from .quality import get_signal
+    from .registration import SPECS
 
     notes = []
     spec = getattr(base, "spec", None)
@@ -206,8 +208,8 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
     import gymnasium as gym
 
     import skipenv  # noqa: F401
-    from . import __version__
-    from .plan import SkipPlan
+    from .. import __version__
+    from ..plan import SkipPlan
 
     notes = []
     recorded_version, ours = _version_tuple(record.skipenv_version), _version_tuple(__version__)

@@ -1,5 +1,7 @@
-"""Comparison statistics of learners with ``rliable`` (Agarwal et al., "Deep reinforcement learning at the edge of
-the statistical precipice", NeurIPS 2021).
+"""The statistics of skipenv's reports, in one place: the per-policy :func:`bootstrap_ci` and :func:`iqm` (scipy,
+core dependencies) that ``skipenv train`` and ``skipenv leaderboard`` print, :func:`markdown_table`, and the
+comparison statistics of learners with ``rliable`` (Agarwal et al., "Deep reinforcement learning at the edge of
+the statistical precipice", NeurIPS 2021) below.
 
 Scores are arranged as rliable expects: per policy a matrix ``[runs, tasks]`` — here runs = training seeds and
 tasks = test documents (or (document, tolerance) pairs for budget-conditioned policies); a deterministic
@@ -15,7 +17,7 @@ baseline has one run (or identical rows).
 - :func:`performance_profile_figure` — the fraction of runs × tasks scoring above each threshold, with CIs
   (``rliable.library.create_performance_profile`` / ``rliable.plot_utils.plot_performance_profiles``).
 
-Needs the ``stats`` extra (``pip install "skipenv[stats]"``): rliable 1.2 pins ``arch < 8``, and arch 7 does not
+The rliable functions need the ``stats`` extra (``pip install "skipenv[stats]"``): rliable 1.2 pins ``arch < 8``, and arch 7 does not
 import under pandas 3, hence pandas < 3 there.
 """
 
@@ -23,19 +25,19 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["iqm", "interval_estimates", "probability_of_improvement", "performance_profile_figure",
-           "score_matrix"]
+__all__ = ["bootstrap_ci", "iqm", "markdown_table", "interval_estimates", "probability_of_improvement",
+           "performance_profile_figure", "score_matrix"]
 
 
 def _rliable():
     try:
         from rliable import library, metrics
     except ImportError as e:  # rliable missing, or arch failing under pandas 3
-        raise ImportError(f"skipenv.stats needs rliable ({e}); install the stats extra: pip install "
+        raise ImportError(f"skipenv.evaluation.stats needs rliable ({e}); install the stats extra: pip install "
                           f"\"skipenv[stats]\" (rliable>=1.2 with pandas<3, see pyproject.toml)") from e
     return library, metrics
 
@@ -91,18 +93,21 @@ def score_matrix(episodes, policy: str, score: str = "reward", *, task: Sequence
 
 
 def iqm(scores) -> float:
-    """Interquartile mean of all entries (``rliable.metrics.aggregate_iqm``: ``scipy.stats.trim_mean(x, 0.25)``
-    over the flattened scores).
+    """Interquartile mean of all entries: the mean of the middle 50 % (Agarwal et al., NeurIPS 2021, "Deep RL at
+    the edge of the statistical precipice"), ``scipy.stats.trim_mean(x, 0.25)`` over the flattened scores, which is
+    what ``rliable.metrics.aggregate_iqm`` computes (without needing rliable). Equals the mean for fewer than 4
+    values.
 
     Raises:
         ValueError: no scores, or a NaN / infinite one (the IQM would silently be NaN).
     """
-    _, metrics = _rliable()
-    a = np.asarray(scores, dtype=np.float64)
+    from scipy.stats import trim_mean
+
+    a = np.asarray(list(scores) if not isinstance(scores, np.ndarray) else scores, dtype=np.float64).ravel()
     if a.size == 0 or not np.isfinite(a).all():
         raise ValueError(f"iqm needs at least one score, all finite; got {a.size} scores"
                          f"{'' if a.size == 0 else ', some NaN or infinite'}")
-    return float(metrics.aggregate_iqm(a))
+    return float(trim_mean(a, 0.25))
 
 
 def _check_bootstrap(reps, confidence) -> None:
@@ -257,3 +262,36 @@ def performance_profile_figure(scores: Mapping[str, np.ndarray], *, thresholds: 
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
+
+
+def bootstrap_ci(values: Iterable[float], *, confidence: float = 0.95, resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (Efron & Tibshirani 1993), computed by
+    ``scipy.stats.bootstrap`` (:func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`).
+
+    Pass *distinct* observations (see :func:`skipenv.evaluation.harness.distinct_episodes`): repeating identical episodes narrows the interval
+    without adding information. Returns ``(nan, nan)`` for no values and ``(v, v)`` when all values equal ``v``
+    (a single value included).
+
+    This per-policy interval is what ``skipenv train`` and ``skipenv leaderboard`` print, so it uses scipy (a core
+    dependency). Comparisons of learners over seeds × documents — IQM with stratified-bootstrap CIs, probability of
+    improvement, performance profiles — use ``rliable`` (the functions below) (the ``stats`` extra: rliable 1.2
+    pins ``arch < 8``, which does not import under pandas 3, so that extra caps pandas).
+    """
+    from .formulation_metrics import bootstrap_ci as _scipy_bootstrap_ci
+
+    x = np.asarray(list(values), dtype=float)
+    if len(x) == 1:
+        return float(x[0]), float(x[0])
+    return _scipy_bootstrap_ci(x, n_resamples=resamples, confidence=confidence, seed=seed)
+
+
+def markdown_table(df, floatfmt: str = ".3f") -> str:
+    """A pandas DataFrame as a GitHub markdown table (floats formatted with ``floatfmt``, e.g. ``".3f"``; no
+    ``tabulate`` needed)."""
+    def cell(v):
+        return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
