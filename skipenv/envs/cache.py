@@ -12,6 +12,10 @@
   model and process; a cheap watch checked on every call recomputes it after any weight edit), the key of every
   cache of derived model computation; :func:`model_identity` / :func:`check_identity`: the metadata a derived table
   stores and the check that refuses it (:class:`IdentityMismatchError`) for another model or configuration.
+
+Why this module is long: the disk cache and the model identity are one contract (a disk entry is valid only under
+the identity that keyed it, and the identity's watch decides when the in-memory caches drop), so they are read and
+tested together; the identity half (fingerprint, watch, scope, metadata check) is the candidate to split out.
 """
 
 from __future__ import annotations
