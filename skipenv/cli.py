@@ -274,6 +274,7 @@ SUBCOMMANDS["generate"] = _module_subcommand(
     "generate", "apply a policy (policy.zip, policy.pt or a baseline spec) to your own text")
 SUBCOMMANDS["dataset"] = _module_subcommand(
     "offline", "record Minari datasets of logged episodes; off-policy evaluation on them")
+SUBCOMMANDS["table"] = _module_subcommand("tables.cli", "exact replay tables: build | info | validate")
 
 
 def build_parser() -> argparse.ArgumentParser:
