@@ -22,9 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -75,8 +74,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class TableOutcome:
+class TableOutcome(NamedTuple):
     """One tabulated (document, plan) outcome under one quality signal: what a
     :class:`~skipenv.envs.rewards.Reward` and the formulation wrappers read (``quality``, ``quality_full``,
     ``cost``), with the FLOPs breakdown. Fields as :class:`skipenv.envs.evaluator.Outcome` (FLOPs in
