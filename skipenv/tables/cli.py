@@ -25,7 +25,7 @@ def _positive(text: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``build``, ``info`` and ``validate`` sub-commands to the ``skipenv table`` parser."""
-    sub = parser.add_subparsers(dest="table_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="table_command", metavar="ACTION", help="build, info or validate")
     sub.required = True
     b = sub.add_parser("build", help="compute (or resume) a replay table with the exact evaluator",
                        description="Compute every (document, plan) outcome of a grammar with the live evaluator; "
@@ -35,9 +35,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--env-id", default="SwitchDec-XSum-v1", help="configuration source (gym.spec kwargs)")
     b.add_argument("--model", default=None, help="model name or folder (default: the embedded SmolLM2)")
     b.add_argument("--task-source", default=None, help="'embedded' or a data file")
-    b.add_argument("--max-input-tokens", type=_positive, default=None)
-    b.add_argument("--max-new-tokens", type=_positive, default=None)
-    b.add_argument("--token-segments", type=_positive, default=None)
+    b.add_argument("--max-input-tokens", type=_positive, default=None,
+                   help="token budget of the formatted input (default: the id's, else the task's)")
+    b.add_argument("--max-new-tokens", type=_positive, default=None,
+                   help="generation budget of the full output (default: the task's)")
+    b.add_argument("--token-segments", type=_positive, default=None, help="K document segments (default: 8)")
     b.add_argument("--signals", default=None, help="comma-separated teacher-forced quality signals "
                                                    "(default probability,agreement)")
     b.add_argument("--grammar", default=None, help="a grammar JSON file ({'factors': [...], 'extras': [...]}; "
@@ -52,13 +54,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--compact-every", type=_positive, default=10,
                    help="rewrite the table folder every N finished documents")
     i = sub.add_parser("info", help="configuration, coverage, size and per-plan means of a table")
-    i.add_argument("table", nargs="?", default="xsum-v1")
+    i.add_argument("table", nargs="?", default="xsum-v1", help="table folder or shipped table name")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     v = sub.add_parser("validate", help="recompute a random sample of (document, plan) pairs live and compare",
                        description="Exit status 1 when any sampled pair differs beyond the tolerance.")
-    v.add_argument("table", nargs="?", default="xsum-v1")
+    v.add_argument("table", nargs="?", default="xsum-v1", help="table folder or shipped table name")
     v.add_argument("--samples", type=_positive, default=200, help="(document, plan) pairs")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="seed of the sample")
     v.add_argument("--tolerance", type=float, default=1e-4,
                    help="max |difference| of a quality (the prefix-reuse / batching exactness bound)")
     v.add_argument("--model", default=None, help="model to validate against (default: the table's)")
