@@ -289,3 +289,46 @@ def test_shipped_table_rows_recomputed_live():
     assert gym.make("SwitchDec-XSum-MenuTable-v0").action_space.n == t.num_plans
     res = validate_table(t, samples=3, seed=1, progress=False)
     assert res["checked"] == 3 and res["mismatches"] == []
+
+
+@pytest.mark.slow
+def test_parallel_build_equals_the_serial_one(tiny, tmp_path):
+    """Two spawned worker processes (each loads the model) write the same table as the one-process build."""
+    cfg, folder, _ = tiny
+    t = build_table(tmp_path / "t", config=cfg, splits=SPLITS, limit=LIMIT, work_dir=tmp_path / "w", workers=2,
+                    threads=1, progress=False)
+    full = Table.load(folder)
+    assert t.document_ids == full.document_ids
+    for k in full.columns:
+        np.testing.assert_allclose(np.asarray(t.columns[k]), np.asarray(full.columns[k]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes(tiny, tmp_path):
+    """``skipenv table build`` killed with SIGKILL once its first shard exists; the same command then finishes
+    with the uninterrupted build's table."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg, folder, _ = tiny
+    work = tmp_path / "w"
+    cmd = [sys.executable, "-m", "skipenv", "table", "build", str(tmp_path / "t"), "--model", cfg["model"],
+           "--task-source", cfg["task_source"], "--max-input-tokens", "96", "--max-new-tokens", "6",
+           "--token-segments", "4", "--splits", ",".join(SPLITS), "--limit", str(LIMIT), "--work-dir", str(work)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(work.glob("*.npz")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(work.glob("*.npz")))
+    assert 1 <= done < 5
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t, full = Table.load(tmp_path / "t"), Table.load(folder)
+    assert t.document_ids == full.document_ids
+    for k in full.columns:
+        np.testing.assert_allclose(np.asarray(t.columns[k]), np.asarray(full.columns[k]), rtol=0, atol=1e-12)
