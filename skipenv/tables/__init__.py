@@ -14,3 +14,10 @@ Gymnasium envs at thousands of episodes per second instead of about one.
 
 Usage and the shipped table's coverage: docs/tables.md.
 """
+
+from .envs import TableFactorialEnv, TableMenuEnv, load_table, register_table_envs
+from .grammar import Grammar, GrammarError, default_grammar
+from .store import Table, TableError, TableOutcome
+
+__all__ = ["Table", "TableError", "TableOutcome", "Grammar", "GrammarError", "default_grammar", "TableMenuEnv",
+           "TableFactorialEnv", "load_table", "register_table_envs"]
