@@ -332,3 +332,20 @@ def test_kill_9_then_rerun_resumes(tiny, tmp_path):
     assert t.document_ids == full.document_ids
     for k in full.columns:
         np.testing.assert_allclose(np.asarray(t.columns[k]), np.asarray(full.columns[k]), rtol=0, atol=1e-12)
+
+
+def test_a_committed_table_is_a_checkpoint(tiny, tmp_path, monkeypatch):
+    """Without the shard folder (a fresh clone), a build into the folder of a partial table of the same key takes
+    its rows instead of recomputing them."""
+    cfg, folder, _ = tiny
+    build_table(tmp_path / "t", config=cfg, splits=SPLITS, limit=LIMIT, work_dir=tmp_path / "w1", progress=False,
+                max_documents=2)
+    calls = []
+    orig = TableBuilder.compute_row
+    monkeypatch.setattr(TableBuilder, "compute_row", lambda self, s, i: calls.append((s, i)) or orig(self, s, i))
+    t = build_table(tmp_path / "t", config=cfg, splits=SPLITS, limit=LIMIT, work_dir=tmp_path / "w2",
+                    progress=False)
+    assert len(calls) == 3
+    full = Table.load(folder)
+    for k in full.columns:
+        np.testing.assert_allclose(np.asarray(t.columns[k]), np.asarray(full.columns[k]), rtol=0, atol=1e-12)

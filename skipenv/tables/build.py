@@ -7,6 +7,8 @@ fingerprint and the grammar), through a temporary file and ``os.replace``, so a 
 shard that does not load (truncated, edited, another key) is computed again. The table folder is (re)written from
 the complete shards at the end and every ``compact_every`` documents (atomically, see
 :func:`skipenv.tables.store.write_table`), so an interrupted build leaves a usable table of the documents done.
+A build whose shard folder is gone (another machine, a fresh clone) first turns the rows of the table already in
+``out_dir`` into shards when that table has the same key, so a committed table is itself a checkpoint.
 
 Signals: teacher-forced ones (``"probability"``, ``"agreement"``, ``"likelihood"``), whose cost does not depend on
 the signal; the two default signals score the same target (the full output), so one forward pass per
@@ -29,7 +31,7 @@ import numpy as np
 from .grammar import Grammar, default_grammar
 from .store import FORMAT, FORMAT_VERSION, OUTCOME_COLUMNS, Table, TableError, table_fingerprint, write_table
 
-__all__ = ["build_table", "table_config", "DEFAULT_SIGNALS", "DEFAULT_SPLITS", "TableBuilder"]
+__all__ = ["build_table", "table_config", "DEFAULT_SIGNALS", "DEFAULT_SPLITS", "TableBuilder", "shared_score_evaluators"]
 
 DEFAULT_SIGNALS = ("probability", "agreement")
 #: test documents first (an interrupted build covers the evaluation split first), then train
@@ -78,6 +80,28 @@ def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
     return cfg
 
 
+def shared_score_evaluators(generator, task, signals, **evaluator_kwargs) -> tuple[dict, dict]:
+    """One :class:`~skipenv.envs.evaluator.Evaluator` per quality signal over ``generator`` and ``task``, whose
+    teacher-forced ``score`` calls are memoised across the signals: ``probability`` and ``agreement`` score the same
+    target (the full output) under the same plan, so the second signal reuses the first one's forward pass (the same
+    call with the same arguments returns the same ``ScoreOutput``). Returns ``(signal -> evaluator, memo)``; clear
+    the memo between documents."""
+    from ..envs.evaluator import Evaluator
+    from ..envs.quality import get_signal
+
+    memo: dict = {}
+
+    class _SharedScores(Evaluator):
+        def score(self, example, target_ids, plan):
+            key = (example.id, tuple(int(t) for t in target_ids), plan)
+            hit = memo.get(key)
+            if hit is None:
+                hit = memo[key] = super().score(example, target_ids, plan)
+            return hit
+
+    return {s: _SharedScores(generator, task, quality=get_signal(s), **evaluator_kwargs) for s in signals}, memo
+
+
 def _key(config: dict, grammar: Grammar) -> str:
     import hashlib
 
@@ -101,8 +125,6 @@ class TableBuilder:
 
     def __init__(self, config: dict, grammar: Grammar | dict | None = None, work_dir=None,
                  threads: int | None = None):
-        from ..envs.evaluator import Evaluator
-        from ..envs.quality import get_signal
         from ..envs.switchdec import SwitchDecEnv, shared_generator
         from ..tasks import make_task
 
@@ -114,26 +136,10 @@ class TableBuilder:
         self.generator = shared_generator(config["model"], "cpu", config["dtype"])
         kw = {} if config.get("max_input_tokens") is None else {"max_input_tokens": int(config["max_input_tokens"])}
         self.task = make_task(config["task"], source=config["task_source"], **kw)
-        memo: dict = {}
-
-        class _SharedScores(Evaluator):
-            """An :class:`Evaluator` whose teacher-forced ``score`` calls are memoised across the table's signals
-            (the same call with the same arguments returns the same object)."""
-
-            def score(self, example, target_ids, plan):
-                key = (example.id, tuple(int(t) for t in target_ids), plan)
-                hit = memo.get(key)
-                if hit is None:
-                    hit = memo[key] = super().score(example, target_ids, plan)
-                return hit
-
-        self._memo = memo
-        self.envs = {}
-        for s in config["signals"]:
-            ev = _SharedScores(self.generator, self.task, quality=get_signal(s),
-                               token_segments=int(config["token_segments"]),
-                               max_new_tokens=config.get("max_new_tokens"), observation=config["observation"])
-            self.envs[s] = SwitchDecEnv(self.task, evaluator=ev, split="all")
+        evaluators, self._memo = shared_score_evaluators(
+            self.generator, self.task, config["signals"], token_segments=int(config["token_segments"]),
+            max_new_tokens=config.get("max_new_tokens"), observation=config["observation"])
+        self.envs = {s: SwitchDecEnv(self.task, evaluator=ev, split="all") for s, ev in evaluators.items()}
         first = self.envs[config["signals"][0]]
         config.update(fingerprint=table_fingerprint(self.generator), max_input_tokens=self.task.max_input_tokens,
                       max_new_tokens=first.max_new_tokens, observation=first.observation_kind)
@@ -231,15 +237,42 @@ class TableBuilder:
         for k, dtype in OUTCOME_COLUMNS.items():
             arrays[k] = np.array(cost[k], dtype=dtype)
         self._memo.clear()
+        self.write_shard(split, index, arrays)
+        return dict(arrays, example_id=ex.id)
+
+    def write_shard(self, split: str, index: int, arrays: dict) -> None:
+        """Write one document's row atomically (temporary file, fsync, ``os.replace``)."""
+        ex = self.examples(split)[index]
         path = self.shard_path(split, index)
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
         meta = json.dumps({"key": self.key, "example_id": ex.id, "split": split, "index": index})
         with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(meta), **arrays)
+            np.savez(f, meta=np.array(meta), **{k: v for k, v in arrays.items() if k != "example_id"})
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return dict(arrays, example_id=ex.id)
+
+    def seed_from_table(self, out_dir) -> int:
+        """Write shards for the rows of an existing table in ``out_dir`` built with this builder's key (a
+        committed table then resumes on a machine without the shard folder); returns how many were written.
+        A table that does not load (corrupt) or has another key contributes nothing."""
+        try:
+            t = Table.load(out_dir)
+        except TableError:
+            return 0
+        if t.meta.get("key") != self.key:
+            return 0
+        pos = {}
+        for split in set(t.document_splits):
+            pos.update({(split, ex.id): i for i, ex in enumerate(self.examples(split))})
+        n = 0
+        for r, (ex_id, split) in enumerate(zip(t.document_ids, t.document_splits)):
+            i = pos.get((split, ex_id))
+            if i is None or self.shard_path(split, i).is_file():
+                continue
+            self.write_shard(split, i, {k: np.array(v[r]) for k, v in t.columns.items()})
+            n += 1
+        return n
 
     # ------------------------------------------------------------------ the table folder
     def compact(self, out_dir, documents: Sequence[tuple[str, int]], *, extra_meta: dict | None = None) -> Table:
@@ -339,6 +372,9 @@ def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict 
                              f"({'; '.join(f'{k}: {a!r} there, {c!r} here' for k, (a, c) in sorted(diff.items()))}); "
                              f"delete that folder or build into another one")
     docs = b.documents(splits, limit)
+    seeded = b.seed_from_table(out_dir)
+    if seeded and progress:
+        print(f"{seeded} rows taken from the existing table at {out_dir} (same key {b.key})")
     todo = [d for d in docs if b.read_shard(*d) is None]
     for stale in b.work_dir.glob("*.tmp-*"):  # a killed writer's temporary file: never read, removed
         stale.unlink(missing_ok=True)

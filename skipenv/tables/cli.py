@@ -107,7 +107,8 @@ def info_text(table, as_json: bool = False) -> str:
 def validate_table(table, *, samples: int = 200, seed: int = 0, tolerance: float = 1e-4, model: str | None = None,
                    progress: bool = True) -> dict:
     """Recompute ``samples`` random (document, plan) pairs of ``table`` live (a fresh
-    :class:`~skipenv.envs.evaluator.Evaluator` per signal, pair by pair, on the configuration the table records)
+    :class:`~skipenv.envs.evaluator.Evaluator` per signal, pair by pair, on the configuration the table records;
+    the signals share one teacher-forced forward pass per pair, :func:`~skipenv.tables.build.shared_score_evaluators`)
     and compare.
 
     A pair matches when every signal's quality and quality_full are within ``tolerance`` (default 1e-4, the
@@ -123,8 +124,8 @@ def validate_table(table, *, samples: int = 200, seed: int = 0, tolerance: float
     import numpy as np
     from tqdm import tqdm
 
-    from ..envs.evaluator import Evaluator
     from ..envs.switchdec import SwitchDecEnv, shared_generator
+    from .build import shared_score_evaluators
     from ..tasks import make_task
     from .store import table_fingerprint
 
@@ -132,10 +133,10 @@ def validate_table(table, *, samples: int = 200, seed: int = 0, tolerance: float
     gen = shared_generator(model or cfg["model"], "cpu", cfg["dtype"])
     table.check_fingerprint(table_fingerprint(gen))
     task = make_task(cfg["task"], source=cfg["task_source"], max_input_tokens=int(cfg["max_input_tokens"]))
-    envs = {s: SwitchDecEnv(task, evaluator=Evaluator(gen, task, quality=s, token_segments=int(cfg["token_segments"]),
-                                                      max_new_tokens=int(cfg["max_new_tokens"]),
-                                                      observation=cfg["observation"]), split="all")
-            for s in table.signals}
+    evaluators, memo = shared_score_evaluators(gen, task, table.signals, token_segments=int(cfg["token_segments"]),
+                                               max_new_tokens=int(cfg["max_new_tokens"]),
+                                               observation=cfg["observation"])
+    envs = {s: SwitchDecEnv(task, evaluator=ev, split="all") for s, ev in evaluators.items()}
     by_id = {ex.id: ex for ex in next(iter(envs.values())).examples}
     rng = np.random.default_rng(seed)
     n = min(samples, table.num_documents * table.num_plans)
@@ -170,6 +171,7 @@ def validate_table(table, *, samples: int = 200, seed: int = 0, tolerance: float
             for k, v in live.items():
                 if v != getattr(t, k):
                     problems.append(f"{k}: live {v}, table {getattr(t, k)}")
+        memo.clear()
         if problems:
             mismatches.append({"document": ex_id, "plan": table.plan_names[p], "problem": "; ".join(problems)})
     return {"checked": len(pairs), "mismatches": mismatches, "max_abs_quality_diff": max_diff}
