@@ -19,6 +19,9 @@ from .envs.registration import ENV_IDS, OFFLINE_IDS, make, register_envs, sharin
 from .envs.rewards import constraint_satisfied, lexicographic_reward, weighted_reward
 
 register_envs()
+from .tables.envs import register_table_envs  # noqa: E402  (ids containing 'Table', issue 21)
+
+register_table_envs()
 
 
 #: public name → submodule that defines it (imported on first access: keeps ``import skipenv`` light)

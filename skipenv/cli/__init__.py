@@ -90,6 +90,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "generate", "apply a policy (policy.zip, policy.pt or a baseline spec) to your own text"),
     "dataset": _module_subcommand(
         "dataset", "record Minari datasets of logged episodes; off-policy evaluation on them"),
+    "table": _module_subcommand("table", "exact replay tables: build | info | validate"),
 }
 
 
