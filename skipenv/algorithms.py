@@ -435,7 +435,8 @@ class GroupPG:
         if total_timesteps < G:
             raise ValueError(f"total_timesteps ({total_timesteps}) must be >= group_size ({G})")
         budget = _find_wrapper(env, BudgetConditioned) is not None
-        n_docs = len(env.unwrapped.examples)
+        u = env.unwrapped  # a live env lists its documents in .examples, a table env in .example_ids
+        n_docs = len(u.examples if hasattr(u, "examples") else u.example_ids)
         if not self._started:
             env.reset(seed=self.seed)  # seeds the env and its wrappers (e.g. the tolerance draws)
             self._started = True
