@@ -8,7 +8,7 @@ Every learner of :data:`skipenv.tables.learners.LEARNERS` trains on the table en
 documents: FLOPs saved, mean quality loss, the gain over the static front at equal quality (the best static mixture
 at the policy's own test loss, fitted on the test documents) and the share of the oracle's headroom it captures
 (:func:`skipenv.tables.learners.headroom_share`), cumulative regret against the per-document oracle on the
-training episodes, IQM and probability of improvement with stratified-bootstrap CIs (:mod:`skipenv.stats`,
+training episodes, IQM and probability of improvement with stratified-bootstrap CIs (:mod:`skipenv.evaluation.stats`,
 rliable). Documents: the table's own train / test split when it covers >= ``--min-train`` train documents, else
 ``--folds``-fold cross-validation over all covered documents (printed; :func:`~skipenv.tables.learners.make_folds`).
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from skipenv.stats import interval_estimates, iqm, probability_of_improvement
+    from skipenv.evaluation.stats import interval_estimates, iqm, probability_of_improvement
     from skipenv.probe import markdown_table, mixture_lp
     from skipenv.tables.envs import load_table
     from skipenv.tables.learners import LEARNERS, front_saved, headroom_share, make_folds

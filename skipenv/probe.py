@@ -791,7 +791,7 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
     """
     import gymnasium as gym
 
-    import skipenv  # noqa: F401  (registers the ids)
+    # the ids are registered: importing any skipenv submodule runs skipenv/__init__.py first
 
     from .envs import SwitchDecEnv
     from .envs.observations import passthrough_columns

@@ -50,7 +50,7 @@ def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
     """
     import gymnasium as gym
 
-    import skipenv  # noqa: F401  (registers the ids)
+    # the ids are registered: importing any skipenv submodule runs skipenv/__init__.py first
 
     allowed = {"model", "task", "task_source", "max_input_tokens", "max_new_tokens", "token_segments", "observation",
                "signals", "dtype"}

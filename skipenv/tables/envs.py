@@ -9,7 +9,7 @@ loaded; an episode costs microseconds instead of a forward pass).
 Both return the live env's observation of the document (stored at build time), reward the tabulated outcome with
 the same :class:`~skipenv.envs.rewards.Reward` classes as the live env, and take the same ``formulation=`` wrappers
 through :func:`skipenv.envs.registration.make_env` (so ``gym.make("SwitchDec-XSum-Table-v0")`` is wrapped in
-:class:`~skipenv.formulations.ExpectedConstraint`, as ``SwitchDec-XSum-v1`` is). Documents are drawn from the
+:class:`~skipenv.envs.wrappers.ExpectedConstraint`, as ``SwitchDec-XSum-v1`` is). Documents are drawn from the
 table's covered documents of ``split`` in a seeded permutation per pass (``reset(seed=...)``, as the live env).
 An action outside the table raises :class:`~skipenv.tables.grammar.GrammarError`; nothing is ever computed live.
 """

@@ -1,7 +1,7 @@
 """Learners trained from scratch on replay tables, scored against the static front and the per-document oracle
 (issue 21, item 4; ``benchmarks/compare_tables.py`` runs the comparison).
 
-Every learner trains on a registered table env wrapped in :class:`~skipenv.formulations.ExpectedConstraint`
+Every learner trains on a registered table env wrapped in :class:`~skipenv.envs.wrappers.ExpectedConstraint`
 (the expected formulation of ``SwitchDec-XSum-v1``, tau 0.01 on the probability signal), through
 :class:`EpisodeRecorder` (which logs each training episode and its instantaneous regret), and is then scored
 deterministically on the held-out documents:
