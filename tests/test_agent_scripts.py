@@ -55,7 +55,9 @@ def test_baselines_agent(tmp_path):
     summary = run_agent("baselines.py", tmp_path, "--policies", "skip-nothing", "lead:4", "calibrated:2")
     assert list(summary["policy"]) == ["skip-nothing", "lead:4", "calibrated:2"]
     nothing = summary.set_index("policy").loc["skip-nothing"]
-    assert nothing["quality"] == 1.0 and nothing["constraint_satisfied"] == 1.0
+    # the default id is v1 (probability signal, expected constraint): skip nothing reproduces the full model exactly
+    assert nothing["quality"] == nothing["quality_full"] and nothing["constraint_satisfied"] == 1.0
+    assert nothing["mean_quality_loss"] == 0.0 and nothing["mean_loss_within_tau"]
 
 
 def test_group_pg_agent_with_warm_start(tmp_path):
