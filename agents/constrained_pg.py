@@ -3,12 +3,12 @@ baseline, and a Lagrangian or dynamic-barrier (lexicographic) constraint handler
 
     python agents/constrained_pg.py --handler barrier --total-timesteps 256 --out runs/pg-barrier
 
-The algorithm lives in skipenv.algorithms.ConstrainedPG (importable by notebooks); this file only runs it.
+The algorithm lives in skipenv.policies.pg.ConstrainedPG (importable by notebooks); this file only runs it.
 """
 
 from _common import evaluate_and_save, make_env, out_dir, parser
 
-from skipenv.algorithms import ConstrainedPG, PGConfig
+from skipenv.policies.pg import ConstrainedPG, PGConfig
 
 
 def main(argv=None):

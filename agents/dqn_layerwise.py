@@ -9,8 +9,8 @@ in the layerwise env and the resulting plan is scored by the one-shot env (same 
 
 from _common import evaluate_and_save, make_env, out_dir, parser, make_test_env
 
-from skipenv.baselines import LayerwiseRollout
-from skipenv.sb3 import train_sb3
+from skipenv.policies.baselines import LayerwiseRollout
+from skipenv.policies.sb3 import train_sb3
 
 
 def main(argv=None):

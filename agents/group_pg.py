@@ -5,13 +5,13 @@ or the probe policy over the probe's default menu of plans.
     python agents/group_pg.py --total-timesteps 256 --out runs/rloo
     python agents/group_pg.py --warm-start oracle --formulation expected --out runs/rloo-bc-expected
 
-The algorithm lives in skipenv.algorithms.GroupPG and skipenv.warm_start (importable by notebooks); this file only
+The algorithm lives in skipenv.policies.pg.GroupPG and skipenv.policies.warm_start (importable by notebooks); this file only
 runs it.
 """
 
 from _common import evaluate_and_save, make_env, out_dir, parser
 
-from skipenv.algorithms import GroupPG, GroupPGConfig
+from skipenv.policies.pg import GroupPG, GroupPGConfig
 from skipenv.envs.wrappers import make_formulation
 
 
@@ -36,8 +36,8 @@ def main(argv=None):
     train_env = make_formulation(env, args.formulation, **({"tau": env.tau} if args.formulation == "expected" else {}))
     agent = GroupPG(train_env, cfg, seed=args.seed, device=args.device)
     if args.warm_start != "none":
-        from skipenv.probe import evaluate_menu
-        from skipenv.warm_start import behaviour_cloning, warm_start_targets
+        from skipenv.evaluation.probe import evaluate_menu
+        from skipenv.policies.warm_start import behaviour_cloning, warm_start_targets
 
         test = make_env(args, "test", 2)
         table = evaluate_menu(lambda split, n: {"train": env, "test": test}[split], num_train=args.train_examples,

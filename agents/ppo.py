@@ -7,8 +7,8 @@ Writes policy.zip, monitor.csv, TensorBoard logs and the test-split evaluation t
 
 from _common import evaluate_and_save, make_env, out_dir, parser
 
-from skipenv.baselines import SB3Policy
-from skipenv.sb3 import train_sb3
+from skipenv.policies.baselines import SB3Policy
+from skipenv.policies.sb3 import train_sb3
 
 
 def main(argv=None):

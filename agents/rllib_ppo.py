@@ -99,7 +99,7 @@ def deterministic_policy(algo, name: str = "rllib-ppo"):
     """The trained module as a one-shot policy: the more likely value of each bit (argmax of its two logits)."""
     import torch
 
-    from skipenv.baselines import CallablePolicy
+    from skipenv.policies.baselines import CallablePolicy
 
     module = algo.get_module()
 

@@ -35,7 +35,7 @@ whose assets are missing is printed as an "n/a" line with the fix and the other 
 Default run, side by side on the same warm references (full outputs and prefix states computed before timing), XSum
 train documents, quality="agreement", outcome cache off: for each document and plan mix, ``--episodes`` plans are
 drawn and each is timed with reuse off (every plan from scratch: the old path) and on, alternately. Mixes: (a) "PPO
-initial" (each action bit skipped with probability 0.02, as SB3's policy starts in ``skipenv.sb3.make_sb3``), (b)
+initial" (each action bit skipped with probability 0.02, as SB3's policy starts in ``skipenv.policies.sb3.make_sb3``), (b)
 "lead-N" (drop the last 1..7 of 8 segments), (c) one attention or FFN sublayer, (d) uniform random bits. Reuse on is
 timed with the model's dtype store (the default, exact) and, for a float32 decoder-only model, float16 and bfloat16
 stores (half the bytes); their log-probabilities, argmax and agreement are compared with the from-scratch path of

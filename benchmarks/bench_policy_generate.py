@@ -1,7 +1,7 @@
 """Measured wall-clock speed-up of a skip policy vs the full model on XSum test documents, next to its
 FLOPs-predicted speed-up, and the ROUGE-L of both outputs against the reference summaries.
 
-Each document goes through :class:`skipenv.generate.PolicyGenerator` with ``compare=True``: the policy's run
+Each document goes through :class:`skipenv.policies.deploy.PolicyGenerator` with ``compare=True``: the policy's run
 (observation = first layer over the full input, policy forward, greedy generation under the plan) and then the full
 model's greedy generation, one document at a time. One document is run first as a warm-up and not counted.
 
@@ -26,7 +26,7 @@ import pandas as pd
 
 
 def run(policy: str, docs, env_kwargs: dict, device: str = "cpu") -> dict:
-    from skipenv.generate import PolicyGenerator
+    from skipenv.policies.deploy import PolicyGenerator
 
     pg = PolicyGenerator(policy, env_kwargs=env_kwargs, device=device)
     pg.generate(docs[0].document, compare=True, id=docs[0].id)  # warm-up (not counted)

@@ -46,7 +46,7 @@ def sb3_throughput(env_id: str, kw: dict, steps: int, batch: int, examples: int)
     import gymnasium as gym
 
     import skipenv  # noqa: F401
-    from skipenv.sb3 import make_sb3
+    from skipenv.policies.sb3 import make_sb3
 
     t0 = time.perf_counter()
     env = gym.make(env_id, split="train", num_examples=examples, **kw).unwrapped

@@ -6,10 +6,10 @@
 1. **Static baselines.** A menu of fixed plans (skip nothing; keep the lead ``N`` of ``K`` token segments for each
    ``--lead N``; drop one segment for each ``--drop-segment``; skip the attention of one layer for each
    ``--attention``; skip every other layer's attention / FFN for each ``--every-other``) is evaluated on every train
-   and test document (:func:`skipenv.probe.evaluate_menu`). For each evaluation tolerance ``tau`` the *best static
+   and test document (:func:`skipenv.evaluation.probe.evaluate_menu`). For each evaluation tolerance ``tau`` the *best static
    plan* is the one with the highest mean lexicographic reward at that ``tau`` on the **train** documents; it is
    then judged on the test documents.
-2. **One policy for every tolerance.** PPO (stable-baselines3, :func:`skipenv.sb3.make_sb3`) trains on
+2. **One policy for every tolerance.** PPO (stable-baselines3, :func:`skipenv.policies.sb3.make_sb3`) trains on
    :class:`skipenv.BudgetConditioned` over the train documents: each episode draws ``tau ~ Uniform(--tau-range)``,
    appends it to the observation and rewards the plan lexicographically at that ``tau``. ``--warm-start static``
    (or ``oracle``) first fits the policy by behaviour cloning (maximum likelihood of the target plan's skip bits,
@@ -330,8 +330,8 @@ def main(argv=None) -> int:
     from skipenv import BudgetConditioned
     from skipenv.evaluation.formulation_metrics import bootstrap_ci, formulation_metrics, metrics_by_tau
     from skipenv.evaluation.stats import markdown_table
-    from skipenv.probe import ProbeTable, evaluate_menu
-    from skipenv.sb3 import make_sb3
+    from skipenv.evaluation.probe import ProbeTable, evaluate_menu
+    from skipenv.policies.sb3 import make_sb3
 
     t_start = time.perf_counter()
     out = Path(args.out)

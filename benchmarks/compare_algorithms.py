@@ -4,7 +4,7 @@ the README's comparison table, with rliable statistics.
     python benchmarks/compare_algorithms.py --formulation per_input --timesteps 96 --train-examples 16 \
         --test-examples 12 --out runs/compare            # 5 seeds (0-4) by default
 
-One process, one model copy. One-shot learners (:data:`skipenv.learners.LEARNERS`: PPO, A2C, ConstrainedPG with a
+One process, one model copy. One-shot learners (:data:`skipenv.policies.learners.LEARNERS`: PPO, A2C, ConstrainedPG with a
 Lagrangian / dynamic-barrier handler, the group-baseline learners RLOO / GRPO, and the behaviour-cloning
 warm-started ``rloo-bc`` / ``ppo-bc``) train for ``--timesteps`` episodes on the train documents, wrapped by the
 formulation (:func:`skipenv.envs.wrappers.make_formulation`); DQN on the layerwise env (``dqn-layerwise``,
@@ -52,7 +52,7 @@ DEFAULT_ALGOS = ("ppo", "a2c", "pg-lagrangian", "pg-barrier", "dqn-layerwise", "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from skipenv.learners import LEARNERS
+    from skipenv.policies.learners import LEARNERS
 
     from skipenv.envs.registration import DEFAULT_ENV_ID
 
@@ -118,13 +118,13 @@ def main(argv=None) -> None:
     import gymnasium as gym
 
     import skipenv
-    from skipenv import baselines as B
+    from skipenv.policies import baselines as B
     from skipenv.evaluation.plots import plot_learning_curves, plot_pareto
     from skipenv.evaluation.stats import markdown_table
     from skipenv.policies import load_policy
     from skipenv.envs.wrappers import DEFAULT_TAU_RANGE, make_formulation
-    from skipenv.learners import WARM_STARTED, train_learner
-    from skipenv.sb3 import monitor_curve, train_sb3
+    from skipenv.policies.learners import WARM_STARTED, train_learner
+    from skipenv.policies.sb3 import monitor_curve, train_sb3
     from skipenv.evaluation.stats import performance_profile_figure
 
     out = Path(args.out)
@@ -172,8 +172,8 @@ def main(argv=None) -> None:
 
     warm, warm_lam = None, 0.0
     if any(a in WARM_STARTED for a in args.algos):
-        from skipenv.probe import evaluate_menu
-        from skipenv.warm_start import warm_start_targets
+        from skipenv.evaluation.probe import evaluate_menu
+        from skipenv.policies.warm_start import warm_start_targets
 
         envs = {"train": train, "test": test}
         table = evaluate_menu(lambda split, n: envs[split], num_train=args.train_examples, num_test=2,
@@ -190,7 +190,7 @@ def main(argv=None) -> None:
             extra[a] = n_table
         if form == "expected" and args.bc_source == "probe":
             # warm-started learners keep the cloned rule's trade-off: their multiplier starts at the probe rule's
-            from skipenv.probe import ProbePolicy
+            from skipenv.evaluation.probe import ProbePolicy
 
             tr = table.matrices("train")
             warm_lam = ProbePolicy(empty=table.plans.index(table.empty) if table.empty else None).fit(

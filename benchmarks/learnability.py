@@ -1,6 +1,6 @@
 """Learnability probe on the embedded SmolLM2 / XSum: how much FLOPs a contextual policy over a menu of plans can
 save beyond the best static policy (single plan and mixture), per-input and expected constraint, with bootstrap CIs
-and a learning curve over the number of training documents (see :mod:`skipenv.probe`).
+and a learning curve over the number of training documents (see :mod:`skipenv.evaluation.probe`).
 
     python benchmarks/learnability.py --train-docs 40 --test-docs 20 --quality agreement --tau 0.1
 

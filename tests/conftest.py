@@ -109,7 +109,7 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
 def tiny_xsum_env_factory(smollm2_tokenizer):
     """``(split, n) -> SwitchDecEnv`` on XSum over one tiny random-weight Llama (initializer_range 0.5 makes it
     sensitive to skips, so plans differ in agreement per document); the factory the probe tests hand to
-    :func:`skipenv.probe.evaluate_menu`."""
+    :func:`skipenv.evaluation.probe.evaluate_menu`."""
     from skipenv.envs import SwitchDecEnv
     from skipenv.testing import tiny_generator
 

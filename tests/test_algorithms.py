@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from skipenv import SkipPlan
-from skipenv.algorithms import (ConstrainedPG, DynamicBarrierHandler, LagrangianHandler, PGConfig,
+from skipenv.policies.pg import (ConstrainedPG, DynamicBarrierHandler, LagrangianHandler, PGConfig,
                                 dynamic_barrier_lambda)
-from skipenv.baselines import (OraclePolicy, RandomPolicy, SkipNothing, calibrate_static_drop, every_other_layer,
+from skipenv.policies.baselines import (OraclePolicy, RandomPolicy, SkipNothing, calibrate_static_drop, every_other_layer,
                                lead_truncation, sublayer_similarity)
 from skipenv.evaluation.harness import evaluate_policy, summarize
 from skipenv.evaluation.plots import plot_pareto
@@ -174,7 +174,7 @@ def test_episode_record_validates_and_detects_tampering(generator):
 def test_sb3_starts_near_skip_nothing_and_tiny_budgets_update(generator):
     import torch
 
-    from skipenv.sb3 import make_sb3
+    from skipenv.policies.sb3 import make_sb3
 
     env = make(generator)
     model = make_sb3("ppo", env, total_timesteps=8, init_skip_prob=0.02)

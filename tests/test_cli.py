@@ -142,7 +142,7 @@ def test_log_friendly_progress_only_without_a_terminal(monkeypatch):
 def test_threads_line_and_oversubscription_warning(monkeypatch):
     import torch
 
-    from skipenv import train
+    from skipenv.evaluation import main_job as train
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
@@ -171,7 +171,7 @@ def test_status_line_is_not_glued_to_a_live_bar(capsys):
     drawn, and the bar is redrawn after them."""
     from tqdm import tqdm
 
-    from skipenv import train
+    from skipenv.evaluation import main_job as train
 
     bar = tqdm(total=10, desc="train ppo", unit="episode", file=sys.stderr)
     bar.update(3)
@@ -190,7 +190,7 @@ def test_training_bar_is_labelled_and_reports_early_speed(capsys):
     from stable_baselines3 import PPO
     from stable_baselines3.common.monitor import Monitor
 
-    from skipenv.train import _TrainingProgress
+    from skipenv.evaluation.main_job import _TrainingProgress
 
     calls = []
     model = PPO("MlpPolicy", Monitor(gym.make("CartPole-v1")), n_steps=32, batch_size=16, n_epochs=1, seed=0,

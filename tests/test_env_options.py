@@ -364,7 +364,7 @@ def test_formulation_errors(tiny_llama):
 def test_probe_options_and_attention_features(smollm2_tokenizer, tmp_path):
     import argparse
 
-    from skipenv import probe
+    from skipenv.evaluation import probe
     from skipenv.cli.probe import configure_parser
     from skipenv.envs.observations import feature_table
 

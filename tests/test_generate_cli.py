@@ -1,4 +1,4 @@
-"""``skipenv generate`` and :class:`skipenv.generate.PolicyGenerator` on a tiny random-weight Llama (SmolLM2
+"""``skipenv generate`` and :class:`skipenv.policies.deploy.PolicyGenerator` on a tiny random-weight Llama (SmolLM2
 tokenizer) saved to disk: outputs, FLOPs and observations checked against the generator and the env directly."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 import skipenv  # noqa: F401
 from skipenv.cli import main
-from skipenv.generate import PolicyGenerator, describe_plan, read_documents
+from skipenv.policies.deploy import PolicyGenerator, describe_plan, read_documents
 from skipenv.plan import SkipPlan
 
 from _tiny_local import tiny_env_kwargs, write_tiny_assets
@@ -84,7 +84,7 @@ def test_read_documents_errors(tmp_path):
 
 
 def test_cli_sb3_policy_zip_on_a_file_with_compare(kwargs, tmp_path, capsys):
-    from skipenv.sb3 import train_sb3
+    from skipenv.policies.sb3 import train_sb3
 
     env = gym.make("SwitchDec-XSum-v0", **kwargs).unwrapped
     model = train_sb3("ppo", env, total_timesteps=8, seed=0, out_dir=tmp_path / "ppo", progress_bar=False)
@@ -125,8 +125,8 @@ def test_cli_is_registered_and_needs_a_source():
 def test_policy_zip_algorithm_is_read_from_the_file(kwargs, tmp_path, algo):
     import stable_baselines3 as sb3
 
-    from skipenv.policies import _sb3_class, load_policy
-    from skipenv.sb3 import train_sb3
+    from skipenv.policies.spec import _sb3_class, load_policy
+    from skipenv.policies.sb3 import train_sb3
 
     env = gym.make("SwitchDec-XSum-v0", **kwargs).unwrapped
     train_sb3(algo, env, total_timesteps=4, out_dir=tmp_path, progress_bar=False)
@@ -140,7 +140,7 @@ def test_policy_zip_algorithm_is_read_from_the_file(kwargs, tmp_path, algo):
 
 
 def test_repository_agent_policy_pt(kwargs, tmp_path):
-    from skipenv.algorithms import ConstrainedPG
+    from skipenv.policies.pg import ConstrainedPG
 
     env = gym.make("SwitchDec-XSum-v0", **kwargs).unwrapped
     agent = ConstrainedPG(env, seed=3)
@@ -156,9 +156,9 @@ def test_a_saved_policy_is_named_the_same_way_in_every_command(kwargs, tmp_path)
     same policy through :func:`load_policy`, the front door of generate, dataset and leaderboard."""
     from stable_baselines3 import DQN
 
-    from skipenv.algorithms import ConstrainedPG
+    from skipenv.policies.pg import ConstrainedPG
     from skipenv.policies import load_policy
-    from skipenv.sb3 import train_sb3
+    from skipenv.policies.sb3 import train_sb3
 
     env = gym.make("SwitchDec-XSum-v0", **kwargs).unwrapped
     model = train_sb3("ppo", env, total_timesteps=4, seed=0, out_dir=tmp_path / "ppo-run", progress_bar=False)

@@ -390,7 +390,7 @@ def test_rouge_of_identical_texts_without_word_tokens_is_one(text):
 
 def test_probe_plan_with_a_reversed_range_is_refused():
     from skipenv.plan import PlanSpec
-    from skipenv.probe import parse_plan
+    from skipenv.evaluation.probe import parse_plan
 
     spec = PlanSpec(model_type="llama", num_encoder_layers=0, num_decoder_layers=4, token_segments=8)
     assert parse_plan("x:tokens=1-3", spec)[1] == parse_plan("x:tokens=1,2,3", spec)[1]
@@ -400,7 +400,7 @@ def test_probe_plan_with_a_reversed_range_is_refused():
 
 def test_probe_menu_with_a_repeated_name_is_refused(generator, tmp_path):
     from skipenv.envs.registration import sharing
-    from skipenv.probe import run_probe
+    from skipenv.evaluation.probe import run_probe
 
     with sharing(generator=generator), pytest.raises(ValueError, match=r"\['a'\] given more than once"):
         run_probe(env_kwargs={"max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False},

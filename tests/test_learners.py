@@ -12,9 +12,9 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from skipenv.algorithms import BernoulliPolicy, GroupPG, GroupPGConfig, group_advantages, load_agent
+from skipenv.policies.pg import BernoulliPolicy, GroupPG, GroupPGConfig, group_advantages, load_agent
 from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint
-from skipenv.warm_start import behaviour_cloning, warm_start_targets
+from skipenv.policies.warm_start import behaviour_cloning, warm_start_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,7 +118,7 @@ def test_bad_config_and_damaged_files_raise_clear_errors(tmp_path):
     # before: init_skip_prob 1.5 gave a NaN output bias (a NaN policy), 0 an infinite one, a float group_size was
     # truncated, scale_by_std="no" meant GRPO; a corrupt .pt / .json or ConstrainedPG weights of another env raised
     # unpickling / JSON / state-dict tracebacks
-    from skipenv.algorithms import ConstrainedPG
+    from skipenv.policies.pg import ConstrainedPG
 
     for bad, match in ((dict(init_skip_prob=1.5), "init_skip_prob"), (dict(init_skip_prob=0.0), "init_skip_prob"),
                        (dict(group_size=2.5), "group_size"), (dict(group_size=1), "group_size"),
@@ -184,7 +184,7 @@ def test_behaviour_cloning_refuses_nan_inputs_and_bad_counts():
 
 
 def test_behaviour_cloning_into_sb3_ppo():
-    from skipenv.sb3 import make_sb3
+    from skipenv.policies.sb3 import make_sb3
 
     class Box8(gym.Env):
         observation_space = spaces.Box(-10.0, 10.0, shape=(8,), dtype=np.float32)
@@ -209,14 +209,14 @@ def test_behaviour_cloning_into_sb3_ppo():
 
 @pytest.fixture(scope="module")
 def tiny_probe(tiny_xsum_env_factory):
-    from skipenv import probe
+    from skipenv.evaluation import probe
 
     make_env = tiny_xsum_env_factory
     return make_env, probe.evaluate_menu(make_env, num_train=6, num_test=2, progress=False)
 
 
 def test_warm_start_from_the_oracle_on_a_tiny_model(tiny_probe, tmp_path):
-    from skipenv import probe
+    from skipenv.evaluation import probe
     from skipenv.policies import load_policy
 
     make_env, table = tiny_probe
@@ -254,7 +254,7 @@ def test_warm_start_from_the_oracle_on_a_tiny_model(tiny_probe, tmp_path):
     with pytest.raises(ValueError, match="features"):
         warm_start_targets(table, 0.1, env=BudgetConditioned(env))
     # warm_start given to a learner that does not clone was silently ignored
-    from skipenv.learners import train_learner
+    from skipenv.policies.learners import train_learner
 
     for name in ("rloo", "grpo", "ppo", "pg-lagrangian"):
         with pytest.raises(ValueError, match="warm_start would be ignored"):

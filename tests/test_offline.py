@@ -14,7 +14,7 @@ pytest.importorskip("sklearn", reason='scikit-learn is not installed: pip instal
 
 import skipenv  # noqa: E402,F401
 from skipenv.cli import main  # noqa: E402
-from skipenv.offline import dataset_id, evaluate_off_policy, load_bandit_data, record_dataset  # noqa: E402
+from skipenv.evaluation.offline import dataset_id, evaluate_off_policy, load_bandit_data, record_dataset  # noqa: E402
 
 from _tiny_local import tiny_env_kwargs, write_tiny_assets  # noqa: E402
 

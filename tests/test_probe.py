@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skipenv import probe
+from skipenv.evaluation import probe
 from skipenv.envs.rewards import lexicographic_reward
 
 
@@ -172,7 +172,7 @@ def test_learning_curve_sizes_outside_the_range_are_reported(tiny_table):
 def test_main_job_best_static_plan_matches_the_menu_table(tiny_table):
     # skipenv train's static baseline: the menu plan with the best mean train reward, here recomputed from the
     # probe table, whose rewards came from env.step (another code path than env.evaluate)
-    from skipenv.train import best_static_plan
+    from skipenv.evaluation.main_job import best_static_plan
 
     make_env, t = tiny_table
     env = make_env("train", 6)
@@ -187,7 +187,7 @@ def test_main_job_best_static_plan_matches_the_menu_table(tiny_table):
 def test_main_job_paired_margin_hand_computed():
     import pandas as pd
 
-    from skipenv.train import paired_margin
+    from skipenv.evaluation.main_job import paired_margin
 
     ep = pd.DataFrame({"policy": ["a", "a", "a", "b", "b", "b", "b"],
                        "example_id": ["x", "y", "z", "x", "y", "z", "w"],
@@ -205,7 +205,7 @@ def test_main_job_static_baseline_bad_input(tiny_table):
     # all train documents but the last; no shared document gave a NaN margin
     import pandas as pd
 
-    from skipenv.train import best_static_plan, paired_margin, run_main_job
+    from skipenv.evaluation.main_job import best_static_plan, paired_margin, run_main_job
 
     make_env, _ = tiny_table
     with pytest.raises(ValueError, match="at least one train example"):

@@ -267,7 +267,7 @@ def test_grammar_round_trip_and_default_on_smollm2_spec():
     g = default_grammar(spec)
     assert g.num_factorial == 32 and g.num_plans == 38
     assert Grammar.from_dict(json.loads(json.dumps(g.to_dict()))) == g
-    from skipenv.probe import default_menu
+    from skipenv.evaluation.probe import default_menu
 
     held = set(g.plans(spec))
     assert set(default_menu(spec).values()) <= held  # the probe's whole menu, its attention plan included

@@ -17,7 +17,7 @@ def _summary():
 
 
 def test_format_table_expected_shows_mean_loss_against_tau():
-    from skipenv.train import format_table
+    from skipenv.evaluation.main_job import format_table
 
     text = format_table(_summary(), "probability", "expected", 0.01)
     lines = text.splitlines()
@@ -43,7 +43,7 @@ def test_format_table_expected_shows_mean_loss_against_tau():
     (dict(train_examples=2), r"got train_examples=2 \(--train-examples"),
 ])
 def test_main_job_refusals_name_the_fix(kwargs, match, tmp_path):
-    from skipenv.train import run_main_job
+    from skipenv.evaluation.main_job import run_main_job
 
     with pytest.raises(ValueError, match=match) as err:
         run_main_job(tmp_path / "never", model="no-such-model-is-loaded", **kwargs)
@@ -67,7 +67,7 @@ def test_cuda_device_without_a_gpu_is_refused_up_front(monkeypatch, tmp_path, ca
 
 def test_small_split_is_reported_and_phase_times_are_separate(tiny_model_dir, tmp_path, capsys):
     from skipenv.tasks.sources import split_of
-    from skipenv.train import format_table, run_main_job
+    from skipenv.evaluation.main_job import format_table, run_main_job
 
     ids = [f"d{i}" for i in range(200)]
     train = [i for i in ids if split_of(i) == "train"][:6]
@@ -135,8 +135,8 @@ def test_env_for_policies_reads_the_run_folder(tmp_path, capsys):
 def test_cli_commands_score_a_policy_on_its_training_env(tmp_path, monkeypatch, capsys):
     """leaderboard, generate and dataset record hand the run folder's env id to the code that builds the env."""
     import skipenv.evaluation.harness as benchmark
-    import skipenv.generate as generate
-    import skipenv.offline as offline
+    import skipenv.policies.deploy as generate
+    import skipenv.evaluation.offline as offline
     from skipenv.cli import main
 
     seen = []

@@ -107,8 +107,8 @@ def test_main_job_under_the_expected_formulation(tiny_model_dir, tmp_path):
     every reported margin recomputed here from the saved table and episodes."""
     from scipy.optimize import linprog
 
-    from skipenv.probe import ProbePolicy, ProbeTable
-    from skipenv.train import run_main_job
+    from skipenv.evaluation.probe import ProbePolicy, ProbeTable
+    from skipenv.evaluation.main_job import run_main_job
 
     out = tmp_path / "run"
     summary = run_main_job(out, total_timesteps=16, train_examples=8, test_examples=5, model=tiny_model_dir,
@@ -156,7 +156,7 @@ def test_main_job_under_the_expected_formulation(tiny_model_dir, tmp_path):
 
 
 def test_main_job_per_input_id_keeps_the_lexicographic_comparison(tiny_model_dir, tmp_path):
-    from skipenv.train import run_main_job
+    from skipenv.evaluation.main_job import run_main_job
 
     out = tmp_path / "run0"
     run_main_job(out, total_timesteps=8, train_examples=6, test_examples=4, model=tiny_model_dir,
@@ -179,7 +179,7 @@ def test_main_job_per_input_id_keeps_the_lexicographic_comparison(tiny_model_dir
     (dict(static_examples=-1), "static_examples"),
 ])
 def test_main_job_refuses_bad_arguments_before_loading(kwargs, match, tmp_path):
-    from skipenv.train import run_main_job
+    from skipenv.evaluation.main_job import run_main_job
 
     with pytest.raises(ValueError, match=match):
         run_main_job(tmp_path / "never", model="no-such-model-is-loaded", **kwargs)
@@ -192,8 +192,8 @@ def test_probe_deterministic_expected_rule_is_the_best_single_rule_within_tau(ti
     argmax S^ - lam L^; the warm-start targets of the expected formulation are exactly those plans."""
     from sklearn.model_selection import KFold, cross_val_predict
 
-    from skipenv import probe
-    from skipenv.warm_start import warm_start_targets
+    from skipenv.evaluation import probe
+    from skipenv.policies.warm_start import warm_start_targets
 
     make_env = tiny_xsum_env_factory
     table = probe.evaluate_menu(make_env, num_train=10, num_test=2, progress=False)

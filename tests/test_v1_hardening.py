@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (dict(test_examples=2.5), "test_examples must be an integer >= 1"),
 ])
 def test_main_job_refuses_menu_and_size_arguments_before_loading(kwargs, match, tmp_path):
-    from skipenv.train import run_main_job
+    from skipenv.evaluation.main_job import run_main_job
 
     with pytest.raises(ValueError, match=match):
         run_main_job(tmp_path / "never", model="no-such-model-is-loaded", progress_bar=False, **kwargs)
@@ -34,8 +34,8 @@ def test_expected_margins_pair_the_table_and_refuse_episodes_of_another_env(tiny
     import pandas as pd
 
     from skipenv.envs import SwitchDecEnv
-    from skipenv.probe import evaluate_menu
-    from skipenv.train import expected_margins
+    from skipenv.evaluation.probe import evaluate_menu
+    from skipenv.evaluation.main_job import expected_margins
 
     table = evaluate_menu(tiny_xsum_env_factory, num_train=4, num_test=3, progress=False)
     te = table.matrices("test")
@@ -70,8 +70,8 @@ def test_main_job_per_input_static_plan_follows_the_envs_reward(tmp_path):
     import pandas as pd
 
     from _tiny_local import write_tiny_assets
-    from skipenv.probe import ProbeTable, _rewards
-    from skipenv.train import run_main_job
+    from skipenv.evaluation.probe import ProbeTable, _rewards
+    from skipenv.evaluation.main_job import run_main_job
 
     model_dir, _ = write_tiny_assets(tmp_path)
     out = tmp_path / "run"
@@ -128,8 +128,8 @@ def test_unversioned_id_resolves_to_the_latest_version_in_the_tools(tmp_path):
     import gymnasium as gym
 
     from skipenv.envs.registration import resolve_env_id
-    from skipenv.probe import run_probe
-    from skipenv.train import run_main_job
+    from skipenv.evaluation.probe import run_probe
+    from skipenv.evaluation.main_job import run_main_job
 
     assert resolve_env_id("SwitchDec-XSum") == "SwitchDec-XSum-v1"
     assert resolve_env_id("SwitchDec-XSum-v0") == "SwitchDec-XSum-v0"
@@ -152,8 +152,8 @@ def test_main_job_reports_the_multiplier_constrainedpg_used(tmp_path):
     import pandas as pd
 
     from _tiny_local import write_tiny_assets
-    from skipenv.algorithms import PGConfig
-    from skipenv.train import run_main_job
+    from skipenv.policies.pg import PGConfig
+    from skipenv.evaluation.main_job import run_main_job
 
     model_dir, _ = write_tiny_assets(tmp_path)
     out = tmp_path / "run"

@@ -12,7 +12,7 @@ import skipenv
 from skipenv.envs import Evaluator, SwitchDecEnv
 from skipenv.envs.registration import sharing
 from skipenv.envs.vector import SwitchDecVectorEnv
-from skipenv.sb3 import sb3_vec_env
+from skipenv.policies.sb3 import sb3_vec_env
 from skipenv.tasks import make_task
 from skipenv.testing import tiny_generator
 

@@ -1,5 +1,5 @@
 """``skipenv dataset record|evaluate``: Minari datasets of logged episodes and off-policy evaluation on them
-(:mod:`skipenv.offline`)."""
+(:mod:`skipenv.evaluation.offline`)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def main(args) -> int:
     import json
     import sys
 
-    from ..offline import evaluate_off_policy, record_dataset
+    from ..evaluation.offline import evaluate_off_policy, record_dataset
 
     try:
         if args.dataset_command == "record":

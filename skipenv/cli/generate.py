@@ -1,4 +1,4 @@
-"""``skipenv generate``: apply a policy to your own text (:class:`skipenv.generate.PolicyGenerator`)."""
+"""``skipenv generate``: apply a policy to your own text (:class:`skipenv.policies.deploy.PolicyGenerator`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main(args) -> int:
     """Run ``skipenv generate`` with parsed ``args``; returns the exit code (1 on bad input, with the reason)."""
     import sys
 
-    from ..generate import PolicyGenerator, read_documents
+    from ..policies.deploy import PolicyGenerator, read_documents
 
     try:
         docs = read_documents(text=args.text, file=args.file, jsonl=args.jsonl)

@@ -1,4 +1,4 @@
-"""``skipenv probe`` (and ``benchmarks/learnability.py``): the learnability probe (:func:`skipenv.probe.run_probe`)
+"""``skipenv probe`` (and ``benchmarks/learnability.py``): the learnability probe (:func:`skipenv.evaluation.probe.run_probe`)
 from the command line."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def configure_parser(p) -> None:
 
 def main(args) -> int:
     """Run the probe from parsed :func:`configure_parser` arguments; prints the report; returns 0."""
-    from ..probe import run_probe
+    from ..evaluation.probe import run_probe
 
     both = sorted({"quality", "tau"} & set(args.env_kwargs))
     if both:

@@ -1,4 +1,4 @@
-"""``skipenv train``: the main job (:func:`skipenv.train.run_main_job`) from the command line."""
+"""``skipenv train``: the main job (:func:`skipenv.evaluation.main_job.run_main_job`) from the command line."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "per_input)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (phase lines and the time estimate are still printed to stderr)")
-    from ..learners import LEARNERS
+    from ..policies.learners import LEARNERS
 
     p.add_argument("--algo", default=None, choices=list(LEARNERS),
-                   help="learner (skipenv.learners; default ppo-bc under the expected formulation, ppo under "
+                   help="learner (skipenv.policies.learners; default ppo-bc under the expected formulation, ppo under "
                         "per_input): ppo, a2c, the ConstrainedPG handlers, the group-baseline rloo / grpo "
                         "(policy.pt instead of policy.zip), or ppo-bc / rloo-bc (behaviour cloning of the probe "
                         "policy's plans first)")
@@ -50,7 +50,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the main job with parsed :func:`configure_parser` arguments; prints its table; returns 0."""
-    from ..train import format_table, run_main_job
+    from ..evaluation.main_job import format_table, run_main_job
 
     summary = run_main_job(args.out, total_timesteps=args.total_timesteps, train_examples=args.train_examples,
                            test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,

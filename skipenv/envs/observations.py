@@ -27,7 +27,7 @@ representations, so this module offers other observation kinds:
 one-shot env with ``observation=kind`` returns (:func:`observation_size` its length), and
 :func:`observation_flops` what computing it costs; :class:`SegmentObservation` is a Gymnasium
 observation wrapper that appends the ``"segments"`` features to the env's observation (no cost change);
-:func:`feature_table` builds the per-document feature table that :func:`skipenv.probe.compare_observations` uses
+:func:`feature_table` builds the per-document feature table that :func:`skipenv.evaluation.probe.compare_observations` uses
 to compare kinds by held-out R² of per-plan quality. Decoder-only generators only (the layerwise stepping behind it
 is implemented for them).
 """
@@ -228,7 +228,7 @@ def env_observation(generator, prompt, kind: str, *, pooled: np.ndarray, token_s
 
 def passthrough_columns(kind: str, token_segments: int) -> int:
     """Trailing columns of an observation that are not hidden states (lengths, attention masses, cosines), which
-    :class:`skipenv.probe.ProbePolicy` keeps out of its PCA: 2 (pooled, layer:m), ``2 K`` (segments: the env's
+    :class:`skipenv.evaluation.probe.ProbePolicy` keeps out of its PCA: 2 (pooled, layer:m), ``2 K`` (segments: the env's
     observation and :func:`observation_features` both end with the segment lengths and cosines) or ``2 K + 3``
     (attention:m)."""
     name, _ = parse_observation_kind(kind)
@@ -303,10 +303,10 @@ class SegmentObservation(gym.ObservationWrapper):
 
 
 def feature_table(env_factory, table, kind: str, *, progress: bool = True):
-    """Features of ``kind`` for every document of a :class:`~skipenv.probe.ProbeTable`.
+    """Features of ``kind`` for every document of a :class:`~skipenv.evaluation.probe.ProbeTable`.
 
     Args:
-        env_factory: ``(split, num_examples) -> env`` as given to :func:`skipenv.probe.evaluate_menu`.
+        env_factory: ``(split, num_examples) -> env`` as given to :func:`skipenv.evaluation.probe.evaluate_menu`.
         table: the probe table (its ``observations`` give split, doc and example id).
 
     Returns:

@@ -16,7 +16,7 @@ lengths costs), so it is off by default. Episodes are one step, so the env reset
 one's is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``).
 
 Results equal ``N`` single envs reset with seeds ``seed, seed + 1, …`` and stepped with the same actions (tested).
-For stable-baselines3 use :func:`skipenv.sb3.sb3_vec_env`.
+For stable-baselines3 use :func:`skipenv.policies.sb3.sb3_vec_env`.
 """
 
 from __future__ import annotations

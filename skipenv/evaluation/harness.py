@@ -2,8 +2,8 @@
 intervals (scipy, :mod:`.stats`) over *distinct* episodes and the interquartile mean across seeds, and the
 leaderboard (which also draws the quality-vs-FLOPs Pareto plot of :mod:`.plots`).
 
-A *policy* is any callable ``observation -> action`` for the env's action space (see :mod:`skipenv.baselines`;
-stable-baselines3 models via :class:`~skipenv.baselines.SB3Policy`). Policies that need the current example (the
+A *policy* is any callable ``observation -> action`` for the env's action space (see :mod:`skipenv.policies.baselines`;
+stable-baselines3 models via :class:`~skipenv.policies.baselines.SB3Policy`). Policies that need the current example (the
 oracle) read ``env.example``.
 
 Importing this module is cheap (no torch, no pandas).

@@ -9,19 +9,19 @@ deterministically on the held-out documents:
 =================  ==========  ====================================================================================
 name               env         learner
 =================  ==========  ====================================================================================
-``ppo``, ``a2c``   factorial   SB3 with :data:`skipenv.sb3.ALGORITHMS` defaults, skip bits initialised at p = 0.02
+``ppo``, ``a2c``   factorial   SB3 with :data:`skipenv.policies.sb3.ALGORITHMS` defaults, skip bits initialised at p = 0.02
 ``ppo-default``    factorial   ``PPO("MlpPolicy", env)``: SB3's own defaults (the snippet a new user writes)
-``dqn``            menu        SB3 DQN (:data:`skipenv.sb3.ALGORITHMS` defaults)
-``rloo``           factorial   :class:`~skipenv.algorithms.GroupPG` (leave-one-out baseline)
-``pg-lagrangian``  factorial   :class:`~skipenv.algorithms.ConstrainedPG` (its own Lagrangian handler)
+``dqn``            menu        SB3 DQN (:data:`skipenv.policies.sb3.ALGORITHMS` defaults)
+``rloo``           factorial   :class:`~skipenv.policies.pg.GroupPG` (leave-one-out baseline)
+``pg-lagrangian``  factorial   :class:`~skipenv.policies.pg.ConstrainedPG` (its own Lagrangian handler)
 ``eps-greedy``     menu        mabwiser ``EpsilonGreedy(epsilon=0.1)`` (context-free)
 ``linucb``         menu        mabwiser ``LinUCB(alpha=1)`` on a PCA of the observation (:class:`ContextMap`)
 ``lints``          menu        mabwiser ``LinTS(alpha=1)`` on the same contexts
 =================  ==========  ====================================================================================
 
-The reference points come from :mod:`skipenv.probe` (not reimplemented): the static front at mean quality loss
-``l`` is :func:`~skipenv.probe.mixture_lp` fitted on the test documents (favours the static side), the oracle at
-``l`` is :func:`~skipenv.probe.expected_oracle`. A policy's *headroom share* is
+The reference points come from :mod:`skipenv.evaluation.probe` (not reimplemented): the static front at mean quality loss
+``l`` is :func:`~skipenv.evaluation.probe.mixture_lp` fitted on the test documents (favours the static side), the oracle at
+``l`` is :func:`~skipenv.evaluation.probe.expected_oracle`. A policy's *headroom share* is
 ``(saved - static(l)) / (oracle(l) - static(l))`` at its own test loss ``l`` (:func:`headroom_share`).
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from ..probe import expected_oracle, mixture_lp
+from ..evaluation.probe import expected_oracle, mixture_lp
 from .store import Table, TableError
 
 __all__ = ["LEARNERS", "ENV_OF", "ContextMap", "MabwiserBandit", "EpisodeRecorder", "Fold", "make_folds",
@@ -42,7 +42,7 @@ __all__ = ["LEARNERS", "ENV_OF", "ContextMap", "MabwiserBandit", "EpisodeRecorde
 
 #: learner -> one-line description (module docstring)
 LEARNERS = {
-    "ppo": "SB3 PPO, repository defaults (skipenv.sb3.ALGORITHMS, init skip prob 0.02), factorial env",
+    "ppo": "SB3 PPO, repository defaults (skipenv.policies.sb3.ALGORITHMS, init skip prob 0.02), factorial env",
     "a2c": "SB3 A2C, repository defaults, factorial env",
     "dqn": "SB3 DQN, repository defaults, menu env",
     "rloo": "GroupPG (leave-one-out baseline), factorial env",
@@ -113,8 +113,8 @@ def make_folds(table: Table, *, min_train: int = 40, folds: int = 3, seed: int =
 # ---------------------------------------------------------------------------------------------- reference points
 def front_saved(loss: np.ndarray, saved: np.ndarray, level: float) -> tuple[float, float]:
     """``(static, oracle)``: mean FLOPs saved (fraction of the full forward) of the best static mixture
-    (:func:`skipenv.probe.mixture_lp`) and of the per-document expected oracle
-    (:func:`skipenv.probe.expected_oracle`) at mean quality loss ``<= level`` on these documents.
+    (:func:`skipenv.evaluation.probe.mixture_lp`) and of the per-document expected oracle
+    (:func:`skipenv.evaluation.probe.expected_oracle`) at mean quality loss ``<= level`` on these documents.
 
     Args:
         loss, saved: ``[D, P]`` quality loss (``quality_full - quality``) and FLOPs saved (``1 - cost``).
@@ -340,7 +340,7 @@ def train_learner_on_table(name: str, table: Table, *, episodes: int, seed: int 
     elif name in ("ppo", "a2c", "dqn", "ppo-default"):
         import torch
 
-        from ..sb3 import make_sb3
+        from ..policies.sb3 import make_sb3
 
         torch.set_num_threads(1)
         if name == "ppo-default":
@@ -358,7 +358,7 @@ def train_learner_on_table(name: str, table: Table, *, episodes: int, seed: int 
         def policy(x):
             return model.predict(x, deterministic=True)[0]
     else:
-        from ..algorithms import ConstrainedPG, GroupPG, GroupPGConfig, PGConfig
+        from ..policies.pg import ConstrainedPG, GroupPG, GroupPGConfig, PGConfig
 
         agent = (GroupPG(env, GroupPGConfig(), seed=seed) if name == "rloo"
                  else ConstrainedPG(env, PGConfig(handler="lagrangian"), seed=seed))

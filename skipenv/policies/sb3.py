@@ -107,7 +107,7 @@ def sb3_vec_env(vector_env, *, seed: int | None = None, monitor: str | Path | No
     """
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from .envs.vector import SwitchDecVectorEnv
+    from ..envs.vector import SwitchDecVectorEnv
 
     if not isinstance(vector_env, SwitchDecVectorEnv):
         raise TypeError(f"expected a SwitchDecVectorEnv (gym.make_vec(..., vectorization_mode='vector_entry_point'))"

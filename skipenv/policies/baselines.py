@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .plan import SkipPlan
+from ..plan import SkipPlan
 
 __all__ = ["SkipNothing", "RandomPolicy", "StaticPlan", "every_other_layer", "lead_truncation",
            "sublayer_similarity", "calibrate_static_drop", "OraclePolicy", "CallablePolicy", "SB3Policy",

@@ -6,16 +6,16 @@
   ``every-other:ffn``, ``calibrated:4``, ...);
 - the path of a stable-baselines3 ``policy.zip`` (PPO or A2C: the algorithm is read from the file), bare or as
   ``sb3:ALGO:PATH.zip`` (the stated algorithm must match the file's);
-- the path of a repository agent's ``policy.pt`` (:class:`~skipenv.algorithms.ConstrainedPG` or
-  :class:`~skipenv.algorithms.GroupPG`, told apart by the ``.json`` saved beside it), bare or as ``pg:PATH.pt``.
+- the path of a repository agent's ``policy.pt`` (:class:`~skipenv.policies.pg.ConstrainedPG` or
+  :class:`~skipenv.policies.pg.GroupPG`, told apart by the ``.json`` saved beside it), bare or as ``pg:PATH.pt``.
 
 ``skipenv generate``, ``skipenv dataset`` and ``skipenv leaderboard`` accept all these forms. Policies act in the
 one-shot env (one action: the whole plan); a layerwise policy (``Discrete(4)`` per layer, e.g. the DQN of
 ``agents/dqn_layerwise.py``) is rejected with an error that says so.
 
 :func:`action_probability` and :func:`sample_action` give the probability a policy assigns to an action and a
-draw from it — what off-policy evaluation needs of the logging and the target policy (:mod:`skipenv.offline`).
-Deterministic policies put probability 1 on their action; :class:`~skipenv.baselines.RandomPolicy` is a product
+draw from it — what off-policy evaluation needs of the logging and the target policy (:mod:`skipenv.evaluation.offline`).
+Deterministic policies put probability 1 on their action; :class:`~skipenv.policies.baselines.RandomPolicy` is a product
 of Bernoulli(``rate``) bits; an SB3 model with ``stochastic=True`` uses its action distribution.
 """
 
@@ -140,7 +140,7 @@ def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: 
         stochastic: for SB3 models, sample from the action distribution instead of the mode (a logging policy).
 
     Returns:
-        A callable with a ``name``; SB3 models are :class:`~skipenv.baselines.SB3Policy` with ``stochastic`` set.
+        A callable with a ``name``; SB3 models are :class:`~skipenv.policies.baselines.SB3Policy` with ``stochastic`` set.
 
     Raises:
         FileNotFoundError: a ``.zip`` / ``.pt`` path that does not exist.
@@ -184,7 +184,7 @@ def load_policy(spec: str, env, *, seed: int = 0, calibration_env=None, device: 
                                  f"{env.observation_space.shape}: pass the --env / env kwargs it was trained with")
             policy = SB3Policy(model, name=f"{cls.__name__.lower()}:{path.parent.name or path.stem}")
         else:
-            from .algorithms import GroupPG, load_agent
+            from .pg import GroupPG, load_agent
 
             # GroupPG or ConstrainedPG, told by the .json beside it; GroupPG checks its sizes against env
             policy = load_agent(path, env, device=device)
@@ -229,7 +229,7 @@ def sample_action(policy, observation, rng: np.random.Generator | None = None) -
 def action_probability(policy, observation, action) -> float:
     """Probability that ``policy`` takes ``action`` (shape ``[n]``, 0/1) after ``observation``.
 
-    - :class:`~skipenv.baselines.RandomPolicy` with rate ``r``: ``r^k (1 − r)^(n − k)``, ``k`` = skipped bits.
+    - :class:`~skipenv.policies.baselines.RandomPolicy` with rate ``r``: ``r^k (1 − r)^(n − k)``, ``k`` = skipped bits.
     - an SB3 model with ``stochastic=True``: ``exp(log_prob)`` of its action distribution (a product of Bernoulli
       bits for ``MultiBinary``).
     - every other policy is deterministic: 1.0 if ``policy(observation)`` equals ``action``, else 0.0 (calling it

@@ -4,21 +4,21 @@ A factorised Bernoulli policy ``π(a | o) = Π_b p_b(o)^{a_b} (1 − p_b(o))^{1 
 likelihood to (observation, action) pairs — behaviour cloning (Pomerleau, "ALVINN", NIPS 1988; the pre-training
 step of AlphaGo, Silver et al., Nature 2016): minimise ``−Σ_i w_i log π(a_i | o_i) / Σ_i w_i`` with Adam.
 
-Targets come from a learnability-probe table (:mod:`skipenv.probe`, the menu of plans evaluated on the train
+Targets come from a learnability-probe table (:mod:`skipenv.evaluation.probe`, the menu of plans evaluated on the train
 documents) through :func:`warm_start_targets`:
 
 - ``source="oracle"``: on each train document the per-input oracle's menu plan (the cheapest plan within tau;
-  :func:`skipenv.probe.per_input_oracle`), or under the expected formulation the expected-constraint oracle's
-  per-document plan distribution (:func:`skipenv.probe.expected_oracle`, weights of a mixture);
-- ``source="probe"``: the supervised probe policy's plan choice (:class:`skipenv.probe.ProbePolicy`, fitted on
+  :func:`skipenv.evaluation.probe.per_input_oracle`), or under the expected formulation the expected-constraint oracle's
+  per-document plan distribution (:func:`skipenv.evaluation.probe.expected_oracle`, weights of a mixture);
+- ``source="probe"``: the supervised probe policy's plan choice (:class:`skipenv.evaluation.probe.ProbePolicy`, fitted on
   the same train documents, cross-validated), a contextual policy that uses only the observation; under the
   expected formulation its deterministic rule (one plan per document, ``plan_probabilities(...,
   deterministic=True)``): cloning the randomised rule's weights into a policy that is evaluated by its mode kept
   only the more probable (cautious) rule — on 96 XSum train documents the clone then saved −0.1 % of FLOPs where
   the probe saved 7.6 %.
 
-:func:`behaviour_cloning` accepts a :class:`~skipenv.algorithms.BernoulliPolicy`, a repository agent that holds
-one (:class:`~skipenv.algorithms.GroupPG`, :class:`~skipenv.algorithms.ConstrainedPG`), or a stable-baselines3
+:func:`behaviour_cloning` accepts a :class:`~skipenv.policies.pg.BernoulliPolicy`, a repository agent that holds
+one (:class:`~skipenv.policies.pg.GroupPG`, :class:`~skipenv.policies.pg.ConstrainedPG`), or a stable-baselines3
 PPO / A2C model with ``MultiBinary`` actions (its ``policy.get_distribution``; the value head is untouched).
 """
 
@@ -59,12 +59,12 @@ def _menu_actions(table, env) -> np.ndarray:
     """``[P, n]`` action of each menu plan of ``table`` in ``env``'s action layout."""
     import json
 
-    from .plan import SkipPlan
+    from ..plan import SkipPlan
 
     base = env.unwrapped
     menu = table.config.get("menu")
     if not isinstance(menu, dict):
-        raise ValueError("the probe table has no stored menu (config['menu']); build it with skipenv.probe")
+        raise ValueError("the probe table has no stored menu (config['menu']); build it with skipenv.evaluation.probe")
     out = []
     for name in table.plans:
         raw = menu[name]
@@ -83,7 +83,7 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
     """Target (observation, action) pairs on the train documents of a probe table.
 
     Args:
-        table: a :class:`skipenv.probe.ProbeTable` (its menu evaluated on the documents; built with the same env
+        table: a :class:`skipenv.evaluation.probe.ProbeTable` (its menu evaluated on the documents; built with the same env
             kwargs as ``env``).
         tau: quality tolerance (quality units); a sequence of tolerances with ``append_tau=True`` gives one target
             per (document, tau) — the budget-conditioned formulation's observation ends with tau.
@@ -103,14 +103,14 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
             ``append_tau``, observations whose width does not match ``env``'s observation space, or menu plans the
             env cannot express.
     """
-    from .probe import ProbePolicy, expected_oracle, per_input_oracle
+    from ..evaluation.probe import ProbePolicy, expected_oracle, per_input_oracle
 
     if source not in ("oracle", "probe"):
         raise ValueError(f"source must be 'oracle' or 'probe', got {source!r}")
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"formulation must be 'per_input' or 'expected', got {formulation!r} (budget-conditioned "
                          f"targets: a list of taus with append_tau=True)")
-    from .envs.rewards import check_tau
+    from ..envs.rewards import check_tau
 
     taus = [check_tau(t, "tau") for t in (list(tau) if isinstance(tau, (list, tuple, np.ndarray)) else [tau])]
     if not taus:
@@ -152,7 +152,7 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
 
 def _log_prob_fn(policy):
     """``(module with parameters, log_prob(obs [N, d], actions [N, n]) -> [N])`` for the supported policies."""
-    from .algorithms import BernoulliPolicy
+    from .pg import BernoulliPolicy
 
     net = getattr(policy, "policy", policy)
     if isinstance(net, BernoulliPolicy):
@@ -172,7 +172,7 @@ def behaviour_cloning(policy, observations, actions, *, weights=None, epochs: in
     """Fit ``policy``'s action distribution to ``actions`` by maximum likelihood (see the module docstring).
 
     Args:
-        policy: a :class:`~skipenv.algorithms.BernoulliPolicy`, an agent with one in ``.policy`` (GroupPG,
+        policy: a :class:`~skipenv.policies.pg.BernoulliPolicy`, an agent with one in ``.policy`` (GroupPG,
             ConstrainedPG), or an SB3 PPO / A2C model (its ``.policy``) with ``MultiBinary`` actions.
         observations: ``[N, obs_dim]`` observations.
         actions: ``[N, n]`` 0/1 target actions.

@@ -429,7 +429,7 @@ class GroupPG:
         Raises:
             ValueError: ``total_timesteps`` below the group size, or an env whose episodes last more than one step.
         """
-        from .envs.wrappers import BudgetConditioned
+        from ..envs.wrappers import BudgetConditioned
 
         env, cfg, G = self.env, self.config, int(self.config.group_size)
         if total_timesteps < G:
@@ -527,7 +527,7 @@ class GroupPG:
         meta = json.loads(path.with_suffix(".json").read_text())
         if meta.get("algorithm") != cls.algorithm:
             raise ValueError(f"{path} was not saved by GroupPG (algorithm {meta.get('algorithm')!r}); load it with "
-                             f"skipenv.algorithms.load_agent or skipenv.policies.load_policy")
+                             f"skipenv.policies.pg.load_agent or skipenv.policies.load_policy")
         if env is not None and (env.observation_space.shape[0] != meta["obs_dim"] or env.action_space.n != meta["n"]):
             raise ValueError(f"{path} was trained for observations of {meta['obs_dim']} features and {meta['n']} "
                              f"action bits, this env has {env.observation_space.shape[0]} and {env.action_space.n}: "

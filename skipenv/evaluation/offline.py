@@ -112,7 +112,7 @@ def record_dataset(env_id: str, policy: str, episodes: int, name: str, *, env_kw
     from minari.data_collector import EpisodeBuffer
     from tqdm import tqdm
 
-    from .policies import action_probability, load_policy, sample_action
+    from ..policies.spec import action_probability, load_policy, sample_action
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -220,7 +220,7 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
     from sklearn.linear_model import Ridge
     from tqdm import tqdm
 
-    from .policies import action_probability, is_stochastic, load_policy, sample_action
+    from ..policies.spec import action_probability, is_stochastic, load_policy, sample_action
 
     with _datasets_root(root):
         datasets = [minari.load_dataset(dataset_id(n)) for n in names]

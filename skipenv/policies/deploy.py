@@ -1,6 +1,6 @@
 """Apply a skip policy to text of one's own: :class:`PolicyGenerator` (the API of ``skipenv generate``).
 
->>> from skipenv.generate import PolicyGenerator
+>>> from skipenv.policies.deploy import PolicyGenerator
 >>> pg = PolicyGenerator("runs/ppo-xsum/policy.zip")          # or "lead:4", "skip-nothing", a policy.pt
 >>> r = pg.generate("The council said the new bridge ...", compare=True)
 >>> r.text, r.plan_words, r.flops_saved, r.time_s, r.full_text, r.full_time_s
@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .envs.registration import DEFAULT_ENV_ID
+from ..envs.registration import DEFAULT_ENV_ID
 
 __all__ = ["PolicyGenerator", "GenerationResult", "describe_plan", "read_documents"]
 
@@ -193,7 +193,7 @@ class PolicyGenerator:
 
         import skipenv  # noqa: F401  (registers the ids)
 
-        from .policies import load_policy
+        from .spec import load_policy
 
         kwargs = {"device": device, **(env_kwargs or {})}
         kwargs.setdefault("num_examples", 1)  # the env only lends its generator, task and action layout
@@ -217,7 +217,7 @@ class PolicyGenerator:
     # ------------------------------------------------------------------ pieces
     def example(self, document: str, *, id: str | None = None, question: str | None = None):
         """A task :class:`~skipenv.tasks.Example` for raw text (no reference: it is not scored)."""
-        from .tasks import Example
+        from ..tasks import Example
 
         if not document or not document.strip():
             raise ValueError("the document is empty; give some text")

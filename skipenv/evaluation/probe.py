@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluation.formulation_metrics import bootstrap_ci, formulation_metrics
-from .envs.registration import DEFAULT_ENV_ID
-from .evaluation.stats import markdown_table
-from .plan import SkipPlan
-from .envs.rewards import lexicographic_reward
+from .formulation_metrics import bootstrap_ci, formulation_metrics
+from ..envs.registration import DEFAULT_ENV_ID
+from .stats import markdown_table
+from ..plan import SkipPlan
+from ..envs.rewards import lexicographic_reward
 
 if TYPE_CHECKING:  # annotations only; pandas is imported where it is used
     import pandas as pd
@@ -793,11 +793,11 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
 
     # the ids are registered: importing any skipenv submodule runs skipenv/__init__.py first
 
-    from .envs import SwitchDecEnv
-    from .envs.observations import passthrough_columns
-    from .envs.observations import _parse as _parse_observation_kind
+    from ..envs import SwitchDecEnv
+    from ..envs.observations import passthrough_columns
+    from ..envs.observations import _parse as _parse_observation_kind
 
-    from .envs.registration import resolve_env_id
+    from ..envs.registration import resolve_env_id
 
     env_id = resolve_env_id(env_id)  # "SwitchDec-XSum": its latest version, as gym.make does
     env_kwargs = dict(env_kwargs or {})
@@ -833,7 +833,7 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
                              f"NAME: prefix")
         menu = dict(parsed)
         env.close()
-    from .envs.registration import env_tau
+    from ..envs.registration import env_tau
 
     tau = float(tau if tau is not None else env_tau(env_id, env_kwargs))
     menu_cfg = _menu_json(menu) if menu is not None else "default"
@@ -853,7 +853,7 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
     if observations:
         import pandas as pd
 
-        from .envs.observations import feature_table
+        from ..envs.observations import feature_table
 
         feats: dict = {f"{env_observation} (env)": None}
         passthrough = {f"{env_observation} (env)": passthrough_columns(env_observation, k)}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .envs.registration import DEFAULT_ENV_ID
+from ..envs.registration import DEFAULT_ENV_ID
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,7 +36,7 @@ __all__ = ["train_ppo", "run_main_job", "main_job_menu", "expected_margins", "be
 def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path | None = None,
               device: str = "cpu", progress_bar: bool = True, on_early_speed=None, warm_start=None,
               bc_epochs: int = 300, **overrides):
-    """Train PPO (``MlpPolicy``, :data:`skipenv.sb3.ALGORITHMS` defaults) on a one-shot env and return the model.
+    """Train PPO (``MlpPolicy``, :data:`skipenv.policies.sb3.ALGORITHMS` defaults) on a one-shot env and return the model.
 
     Episodes are one step long, so ``gamma`` and ``gae_lambda`` do not matter; the advantage is the reward minus
     the value baseline. ``learning_rate=1e-3`` (3× SB3's default) because budgets here are a few hundred
@@ -48,16 +48,16 @@ def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path |
             episodes); it prints plain periodic lines when standard error is a log file (see :mod:`skipenv.util.progress`).
         on_early_speed: called once as ``on_early_speed(episodes_done, seconds)`` after the first 8 episodes (or
             the first rollout, if shorter), e.g. to print a time estimate.
-        warm_start: :class:`~skipenv.warm_start.WarmStartTargets` cloned into the policy's action distribution
-            before PPO starts (:func:`skipenv.warm_start.behaviour_cloning`, ``bc_epochs`` epochs): the
+        warm_start: :class:`~skipenv.policies.warm_start.WarmStartTargets` cloned into the policy's action distribution
+            before PPO starts (:func:`skipenv.policies.warm_start.behaviour_cloning`, ``bc_epochs`` epochs): the
             ``ppo-bc`` learner.
     """
-    from .sb3 import make_sb3
+    from ..policies.sb3 import make_sb3
 
     model = make_sb3("ppo", env, seed=seed, device=device, out_dir=out_dir, total_timesteps=total_timesteps,
                      **overrides)
     if warm_start is not None:
-        from .warm_start import behaviour_cloning
+        from ..policies.warm_start import behaviour_cloning
 
         behaviour_cloning(model, warm_start.observations, warm_start.actions, weights=warm_start.weights,
                           epochs=bc_epochs, seed=seed)
@@ -160,7 +160,7 @@ def _minutes(seconds: float) -> str:
 
 
 def best_static_plan(env, examples, *, progress: bool = True):
-    """The plan of the probe's default menu (:func:`skipenv.probe.default_menu`: skip nothing, drop the last 1–4
+    """The plan of the probe's default menu (:func:`skipenv.evaluation.probe.default_menu`: skip nothing, drop the last 1–4
     token segments, drop segment 3 or 5, skip one attention sublayer) with the highest mean reward of ``env`` (its
     reward rule and tau) over ``examples`` — the per-input static baseline a learned policy has to beat, chosen on
     train documents only. (:func:`run_main_job` makes the same choice from its evaluated menu table, over
@@ -204,7 +204,7 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     Raises:
         ValueError: ``a`` and ``b`` share no test document (e.g. a misspelt policy name), instead of a NaN margin.
     """
-    from .evaluation.formulation_metrics import bootstrap_ci
+    from .formulation_metrics import bootstrap_ci
 
     x = episodes[episodes["policy"] == a].drop_duplicates("example_id").set_index("example_id")
     y = episodes[episodes["policy"] == b].drop_duplicates("example_id").set_index("example_id")
@@ -222,16 +222,16 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
 
 def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0, passthrough: int = 2) -> dict:
     """Margins of a learned policy under the expected constraint (mean quality loss ``<= tau``), on the test
-    documents of a menu ``table`` (:func:`skipenv.probe.evaluate_menu`, train part used to fit the baselines).
+    documents of a menu ``table`` (:func:`skipenv.evaluation.probe.evaluate_menu`, train part used to fit the baselines).
 
     The learned policy's per-document quality loss and FLOPs saved (``learned``: rows ``example_id, quality,
     quality_full, flops_saved`` of its test episodes) are compared, paired over the test documents, with
 
     - ``best_static_mixture``: the static mixture of menu plans chosen on the train documents
-      (:func:`skipenv.probe.mixture_lp`; its exact expectation per document, no sampling);
+      (:func:`skipenv.evaluation.probe.mixture_lp`; its exact expectation per document, no sampling);
     - ``static_front_at_equal_quality``: the static mixture fitted *on the test documents* at the learned policy's
       own mean test loss — the strongest static policy of equal quality (favours the static side);
-    - and the same two for the supervised probe policy (:class:`skipenv.probe.ProbePolicy`, fitted on the train
+    - and the same two for the supervised probe policy (:class:`skipenv.evaluation.probe.ProbePolicy`, fitted on the train
       documents; ``probe``: its randomised expected-constraint rule, ``probe_deterministic``: the single-multiplier
       rule the ``-bc`` learners clone): the headroom a contextual policy over the menu reached, for scale.
 
@@ -251,7 +251,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     """
     import numpy as np
 
-    from .evaluation.formulation_metrics import bootstrap_ci
+    from .formulation_metrics import bootstrap_ci
     from .probe import _fit_policies, mixture_lp
 
     train, test = tuple(table.config.get("splits", ("train", "test")))
@@ -315,7 +315,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
 
 
 def main_job_menu(spec) -> dict:
-    """The main job's menu: the token-segment plans of :func:`skipenv.probe.default_menu` (skip nothing, drop the
+    """The main job's menu: the token-segment plans of :func:`skipenv.evaluation.probe.default_menu` (skip nothing, drop the
     last 1–4 segments, drop segment 3 or 5), without its one sublayer plan (skip attention 6). Measured on XSum
     (96 and 150 train documents): the probe's rules never chose that plan, and it is the costliest to evaluate (a
     sublayer skipped in layer 6 recomputes layers 6–30 over the whole input, ~0.8 of a forward pass, where a
@@ -335,12 +335,12 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                  env_id: str = DEFAULT_ENV_ID, progress_bar: bool = True, algo: str | None = None,
                  static_examples: int | None = None, env_kwargs: dict | None = None,
                  rouge: bool = False) -> pd.DataFrame:
-    """Train a learner of :data:`skipenv.learners.LEARNERS` on ``env_id`` under its registered constraint
+    """Train a learner of :data:`skipenv.policies.learners.LEARNERS` on ``env_id`` under its registered constraint
     formulation, evaluate it against baselines on the test split, save policy / tables / plot. Returns the summary.
 
     Steps: (1) full-model references of the train documents; (2) the probe's token-segment menu
     (:func:`main_job_menu`) evaluated on the first ``static_examples`` train documents and on the test documents
-    (teacher-forced, :func:`skipenv.probe.evaluate_menu`; saved as ``menu/``); (3) training; (4) evaluation of the
+    (teacher-forced, :func:`skipenv.evaluation.probe.evaluate_menu`; saved as ``menu/``); (3) training; (4) evaluation of the
     learned policy, random (each bit skipped with probability 0.5), skip nothing and the best static plan of the
     menu chosen on the train documents, with one generation per (policy, test document) for ROUGE-L.
 
@@ -355,8 +355,8 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
       mixture and against the static front at equal quality, with the probe policy's margins for scale, are
       stored under ``expected_constraint`` (:func:`expected_margins`). A warm-started learner (``ppo-bc``, the
       default here) first clones the probe policy's plans on the train documents
-      (:func:`skipenv.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
-      the probe rule's multiplier (:meth:`skipenv.probe.ProbePolicy.expected_multiplier`).
+      (:func:`skipenv.policies.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
+      the probe rule's multiplier (:meth:`skipenv.evaluation.probe.ProbePolicy.expected_multiplier`).
 
     ``summary.json`` times (seconds, wall clock): ``menu_seconds`` the menu's evaluation (step 2; 0 without a
     menu), ``train_seconds`` the learner's training only (step 3, behaviour cloning of a warm start included; not
@@ -385,15 +385,15 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     import pandas as pd
 
     import skipenv  # noqa: F401  (registers the ids)
-    from .baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
-    from .evaluation.harness import evaluate_policy, summarize
-    from .evaluation.plots import plot_pareto
-    from .learners import LEARNERS, WARM_STARTED
+    from ..policies.baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
+    from .harness import evaluate_policy, summarize
+    from .plots import plot_pareto
+    from ..policies.learners import LEARNERS, WARM_STARTED
 
-    from .envs.registration import resolve_env_id
+    from ..envs.registration import resolve_env_id
 
     env_id = resolve_env_id(env_id)  # an unknown id fails here, before the output folder is created
-    from .envs.registration import _ONE_SHOT, SPECS
+    from ..envs.registration import _ONE_SHOT, SPECS
 
     if env_id in SPECS and SPECS[env_id][0] != _ONE_SHOT:
         raise ValueError(f"skipenv train needs a one-shot env (SwitchDecEnv); {env_id!r} is "
@@ -404,7 +404,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: torch finds no CUDA GPU on this machine; use --device cpu "
                              f"(device='cpu')")
-    from .envs.registration import registered_formulation
+    from ..envs.registration import registered_formulation
 
     formulation = registered_formulation(env_id)
     if formulation not in ("per_input", "expected"):
@@ -445,7 +445,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         raise ValueError(f"env_kwargs {reserved} are set by the main job itself (its own arguments, or the id's "
                          f"registered formulation); drop them")
     say = _say
-    from .util.threads import configure_torch_threads
+    from ..util.threads import configure_torch_threads
 
     configure_torch_threads()  # as loading the generator would, so that the line below states the real count
     line, warning = _threads_line()
@@ -505,7 +505,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
 
     warm, lam_init = None, 0.0
     if algo in WARM_STARTED:
-        from .warm_start import warm_start_targets
+        from ..policies.warm_start import warm_start_targets
 
         warm = warm_start_targets(table, tau, env=train_env, source="probe", formulation=formulation, seed=seed)
         if formulation == "expected":
@@ -513,7 +513,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     learn_env = train_env
     t_learn0 = time.perf_counter()  # training proper (warm start included), after the references and the menu
     if formulation == "expected":
-        from .envs.wrappers import ExpectedConstraint
+        from ..envs.wrappers import ExpectedConstraint
 
         learn_env = ExpectedConstraint(train_env, tau, lam_init=lam_init)
     n_eval = (4 if table is not None else 3) * test_examples
@@ -543,7 +543,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                                       device=device, progress_bar=progress_bar, on_early_speed=eta,
                                       warm_start=warm), name=algo)
     else:
-        from .learners import train_learner
+        from ..policies.learners import train_learner
 
         learned, _ = train_learner(algo, learn_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
                                    progress_bar=progress_bar, device=device, warm_start=warm)

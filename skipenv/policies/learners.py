@@ -4,17 +4,17 @@
 =================  ================================================================================================
 name               learner
 =================  ================================================================================================
-``ppo``, ``a2c``   stable-baselines3 with :data:`skipenv.sb3.ALGORITHMS` defaults (``policy.zip``)
-``pg-lagrangian``  :class:`~skipenv.algorithms.ConstrainedPG`, Lagrangian handler (``policy.pt``)
-``pg-barrier``     :class:`~skipenv.algorithms.ConstrainedPG`, dynamic-barrier handler
-``rloo``           :class:`~skipenv.algorithms.GroupPG`, G plans per document, leave-one-out baseline
-``grpo``           :class:`~skipenv.algorithms.GroupPG` with the advantage divided by the group's std
-``rloo-bc``        ``rloo`` after a behaviour-cloning warm start (:mod:`skipenv.warm_start`)
+``ppo``, ``a2c``   stable-baselines3 with :data:`skipenv.policies.sb3.ALGORITHMS` defaults (``policy.zip``)
+``pg-lagrangian``  :class:`~skipenv.policies.pg.ConstrainedPG`, Lagrangian handler (``policy.pt``)
+``pg-barrier``     :class:`~skipenv.policies.pg.ConstrainedPG`, dynamic-barrier handler
+``rloo``           :class:`~skipenv.policies.pg.GroupPG`, G plans per document, leave-one-out baseline
+``grpo``           :class:`~skipenv.policies.pg.GroupPG` with the advantage divided by the group's std
+``rloo-bc``        ``rloo`` after a behaviour-cloning warm start (:mod:`skipenv.policies.warm_start`)
 ``ppo-bc``         ``ppo`` after a behaviour-cloning warm start of its action distribution
 =================  ================================================================================================
 
-The ``-bc`` learners need :class:`~skipenv.warm_start.WarmStartTargets` (from a probe table of the train
-documents, :func:`skipenv.warm_start.warm_start_targets`).
+The ``-bc`` learners need :class:`~skipenv.policies.warm_start.WarmStartTargets` (from a probe table of the train
+documents, :func:`skipenv.policies.warm_start.warm_start_targets`).
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ def train_learner(name: str, env, *, total_timesteps: int, seed: int = 0, out_di
     episodes and return ``(policy, curve)``.
 
     Args:
-        warm_start: :class:`~skipenv.warm_start.WarmStartTargets` for the ``-bc`` learners.
+        warm_start: :class:`~skipenv.policies.warm_start.WarmStartTargets` for the ``-bc`` learners.
         bc_epochs: behaviour-cloning epochs.
         out_dir: where the policy is saved (``policy.zip`` for SB3, ``policy.pt`` + ``.json`` for the repository's
             agents) with the training log (``monitor.csv`` / ``progress.csv``).
 
     Returns:
-        ``policy`` — a callable ``observation -> action`` with a ``name`` (an :class:`~skipenv.baselines.SB3Policy`
+        ``policy`` — a callable ``observation -> action`` with a ``name`` (an :class:`~skipenv.policies.baselines.SB3Policy`
         or the agent); ``curve`` — DataFrame ``timestep, reward`` of the training episodes.
 
     Raises:
@@ -59,14 +59,14 @@ def train_learner(name: str, env, *, total_timesteps: int, seed: int = 0, out_di
     """
     import pandas as pd
 
-    from .algorithms import ConstrainedPG, GroupPG, GroupPGConfig, PGConfig
+    from .pg import ConstrainedPG, GroupPG, GroupPGConfig, PGConfig
     from .baselines import SB3Policy
     from .sb3 import make_sb3, monitor_curve
 
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}; choose one of {sorted(LEARNERS)}")
     if name in WARM_STARTED and warm_start is None:
-        raise ValueError(f"{name} needs warm_start targets (skipenv.warm_start.warm_start_targets of a probe table)")
+        raise ValueError(f"{name} needs warm_start targets (skipenv.policies.warm_start.warm_start_targets of a probe table)")
     if name not in WARM_STARTED and warm_start is not None:
         raise ValueError(f"{name} does not start from behaviour cloning, so warm_start would be ignored; use one of "
                          f"{list(WARM_STARTED)} or leave warm_start out")
