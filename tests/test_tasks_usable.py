@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -138,8 +139,12 @@ def test_classification_file_with_one_class_raises(tmp_path):
     # a third class is dropped and counted, never scored as a wrong answer
     pd.DataFrame({"text": ["Great.", "Awful.", "Plot summary."], "label": [1, 0, 2]}).to_csv(path, index=False)
     task = make_task("rotten_tomatoes", source=path, label_column="label")
-    assert [e.label for e in task.examples("all")] == ["positive", "negative"]
+    with pytest.warns(UserWarning, match=r"label values not in label_map were dropped as unlabeled: 2 \(1 rows\)"):
+        assert [e.label for e in task.examples("all")] == ["positive", "negative"]
     assert task.load_stats["all"] == {"rows": 3, "dropped_unlabeled": 1, "kept": 2}
+    with warnings.catch_warnings():  # said once per task, not on every call
+        warnings.simplefilter("error")
+        task.examples("all")
 
 
 def test_qa_row_whose_answer_is_not_in_the_passage_is_dropped_and_counted(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -84,6 +86,9 @@ class ClassificationTask(Task):
                 or not math.isfinite(self.threshold):
             raise ValueError(f"task {self.name!r}: threshold must be a finite number (nats), got {self.threshold!r}")
         self.threshold = float(self.threshold)
+        # label values present in a row but not in label_map (value -> rows), filled while rows are converted
+        self._unmapped_labels: Counter = Counter()
+        self._warned_unmapped = False
 
     @property
     def label_scoring(self) -> bool:
@@ -135,6 +140,10 @@ class ClassificationTask(Task):
     def examples(self, split: str = "all") -> list[Example]:
         """As :meth:`Task.examples`; a local file must also hold both labels among its kept rows.
 
+        Warns:
+            UserWarning: (local files, once) rows held label values that are not in :attr:`label_map` (e.g. a third
+                class ``2``): names each value and its row count; those rows are dropped as ``unlabeled``.
+
         Raises:
             DataFileError: (local files) the kept rows hold fewer than two labels — e.g. a label column whose values
                 are not in :attr:`label_map`, so every row was dropped as unlabeled but one class — naming the counts
@@ -144,6 +153,16 @@ class ClassificationTask(Task):
         if self.source not in ("embedded", "hub"):
             everything = out if split == "all" else super().examples("all")
             labels = {e.label for e in everything}
+            if self._unmapped_labels and not self._warned_unmapped:
+                # a third class (e.g. 0 / 1 / 2) is not a missing label: say which values were left out
+                self._warned_unmapped = True
+                values = ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(self._unmapped_labels.items(),
+                                                                           key=lambda kv: str(kv[0])))
+                warnings.warn(
+                    f"{self.source}: label values not in label_map were dropped as unlabeled: {values}; this task "
+                    f"is binary (positive / negative). If they are a class, map them with "
+                    f"make_task(..., label_map={{value: 'positive' | 'negative'}}); counts in task.load_stats",
+                    UserWarning, stacklevel=2)
             if len(labels) < 2:
                 raise DataFileError(
                     f"{self.source}: binary classification needs both labels 'positive' and 'negative', but the kept "
@@ -162,7 +181,10 @@ class ClassificationTask(Task):
 
     def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
         """``unlabeled`` (a label missing or not in :attr:`label_map`; always dropped) or the base reasons."""
-        if self._label(fields.get("label")) is None:
+        value = fields.get("label")
+        if self._label(value) is None:
+            if value is not None and value != "":
+                self._unmapped_labels[value if isinstance(value, (str, int, float)) else repr(value)] += 1
             return "unlabeled"
         return super()._invalid_reason(fields)
 
