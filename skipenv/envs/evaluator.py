@@ -215,16 +215,24 @@ class Evaluator:
             ``"segments"``, ``"layer:m"``, ``"attention:m"``). Its FLOPs (:func:`skipenv.envs.observations.
             observation_flops`) are charged in every outcome's ``cost``, so it belongs to the evaluator (and keys
             its outcome cache); :meth:`observation` computes it.
+        segment_boundaries: what the ``K`` token segments are: ``"tokens"`` (default) ``K`` near-equal token runs
+            of the document, ``"sentences"`` ``K`` runs of whole sentences (:mod:`skipenv.tasks.units`; needs a fast
+            tokenizer). Part of the outcome cache key (the same plan removes other tokens); the full outputs (no
+            token removed) are the same under both.
 
     Raises:
         ValueError: an unknown quality or observation kind (or one the generator cannot compute),
-            ``max_new_tokens < 1``, ``token_segments < 0`` or ``lru_size < 0``.
+            ``max_new_tokens < 1``, ``token_segments < 0``, ``lru_size < 0`` or an unknown ``segment_boundaries``.
     """
 
     def __init__(self, generator, task, *, quality: str | QualitySignal = "agreement", token_segments: int = 8,
                  max_new_tokens: int | None = None, disk_cache: bool = True, cache_root=None, lru_size: int = 4096,
-                 record_time: bool = False, reuse: bool | None = None, observation: str = "pooled"):
+                 record_time: bool = False, reuse: bool | None = None, observation: str = "pooled",
+                 segment_boundaries: str = "tokens"):
+        from ..tasks.units import check_segment_boundaries
         from .observations import check_observation_kind
+
+        self._segment_boundaries = check_segment_boundaries(segment_boundaries)
 
         self.signal = get_signal(quality)
         if reuse is None:
@@ -378,6 +386,11 @@ class Evaluator:
         """The observation kind whose FLOPs every outcome's ``cost`` includes (read-only; canonical spelling)."""
         return self._observation_kind
 
+    @property
+    def segment_boundaries(self) -> str:
+        """What the token segments are: ``"tokens"`` or ``"sentences"`` (read-only; see the class docstring)."""
+        return getattr(self, "_segment_boundaries", "tokens")  # (evaluators pickled before it existed: tokens)
+
     # ------------------------------------------------------------------ per-example, plan-independent
     def prompt(self, example) -> PromptInput:
         """The formatted input of ``example`` (memoised)."""
@@ -385,6 +398,10 @@ class Evaluator:
         if p is None:
             p = self.task.format(example, self.generator.tokenizer,
                                  encoder_decoder=self.generator.num_encoder_layers > 0)
+            if self.segment_boundaries == "sentences":
+                from ..tasks.units import with_sentence_units
+
+                p = with_sentence_units(p, example.document, self.generator.tokenizer, self.spec.token_segments)
             self._prompts[example.id] = p
         return p
 
@@ -411,7 +428,7 @@ class Evaluator:
                 obs = env_observation(self.generator, self.prompt(example), self._observation_kind,
                                       pooled=self.observation_features(example),
                                       token_segments=self.spec.token_segments,
-                                      max_input_tokens=self.task.max_input_tokens)
+                                      max_input_tokens=self.task.max_input_tokens, example=example)
                 obs.setflags(write=False)
                 self._env_observations[example.id] = obs
             return obs
@@ -553,8 +570,9 @@ class Evaluator:
     # ------------------------------------------------------------------ plans
     def _outcome_key(self, example_id, plan: SkipPlan) -> tuple:
         """Key of the outcome cache (one place, so that :meth:`_prescore` skips exactly the pairs it holds): the
-        observation kind is part of it because an outcome's cost includes the observation's FLOPs."""
-        return example_id, plan, self._observation_kind
+        observation kind is part of it because an outcome's cost includes the observation's FLOPs, the segment
+        boundaries because the same plan removes other tokens under them."""
+        return example_id, plan, self._observation_kind, self.segment_boundaries
 
     def outcome(self, example, plan: SkipPlan) -> Outcome:
         """Run ``plan`` on ``example`` (or take the cached outcome).

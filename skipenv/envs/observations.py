@@ -22,6 +22,13 @@ representations, so this module offers other observation kinds:
   the two lengths: shape ``[d + 2 K + 3]``. Costs what ``layer:m`` costs (the weights are part of layer ``m``'s
   attention). The weights are exact: the model's own forward with transformers' eager attention
   (:func:`skipenv.generators.adapter.attention_weights_through`), equal to ``output_attentions=True``.
+- ``"units"`` — the env's pooled observation (``[d + 2]``) followed by three cheap text features per token unit
+  (the ``K`` segments, equal token runs or sentence runs, see ``segment_boundaries``): its position (first token's
+  offset in the document / document tokens, in [0, 1)), its length (tokens / ``max_input_tokens``) and its lexical
+  similarity to the reference text — the question for QA tasks, else the document's first sentence
+  (:func:`skipenv.tasks.units.sentence_spans`; XSum has no title): cosine of lower-cased word-count vectors
+  (:func:`lexical_similarity`). Shape ``[d + 2 + 3 K]``; costs the first layer like ``"pooled"`` (the text
+  features use no model FLOPs). Encoder-decoder generators too.
 
 :func:`observation_features` computes one kind for one input; :func:`env_observation` the observation a
 one-shot env with ``observation=kind`` returns (:func:`observation_size` its length), and
@@ -34,28 +41,32 @@ is implemented for them).
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 __all__ = ["OBSERVATION_KINDS", "ATTENTION_QUERIES", "parse_observation_kind", "check_observation_kind",
            "observation_features", "attention_features", "env_observation", "observation_size", "passthrough_columns",
-           "observation_flops", "extra_observation_flops", "SegmentObservation", "feature_table"]
+           "observation_flops", "extra_observation_flops", "SegmentObservation", "feature_table", "unit_features",
+           "lexical_similarity"]
 
 #: The observation kinds (``m`` = a layer number, 1-based).
-OBSERVATION_KINDS = ("pooled", "segments", "layer:m", "attention:m")
+OBSERVATION_KINDS = ("pooled", "segments", "layer:m", "attention:m", "units")
 #: Last input positions whose attention ``"attention:m"`` averages (fewer when the input is shorter).
 ATTENTION_QUERIES = 8
 
 
 def parse_observation_kind(kind: str) -> tuple[str, int]:
     """``(name, m)`` of an observation kind: ``("pooled", 1)``, ``("segments", 1)``, ``("layer", m)``,
-    ``("attention", m)``.
+    ``("attention", m)``, ``("units", 1)``.
 
     Raises:
         ValueError: an unknown kind or ``m < 1`` (the message lists the kinds).
     """
-    if kind in ("pooled", "segments"):
+    if kind in ("pooled", "segments", "units"):
         return kind, 1
     if isinstance(kind, str) and kind.split(":", 1)[0] in ("layer", "attention") and ":" in kind:
         name, m = kind.split(":", 1)
@@ -80,7 +91,7 @@ def check_observation_kind(kind: str, generator) -> str:
             ``"pooled"`` for an encoder-decoder generator (its richer observations are not implemented).
     """
     name, m = parse_observation_kind(kind)
-    if name == "pooled":
+    if name in ("pooled", "units"):
         return name
     if generator.num_encoder_layers:
         raise ValueError(f"observation {kind!r} needs a decoder-only generator (Llama, GPT-2); encoder-decoder models "
@@ -200,20 +211,25 @@ def attention_features(generator, prompt, m: int, *, token_segments: int = 8,
 def observation_size(kind: str, hidden_size: int, token_segments: int) -> int:
     """Length of the one-shot env's observation for ``kind`` (``d`` = ``hidden_size``, ``K`` = ``token_segments``):
     ``d + 2`` (pooled, layer:m), ``d + 2 + (K + 1) d + 2 K`` (segments: the pooled observation followed by the
-    segment features, as :class:`SegmentObservation`), ``d + 2 K + 3`` (attention:m)."""
+    segment features, as :class:`SegmentObservation`), ``d + 2 K + 3`` (attention:m), ``d + 2 + 3 K`` (units)."""
     name, _ = parse_observation_kind(kind)
     d, k = int(hidden_size), int(token_segments)
     return {"pooled": d + 2, "layer": d + 2, "segments": d + 2 + (k + 1) * d + 2 * k,
-            "attention": d + 2 * k + 3}[name]
+            "attention": d + 2 * k + 3, "units": d + 2 + 3 * k}[name]
 
 
 def env_observation(generator, prompt, kind: str, *, pooled: np.ndarray, token_segments: int,
-                    max_input_tokens: int) -> np.ndarray:
+                    max_input_tokens: int, example=None) -> np.ndarray:
     """The one-shot env's observation for a kind other than ``"pooled"`` (unclipped float32, length
     :func:`observation_size`).
 
     Args:
-        pooled: the env's pooled first-layer state ``[d]`` of this input (reused by ``"segments"``).
+        pooled: the env's pooled first-layer state ``[d]`` of this input (reused by ``"segments"`` and
+            ``"units"``).
+        example: the input's example (``"units"`` reads its document and question).
+
+    Raises:
+        ValueError: ``"units"`` without ``example``.
     """
     name, _ = parse_observation_kind(kind)
     kw = dict(token_segments=token_segments, max_input_tokens=max_input_tokens)
@@ -223,17 +239,63 @@ def env_observation(generator, prompt, kind: str, *, pooled: np.ndarray, token_s
     base = np.concatenate([np.asarray(pooled, np.float32), lengths])
     if name == "pooled":
         return base.astype(np.float32)
+    if name == "units":
+        if example is None:
+            raise ValueError("observation 'units' needs the example (its document and question text)")
+        return np.concatenate([base, unit_features(generator.tokenizer, prompt, example, **kw)]).astype(np.float32)
     return np.concatenate([base, observation_features(generator, prompt, "segments", **kw)]).astype(np.float32)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def lexical_similarity(a: str, b: str) -> float:
+    """Cosine similarity (a fraction in [0, 1]) of the lower-cased word-count vectors of two texts (words: runs of
+    regex ``\\w`` characters); 0 when either has no word."""
+    ca = Counter(w.lower() for w in _WORD.findall(a))
+    cb = Counter(w.lower() for w in _WORD.findall(b))
+    dot = sum(v * cb.get(w, 0) for w, v in ca.items())
+    na, nb = sum(v * v for v in ca.values()), sum(v * v for v in cb.values())
+    return float(dot / np.sqrt(na * nb)) if na and nb else 0.0
+
+
+def unit_features(tokenizer, prompt, example, *, token_segments: int = 8, max_input_tokens: int = 1024) -> np.ndarray:
+    """The per-unit text features of the ``"units"`` kind (see the module docstring): ``[3 K]`` float32 — the
+    ``K`` positions, then the ``K`` lengths, then the ``K`` similarities. An empty unit has position 1, length 0
+    and similarity 0.
+
+    Args:
+        tokenizer: the generator's tokenizer (decodes each unit's tokens).
+        prompt: the formatted input; its :meth:`~skipenv.inputs.PromptInput.segment_bounds` are the units.
+        example: its example (the reference text is ``example.question`` when set, else the first sentence of
+            ``example.document``).
+    """
+    from ..tasks.units import sentence_spans
+
+    question = getattr(example, "question", None)
+    if question:
+        reference = question
+    else:
+        spans = sentence_spans(example.document)
+        reference = example.document[spans[0][0]:spans[0][1]] if spans else example.document
+    start, end = prompt.document_span
+    n = max(end - start, 1)
+    pos, length, sim = [], [], []
+    for s, e in prompt.segment_bounds(token_segments):
+        pos.append((s - start) / n if e > s else 1.0)
+        length.append((e - s) / max_input_tokens)
+        sim.append(lexical_similarity(tokenizer.decode(list(prompt.input_ids[s:e])), reference) if e > s else 0.0)
+    return np.array(pos + length + sim, np.float32)
 
 
 def passthrough_columns(kind: str, token_segments: int) -> int:
     """Trailing columns of an observation that are not hidden states (lengths, attention masses, cosines), which
     :class:`skipenv.evaluation.probe.ProbePolicy` keeps out of its PCA: 2 (pooled, layer:m), ``2 K`` (segments: the env's
     observation and :func:`observation_features` both end with the segment lengths and cosines) or ``2 K + 3``
-    (attention:m)."""
+    (attention:m), ``3 K + 2`` (units: the two lengths and the unit features)."""
     name, _ = parse_observation_kind(kind)
     k = int(token_segments)
-    return {"pooled": 2, "layer": 2, "segments": 2 * k, "attention": 2 * k + 3}[name]
+    return {"pooled": 2, "layer": 2, "segments": 2 * k, "attention": 2 * k + 3, "units": 3 * k + 2}[name]
 
 
 def observation_flops(generator, prompt, kind: str) -> int:
@@ -295,7 +357,7 @@ class SegmentObservation(gym.ObservationWrapper):
             if len(self._memo) and next(iter(self._memo))[0] != key[0]:
                 self._memo.clear()
             g = base.generator
-            prompt = base.task.format(ex, g.tokenizer, encoder_decoder=False)
+            prompt = base.prompt(ex)  # the env's prompt: its token units (segment_boundaries)
             f = observation_features(g, prompt, "segments", token_segments=self.token_segments,
                                      max_input_tokens=base.task.max_input_tokens)
             self._memo[key] = f = np.clip(f, -self._bound, self._bound)
@@ -325,8 +387,14 @@ def feature_table(env_factory, table, kind: str, *, progress: bool = True):
         by_id = {str(ex.id): ex for ex in base.examples}
         for doc, ex_id in tqdm(list(zip(obs["doc"], obs["example_id"])), desc=f"{kind} features {split}",
                                disable=not progress, leave=False):
-            prompt = base.task.format(by_id[str(ex_id)], g.tokenizer, encoder_decoder=g.num_encoder_layers > 0)
-            f = observation_features(g, prompt, kind, token_segments=k, max_input_tokens=base.task.max_input_tokens)
+            ex = by_id[str(ex_id)]
+            prompt = base.prompt(ex)  # the env's prompt: its token units (segment_boundaries)
+            if kind == "units":
+                f = np.concatenate([base.evaluator.observation_features(ex), unit_features(
+                    g.tokenizer, prompt, ex, token_segments=k, max_input_tokens=base.task.max_input_tokens)])
+            else:
+                f = observation_features(g, prompt, kind, token_segments=k,
+                                         max_input_tokens=base.task.max_input_tokens)
             env.reset(options={"index": int(doc)})
             *_, info = env.step(np.zeros(env.action_space.shape, dtype=env.action_space.dtype))
             rows.append({"split": split, "doc": int(doc), "extra_flops": extra_observation_flops(g, prompt, kind),

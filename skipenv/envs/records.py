@@ -60,6 +60,8 @@ class EpisodeRecord:
         kwargs = dict(env_kwargs if env_kwargs is not None else (spec.kwargs if spec is not None else {}))
         kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
         kwargs.setdefault("split", base.split)
+        if getattr(base, "segment_boundaries", "tokens") != "tokens":  # always recorded when not the default
+            kwargs["segment_boundaries"] = base.segment_boundaries
         return cls(env_id=env_id, split=base.split, example_id=info["example_id"], plan=info["plan"],
                    reward=float(info.get("env_reward", info["reward"])), quality=float(info["quality"]),
                    quality_full=float(info["quality_full"]), cost=float(info["cost"]),
@@ -144,7 +146,8 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
               "layer_block": lambda: getattr(base, "layer_block", None),
               "candidates": lambda: list(getattr(base, "candidates", ()) or ()),
               "cost_weight": lambda: getattr(base.reward, "cost_weight", None),
-              "observation": lambda: getattr(base, "observation_kind", "pooled")}
+              "observation": lambda: getattr(base, "observation_kind", "pooled"),
+              "segment_boundaries": lambda: getattr(base, "segment_boundaries", "tokens")}
     # settings the registered id itself sets (e.g. SwitchDec-XSum-v1's quality and tau) count as given
     registered = {k: v for k, v in SPECS.get(record.env_id, ("", {}))[1].items() if k in actual}
     wanted = {**registered, **kw}
@@ -152,7 +155,8 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
         wanted["cost_weight"] = wanted.pop("lam")
     # a setting neither the record nor its registered id gives had the env's default
     quality = wanted.get("quality") or "agreement"
-    defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8, "observation": "pooled"}
+    defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8, "observation": "pooled",
+                "segment_boundaries": "tokens"}
     if type(base).__name__ == "SwitchDecEnv":
         defaults.update(layer_block=1, candidates=["attention", "ffn", "tokens"])
     try:
@@ -176,7 +180,7 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
 
             try:
                 name, m = parse_observation_kind(want)
-                want = name if name in ("pooled", "segments") else f"{name}:{m}"
+                want = name if name in ("pooled", "segments", "units") else f"{name}:{m}"
             except ValueError:
                 pass
         if key == "candidates" and isinstance(want, (list, tuple)):  # the kinds, not their order, set the numbers
@@ -201,7 +205,7 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
         from the recorded one (a different model's numbers cannot validate), when the replaying env's id, split,
         task, class or a recorded setting that changes the numbers (``tau``, ``quality``, ``reward_mode``,
         ``cost_weight``, ``token_segments``, ``max_new_tokens``, ``max_input_tokens``, ``layer_block``,
-        ``candidates``, ``observation``) differs from the record's (a note names it), or when the record's
+        ``candidates``, ``observation``, ``segment_boundaries``) differs from the record's (a note names it), or when the record's
         ``skipenv_version`` is not a version string or is newer than this skipenv. Layerwise records are replayed
         step by step.
     """

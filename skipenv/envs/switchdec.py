@@ -150,7 +150,8 @@ class _SwitchDecBase(gym.Env):
                  task_source: str | None = None, num_examples: int | None = None, cost_weight: float | None = None,
                  lam: float | None = None, record_time: bool = False, disk_cache: bool = True,
                  lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
-                 reward: Reward | None = None, render_mode: str | None = None, observation: str | None = None):
+                 reward: Reward | None = None, render_mode: str | None = None, observation: str | None = None,
+                 segment_boundaries: str | None = None):
         super().__init__()
         from .registration import shared_objects, sharing_elsewhere
 
@@ -176,6 +177,10 @@ class _SwitchDecBase(gym.Env):
                       max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens, num_examples=num_examples,
                       cost_weight=cost_weight, record_time=record_time, disk_cache=disk_cache, lru_size=lru_size,
                       model=model, reward=reward)
+        if segment_boundaries is not None:
+            from ..tasks.units import check_segment_boundaries
+
+            check_segment_boundaries(segment_boundaries)  # before anything loads
         if observation is not None:
             from .observations import parse_observation_kind
 
@@ -207,6 +212,10 @@ class _SwitchDecBase(gym.Env):
                                      f"evaluator measures the quality; an env id's registered quality counts as "
                                      f"given): share an evaluator of that signal, or pass quality=None")
                 quality = None
+            if segment_boundaries is not None and segment_boundaries != evaluator.segment_boundaries:
+                raise ValueError(f"segment_boundaries={segment_boundaries!r} differs from the evaluator's "
+                                 f"{evaluator.segment_boundaries!r} (its outcomes and observations are of those "
+                                 f"segments): build an Evaluator(segment_boundaries={segment_boundaries!r})")
             given = {k: v for k, v in (("generator", generator), ("quality", quality),
                                        ("token_segments", token_segments), ("max_new_tokens", max_new_tokens),
                                        ("max_input_tokens", max_input_tokens)) if v is not None}
@@ -223,7 +232,8 @@ class _SwitchDecBase(gym.Env):
                                   token_segments=8 if token_segments is None else int(token_segments),
                                   max_new_tokens=max_new_tokens, disk_cache=bool(disk_cache), lru_size=int(lru_size),
                                   record_time=bool(record_time),
-                                  observation="pooled" if observation is None else observation)
+                                  observation="pooled" if observation is None else observation,
+                                  segment_boundaries="tokens" if segment_boundaries is None else segment_boundaries)
         if not isinstance(self, SwitchDecEnv) and evaluator.observation_kind != "pooled":
             raise ValueError(f"{type(self).__name__} has only the pooled observation, but the shared evaluator charges "
                              f"observation {evaluator.observation_kind!r}; share an Evaluator(observation='pooled')")
@@ -279,8 +289,14 @@ class _SwitchDecBase(gym.Env):
 
     @property
     def observation_kind(self) -> str:
-        """The observation kind (``"pooled"``, ``"segments"``, ``"layer:m"``, ``"attention:m"``; the evaluator's)."""
+        """The observation kind (``"pooled"``, ``"segments"``, ``"layer:m"``, ``"attention:m"``, ``"units"``; the
+        evaluator's)."""
         return self._evaluator.observation_kind
+
+    @property
+    def segment_boundaries(self) -> str:
+        """What the token segments are: ``"tokens"`` (equal token runs) or ``"sentences"`` (the evaluator's)."""
+        return self._evaluator.segment_boundaries
 
     @property
     def max_new_tokens(self) -> int:
@@ -448,6 +464,10 @@ _ENV_ARGS_DOC = """
             ``"rouge"``), ``"fidelity"``, ``"likelihood"`` — or a :class:`~skipenv.envs.quality.QualitySignal`
             instance.
         token_segments: ``K`` document segments (integer ``>= 0``, default 8).
+        segment_boundaries: what the ``K`` segments are: ``"tokens"`` (default: near-equal token runs, a cut may
+            fall inside a word) or ``"sentences"`` (runs of whole sentences of the document text, never cut inside
+            a word; :mod:`skipenv.tasks.units` says how short, long and unpunctuated documents are handled; needs a
+            fast tokenizer). With ``evaluator=`` it is the evaluator's.
         max_input_tokens: token budget of the formatted input (integer ``>= 8``; default: the task's, 512).
         max_new_tokens: generation budget in tokens (integer ``>= 1``; default: the task's).
         device: ``"cpu"`` (default), ``"cuda"``, ``"auto"`` (of the loaded generator).
@@ -496,7 +516,11 @@ class SwitchDecEnv(_SwitchDecBase):
       input positions give each segment and the rest of the prompt in layer ``m``, segment lengths, the two
       lengths (:func:`skipenv.envs.observations.attention_features`). Costs ``m`` layers.
 
-    Decoder-only generators only, except ``"pooled"``. Memoised per example id.
+    - ``"units"``: ``[d + 2 + 3 K]`` — the pooled observation, then per token unit (segment) its position in the
+      document, its length in tokens / ``max_input_tokens`` and its word-count cosine to the document's first
+      sentence (the question for QA) (:func:`skipenv.envs.observations.unit_features`). Costs the first layer.
+
+    Decoder-only generators only, except ``"pooled"`` and ``"units"``. Memoised per example id.
 
     Action: ``MultiBinary(n)``, 1 = skip (see :class:`~skipenv.envs.codec.ActionCodec`): blocks of bits for
     attention (encoder layers, then decoder layers), FFN (same), token segments. ``candidates`` restricts the

@@ -42,7 +42,7 @@ _TEACHER_FORCED = ("probability", "agreement", "likelihood")
 def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
     """The env configuration a table is built for: the registered kwargs of ``env_id`` (``gym.spec``) with
     ``overrides`` (``model``, ``task``, ``task_source``, ``max_input_tokens``, ``max_new_tokens``,
-    ``token_segments``, ``observation``, ``signals``, ``dtype``) applied. ``fingerprint``, the resolved budgets
+    ``token_segments``, ``segment_boundaries``, ``observation``, ``signals``, ``dtype``) applied. ``fingerprint``, the resolved budgets
     and the plan spec are filled in by :class:`TableBuilder` once the model is loaded.
 
     Raises:
@@ -53,7 +53,7 @@ def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
     # the ids are registered: importing any skipenv submodule runs skipenv/__init__.py first
 
     allowed = {"model", "task", "task_source", "max_input_tokens", "max_new_tokens", "token_segments", "observation",
-               "signals", "dtype"}
+               "signals", "dtype", "segment_boundaries"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TableError(f"unknown table configuration key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -67,12 +67,20 @@ def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
            "task_source": kw.get("task_source", "embedded"), "max_input_tokens": kw.get("max_input_tokens"),
            "max_new_tokens": kw.get("max_new_tokens"), "token_segments": kw.get("token_segments", 8),
            "observation": kw.get("observation", "pooled"), "signals": list(DEFAULT_SIGNALS), "dtype": "float32",
-           "skip_mode": "identity",
+           "skip_mode": "identity", "segment_boundaries": kw.get("segment_boundaries", "tokens"),
            # the env defaults a table env takes from its source id (quality signal, tau, formulation)
            "env_defaults": {k: kw[k] for k in ("quality", "tau", "formulation") if k in kw}}
     for k, v in overrides.items():
         if v is not None:
             cfg[k] = list(v) if k == "signals" else v
+    from ..tasks.units import check_segment_boundaries
+
+    try:
+        check_segment_boundaries(cfg["segment_boundaries"])
+    except ValueError as e:
+        raise TableError(str(e)) from None
+    if cfg["segment_boundaries"] == "tokens":  # the default stays out of the config: earlier builds keep their key
+        del cfg["segment_boundaries"]
     bad = [s for s in cfg["signals"] if s not in _TEACHER_FORCED]
     if bad or not cfg["signals"]:
         raise TableError(f"signals {cfg['signals']}: a table holds teacher-forced signals {list(_TEACHER_FORCED)} "
@@ -138,7 +146,8 @@ class TableBuilder:
         self.task = make_task(config["task"], source=config["task_source"], **kw)
         evaluators, self._memo = shared_score_evaluators(
             self.generator, self.task, config["signals"], token_segments=int(config["token_segments"]),
-            max_new_tokens=config.get("max_new_tokens"), observation=config["observation"])
+            max_new_tokens=config.get("max_new_tokens"), observation=config["observation"],
+            segment_boundaries=config.get("segment_boundaries", "tokens"))
         self.envs = {s: SwitchDecEnv(self.task, evaluator=ev, split="all") for s, ev in evaluators.items()}
         first = self.envs[config["signals"][0]]
         config.update(fingerprint=table_fingerprint(self.generator), max_input_tokens=self.task.max_input_tokens,

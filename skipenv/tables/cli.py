@@ -135,7 +135,8 @@ def validate_table(table, *, samples: int = 200, seed: int = 0, tolerance: float
     task = make_task(cfg["task"], source=cfg["task_source"], max_input_tokens=int(cfg["max_input_tokens"]))
     evaluators, memo = shared_score_evaluators(gen, task, table.signals, token_segments=int(cfg["token_segments"]),
                                                max_new_tokens=int(cfg["max_new_tokens"]),
-                                               observation=cfg["observation"])
+                                               observation=cfg["observation"],
+                                               segment_boundaries=cfg.get("segment_boundaries", "tokens"))
     envs = {s: SwitchDecEnv(task, evaluator=ev, split="all") for s, ev in evaluators.items()}
     by_id = {ex.id: ex for ex in next(iter(envs.values())).examples}
     rng = np.random.default_rng(seed)

@@ -319,7 +319,8 @@ class TableFactorialEnv(_TableEnv):
 #: what the table of each registered id must hold (checked at construction: a table rebuilt for another
 #: configuration is refused rather than silently replayed)
 _XSUM_V1_EXPECT = {"env_id": "SwitchDec-XSum-v1", "task": "xsum", "task_source": "embedded", "token_segments": 8,
-                   "observation": "pooled", "model": "smollm2-135m-instruct", "skip_mode": "identity"}
+                   "observation": "pooled", "model": "smollm2-135m-instruct", "skip_mode": "identity",
+                   "segment_boundaries": "tokens"}
 _FACTORIAL = "skipenv.tables.envs:TableFactorialEnv"
 _MENU = "skipenv.tables.envs:TableMenuEnv"
 #: id -> (env class, kwargs); the formulation is SwitchDec-XSum-v1's (expected constraint)

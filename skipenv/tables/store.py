@@ -160,6 +160,7 @@ class Table:
     def __init__(self, folder: Path, meta: dict, columns: dict[str, np.ndarray]):
         self.folder, self.meta, self.columns = Path(folder), meta, columns
         self.config: dict = meta["config"]
+        self.config.setdefault("segment_boundaries", "tokens")  # tables built before the kwarg: equal token runs
         self.grammar = Grammar.from_dict(meta["grammar"])
         self.spec = PlanSpec(**meta["plan_spec"])
         self.document_ids: list[str] = list(meta["documents"]["ids"])
