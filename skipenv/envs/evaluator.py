@@ -571,8 +571,10 @@ class Evaluator:
     def _outcome_key(self, example_id, plan: SkipPlan) -> tuple:
         """Key of the outcome cache (one place, so that :meth:`_prescore` skips exactly the pairs it holds): the
         observation kind is part of it because an outcome's cost includes the observation's FLOPs, the segment
-        boundaries because the same plan removes other tokens under them."""
-        return example_id, plan, self._observation_kind, self.segment_boundaries
+        boundaries because the same plan removes other tokens under them (appended when not ``"tokens"``, so the
+        key of token segments keeps its form)."""
+        key = (example_id, plan, self._observation_kind)
+        return key if self.segment_boundaries == "tokens" else (*key, self.segment_boundaries)
 
     def outcome(self, example, plan: SkipPlan) -> Outcome:
         """Run ``plan`` on ``example`` (or take the cached outcome).
