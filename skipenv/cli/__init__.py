@@ -27,13 +27,14 @@ def _user_error(e: BaseException) -> str | None:
     import gymnasium.error
 
     from ..assets import AssetError
+    from ..envs.cache import IdentityMismatchError
     from ..generators.adapter import UnsupportedModelError
     from ..tasks.sources import DatasetUnavailableError
 
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
         return e.args[0]
     if isinstance(e, (ValueError, OSError, gymnasium.error.Error, AssetError, DatasetUnavailableError,
-                      UnsupportedModelError)):
+                      UnsupportedModelError, IdentityMismatchError)):
         return str(e) or type(e).__name__
     return None
 

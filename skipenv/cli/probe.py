@@ -35,6 +35,9 @@ def configure_parser(p) -> None:
     p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the analysis (fold shuffling, learning-curve subsets, randomised policies)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="evaluate the menu again even if --out holds a table of this configuration and model "
+                        "(overwrites it); the env's cache of full-model references is disk_cache in --env-kwargs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -55,7 +58,8 @@ def main(args) -> int:
         env_kwargs["observation"] = observation
     _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
                           num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,
-                          learning_curve=args.learning_curve, observations=args.observations, seed=args.seed)
+                          learning_curve=args.learning_curve, observations=args.observations, seed=args.seed,
+                          cache=not args.no_cache)
     print((report.folder / "report.md").read_text())
     print(f"saved: {report.folder}/ (outcomes.csv, observations.csv, report.md, summary.csv, pareto.png)")
     return 0

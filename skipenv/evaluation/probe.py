@@ -56,7 +56,7 @@ from ..envs.rewards import lexicographic_reward
 if TYPE_CHECKING:  # annotations only; pandas is imported where it is used
     import pandas as pd
 
-__all__ = ["default_menu", "parse_plan", "ProbeTable", "evaluate_menu", "mixture_lp", "expected_oracle",
+__all__ = ["default_menu", "parse_plan", "ProbeTable", "ProbeTableError", "evaluate_menu", "mixture_lp", "expected_oracle",
            "per_input_oracle", "ProbePolicy", "ProbeReport", "analyse", "compare_observations", "plot_probe",
            "run_probe"]
 
@@ -164,30 +164,156 @@ class ProbeTable:
         out["example_id"] = obs["example_id"].to_numpy() if "example_id" in obs else np.arange(len(obs))
         return out
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``outcomes.csv``, ``observations.csv`` and ``config.json`` into ``folder``."""
+    def save(self, folder: str | Path, identity: dict | None = None) -> Path:
+        """Write ``outcomes.csv``, ``observations.csv``, ``config.json`` and ``identity.json`` into ``folder``.
+
+        ``identity.json`` holds the SHA-256 of each of the three files (so that :meth:`load` refuses a file edited
+        or damaged afterwards) and ``identity`` (the model identity and configuration of
+        :func:`skipenv.envs.cache.model_identity`, checked by :func:`run_probe` before it reuses the table; ``None``
+        when the caller keeps no identity).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / IDENTITY_FILE).unlink(missing_ok=True)  # an interrupted save leaves no valid identity behind
         self.outcomes.to_csv(folder / "outcomes.csv", index=False)
         self.observations.to_csv(folder / "observations.csv", index=False)
         (folder / "config.json").write_text(json.dumps(dict(self.config, plans=self.plans, empty=self.empty),
                                                        indent=1, default=str))
+        _write_identity(folder, identity, TABLE_FILES)
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "ProbeTable":
+    def load(cls, folder: str | Path, *, fix: str = "delete the folder and rerun") -> "ProbeTable":
         """Read a table written by :meth:`save` (floats round-trip exactly).
 
+        When ``identity.json`` is there, every file's SHA-256 must match the one stored at :meth:`save` (a table
+        edited by hand, e.g. test qualities set to 5.0, or truncated, is refused). The columns, the finiteness of
+        the numbers and the plan names are checked in any case.
+
+        Args:
+            fix: what the user should do, appended to every error message.
+
         Raises:
-            FileNotFoundError: the folder lacks one of the three files.
+            ProbeTableError: a missing, damaged (unreadable, truncated, garbled) or edited file; the message names
+                the file and ``fix``.
         """
         import pandas as pd
 
         folder = Path(folder)
-        cfg = json.loads((folder / "config.json").read_text())
-        read = lambda name: pd.read_csv(folder / name,  # noqa: E731
-                                        dtype={"example_id": str}, float_precision="round_trip")
-        return cls(read("outcomes.csv"), read("observations.csv"), list(cfg.pop("plans")), cfg.pop("empty"), cfg)
+        if (folder / IDENTITY_FILE).exists():
+            _check_files(folder, TABLE_FILES, fix)
+        for name in TABLE_FILES:
+            if not (folder / name).is_file():
+                raise ProbeTableError(f"probe table {folder}: {name} is missing; {fix}")
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+            plans, empty = list(cfg.pop("plans")), cfg.pop("empty")
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise ProbeTableError(f"probe table {folder / 'config.json'} is damaged ({type(e).__name__}: {e}); "
+                                  f"{fix}") from None
+        frames = {}
+        for name in ("outcomes.csv", "observations.csv"):
+            try:
+                frames[name] = pd.read_csv(folder / name, dtype={"example_id": str}, float_precision="round_trip")
+            except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise ProbeTableError(f"probe table {folder / name} is damaged ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0] if str(e) else ''}); {fix}") from None
+        _check_columns(folder, frames["outcomes.csv"], frames["observations.csv"], plans, fix)
+        return cls(frames["outcomes.csv"], frames["observations.csv"], plans, empty, cfg)
+
+
+#: the files of a saved :class:`ProbeTable`; ``identity.json`` holds their SHA-256 and the model identity
+TABLE_FILES = ("outcomes.csv", "observations.csv", "config.json")
+IDENTITY_FILE = "identity.json"
+_OUTCOME_COLUMNS = ("split", "doc", "example_id", "plan", "quality", "quality_full", "cost", "flops_saved", "reward")
+
+
+class ProbeTableError(ValueError):
+    """A stored probe table that cannot be reused: a file missing, damaged (truncated, garbled), edited after it
+    was written (its SHA-256 differs from ``identity.json``), or without a model identity."""
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_identity_file(folder: Path, fix: str) -> dict:
+    path = folder / IDENTITY_FILE
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProbeTableError(f"probe table {path} is damaged ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("sha256"), dict):
+        raise ProbeTableError(f"probe table {path} is damaged (no 'sha256' map of the table's files); {fix}")
+    return stored
+
+
+def _write_identity(folder: Path, identity: dict | None, files: Sequence[str], *, update: bool = False) -> None:
+    """Write (or, with ``update``, extend) ``identity.json``: the SHA-256 of ``files`` and ``identity``."""
+    stored = _read_identity_file(folder, "delete the folder and rerun") if update else {}
+    sha = dict(stored.get("sha256", {}))
+    sha.update({name: _file_sha256(folder / name) for name in files})
+    out = {"identity": stored.get("identity") if update else identity, "sha256": sha}
+    tmp = folder / (IDENTITY_FILE + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1, sort_keys=True, default=str))
+    tmp.replace(folder / IDENTITY_FILE)
+
+
+def _check_files(folder: Path, files: Sequence[str], fix: str) -> dict:
+    """Compare each of ``files`` with its SHA-256 in ``identity.json``; returns the stored identity metadata.
+
+    Raises:
+        ProbeTableError: ``identity.json`` missing or damaged, a file missing, not listed, or changed."""
+    stored = _read_identity_file(folder, fix)
+    if not stored:
+        raise ProbeTableError(f"probe table {folder}: no {IDENTITY_FILE} (written by an older skipenv, or removed), "
+                              f"so neither its model nor its contents can be checked; {fix}")
+    for name in files:
+        path = folder / name
+        want = stored["sha256"].get(name)
+        if not path.is_file():
+            raise ProbeTableError(f"probe table {folder}: {name} is missing; {fix}")
+        if want is None:
+            raise ProbeTableError(f"probe table {path}: not listed in {IDENTITY_FILE}; {fix}")
+        if _file_sha256(path) != want:
+            raise ProbeTableError(f"probe table {path} was changed after it was written (edited by hand, truncated "
+                                  f"or damaged: its SHA-256 differs from the one in {IDENTITY_FILE}); {fix}")
+    return stored
+
+
+def _check_columns(folder: Path, outcomes, observations, plans: list, fix: str) -> None:
+    """Columns, finite numbers and plan names of a table read back (a table without ``identity.json`` too)."""
+    missing = [c for c in _OUTCOME_COLUMNS if c not in outcomes.columns]
+    if missing:
+        raise ProbeTableError(f"probe table {folder / 'outcomes.csv'} lacks the columns {missing}; {fix}")
+    numeric = ["doc", "quality", "quality_full", "cost", "flops_saved", "reward"]
+    try:
+        values = outcomes[numeric].to_numpy(float)
+    except (ValueError, TypeError):
+        raise ProbeTableError(f"probe table {folder / 'outcomes.csv'} holds non-numbers in {numeric}; {fix}") from None
+    if not np.isfinite(values).all():
+        raise ProbeTableError(f"probe table {folder / 'outcomes.csv'} holds empty, NaN or infinite values; {fix}")
+    if (outcomes["cost"].to_numpy(float) < 0).any():
+        raise ProbeTableError(f"probe table {folder / 'outcomes.csv'} holds a negative cost (a fraction of the "
+                              f"full model's FLOPs); {fix}")
+    unknown = sorted(set(outcomes["plan"].astype(str)) - set(map(str, plans)))
+    if unknown:
+        raise ProbeTableError(f"probe table {folder / 'outcomes.csv'} names plans {unknown} that config.json does "
+                              f"not list; {fix}")
+    per_doc = outcomes.groupby(["split", "doc"])["plan"].agg(lambda x: sorted(map(str, x)))
+    if any(v != sorted(map(str, plans)) for v in per_doc):
+        raise ProbeTableError(f"probe table {folder / 'outcomes.csv'} lacks or repeats some (document, plan) rows "
+                              f"(cut short or edited); {fix}")
+    try:
+        obs_ok = {"split", "doc"} <= set(observations.columns) and \
+            bool(np.isfinite(observations.filter(like="obs_").to_numpy(float)).all())
+    except (ValueError, TypeError):
+        obs_ok = False
+    if not obs_ok:
+        raise ProbeTableError(f"probe table {folder / 'observations.csv'} lacks split / doc columns or holds "
+                              f"non-finite observations; {fix}")
 
 
 def _menu_json(menu: Mapping[str, SkipPlan]) -> dict:
@@ -770,8 +896,8 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
               menu: Mapping[str, SkipPlan] | Sequence[str] | None = None, num_train: int = 40, num_test: int = 20,
               tau: float | None = None, out_dir: str | Path = "runs/probe", progress: bool = True,
               learning_curve: Sequence[int] | None = None, observations: Sequence[str] = (),
-              seed: int = 0) -> tuple[ProbeTable, ProbeReport]:
-    """Evaluate (or load from ``out_dir/<config hash>``) the menu table, analyse it and write ``report.md``,
+              seed: int = 0, cache: bool = True) -> tuple[ProbeTable, ProbeReport]:
+    """Evaluate (or load from ``out_dir/<hash of the configuration and the model fingerprint>``) the menu table, analyse it and write ``report.md``,
     ``summary.csv``, ``differences.csv``, ``learning_curve.csv`` and ``pareto.png`` into that folder.
 
     Args:
@@ -785,9 +911,21 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
         observations: further observation kinds to compare with the env's (:mod:`skipenv.envs.observations`, e.g.
             ``("segments", "layer:4")``); adds ``observation_kinds.csv`` and a table to ``report.md``. Their
             features are cached next to the table.
+        cache: reuse a table evaluated before for the same configuration and model (default); ``False``
+            evaluates the menu again and overwrites it (``--no-cache``).
+
+    The cached table is reused only if it was made by the same model (:func:`skipenv.envs.cache.model_fingerprint`:
+    config and every weight; the folder name includes it, so other weights, also re-saved under the same path,
+    get their own table) with the same configuration (env id, env kwargs, menu, document counts), and only if no
+    file changed since it was written (SHA-256 in ``identity.json``). Loading the model to fingerprint it is the
+    price of a reuse (about 2 s of digest for SmolLM2-135M).
 
     Raises:
-        ValueError: see :func:`evaluate_menu` and :func:`analyse`.
+        ValueError: see :func:`evaluate_menu` and :func:`analyse`; :class:`ProbeTableError` (a ``ValueError``) for
+            a cached table that was edited, damaged or lacks its identity file (the message names the file and the
+            fix: delete the folder or ``cache=False`` / ``--no-cache``).
+        skipenv.envs.cache.IdentityMismatchError: the cached table's stored model identity or configuration differs
+            from the one in use.
     """
     import gymnasium as gym
 
@@ -823,29 +961,44 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
                              f"{type(env.unwrapped).__name__}: use the id without '-Layerwise'")
         return env
 
+    # one env of one document lends the plan spec (for --plan strings) and the model, whose identity keys the table
+    env = make_env("train", 1)
     if menu is not None and not isinstance(menu, Mapping):
-        env = make_env("train", 1)
         parsed = [parse_plan(t, env.unwrapped.plan_spec) for t in menu]
         names = [n for n, _ in parsed]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
+            env.close()
             raise ValueError(f"plan name(s) {repeated} given more than once in the menu; give each plan its own "
                              f"NAME: prefix")
         menu = dict(parsed)
-        env.close()
+    from ..envs.cache import check_identity, model_identity
+
     from ..envs.registration import env_tau
 
     tau = float(tau if tau is not None else env_tau(env_id, env_kwargs))
     menu_cfg = _menu_json(menu) if menu is not None else "default"
     cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,
            "num_test": num_test}
-    folder = Path(out_dir) / config_key(cfg)
-    if (folder / "outcomes.csv").exists():
-        table = ProbeTable.load(folder)
+    generator = env.unwrapped.generator
+    identity = model_identity(generator, config=json.loads(json.dumps(cfg, default=str)))
+    env.close()
+    # the folder is keyed by the configuration *and* the model: other weights (also re-saved under the same model
+    # path) get a table of their own, computed afresh; the identity stored inside is checked again when reused
+    folder = Path(out_dir) / config_key({**cfg, "model_fingerprint": identity["model_fingerprint"]})
+    fix = (f"delete the folder {folder} or rerun with --no-cache (run_probe(..., cache=False)) to evaluate the "
+           f"menu again")
+    if cache and (folder / "outcomes.csv").exists():
+        stored = _check_files(folder, TABLE_FILES, fix)
+        check_identity(stored.get("identity"), generator, identity["config"], what=f"probe table {folder}",
+                       fix=fix)
+        table = ProbeTable.load(folder, fix=fix)
     else:
         table = evaluate_menu(make_env, menu, num_train=num_train, num_test=num_test,
                               config={"env_id": env_id, "env_kwargs": env_kwargs}, progress=progress)
-        table.save(folder)
+        for stale in folder.glob("features_*.csv") if folder.is_dir() else ():
+            stale.unlink()  # derived from the table being replaced
+        table.save(folder, identity=identity)
     k = json.loads(next(iter(table.config["menu"].values())))["spec"]["token_segments"]
     report = analyse(table, tau, learning_curve=learning_curve, seed=seed,
                      passthrough=passthrough_columns(env_observation, k))
@@ -859,11 +1012,16 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
         passthrough = {f"{env_observation} (env)": passthrough_columns(env_observation, k)}
         for kind in observations:
             path = folder / f"features_{kind.replace(':', '_')}.csv"
-            if path.exists():
-                f = pd.read_csv(path, float_precision="round_trip")
-            else:
+            if path.name in _read_identity_file(folder, fix).get("sha256", {}):
+                _check_files(folder, [path.name], fix)  # made with this table; refused if changed since
+                try:
+                    f = pd.read_csv(path, float_precision="round_trip")
+                except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+                    raise ProbeTableError(f"probe features {path} are damaged ({type(e).__name__}); {fix}") from None
+            else:  # not yet computed, or left by an interrupted run (no digest): computed again
                 f = feature_table(make_env, table, kind, progress=progress)
                 f.to_csv(path, index=False)
+                _write_identity(folder, None, [path.name], update=True)
             feats[kind], passthrough[kind] = f, passthrough_columns(kind, k)
         comparison = compare_observations(table, tau, feats, passthrough, seed=seed)
         comparison.to_csv(folder / "observation_kinds.csv", index=False)
