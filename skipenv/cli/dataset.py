@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies
+from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, check_env_kwargs, check_policy_file, \
+    env_for_policies, json_object, nonnegative_int, positive_int
 
 __all__ = ["configure_parser", "main"]
 
 
 def configure_parser(p) -> None:
     """Arguments of ``skipenv dataset`` (sub-commands ``record`` and ``evaluate``)."""
-    import json
-
     from ..policies import POLICY_HELP
 
     sub = p.add_subparsers(dest="dataset_command", metavar="{record,evaluate}", required=True,
@@ -23,25 +22,25 @@ def configure_parser(p) -> None:
                          help="log a policy's episodes (with its action probabilities) as a Minari dataset")
     rec.add_argument("--env", default=DefaultEnv(DEFAULT_ENV_ID), help="one-shot env id" + ENV_FROM_RUN_HELP)
     rec.add_argument("--policy", required=True, help="logging policy: " + POLICY_HELP)
-    rec.add_argument("--episodes", type=int, required=True, help="episodes to record (document i mod N)")
+    rec.add_argument("--episodes", type=positive_int, required=True, help="episodes to record (document i mod N)")
     rec.add_argument("--out", required=True, help="dataset name, e.g. xsum-random (-> skipenv/xsum-random-v0)")
     rec.add_argument("--split", default="train", help="split the documents come from (default: train)")
-    rec.add_argument("--seed", type=int, default=0, help="seed of the logging policy (default: 0)")
+    rec.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the logging policy (default: 0)")
     ev = sub.add_parser("evaluate",
                         help="IPS / SNIPS / DM / doubly-robust estimate of a policy's reward from datasets, "
                              "checked against its on-policy value")
     ev.add_argument("--dataset", nargs="+", required=True, help="dataset name(s); several are pooled")
     ev.add_argument("--policy", required=True, help="target policy: " + POLICY_HELP)
-    ev.add_argument("--seed", type=int, default=0, help="seed of stochastic target policies (default: 0)")
+    ev.add_argument("--seed", type=nonnegative_int, default=0, help="seed of stochastic target policies (default: 0)")
     ev.add_argument("--no-on-policy", action="store_true", help="skip the on-policy check (no model runs)")
-    ev.add_argument("--on-policy-samples", type=int, default=4,
+    ev.add_argument("--on-policy-samples", type=positive_int, default=4,
                     help="draws per logged document of a stochastic target for the on-policy value (default: 4)")
     ev.add_argument("--out", default=None, help="also write the estimates as JSON to this file")
     for q in (rec, ev):
         q.add_argument("--root", default=None,
                        help="datasets folder (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)")
         q.add_argument("--no-progress", action="store_true", help="no progress bars")
-    rec.add_argument("--env-kwargs", type=json.loads, default={},
+    rec.add_argument("--env-kwargs", type=json_object, default={},
                      help='further gym.make kwargs as JSON, e.g. \'{"num_examples": 64}\'')
 
 
@@ -53,8 +52,10 @@ def main(args) -> int:
     from ..evaluation.offline import evaluate_off_policy, record_dataset
 
     try:
+        check_policy_file(args.policy)  # before anything loads
         if args.dataset_command == "record":
             env_id = env_for_policies(args.env, [args.policy], "dataset record")
+            check_env_kwargs(env_id, args.env_kwargs, reserved={"split": "is set with --split"})
             ds = record_dataset(env_id, args.policy, args.episodes, args.out, env_kwargs=args.env_kwargs,
                                 split=args.split, seed=args.seed, root=args.root, progress=not args.no_progress)
             where = args.root or os.environ.get("MINARI_DATASETS_PATH") or "~/.minari/datasets"

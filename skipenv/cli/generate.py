@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies
+from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, check_device, check_env_kwargs, check_policy_file, \
+    env_for_policies, json_object
 
 __all__ = ["configure_parser", "main"]
 
@@ -27,7 +28,7 @@ def configure_parser(p) -> None:
     p.add_argument("--compare", action="store_true", help="also run the full model and show both outputs and times")
     p.add_argument("--out", default=None, help="write one JSON line per document to this file (default: print only)")
     p.add_argument("--device", default="cpu", help="torch device of the generator and the policy")
-    p.add_argument("--env-kwargs", type=json.loads, default={},
+    p.add_argument("--env-kwargs", type=json_object, default={},
                    help='gym.make kwargs the policy was trained with, as JSON, e.g. \'{"max_input_tokens": 256}\'')
 
 
@@ -37,12 +38,15 @@ def main(args) -> int:
 
     from ..policies.deploy import PolicyGenerator, read_documents
 
-    try:
+    try:  # everything that can be checked without the model first
         docs = read_documents(text=args.text, file=args.file, jsonl=args.jsonl)
         if args.question:
             for d in docs:
                 d.setdefault("question", args.question)
+        check_policy_file(args.policy)
+        check_device(args.device)
         env_id = env_for_policies(args.env, [args.policy], "generate")
+        check_env_kwargs(env_id, args.env_kwargs)
         pg = PolicyGenerator(args.policy, env_id=env_id, env_kwargs=args.env_kwargs, device=args.device)
         results = []
         for d in docs:

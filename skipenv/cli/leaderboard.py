@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, env_for_policies, json_object, nonnegative_int, \
-    positive_int
+from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, check_device, check_env_kwargs, check_policy_file, \
+    env_for_policies, json_object, nonnegative_int, positive_int
 
 __all__ = ["configure_parser", "main"]
 
@@ -36,7 +36,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..evaluation.harness import format_summary, leaderboard
 
+    for spec in args.policies:  # everything that can be checked without the model first
+        check_policy_file(spec)
+    check_device(args.device)
     env_id = env_for_policies(args.env, args.policies, "leaderboard")
+    check_env_kwargs(env_id, args.env_kwargs, reserved={"split": "is set with --split"})
     _, summary = leaderboard(args.policies, env_id=env_id, split=args.split, episodes=args.episodes,
                              seeds=args.seeds, out_dir=args.out, extra_quality=args.extra_quality,
                              env_kwargs={"device": args.device, **args.env_kwargs},

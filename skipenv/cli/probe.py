@@ -3,7 +3,8 @@ from the command line."""
 
 from __future__ import annotations
 
-from .args import DEFAULT_ENV_ID, json_object, nonnegative_int, positive_int
+from .args import DEFAULT_ENV_ID, check_env_kwargs, finite_float, json_object, nonnegative_int, plan_text, \
+    positive_int
 
 __all__ = ["configure_parser", "main"]
 
@@ -18,13 +19,13 @@ def configure_parser(p) -> None:
     p.add_argument("--quality", default=None,
                    help="quality signal (gym.make kwarg; default the env's: probability for SwitchDec-XSum-v1, "
                         "agreement for v0): agreement, probability, likelihood, reference, fidelity")
-    p.add_argument("--tau", type=float, default=None,
+    p.add_argument("--tau", type=finite_float, default=None,
                    help="quality tolerance (quality units; default the env's: 0.01 for v1, 0.1 for v0, else the "
                         "quality signal's default)")
     p.add_argument("--observation", default=None, metavar="KIND",
                    help="the env's observation (gym.make kwarg; default the env's, pooled): pooled, segments, "
                         "layer:m, attention:m")
-    p.add_argument("--plan", action="append", default=None, metavar="NAME:KIND=I,J;KIND=I",
+    p.add_argument("--plan", action="append", type=plan_text, default=None, metavar="NAME:KIND=I,J;KIND=I",
                    help="a menu plan (repeatable; replaces the default menu), e.g. 'lead:tokens=6,7'")
     p.add_argument("--learning-curve", type=positive_int, nargs="*", default=None,
                    help="train-document counts of the learning curve (default 1/4, 1/2, 3/4 of --train-docs)")
@@ -56,6 +57,15 @@ def main(args) -> int:
                   **args.env_kwargs}
     if observation is not None:
         env_kwargs["observation"] = observation
+    check_env_kwargs(args.env, env_kwargs, reserved={  # before the model loads
+        "split": "is set by the probe (train and test); choose the documents with --train-docs / --test-docs",
+        "num_examples": "is set by the probe; use --train-docs / --test-docs",
+        "formulation": "is not for the probe: it evaluates the env's own outcomes and analyses every formulation",
+        "formulation_kwargs": "is not for the probe: it analyses every formulation itself"})
+    from ..envs.observations import parse_observation_kind
+
+    for kind in args.observations:
+        parse_observation_kind(kind)
     _, report = run_probe(args.env, env_kwargs=env_kwargs, menu=args.plan, num_train=args.train_docs,
                           num_test=args.test_docs, tau=args.tau, out_dir=args.out, progress=not args.no_progress,
                           learning_curve=args.learning_curve, observations=args.observations, seed=args.seed,

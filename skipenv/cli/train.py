@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .args import DEFAULT_ENV_ID, nonnegative_int, positive_int
+from .args import DEFAULT_ENV_ID, check_device, nonnegative_int, positive_int
 
 __all__ = ["configure_parser", "main"]
 
@@ -52,6 +52,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the main job with parsed :func:`configure_parser` arguments; prints its table; returns 0."""
     from ..evaluation.main_job import format_table, run_main_job
 
+    check_device(args.device)  # before anything loads (meta, a missing GPU)
     summary = run_main_job(args.out, total_timesteps=args.total_timesteps, train_examples=args.train_examples,
                            test_examples=args.test_examples, seed=args.seed, device=args.device, model=args.model,
                            env_id=args.env, progress_bar=not args.no_progress, algo=args.algo,

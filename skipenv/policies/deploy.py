@@ -141,7 +141,8 @@ def read_documents(*, text: str | None = None, file: str | Path | None = None, j
         jsonl: one JSON object per line with a ``text_key`` field (default ``document``; ``text`` is accepted too).
 
     Raises:
-        ValueError: none or several sources given; a JSONL line without the text field (names the line).
+        ValueError: none or several sources given; a JSONL line that is not a JSON object, lacks the text field or
+            holds a non-string text / question (names the line).
         FileNotFoundError: a missing file.
     """
     given = [x is not None for x in (text, file, jsonl)]
@@ -161,10 +162,22 @@ def read_documents(*, text: str | None = None, file: str | Path | None = None, j
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{p}:{n}: not valid JSON ({e}); each line must be an object such as "
+                             f"{{\"{text_key}\": \"text ...\"}}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{p}:{n}: expected a JSON object such as {{\"{text_key}\": \"text ...\"}}, got a JSON "
+                             f"{type(row).__name__}")
         key = text_key if text_key in row else ("text" if "text" in row else None)
         if key is None:
             raise ValueError(f"{p}:{n}: no {text_key!r} (or 'text') field; fields present: {sorted(row)}")
+        if not isinstance(row[key], str):
+            raise ValueError(f"{p}:{n}: the {key!r} field must be a string of text, got {type(row[key]).__name__} "
+                             f"{row[key]!r:.40}")
+        if "question" in row and not isinstance(row["question"], str):
+            raise ValueError(f"{p}:{n}: the 'question' field must be a string, got {type(row['question']).__name__}")
         docs.append({"document": row[key], **({"id": str(row["id"])} if "id" in row else {}),
                      **({"question": row["question"]} if "question" in row else {})})
     return docs
@@ -195,6 +208,13 @@ class PolicyGenerator:
 
         from .spec import load_policy
 
+        if env_kwargs is not None and not isinstance(env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be a dict of gym.make kwargs such as {{'max_input_tokens': 256}}, got "
+                             f"{type(env_kwargs).__name__} {env_kwargs!r}")
+        if isinstance(policy, (str, Path)) and str(policy).partition(":")[0] == "oracle":
+            raise ValueError("the oracle policy picks each plan by scoring it against the dataset example's full-model "
+                             "output; raw text has no such example, so it cannot choose a plan here. Use it with "
+                             "skipenv leaderboard or skipenv dataset, or pass a trained policy or a static baseline")
         kwargs = {"device": device, **(env_kwargs or {})}
         kwargs.setdefault("num_examples", 1)  # the env only lends its generator, task and action layout
         self.env = gym.make(env_id, **kwargs).unwrapped

@@ -116,10 +116,14 @@ def _sb3_class(path: Path):
 
     import stable_baselines3 as sb3
 
-    with zipfile.ZipFile(path) as z:
-        if "data" not in z.namelist():
-            raise ValueError(f"{path} is not a stable-baselines3 save (no 'data' entry in the zip)")
-        data = json.loads(z.read("data").decode("utf-8"))
+    try:
+        with zipfile.ZipFile(path) as z:
+            if "data" not in z.namelist():
+                raise ValueError(f"{path} is not a stable-baselines3 save (no 'data' entry in the zip)")
+            data = json.loads(z.read("data").decode("utf-8"))
+    except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a stable-baselines3 save ({type(e).__name__}: {e}); it is damaged or "
+                         f"another kind of file") from None
     module = str((data.get("policy_class") or {}).get("__module__", ""))
     if ".dqn." in module:
         return sb3.DQN

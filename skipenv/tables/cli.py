@@ -10,17 +10,9 @@ import argparse
 import json
 import sys
 
+from ..cli.args import finite_float, nonnegative_int, positive_int
+
 __all__ = ["configure_parser", "main", "validate_table", "info_text"]
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -35,23 +27,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--env-id", default="SwitchDec-XSum-v1", help="configuration source (gym.spec kwargs)")
     b.add_argument("--model", default=None, help="model name or folder (default: the embedded SmolLM2)")
     b.add_argument("--task-source", default=None, help="'embedded' or a data file")
-    b.add_argument("--max-input-tokens", type=_positive, default=None,
+    b.add_argument("--max-input-tokens", type=positive_int, default=None,
                    help="token budget of the formatted input (default: the id's, else the task's)")
-    b.add_argument("--max-new-tokens", type=_positive, default=None,
+    b.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="generation budget of the full output (default: the task's)")
-    b.add_argument("--token-segments", type=_positive, default=None, help="K document segments (default: 8)")
+    b.add_argument("--token-segments", type=positive_int, default=None, help="K document segments (default: 8)")
     b.add_argument("--signals", default=None, help="comma-separated teacher-forced quality signals "
                                                    "(default probability,agreement)")
     b.add_argument("--grammar", default=None, help="a grammar JSON file ({'factors': [...], 'extras': [...]}; "
                                                    "default: skipenv.tables.grammar.default_grammar)")
     b.add_argument("--splits", default="test,train", help="comma-separated, in table order")
-    b.add_argument("--limit", type=_positive, default=None, help="documents per split (default all)")
-    b.add_argument("--max-documents", type=_positive, default=None,
+    b.add_argument("--limit", type=positive_int, default=None, help="documents per split (default all)")
+    b.add_argument("--max-documents", type=positive_int, default=None,
                    help="compute at most this many new documents in this run (resume later)")
-    b.add_argument("--workers", type=_positive, default=1, help="processes (each loads the model)")
-    b.add_argument("--threads", type=_positive, default=None, help="torch threads per worker")
+    b.add_argument("--workers", type=positive_int, default=1, help="processes (each loads the model)")
+    b.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker")
     b.add_argument("--work-dir", default=None, help="shard folder (default $SKIPENV_CACHE/tables/<key>)")
-    b.add_argument("--compact-every", type=_positive, default=10,
+    b.add_argument("--compact-every", type=positive_int, default=10,
                    help="rewrite the table folder every N finished documents")
     i = sub.add_parser("info", help="configuration, coverage, size and per-plan means of a table")
     i.add_argument("table", nargs="?", default="xsum-v1", help="table folder or shipped table name")
@@ -59,9 +51,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     v = sub.add_parser("validate", help="recompute a random sample of (document, plan) pairs live and compare",
                        description="Exit status 1 when any sampled pair differs beyond the tolerance.")
     v.add_argument("table", nargs="?", default="xsum-v1", help="table folder or shipped table name")
-    v.add_argument("--samples", type=_positive, default=200, help="(document, plan) pairs")
-    v.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    v.add_argument("--tolerance", type=float, default=1e-4,
+    v.add_argument("--samples", type=positive_int, default=200, help="(document, plan) pairs")
+    v.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the sample")
+    v.add_argument("--tolerance", type=finite_float, default=1e-4,
                    help="max |difference| of a quality (the prefix-reuse / batching exactness bound)")
     v.add_argument("--model", default=None, help="model to validate against (default: the table's)")
 
