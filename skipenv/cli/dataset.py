@@ -82,6 +82,15 @@ def main(args) -> int:
         print(f"{k.upper():<10}{res[k]:>10.4f}{err}")
     if res["on_policy"] is not None:
         print(f"{'on-policy':<10}{res['on_policy']:>10.4f}")
+    rec = res.get("reward") or {}
+    if not rec.get("legacy"):
+        print(f"reward: the env's per-input {rec.get('rule')} reward (tau {rec.get('tau')}, quality "
+              f"{rec.get('quality')}), as recorded in the dataset")
+    if "loss_ips" in res:
+        snips = "n/a" if res["loss_snips"] is None else f"{res['loss_snips']:.4f}"
+        on = "" if res["on_policy_loss"] is None else f", on-policy {res['on_policy_loss']:.4f}"
+        print(f"expected constraint: target's mean quality loss IPS {res['loss_ips']:.4f}, SNIPS {snips}{on} "
+              f"(tau {res['tau']})")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
         print(f"saved: {args.out}")

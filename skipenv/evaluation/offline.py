@@ -18,6 +18,18 @@ the skip plan, reward = the lexicographic reward. Logged with the logging policy
   skip-nothing policies) are pooled with the mixture propensity ``Σ_j (n_j / N) μ_j(a | x)`` (the balance
   heuristic; Agarwal et al., "Effective evaluation using logged bandit feedback from multiple loggers", KDD 2017).
 
+**One reward per dataset.** Each dataset records which reward its rewards are (:data:`REWARD_METADATA_KEY` in its
+Minari metadata, :func:`reward_record`): always the env's *per-input* reward (``formulation`` ``"per_input"``,
+``multiplier`` ``None``: a stationary function of (observation, action)) with its rule, ``tau`` and ``cost_weight``,
+the model identity, and, for an id whose formulation is the expected constraint (``SwitchDec-XSum-v1``), that
+constraint (``tau``; the loss ``quality_full - quality`` is in the infos). Why not the Lagrangian: its multiplier
+moves while the episodes are logged, so the same (document, plan) gets different rewards at different steps and
+IPS / DM over them estimate no fixed policy value (issue 20 H4: IPS -0.066 against an on-policy value of -0.62).
+From the per-input reward and the logged loss, the expected formulation's quantities are estimated instead: the
+target's mean quality loss against ``tau`` (``loss_ips`` / ``loss_snips``, with its on-policy value), and the
+Lagrangian at any fixed multiplier is their linear combination. :func:`evaluate_off_policy` scores the target on
+that same recorded reward (the recovered env must compute it) or refuses.
+
 Datasets live under ``MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``) or the ``root`` you pass. Dataset ids
 follow Minari's ``namespace/name-vN`` form; ``-v0`` is appended when no version is given.
 """
@@ -34,13 +46,56 @@ from typing import Sequence
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["record_dataset", "evaluate_off_policy", "load_bandit_data", "dataset_id", "INFO_KEYS",
-           "LOGGING_PREFIX"]
+__all__ = ["record_dataset", "evaluate_off_policy", "load_bandit_data", "dataset_id", "reward_record", "INFO_KEYS",
+           "LOGGING_PREFIX", "REWARD_METADATA_KEY"]
 
 #: numeric info keys recorded per step (``example_id`` and ``propensity`` are added)
 INFO_KEYS = ("quality", "quality_full", "cost", "flops_saved", "constraint_satisfied", "reward")
 #: prefix of the dataset's ``algorithm_name``: ``"skipenv-policy:" + logging policy spec``
 LOGGING_PREFIX = "skipenv-policy:"
+#: key of the dataset's Minari metadata that holds the JSON of :func:`reward_record`
+REWARD_METADATA_KEY = "skipenv_reward"
+
+
+def _env_reward(base) -> dict:
+    """What the bare env's reward is: rule, tau, cost weight (the fields that determine it from an outcome)."""
+    rule = base.reward
+    return {"formulation": "per_input", "rule": getattr(rule, "name", type(rule).__name__),
+            "tau": float(rule.tau), "cost_weight": getattr(rule, "cost_weight", None), "multiplier": None,
+            "quality": str(base.evaluator.quality)}
+
+
+def reward_record(dataset) -> dict:
+    """The reward a dataset's rewards are (written by :func:`record_dataset`): ``{"formulation": "per_input",
+    "rule", "tau", "cost_weight", "multiplier": None, "quality", "env_id", "constraint" (``None`` or
+    ``{"formulation": "expected", "tau", "loss": "quality_full - quality"}``), "identity" (model identity)}``.
+
+    A dataset recorded before this record existed gets ``{"formulation": "per_input", "legacy": True}`` if its env
+    applied the per-input formulation (its rewards then are the env's own).
+
+    Raises:
+        ValueError: no record and an env of another formulation (its rewards were Lagrangian rewards of a moving
+            multiplier, or budget rewards: no target can be scored on them), or a damaged record.
+    """
+    import json
+
+    raw = dataset.storage.metadata.get(REWARD_METADATA_KEY)
+    if raw is None:
+        spec = dataset.spec.env_spec
+        formulation = (spec.kwargs or {}).get("formulation", "per_input") if spec is not None else "per_input"
+        if formulation == "per_input":
+            return {"formulation": "per_input", "legacy": True}
+        raise ValueError(f"dataset {dataset.spec.dataset_id!r} records no reward definition and its env applied the "
+                         f"{formulation!r} formulation: its rewards are Lagrangian (or budget) rewards of a state "
+                         f"that moved while it was recorded, so no policy can be scored on them; record it again "
+                         f"(skipenv dataset record logs the per-input reward and the constraint's loss)")
+    try:
+        rec = json.loads(raw)
+        assert isinstance(rec, dict) and rec.get("formulation") == "per_input"
+    except (ValueError, TypeError, AssertionError):
+        raise ValueError(f"dataset {dataset.spec.dataset_id!r}: its reward record ({REWARD_METADATA_KEY}) is "
+                         f"damaged; record it again") from None
+    return rec
 
 
 def _need_minari():
@@ -104,8 +159,13 @@ def record_dataset(env_id: str, policy: str, episodes: int, name: str, *, env_kw
     Returns:
         The :class:`minari.MinariDataset`.
 
+    The rewards are the bare env's per-input rewards also for an id of the expected formulation (v1: the env is
+    built with ``formulation="per_input"``); the dataset's metadata records that reward and the constraint
+    (:func:`reward_record`; the module docstring says why).
+
     Raises:
-        ValueError: ``episodes < 1``, a layerwise env (not a one-step bandit), a dataset id that already exists.
+        ValueError: ``episodes < 1``, ``env_kwargs`` not a dict, the budget formulation, a layerwise env (not a
+            one-step bandit), a dataset id that already exists.
         ImportError: Minari is not installed.
     """
     minari = _need_minari()
@@ -114,10 +174,26 @@ def record_dataset(env_id: str, policy: str, episodes: int, name: str, *, env_kw
 
     from ..policies.spec import action_probability, load_policy, sample_action
 
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    import json
+
+    from ..envs.cache import model_identity
+    from ..envs.registration import registered_formulation
+
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"episodes must be >= 1 (an integer), got {episodes!r}")
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise ValueError(f"env_kwargs must be a dict of gym.make kwargs such as {{'num_examples': 64}}, got "
+                         f"{type(env_kwargs).__name__} {env_kwargs!r}")
     ds_id = dataset_id(name)
     kwargs = {"split": split, **(env_kwargs or {})}
+    formulation = registered_formulation(env_id, kwargs)
+    if formulation not in ("per_input", "expected"):
+        raise ValueError(f"formulation {formulation!r}: a dataset logs the per-input reward (and, for the expected "
+                         f"constraint, its loss); a budget-conditioned env's reward depends on a tau drawn per "
+                         f"episode and is not supported: record the env without formulation=")
+    formulation_kwargs = kwargs.pop("formulation_kwargs", None)
+    if formulation != "per_input":  # the bare env: its per-input reward is a fixed function of (document, plan)
+        kwargs["formulation"] = "per_input"
     env = gym.make(env_id, **kwargs)
     if not isinstance(env.action_space, gym.spaces.MultiBinary):
         raise ValueError(f"{env_id} is not a one-shot env (action space {env.action_space}); record a one-shot id "
@@ -148,17 +224,26 @@ def record_dataset(env_id: str, policy: str, episodes: int, name: str, *, env_kw
         if ds_id in minari.list_local_datasets():
             raise ValueError(f"dataset {ds_id!r} already exists under {os.environ.get('MINARI_DATASETS_PATH')}; "
                              f"choose another name or delete it (minari.delete_dataset)")
-        return minari.create_dataset_from_buffers(
+        ds = minari.create_dataset_from_buffers(
             dataset_id=ds_id, buffer=buffers, env=env.spec, algorithm_name=LOGGING_PREFIX + policy,
             description=description or (f"{episodes} one-shot episodes of {env_id} ({split} split) logged with "
                                         f"{policy!r}; infos: example_id, {', '.join(INFO_KEYS)}, propensity"),
             data_format="arrow", requirements=["skipenv"])
+        record = {**_env_reward(env.unwrapped), "env_id": env_id,
+                  "constraint": None if formulation == "per_input" else
+                  {"formulation": formulation, "tau": float(env.unwrapped.tau), "loss": "quality_full - quality",
+                   "formulation_kwargs": formulation_kwargs},
+                  "identity": model_identity(env.unwrapped.generator)}
+        ds.storage.update_metadata({REWARD_METADATA_KEY: json.dumps(record, sort_keys=True)})
+        env.close()
+        return minari.load_dataset(ds_id)
 
 
 def load_bandit_data(dataset) -> dict[str, np.ndarray]:
     """The bandit rounds of a one-shot dataset: ``observations [N, d + 2]`` (at reset), ``actions [N, n]``,
-    ``rewards [N]``, ``propensities [N]``, ``example_ids [N]`` (str), ``quality [N]``, ``cost [N]``."""
-    obs, acts, rews, props, ids, qual, cost = [], [], [], [], [], [], []
+    ``rewards [N]``, ``propensities [N]``, ``example_ids [N]`` (str), ``quality [N]``, ``cost [N]``,
+    ``quality_full [N]``."""
+    obs, acts, rews, props, ids, qual, cost, qfull = [], [], [], [], [], [], [], []
     for ep in dataset.iterate_episodes():
         obs.append(np.asarray(ep.observations)[0])
         acts.append(np.asarray(ep.actions)[0])
@@ -167,9 +252,10 @@ def load_bandit_data(dataset) -> dict[str, np.ndarray]:
         ids.append(str(np.asarray(ep.infos["example_id"])[1]))
         qual.append(float(np.asarray(ep.infos["quality"])[1]))
         cost.append(float(np.asarray(ep.infos["cost"])[1]))
+        qfull.append(float(np.asarray(ep.infos["quality_full"])[1]))
     return {"observations": np.array(obs, np.float32), "actions": np.array(acts, np.int8),
             "rewards": np.array(rews), "propensities": np.array(props), "example_ids": np.array(ids),
-            "quality": np.array(qual), "cost": np.array(cost)}
+            "quality": np.array(qual), "cost": np.array(cost), "quality_full": np.array(qfull)}
 
 
 def _features(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -209,16 +295,27 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
         dict with ``target``, ``logging`` (specs), ``episodes``, ``ips``, ``snips``, ``dm``, ``dr``,
         ``on_policy`` (or ``None``), ``error_<est>`` = estimate − on-policy value (``snips`` and its error are
         ``None`` when no logged action has target probability > 0), ``ess`` (effective sample size
-        ``(Σw)² / Σw²``) and ``support`` (fraction of rounds with ``π(a_i | x_i) > 0``).
+        ``(Σw)² / Σw²``), ``support`` (fraction of rounds with ``π(a_i | x_i) > 0``) and ``reward`` (the
+        recorded reward, :func:`reward_record`). For a dataset of the expected constraint also ``tau``,
+        ``loss_ips`` / ``loss_snips`` (off-policy mean quality loss of the target) and ``on_policy_loss``.
+
+    The target is scored on the reward the dataset records: the env recovered from the dataset must compute that
+    same reward, with the model that recorded it.
 
     Raises:
-        ValueError: datasets of different envs or spaces, a dataset not recorded by skipenv (no logging spec),
-            zero logging propensity for a logged action.
+        ValueError: datasets of different envs, spaces or rewards, a dataset not recorded by skipenv (no logging
+            spec), a dataset of Lagrangian rewards (recorded before the reward record, on v1), a recovered env that
+            computes another reward than the recorded one, zero logging propensity for a logged action.
+        skipenv.envs.cache.IdentityMismatchError: the model in use is not the one that recorded the dataset.
         ImportError: Minari or scikit-learn missing.
     """
+    import json
+
     minari = _need_minari()
     from sklearn.linear_model import Ridge
     from tqdm import tqdm
+
+    from ..envs.cache import check_identity
 
     from ..policies.spec import action_probability, is_stochastic, load_policy, sample_action
 
@@ -235,7 +332,21 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
     if len(env_specs) != 1:
         raise ValueError("the datasets were recorded in different envs (or with different env kwargs); pool only "
                          "datasets of one env")
+    records = [reward_record(ds) for ds in datasets]
+    plain = {json.dumps({k: v for k, v in r.items() if k != "identity"}, sort_keys=True) for r in records}
+    if len(plain) != 1:
+        raise ValueError(f"the datasets record different rewards ({sorted(plain)}); pool only datasets of one reward")
+    record = records[0]
     env = datasets[0].recover_environment().unwrapped
+    if not record.get("legacy"):  # the target is scored on the recorded reward, by the model that made it
+        now = _env_reward(env)
+        differs = {k: (record.get(k), v) for k, v in now.items() if record.get(k) != v}
+        if differs:
+            raise ValueError(f"dataset {datasets[0].spec.dataset_id!r}: the env recovered from it computes another "
+                             f"reward than the recorded one (recorded -> now: {differs}); record it again")
+        check_identity(record.get("identity"), env.generator,
+                       what=f"dataset {datasets[0].spec.dataset_id!r}",
+                       fix="record it again with this model, or evaluate with the model it was recorded with")
     data = [load_bandit_data(ds) for ds in datasets]
     pooled = {k: np.concatenate([d[k] for d in data]) for k in data[0]}
     counts = np.array([len(d["rewards"]) for d in data], float)
@@ -266,7 +377,13 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
            "ips": float(np.mean(w * r)), "snips": float(np.sum(w * r) / np.sum(w)) if w.sum() > 0 else None,
            "dm": float(dm_terms.mean()), "dr": float(dm_terms.mean() + np.mean(w * (r - r_hat_logged))),
            "ess": float(w.sum() ** 2 / np.sum(w ** 2)) if np.any(w > 0) else 0.0,
-           "support": float(np.mean(pi > 0)), "on_policy": None}
+           "support": float(np.mean(pi > 0)), "on_policy": None, "reward": {k: v for k, v in record.items()
+                                                                             if k != "identity"}}
+    constraint = record.get("constraint")
+    loss = pooled["quality_full"] - pooled["quality"]
+    if constraint:  # the expected constraint: the target's mean quality loss against tau, off-policy
+        out.update(tau=float(constraint["tau"]), loss_ips=float(np.mean(w * loss)),
+                   loss_snips=float(np.sum(w * loss) / np.sum(w)) if w.sum() > 0 else None, on_policy_loss=None)
     if on_policy:
         values, memo = [], {}
         stochastic = is_stochastic(pi_policy)
@@ -274,13 +391,17 @@ def evaluate_off_policy(names: Sequence[str], target: str, *, root: str | os.Pat
             if not stochastic and ex_id in memo:
                 values.append(memo[ex_id])
                 continue
-            draws = []
+            draws, losses = [], []
             for _ in range(max(1, int(on_policy_samples)) if stochastic else 1):
                 obs, _ = env.reset(options={"example_id": str(ex_id)})
-                draws.append(float(env.step(sample_action(pi_policy, obs, rng))[1]))
-            memo[ex_id] = float(np.mean(draws))
+                _, reward, _, _, info = env.step(sample_action(pi_policy, obs, rng))
+                draws.append(float(reward))
+                losses.append(float(info["quality_full"]) - float(info["quality"]))
+            memo[ex_id] = (float(np.mean(draws)), float(np.mean(losses)))
             values.append(memo[ex_id])
-        out["on_policy"] = float(np.mean(values))
+        out["on_policy"] = float(np.mean([v[0] for v in values]))
+        if constraint:
+            out["on_policy_loss"] = float(np.mean([v[1] for v in values]))
         for k in ("ips", "snips", "dm", "dr"):
             out[f"error_{k}"] = None if out[k] is None else out[k] - out["on_policy"]
     return out
