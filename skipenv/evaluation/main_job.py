@@ -330,6 +330,42 @@ def main_job_menu(spec) -> dict:
             if not any(plan.encoder_attention + plan.encoder_ffn + plan.decoder_attention + plan.decoder_ffn)}
 
 
+#: what :func:`run_main_job` writes into its output folder; a run removes these first, so that a folder never mixes
+#: the outputs of two runs (also after an interrupted one)
+RUN_OUTPUTS = ("policy.zip", "policy.pt", "policy.json", "summary.csv", "summary.json", "episodes.csv",
+               "monitor.csv", "progress.csv", "quality_vs_flops.png", "menu", "tensorboard")
+#: marker file present while a run writes the folder: ``{"run_id", "started", "pid"}``; left behind by an
+#: interrupted run (the folder's outputs are then partial), removed when the run finishes
+RUNNING_MARKER = "RUNNING"
+
+
+def _start_run(out: Path) -> str:
+    """Mark ``out`` as being written by a new run (:data:`RUNNING_MARKER`) and remove an earlier run's
+    :data:`RUN_OUTPUTS` (one line on stderr names them); returns the new run id. Files the job does not write are
+    kept."""
+    import os
+    import shutil
+    import uuid
+    from datetime import datetime, timezone
+
+    marker = out / RUNNING_MARKER
+    interrupted = marker.is_file()
+    run_id = uuid.uuid4().hex[:12]
+    marker.write_text(json.dumps({"run_id": run_id, "pid": os.getpid(),
+                                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    old = [name for name in RUN_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    for name in old:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if old or interrupted:
+        _say(f"skipenv train: {out} held the outputs of {'an interrupted' if interrupted else 'an earlier'} run "
+             f"({', '.join(old) or 'none'}): removed, so the folder holds this run's outputs only")
+    return run_id
+
+
 def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 96,
                  test_examples: int = 40, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
                  env_id: str = DEFAULT_ENV_ID, progress_bar: bool = True, algo: str | None = None,
@@ -357,6 +393,11 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
       default here) first clones the probe policy's plans on the train documents
       (:func:`skipenv.policies.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
       the probe rule's multiplier (:meth:`skipenv.evaluation.probe.ProbePolicy.expected_multiplier`).
+
+    The output folder never mixes two runs: a run first writes the marker :data:`RUNNING_MARKER` (its ``run_id``)
+    and removes the :data:`RUN_OUTPUTS` of an earlier or interrupted run (files the job does not write are kept),
+    writes ``summary.json`` (with the same ``run_id``) last and then removes the marker; a folder with the marker
+    holds a run that was interrupted or is still running.
 
     ``summary.json`` times (seconds, wall clock): ``menu_seconds`` the menu's evaluation (step 2; 0 without a
     menu), ``train_seconds`` the learner's training only (step 3, behaviour cloning of a warm start included; not
@@ -454,6 +495,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
         say(warning)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    run_id = _start_run(out)
     t0 = time.perf_counter()
     env_kwargs.update(model=model, device=device, formulation="per_input")  # the job applies the formulation
     train_env = gym.make(env_id, split="train", num_examples=train_examples, **env_kwargs).unwrapped
@@ -599,10 +641,12 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                     f"({'within' if r['mean_constraint_holds'] else 'ABOVE'} tau {tau}), FLOPs saved "
                     f"{r['mean_flops_saved']:.3f}")
     meta["total_seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "summary.json").write_text(json.dumps(meta, indent=2, default=float))
+    meta["run_id"] = run_id  # the id in the RUNNING marker while the run wrote the folder
     plot_pareto(summary, out / "quality_vs_flops.png", quality_col="quality", episodes=episodes,
                 tau=tau, quality_name=meta["quality"],
                 title=f"{env_id}: {meta['quality']} vs FLOPs saved (test split)")
+    (out / "summary.json").write_text(json.dumps(meta, indent=2, default=float))  # last: the run is complete
+    (out / RUNNING_MARKER).unlink(missing_ok=True)
     say(f"skipenv train: done in {_minutes(time.perf_counter() - t0)}")
     return summary
 
