@@ -17,6 +17,12 @@ one's is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``).
 
 Results equal ``N`` single envs reset with seeds ``seed, seed + 1, …`` and stepped with the same actions (tested).
 For stable-baselines3 use :func:`skipenv.policies.sb3.sb3_vec_env`.
+
+Episode statistics: Gymnasium 1.2.2's ``gymnasium.wrappers.vector.RecordEpisodeStatistics`` (the version the
+``[ray]`` extra pins) assumes ``NEXT_STEP`` autoreset in ``step`` and so reports ``r`` 0 and ``l`` 0 for every episode
+of a ``SAME_STEP`` env after the first (issue 20 M9; fixed upstream in Gymnasium PR #1624, after 1.2.2). Wrap this
+env with :class:`RecordEpisodeStatistics` from this module instead: the same class, with ``step`` corrected for
+``SAME_STEP``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-__all__ = ["SwitchDecVectorEnv"]
+__all__ = ["SwitchDecVectorEnv", "RecordEpisodeStatistics"]
 
 #: kwargs that the shared evaluator / reward define (passed only to the first env)
 _EVALUATOR_KWARGS = ("model", "device", "dtype", "task_source", "generator", "quality", "token_segments",
@@ -182,3 +188,53 @@ class SwitchDecVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"SwitchDecVectorEnv(num_envs={self.num_envs}, {self.envs[0].task.name}, {self.generator!r})"
+
+
+try:  # gymnasium >= 1.0
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics as _GymRecordEpisodeStatistics
+except ImportError:  # pragma: no cover - depends on the install
+    _GymRecordEpisodeStatistics = None
+
+
+if _GymRecordEpisodeStatistics is not None:
+    class RecordEpisodeStatistics(_GymRecordEpisodeStatistics):
+        """``gymnasium.wrappers.vector.RecordEpisodeStatistics`` that also counts ``SAME_STEP`` autoreset envs
+        right (:class:`SwitchDecVectorEnv`): ``infos["episode"]`` = ``{"r": [N] returns, "l": [N] lengths (steps),
+        "t": [N] seconds}`` for the rows whose episode ended in this step (0 elsewhere), ``infos["_episode"]`` the
+        mask, and the ``return_queue`` / ``length_queue`` / ``time_queue`` of the parent class.
+
+        Gymnasium 1.2.2's ``step`` zeroes a row's return on the step after it finished, which under ``SAME_STEP``
+        is the step of the next episode, so every later episode reported ``r`` 0, ``l`` 0 (issue 20 M9; Gymnasium
+        PR #1624 fixed it upstream). Envs of ``NEXT_STEP`` / ``DISABLED`` autoreset use the parent's ``step``.
+        """
+
+        def step(self, actions):
+            from gymnasium.vector import AutoresetMode as _Mode
+
+            if self.env.metadata.get("autoreset_mode") != _Mode.SAME_STEP:
+                return super().step(actions)
+            import time
+
+            observations, rewards, terminations, truncations, infos = self.env.step(actions)
+            self.episode_returns += rewards
+            self.episode_lengths += 1
+            dones = np.logical_or(terminations, truncations)
+            self.prev_dones = dones
+            if dones.any():
+                if self._stats_key in infos or f"_{self._stats_key}" in infos:
+                    raise ValueError(f"Attempted to add episode stats with key '{self._stats_key}' but this key "
+                                     f"already exists in info: {list(infos.keys())}")
+                now = time.perf_counter()
+                seconds = np.round(now - self.episode_start_times, 6)
+                infos[self._stats_key] = {"r": np.where(dones, self.episode_returns, 0.0),
+                                          "l": np.where(dones, self.episode_lengths, 0),
+                                          "t": np.where(dones, seconds, 0.0)}
+                infos[f"_{self._stats_key}"] = dones
+                self.episode_count += int(dones.sum())
+                self.time_queue.extend(seconds[dones])
+                self.return_queue.extend(self.episode_returns[dones])
+                self.length_queue.extend(self.episode_lengths[dones])
+                self.episode_returns[dones] = 0.0  # the row's next episode started in this same step
+                self.episode_lengths[dones] = 0
+                self.episode_start_times[dones] = now
+            return observations, rewards, terminations, truncations, infos
