@@ -225,7 +225,7 @@ class ProbeTable:
 #: the files of a saved :class:`ProbeTable`; ``identity.json`` holds their SHA-256 and the model identity
 TABLE_FILES = ("outcomes.csv", "observations.csv", "config.json")
 IDENTITY_FILE = "identity.json"
-_OUTCOME_COLUMNS = ("split", "doc", "example_id", "plan", "quality", "quality_full", "cost", "flops_saved", "reward")
+_OUTCOME_COLUMNS = ("split", "doc", "plan", "quality", "quality_full", "cost")  # what the analysis reads
 
 
 class ProbeTableError(ValueError):
@@ -288,7 +288,7 @@ def _check_columns(folder: Path, outcomes, observations, plans: list, fix: str) 
     missing = [c for c in _OUTCOME_COLUMNS if c not in outcomes.columns]
     if missing:
         raise ProbeTableError(f"probe table {folder / 'outcomes.csv'} lacks the columns {missing}; {fix}")
-    numeric = ["doc", "quality", "quality_full", "cost", "flops_saved", "reward"]
+    numeric = [c for c in ("doc", "quality", "quality_full", "cost", "flops_saved", "reward") if c in outcomes]
     try:
         values = outcomes[numeric].to_numpy(float)
     except (ValueError, TypeError):
