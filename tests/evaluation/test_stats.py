@@ -149,3 +149,37 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="1 episodes have a NaN or infinite 'reward'"):
         stats.score_matrix(episodes, "p")
     assert stats.score_matrix(episodes.fillna(4.0), "p").tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the v1 hardening campaign (tests/test_v1_hardening.py, dissolved by issue 19)
+
+
+@pytest.mark.hardening
+@pytest.mark.usefixtures("one_thread")
+def test_compare_algorithms_layerwise_envs_share_the_one_shot_tau(tmp_path, monkeypatch):
+    """``--env SwitchDec-XSum-v1 --formulation per_input`` with another quality signal: the one-shot envs keep v1's
+    registered tau (0.01); the layerwise envs DQN trains on must use that tau too, not their signal's default."""
+
+    import skipenv
+    from _tiny_local import write_tiny_assets
+
+    from _scripts import load_benchmark
+
+    C = load_benchmark("compare_algorithms")
+
+    model_dir, _ = write_tiny_assets(tmp_path)
+    made, make = [], skipenv.make
+
+    def spy(env_id, **kw):
+        env = make(env_id, **kw)
+        made.append((env_id, env.unwrapped.tau, env.unwrapped.quality))
+        return env
+
+    monkeypatch.setattr(skipenv, "make", spy)
+    C.main(["--env", "SwitchDec-XSum-v1", "--formulation", "per_input", "--algos", "dqn-layerwise", "--seeds", "0",
+            "--timesteps", "1", "--train-examples", "2", "--test-examples", "2", "--reps", "10",
+            "--out", str(tmp_path / "cmp"), "--env-kwargs",
+            f'{{"model": "{model_dir}", "quality": "agreement", "max_new_tokens": 3, "max_input_tokens": 96, '
+            f'"disk_cache": false}}'])
+    assert made == [("SwitchDec-XSum-Layerwise-v0", 0.01, "agreement")] * 2
