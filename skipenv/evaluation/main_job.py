@@ -166,7 +166,7 @@ def _minutes(seconds: float) -> str:
 
 
 def best_static_plan(env, examples, *, progress: bool = True):
-    """The plan of the probe's default menu (:func:`skipenv.evaluation.probe.default_menu`: skip nothing, drop the last 1–4
+    """The plan of the probe's default menu (:func:`skipenv.policies.menu.default_menu`: skip nothing, drop the last 1–4
     token segments, drop segment 3 or 5, skip one attention sublayer) with the highest mean reward of ``env`` (its
     reward rule and tau) over ``examples`` — the per-input static baseline a learned policy has to beat, chosen on
     train documents only. (:func:`run_main_job` makes the same choice from its evaluated menu table, over
@@ -180,7 +180,7 @@ def best_static_plan(env, examples, *, progress: bool = True):
     """
     from tqdm import tqdm
 
-    from .probe import default_menu
+    from ..policies.menu import default_menu
 
     examples = list(examples)
     if not examples:
@@ -234,10 +234,10 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     quality_full, flops_saved`` of its test episodes) are compared, paired over the test documents, with
 
     - ``best_static_mixture``: the static mixture of menu plans chosen on the train documents
-      (:func:`skipenv.evaluation.probe.mixture_lp`; its exact expectation per document, no sampling);
+      (:func:`skipenv.policies.menu.mixture_lp`; its exact expectation per document, no sampling);
     - ``static_front_at_equal_quality``: the static mixture fitted *on the test documents* at the learned policy's
       own mean test loss — the strongest static policy of equal quality (favours the static side);
-    - and the same two for the supervised probe policy (:class:`skipenv.evaluation.probe.ProbePolicy`, fitted on the train
+    - and the same two for the supervised probe policy (:class:`skipenv.policies.menu.ProbePolicy`, fitted on the train
       documents; ``probe``: its randomised expected-constraint rule, ``probe_deterministic``: the single-multiplier
       rule the ``-bc`` learners clone): the headroom a contextual policy over the menu reached, for scale.
 
@@ -258,7 +258,8 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     import numpy as np
 
     from .formulation_metrics import bootstrap_ci
-    from .probe import _fit_policies, mixture_lp
+    from ..policies.menu import mixture_lp
+    from .probe import _fit_policies
 
     train, test = tuple(table.config.get("splits", ("train", "test")))
     tr, te = table.matrices(train), table.matrices(test)
@@ -322,7 +323,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
 
 
 def main_job_menu(spec) -> dict:
-    """The main job's menu: the token-segment plans of :func:`skipenv.evaluation.probe.default_menu` (skip nothing, drop the
+    """The main job's menu: the token-segment plans of :func:`skipenv.policies.menu.default_menu` (skip nothing, drop the
     last 1–4 segments, drop segment 3 or 5), without its one sublayer plan (skip attention 6). Measured on XSum
     (96 and 150 train documents): the probe's rules never chose that plan, and it is the costliest to evaluate (a
     sublayer skipped in layer 6 recomputes layers 6–30 over the whole input, ~0.8 of a forward pass, where a
@@ -331,7 +332,7 @@ def main_job_menu(spec) -> dict:
     Returns:
         name → :class:`~skipenv.plan.SkipPlan`, in the default menu's order.
     """
-    from .probe import default_menu
+    from ..policies.menu import default_menu
 
     return {name: plan for name, plan in default_menu(spec).items()
             if not any(plan.encoder_attention + plan.encoder_ffn + plan.decoder_attention + plan.decoder_ffn)}
@@ -737,7 +738,7 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
       stored under ``expected_constraint`` (:func:`expected_margins`). A warm-started learner (``ppo-bc``, the
       default here) first clones the probe policy's plans on the train documents
       (:func:`skipenv.policies.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
-      the probe rule's multiplier (:meth:`skipenv.evaluation.probe.ProbePolicy.expected_multiplier`).
+      the probe rule's multiplier (:meth:`skipenv.policies.menu.ProbePolicy.expected_multiplier`).
 
     ``summary.json`` times (seconds, wall clock): ``menu_seconds`` the menu's evaluation (step 2; 0 without a
     menu), ``train_seconds`` the learner's training only (step 3, behaviour cloning of a warm start included; not
