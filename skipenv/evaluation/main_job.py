@@ -202,7 +202,7 @@ def best_static_plan(env, examples, *, progress: bool = True):
 
 def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     """Mean per-document difference ``a − b`` of reward and FLOPs saved over the test documents both policies ran,
-    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`).
+    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.evaluation.stats.bootstrap_ci`).
 
     Returns:
         ``{"documents", "reward", "reward_ci", "flops_saved", "flops_saved_ci"}``.
@@ -210,7 +210,7 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     Raises:
         ValueError: ``a`` and ``b`` share no test document (e.g. a misspelt policy name), instead of a NaN margin.
     """
-    from .formulation_metrics import bootstrap_ci
+    from .stats import bootstrap_ci
 
     x = episodes[episodes["policy"] == a].drop_duplicates("example_id").set_index("example_id")
     y = episodes[episodes["policy"] == b].drop_duplicates("example_id").set_index("example_id")
@@ -222,7 +222,7 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     for col in ("reward", "flops_saved"):
         d = (x.loc[common, col] - y.loc[common, col]).to_numpy(float)
         out[col] = float(d.mean()) if len(d) else float("nan")
-        out[f"{col}_ci"] = list(bootstrap_ci(d))
+        out[f"{col}_ci"] = list(bootstrap_ci(d, one_value="nan"))
     return out
 
 
@@ -246,7 +246,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         "best_static_mixture": {...}, "probe": {...}, "probe_deterministic": {...}, "margins": [...]}`` where each
         margin is ``{"policy",
         "baseline", "flops_saved", "flops_saved_ci", "quality_loss", "quality_loss_ci"}`` (means of per-document
-        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`), and
+        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.evaluation.stats.bootstrap_ci`), and
         ``share_of_probe_margin`` / ``share_of_probe_deterministic_margin`` = the learned policy's margin over the
         static front at equal quality divided by that probe rule's (None when the rule has no positive margin).
         FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
@@ -257,7 +257,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     """
     import numpy as np
 
-    from .formulation_metrics import bootstrap_ci
+    from .stats import bootstrap_ci
     from ..policies.menu import mixture_lp
     from .probe import _fit_policies
 
@@ -310,9 +310,9 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         for base, (b_loss, b_saved) in baselines.items():
             d_s, d_l = saved - b_saved, loss - b_loss
             margins.append({"policy": name, "baseline": base, "flops_saved": float(d_s.mean()),
-                            "flops_saved_ci": list(bootstrap_ci(d_s, seed=seed)),
+                            "flops_saved_ci": list(bootstrap_ci(d_s, seed=seed, one_value="nan")),
                             "quality_loss": float(d_l.mean()),
-                            "quality_loss_ci": list(bootstrap_ci(d_l, seed=seed))})
+                            "quality_loss_ci": list(bootstrap_ci(d_l, seed=seed, one_value="nan"))})
     out["margins"] = margins
     eq_margin = {m["policy"]: m["flops_saved"] for m in margins
                  if m["baseline"] == "static front at equal quality (test)"}

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .formulation_metrics import bootstrap_ci, formulation_metrics
+from .formulation_metrics import formulation_metrics
 from ..envs.registration import DEFAULT_ENV_ID
-from .stats import markdown_table
+from .stats import bootstrap_ci, markdown_table
 from ..plan import SkipPlan
 from ..policies.menu import (ProbePolicy, _one_hot, _rewards, default_menu, expected_oracle, mixture_lp,
                              parse_plan, per_input_oracle)
@@ -352,7 +352,7 @@ def analyse(table: ProbeTable, tau: float, *, passthrough: int = 2, learning_cur
     diffs = []
     for form, metric, a, b in comparisons:
         d = _per_doc(te, W[a], tau, metric) - _per_doc(te, W[b], tau, metric)
-        lo, hi = bootstrap_ci(d, seed=seed)
+        lo, hi = bootstrap_ci(d, seed=seed, one_value="nan")
         diffs.append({"formulation": form, "metric": metric, "contextual": a, "static": b, "diff": float(d.mean()),
                       "ci_low": lo, "ci_high": hi})
 

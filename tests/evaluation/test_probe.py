@@ -16,12 +16,6 @@ from skipenv.envs.observations import (
 )
 
 
-def test_markdown_table():
-    import pandas as pd
-
-    assert probe.markdown_table(pd.DataFrame({"a": [0.12345], "b": ["x"]})) == "| a | b |\n|---|---|\n| 0.123 | x |"
-
-
 @pytest.fixture(scope="module")
 def tiny_table(tiny_xsum_env_factory):
     make_env = tiny_xsum_env_factory
