@@ -168,7 +168,7 @@ def test_unversioned_name_logs_nothing_but_old_versions_still_warn():
     code = ("import warnings; warnings.simplefilter('always'); import gymnasium as gym, skipenv\n"
             "find = gym.envs.registration._find_spec\n"
             "find('SwitchDec-XSum'); find('SwitchDec-XSum'); find('SwitchDec-XSum-v0')")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the repository root: this file is tests/envs/test_registration.py
     proc = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONPATH": str(root)},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
