@@ -16,6 +16,9 @@ Example::
     @GENERATOR_CLASSES.register("MyForCausalLM")
     class MyGenerator(DecoderOnlyGenerator): ...
 
+Replacing an entry for a test: ``monkeypatch.delitem(r, name)`` first, then ``monkeypatch.setitem(r, name, new)``
+(a plain ``setitem`` on a registered name is a duplicate); the undo restores the old entry.
+
 The list of skipenv's registries, which use this style and why the others do not yet, is in ``docs/layout.md``
 ("Registries").
 """
