@@ -328,8 +328,8 @@ def main(argv=None) -> int:
 
     import skipenv  # noqa: F401  (registers the env ids)
     from skipenv import BudgetConditioned
-    from skipenv.evaluation.formulation_metrics import bootstrap_ci, formulation_metrics, metrics_by_tau
-    from skipenv.evaluation.stats import markdown_table
+    from skipenv.evaluation.formulation_metrics import formulation_metrics, metrics_by_tau
+    from skipenv.evaluation.stats import bootstrap_ci, markdown_table
     from skipenv.evaluation.probe import ProbeTable, evaluate_menu
     from skipenv.policies.sb3 import make_sb3
 
@@ -437,7 +437,7 @@ def main(argv=None) -> int:
         rows.append(_rows("policy", name, pm, tau))
         pol_r = episodes[episodes["tau"] == tau].sort_values("doc")["reward"].to_numpy()
         diff = pol_r - menu_rewards(m_te, tau)[:, j]
-        lo, hi = bootstrap_ci(diff, seed=args.seed)
+        lo, hi = bootstrap_ci(diff, seed=args.seed, one_value="nan")
         table_rows.append({"tau": tau, "policy quality": pm["mean_quality"], "policy met": pm["constraint_met_rate"],
                            "policy FLOPs saved": pm["mean_flops_saved"], "policy reward": pm["mean_reward"],
                            "best static (train)": plans[j], "static quality": sm["mean_quality"],

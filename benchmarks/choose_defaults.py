@@ -1,7 +1,7 @@
 """Screen candidate defaults of ``SwitchDec-XSum-v0`` with the learnability probe: which quality signal, observation
 kind and tolerance give a contextual policy the largest held-out advantage over the best static policy?
 
-One pass per document scores every plan of the probe's default menu (:func:`skipenv.evaluation.probe.default_menu`) once,
+One pass per document scores every plan of the probe's default menu (:func:`skipenv.policies.menu.default_menu`) once,
 teacher-forced on the full model's output, and reads *both* teacher-forced quality signals off that one forward
 pass — ``agreement`` (argmax = full token) and ``probability`` (mean probability of the full model's tokens) — plus
 every candidate observation kind (:mod:`skipenv.envs.observations`). Then, for every (signal, observation, tau), it runs
@@ -43,7 +43,8 @@ from skipenv.envs.quality import mean_probability
 from skipenv.envs.observations import (check_observation_kind, extra_observation_flops, observation_features,
                                   passthrough_columns)
 from skipenv.evaluation.stats import markdown_table
-from skipenv.evaluation.probe import ProbeTable, analyse, default_menu
+from skipenv.evaluation.probe import ProbeTable, analyse
+from skipenv.policies.menu import default_menu
 
 KINDS = ("pooled", "segments", "layer:4", "layer:15", "attention:2", "attention:4", "attention:8")
 TAUS = {"agreement": (0.05, 0.1, 0.15), "probability": (0.01, 0.02, 0.04)}

@@ -190,7 +190,7 @@ def main(argv=None) -> None:
             extra[a] = n_table
         if form == "expected" and args.bc_source == "probe":
             # warm-started learners keep the cloned rule's trade-off: their multiplier starts at the probe rule's
-            from skipenv.evaluation.probe import ProbePolicy
+            from skipenv.policies.menu import ProbePolicy
 
             tr = table.matrices("train")
             warm_lam = ProbePolicy(empty=table.plans.index(table.empty) if table.empty else None).fit(

@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     import pandas as pd
 
     from skipenv.evaluation.stats import interval_estimates, iqm, probability_of_improvement
-    from skipenv.evaluation.probe import markdown_table, mixture_lp
+    from skipenv.evaluation.stats import markdown_table
+    from skipenv.policies.menu import mixture_lp
     from skipenv.tables.envs import load_table
     from skipenv.tables.learners import LEARNERS, front_saved, headroom_share, make_folds
 

@@ -8,8 +8,8 @@ under ``--out``) and reports, on the test documents (expected constraint, FLOPs 
 full model's FLOPs):
 
 - ``static front @ tau``: the best static mixture of menu plans fitted on the *test* documents at mean loss tau
-  (:func:`skipenv.probe.mixture_lp`) — the most a static policy saves at that quality;
-- ``oracle``: the expected-constraint oracle (:func:`skipenv.probe.expected_oracle`, per-document plan choices at
+  (:func:`skipenv.policies.menu.mixture_lp`) — the most a static policy saves at that quality;
+- ``oracle``: the expected-constraint oracle (:func:`skipenv.policies.menu.expected_oracle`, per-document plan choices at
   mean loss <= tau) and its ``headroom`` over the static front (equal quality: both at mean loss <= tau);
 - ``probe gain``: the probe policy's FLOPs saved minus the static front at the probe's own test loss (equal
   quality), and its ``share`` of the headroom (gain / headroom);

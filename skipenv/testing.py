@@ -29,8 +29,8 @@ __all__ = ["TINY_CONFIGS", "tiny_model", "tiny_generator", "check_generator", "c
 TINY_CONFIGS = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True),
-    # the Llama-contract families (tests/test_families.py): small sliding windows (8 tokens) wherever the family has
-    # them, so that short test inputs cross the window (masks, KV-cache truncation, FLOPs of decoding steps)
+    # the Llama-contract families (tests/generators/test_families.py): small sliding windows (8 tokens) wherever the
+    # family has them, so that short test inputs cross the window (masks, KV-cache truncation, FLOPs of decoding steps)
     "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
                   use_sliding_window=True, sliding_window=8, max_window_layers=2),  # layers 0-1 full, 2-3 sliding

@@ -143,3 +143,16 @@ def test_loading_prints_no_weight_loading_bar(tiny_llama_dir, capfd):
 
     AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
     assert "Loading weights" in capfd.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+def test_unknown_device_names_the_device():
+    from skipenv.loading import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")

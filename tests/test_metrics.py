@@ -164,3 +164,20 @@ def test_likelihood_ratio():
         likelihood_ratio([-1.0], [-1.0, -2.0])
     with pytest.raises(ValueError):
         likelihood_ratio([math.nan], [-1.0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@pytest.mark.parametrize("text", ["😀😀", "...", "!!! ???", "👍"])
+def test_rouge_of_identical_texts_without_word_tokens_is_one(text):
+    """The docstring promised 1.0 for identical non-empty texts in any script; emoji / punctuation-only texts
+    scored 0.0 (no tokens). Different token-less texts still score 0."""
+    from skipenv import metrics
+
+    assert metrics.rouge(text, text) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert metrics.rouge(text, "😢")["rougeL"] == 0.0
+    assert metrics.rouge("   ", "   ")["rougeL"] == 0.0

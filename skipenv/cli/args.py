@@ -76,7 +76,7 @@ def plan_text(text: str) -> str:
     checked before the model loads (whether the indices fit the model is checked once its plan spec is known)."""
     import re
 
-    from ..evaluation.probe import parse_plan
+    from ..policies.menu import parse_plan
     from ..plan import PlanSpec
 
     numbers = [int(n) for n in re.findall(r"\d+", text.rpartition(":")[2])] or [0]

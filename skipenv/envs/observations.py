@@ -290,7 +290,7 @@ def unit_features(tokenizer, prompt, example, *, token_segments: int = 8, max_in
 
 def passthrough_columns(kind: str, token_segments: int) -> int:
     """Trailing columns of an observation that are not hidden states (lengths, attention masses, cosines), which
-    :class:`skipenv.evaluation.probe.ProbePolicy` keeps out of its PCA: 2 (pooled, layer:m), ``2 K`` (segments: the env's
+    :class:`skipenv.policies.menu.ProbePolicy` keeps out of its PCA: 2 (pooled, layer:m), ``2 K`` (segments: the env's
     observation and :func:`observation_features` both end with the segment lengths and cosines) or ``2 K + 3``
     (attention:m), ``3 K + 2`` (units: the two lengths and the unit features)."""
     name, _ = parse_observation_kind(kind)

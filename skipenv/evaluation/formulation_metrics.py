@@ -11,24 +11,9 @@ from typing import Any
 import numpy as np
 
 from ..envs.rewards import constraint_satisfied, lexicographic_reward
+from .stats import bootstrap_ci
 
-__all__ = ["formulation_metrics", "metrics_by_tau", "bootstrap_ci"]
-
-
-def bootstrap_ci(values, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``values`` (shape ``[n]``), via
-    ``scipy.stats.bootstrap`` (resampling the n entries with replacement). Returns ``(nan, nan)`` for fewer than 2
-    values; ``(x, x)`` when all values equal ``x``."""
-    from scipy.stats import bootstrap
-
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return float("nan"), float("nan")
-    if np.all(v == v[0]):
-        return float(v[0]), float(v[0])
-    res = bootstrap((v,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                    rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+__all__ = ["formulation_metrics", "metrics_by_tau"]
 
 
 def formulation_metrics(episodes, tau: float | None = None, *, n_resamples: int = 2000,
@@ -42,7 +27,8 @@ def formulation_metrics(episodes, tau: float | None = None, *, n_resamples: int 
             of one input; default each row is its own input) and ``tau`` (per-row tolerance, budget-conditioned
             episodes; overrides the ``tau`` argument).
         tau: the tolerance (quality units) when the table has no ``tau`` column.
-        n_resamples, seed: bootstrap of the mean quality loss over documents (see :func:`bootstrap_ci`).
+        n_resamples, seed: bootstrap of the mean quality loss over documents
+            (:func:`skipenv.evaluation.stats.bootstrap_ci`; one document gives no interval: NaN bounds).
 
     Returns:
         dict with ``num_documents``, ``mean_quality``, ``mean_quality_loss`` (``quality_full - quality``),
@@ -78,7 +64,7 @@ def formulation_metrics(episodes, tau: float | None = None, *, n_resamples: int 
                             "w": w, "tau": w * df["tau"].to_numpy(float)}).groupby("doc", sort=False).sum()
     if not np.allclose(per_doc["w"], 1.0):
         raise ValueError("the weights of each document's rows must sum to 1")
-    lo, hi = bootstrap_ci(per_doc["loss"], n_resamples=n_resamples, seed=seed)
+    lo, hi = bootstrap_ci(per_doc["loss"], resamples=n_resamples, seed=seed, one_value="nan")
     mean_tau = float(per_doc["tau"].mean())
     mean_loss = float(per_doc["loss"].mean())
     upper = hi if np.isfinite(hi) else mean_loss  # a single document has no CI: its mean decides

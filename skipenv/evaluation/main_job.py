@@ -12,17 +12,22 @@ setting and the machine's load first (warning when the load average exceeds the 
 the first 8 training episodes (and checks the load again then), and labels every progress bar; with standard error
 redirected to a file, bars become periodic plain lines (:mod:`skipenv.util.progress`).
 
-Why this module is long: ``run_main_job`` is one pipeline whose steps share the run folder, the menu table
-and the margins; splitting it into named steps in ``evaluation/main_job.py`` (issue 19) is the next step of the
-layout.
+The job is a sequence of named steps over one :class:`MainJob` (issue 19): :func:`check_args` (everything checked
+before anything loads), then :data:`MAIN_JOB_STEPS` = :func:`compute_references`, :func:`evaluate_job_menu`,
+:func:`prepare_warm_start`, :func:`train_job_learner`, :func:`evaluate_job_policies` and :func:`write_report`.
+
+Why this module is long: the main job's steps share one :class:`MainJob` (the run folder, the envs, the menu
+table, the learned policy) and their printed progress lines; they sit next to the job's own helpers (PPO training,
+the best static plan, the paired and expected-constraint margins, the printed table), which only the job uses.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..envs.registration import DEFAULT_ENV_ID
 
@@ -30,7 +35,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["train_ppo", "run_main_job", "main_job_menu", "expected_margins", "best_static_plan",
-           "paired_margin", "format_table"]
+           "paired_margin", "format_table", "MainJob", "MAIN_JOB_STEPS", "check_args", "compute_references",
+           "evaluate_job_menu", "prepare_warm_start", "train_job_learner", "evaluate_job_policies", "write_report"]
 
 
 def train_ppo(env, *, total_timesteps: int, seed: int = 0, out_dir: str | Path | None = None,
@@ -160,7 +166,7 @@ def _minutes(seconds: float) -> str:
 
 
 def best_static_plan(env, examples, *, progress: bool = True):
-    """The plan of the probe's default menu (:func:`skipenv.evaluation.probe.default_menu`: skip nothing, drop the last 1–4
+    """The plan of the probe's default menu (:func:`skipenv.policies.menu.default_menu`: skip nothing, drop the last 1–4
     token segments, drop segment 3 or 5, skip one attention sublayer) with the highest mean reward of ``env`` (its
     reward rule and tau) over ``examples`` — the per-input static baseline a learned policy has to beat, chosen on
     train documents only. (:func:`run_main_job` makes the same choice from its evaluated menu table, over
@@ -174,7 +180,7 @@ def best_static_plan(env, examples, *, progress: bool = True):
     """
     from tqdm import tqdm
 
-    from .probe import default_menu
+    from ..policies.menu import default_menu
 
     examples = list(examples)
     if not examples:
@@ -196,7 +202,7 @@ def best_static_plan(env, examples, *, progress: bool = True):
 
 def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     """Mean per-document difference ``a − b`` of reward and FLOPs saved over the test documents both policies ran,
-    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`).
+    with 95 % percentile-bootstrap CIs over documents (:func:`skipenv.evaluation.stats.bootstrap_ci`).
 
     Returns:
         ``{"documents", "reward", "reward_ci", "flops_saved", "flops_saved_ci"}``.
@@ -204,7 +210,7 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     Raises:
         ValueError: ``a`` and ``b`` share no test document (e.g. a misspelt policy name), instead of a NaN margin.
     """
-    from .formulation_metrics import bootstrap_ci
+    from .stats import bootstrap_ci
 
     x = episodes[episodes["policy"] == a].drop_duplicates("example_id").set_index("example_id")
     y = episodes[episodes["policy"] == b].drop_duplicates("example_id").set_index("example_id")
@@ -216,7 +222,7 @@ def paired_margin(episodes: pd.DataFrame, a: str, b: str) -> dict:
     for col in ("reward", "flops_saved"):
         d = (x.loc[common, col] - y.loc[common, col]).to_numpy(float)
         out[col] = float(d.mean()) if len(d) else float("nan")
-        out[f"{col}_ci"] = list(bootstrap_ci(d))
+        out[f"{col}_ci"] = list(bootstrap_ci(d, one_value="nan"))
     return out
 
 
@@ -228,10 +234,10 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     quality_full, flops_saved`` of its test episodes) are compared, paired over the test documents, with
 
     - ``best_static_mixture``: the static mixture of menu plans chosen on the train documents
-      (:func:`skipenv.evaluation.probe.mixture_lp`; its exact expectation per document, no sampling);
+      (:func:`skipenv.policies.menu.mixture_lp`; its exact expectation per document, no sampling);
     - ``static_front_at_equal_quality``: the static mixture fitted *on the test documents* at the learned policy's
       own mean test loss — the strongest static policy of equal quality (favours the static side);
-    - and the same two for the supervised probe policy (:class:`skipenv.evaluation.probe.ProbePolicy`, fitted on the train
+    - and the same two for the supervised probe policy (:class:`skipenv.policies.menu.ProbePolicy`, fitted on the train
       documents; ``probe``: its randomised expected-constraint rule, ``probe_deterministic``: the single-multiplier
       rule the ``-bc`` learners clone): the headroom a contextual policy over the menu reached, for scale.
 
@@ -240,7 +246,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         "best_static_mixture": {...}, "probe": {...}, "probe_deterministic": {...}, "margins": [...]}`` where each
         margin is ``{"policy",
         "baseline", "flops_saved", "flops_saved_ci", "quality_loss", "quality_loss_ci"}`` (means of per-document
-        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`), and
+        differences, 95 % percentile-bootstrap CIs over documents, :func:`skipenv.evaluation.stats.bootstrap_ci`), and
         ``share_of_probe_margin`` / ``share_of_probe_deterministic_margin`` = the learned policy's margin over the
         static front at equal quality divided by that probe rule's (None when the rule has no positive margin).
         FLOPs saved are fractions of the full model's FLOPs, losses in the quality signal's units.
@@ -251,8 +257,9 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
     """
     import numpy as np
 
-    from .formulation_metrics import bootstrap_ci
-    from .probe import _fit_policies, mixture_lp
+    from .stats import bootstrap_ci
+    from ..policies.menu import mixture_lp
+    from .probe import _fit_policies
 
     train, test = tuple(table.config.get("splits", ("train", "test")))
     tr, te = table.matrices(train), table.matrices(test)
@@ -303,8 +310,9 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
         for base, (b_loss, b_saved) in baselines.items():
             d_s, d_l = saved - b_saved, loss - b_loss
             margins.append({"policy": name, "baseline": base, "flops_saved": float(d_s.mean()),
-                            "flops_saved_ci": list(bootstrap_ci(d_s, seed=seed)), "quality_loss": float(d_l.mean()),
-                            "quality_loss_ci": list(bootstrap_ci(d_l, seed=seed))})
+                            "flops_saved_ci": list(bootstrap_ci(d_s, seed=seed, one_value="nan")),
+                            "quality_loss": float(d_l.mean()),
+                            "quality_loss_ci": list(bootstrap_ci(d_l, seed=seed, one_value="nan"))})
     out["margins"] = margins
     eq_margin = {m["policy"]: m["flops_saved"] for m in margins
                  if m["baseline"] == "static front at equal quality (test)"}
@@ -315,7 +323,7 @@ def expected_margins(table, learned: pd.DataFrame, tau: float, *, seed: int = 0,
 
 
 def main_job_menu(spec) -> dict:
-    """The main job's menu: the token-segment plans of :func:`skipenv.evaluation.probe.default_menu` (skip nothing, drop the
+    """The main job's menu: the token-segment plans of :func:`skipenv.policies.menu.default_menu` (skip nothing, drop the
     last 1–4 segments, drop segment 3 or 5), without its one sublayer plan (skip attention 6). Measured on XSum
     (96 and 150 train documents): the probe's rules never chose that plan, and it is the costliest to evaluate (a
     sublayer skipped in layer 6 recomputes layers 6–30 over the whole input, ~0.8 of a forward pass, where a
@@ -324,7 +332,7 @@ def main_job_menu(spec) -> dict:
     Returns:
         name → :class:`~skipenv.plan.SkipPlan`, in the default menu's order.
     """
-    from .probe import default_menu
+    from ..policies.menu import default_menu
 
     return {name: plan for name, plan in default_menu(spec).items()
             if not any(plan.encoder_attention + plan.encoder_ffn + plan.decoder_attention + plan.decoder_ffn)}
@@ -366,69 +374,81 @@ def _start_run(out: Path) -> str:
     return run_id
 
 
-def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 96,
-                 test_examples: int = 40, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
-                 env_id: str = DEFAULT_ENV_ID, progress_bar: bool = True, algo: str | None = None,
-                 static_examples: int | None = None, env_kwargs: dict | None = None,
-                 rouge: bool = False) -> pd.DataFrame:
-    """Train a learner of :data:`skipenv.policies.learners.LEARNERS` on ``env_id`` under its registered constraint
-    formulation, evaluate it against baselines on the test split, save policy / tables / plot. Returns the summary.
+@dataclass
+class MainJob:
+    """What the main job's steps share (:func:`run_main_job`): the checked arguments, then what each step adds.
 
-    Steps: (1) full-model references of the train documents; (2) the probe's token-segment menu
-    (:func:`main_job_menu`) evaluated on the first ``static_examples`` train documents and on the test documents
-    (teacher-forced, :func:`skipenv.evaluation.probe.evaluate_menu`; saved as ``menu/``); (3) training; (4) evaluation of the
-    learned policy, random (each bit skipped with probability 0.5), skip nothing and the best static plan of the
-    menu chosen on the train documents, with one generation per (policy, test document) for ROUGE-L.
+    :func:`check_args` fills the arguments; each step of :data:`MAIN_JOB_STEPS` reads what the steps before it
+    wrote and adds its own fields (named after the step under "Filled by"). Times are wall-clock seconds.
 
-    Formulations (``gym.spec(env_id).kwargs["formulation"]``, :func:`registered_formulation`):
+    Filled by :func:`compute_references`: ``out`` (the run folder), ``train_env`` / ``test_env`` (unwrapped
+    one-shot envs under the per-input formulation; the job applies the id's formulation itself), ``tau``,
+    ``n_menu`` (menu documents), ``s_per_ref`` (seconds per computed reference, ``None`` when all were cached),
+    ``threads_warning``, ``t0`` (the job's start, :func:`time.perf_counter`).
+    :func:`evaluate_job_menu`: ``table`` (:class:`~skipenv.evaluation.probe.ProbeTable`, ``None`` without a menu),
+    ``menu``, ``s_menu`` (seconds per teacher-forced menu episode), ``t_menu``, ``static_name`` / ``static_plan``
+    (the best static plan), ``probe`` (the probe policy fitted on the menu's train documents).
+    :func:`prepare_warm_start`: ``warm`` (warm-start targets or ``None``), ``lam_init``.
+    :func:`train_job_learner`: ``learn_env`` (the env the learner trained on), ``learned`` (the policy),
+    ``t_train``.
+    :func:`evaluate_job_policies`: ``episodes`` (one row per (policy, test document)), ``summary`` (one row per
+    policy, :func:`skipenv.evaluation.harness.summarize`), ``static_label``.
+    :func:`write_report`: ``meta`` (the contents of ``summary.json``).
+    """
 
-    - ``"per_input"`` (``SwitchDec-XSum-v0``): the learner maximises the env's reward (lexicographic unless
-      ``env_kwargs`` set ``reward_mode``); the best static plan has the highest mean train reward of that env; the margin (reward and FLOPs saved, paired over test documents,
-      :func:`paired_margin`) is stored under ``margin_over_best_static``.
-    - ``"expected"`` (``SwitchDec-XSum-v1``, the default): the learner trains through
-      :class:`~skipenv.envs.wrappers.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
-      static plan is the cheapest menu plan whose mean train loss is within tau; margins against the best static
-      mixture and against the static front at equal quality, with the probe policy's margins for scale, are
-      stored under ``expected_constraint`` (:func:`expected_margins`). A warm-started learner (``ppo-bc``, the
-      default here) first clones the probe policy's plans on the train documents
-      (:func:`skipenv.policies.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
-      the probe rule's multiplier (:meth:`skipenv.evaluation.probe.ProbePolicy.expected_multiplier`).
+    out_dir: str | Path
+    env_id: str
+    formulation: str
+    algo: str
+    total_timesteps: int
+    train_examples: int
+    test_examples: int
+    static_examples: int
+    env_kwargs: dict
+    seed: int = 0
+    device: str = "cpu"
+    model: str = "smollm2-135m-instruct"
+    progress_bar: bool = True
+    rouge: bool = False
+    out: Path | None = None
+    train_env: Any = None
+    test_env: Any = None
+    tau: float | None = None
+    n_menu: int = 0
+    s_per_ref: float | None = None
+    threads_warning: str | None = None
+    t0: float = 0.0
+    table: Any = None
+    menu: dict | None = None
+    s_menu: float | None = None
+    t_menu: float = 0.0
+    static_name: str | None = None
+    static_plan: Any = None
+    probe: Any = None
+    warm: Any = None
+    lam_init: float = 0.0
+    learn_env: Any = None
+    learned: Any = None
+    t_train: float = 0.0
+    episodes: Any = None
+    summary: Any = None
+    static_label: str | None = None
+    meta: dict = field(default_factory=dict)
+    run_id: str | None = None
 
-    The output folder never mixes two runs: a run first writes the marker :data:`RUNNING_MARKER` (its ``run_id``)
-    and removes the :data:`RUN_OUTPUTS` of an earlier or interrupted run (files the job does not write are kept),
-    writes ``summary.json`` (with the same ``run_id``) last and then removes the marker; a folder with the marker
-    holds a run that was interrupted or is still running.
 
-    ``summary.json`` times (seconds, wall clock): ``menu_seconds`` the menu's evaluation (step 2; 0 without a
-    menu), ``train_seconds`` the learner's training only (step 3, behaviour cloning of a warm start included; not
-    the references nor the menu), ``total_seconds`` the whole job. ``train_examples`` / ``test_examples`` there are
-    the documents really used (a split smaller than asked is used whole, with a line on stderr).
-
-    Args:
-        algo: learner name (default ``"ppo-bc"`` under the expected formulation, ``"ppo"`` under per-input).
-        static_examples: train documents the menu is evaluated on (default all ``train_examples``; the menu
-            needs >= 4 of them, for the probe policy; 0 = no menu, no static baseline, only for learners without
-            warm start).
-        env_kwargs: further ``gym.make`` kwargs (plain values, e.g. ``max_input_tokens``; not ``split``,
-            ``num_examples``, ``model``, ``device``, ``formulation`` or ``formulation_kwargs``).
-        rouge: also generate each (policy, test document)'s output and score ROUGE-L against the reference
-            (columns ``quality_rouge`` / ``quality_full_rouge``): one greedy generation per evaluation episode,
-            ~4-5 more minutes at the default sizes on 2 CPU cores, so off by default.
+def check_args(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 96,
+               test_examples: int = 40, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
+               env_id: str = DEFAULT_ENV_ID, progress_bar: bool = True, algo: str | None = None,
+               static_examples: int | None = None, env_kwargs: dict | None = None,
+               rouge: bool = False) -> MainJob:
+    """Step 0 of the main job: check every argument of :func:`run_main_job` before anything loads and return the
+    job with its resolved id, formulation, learner and menu size. Nothing is created on disk.
 
     Raises:
-        ValueError: ``total_timesteps``, ``train_examples`` or ``test_examples`` not an integer ``>= 1``,
-            ``static_examples`` not an integer ``>= 0``, 1 to 3 menu documents (``min(static_examples,
-            train_examples)``), a warm-started learner with fewer than 4 menu documents, reserved ``env_kwargs``,
-            an unknown learner, an id that is not one-shot (``-Layerwise``), or a CUDA ``device`` on a machine
-            without one (all checked before anything loads).
+        ValueError: as listed under :func:`run_main_job`; ``gymnasium.error.Error`` for an unknown id.
     """
-    import gymnasium as gym
-    import pandas as pd
-
     import skipenv  # noqa: F401  (registers the ids)
-    from ..policies.baselines import RandomPolicy, SB3Policy, SkipNothing, StaticPlan
-    from .harness import evaluate_policy, summarize
-    from .plots import plot_pareto
     from ..policies.learners import LEARNERS, WARM_STARTED
 
     from ..envs.registration import resolve_env_id
@@ -485,134 +505,207 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
     if reserved:
         raise ValueError(f"env_kwargs {reserved} are set by the main job itself (its own arguments, or the id's "
                          f"registered formulation); drop them")
+    return MainJob(out_dir=out_dir, env_id=env_id, formulation=formulation, algo=algo,
+                   total_timesteps=total_timesteps, train_examples=train_examples, test_examples=test_examples,
+                   static_examples=static_examples, env_kwargs=env_kwargs, seed=seed, device=device, model=model,
+                   progress_bar=progress_bar, rouge=rouge, n_menu=n_menu)
+
+
+def compute_references(job: MainJob) -> None:
+    """Step 1: state torch's threads and the machine's load, create the run folder, build the train and test envs
+    (a split smaller than asked is used whole, with a line on stderr) and compute the full-model references of the
+    train documents (cached on disk)."""
+    import gymnasium as gym
+
+    import skipenv  # noqa: F401  (registers the ids)
+
     say = _say
     from ..util.threads import configure_torch_threads
 
     configure_torch_threads()  # as loading the generator would, so that the line below states the real count
     line, warning = _threads_line()
+    job.threads_warning = warning
     say(line)
     if warning:
         say(warning)
-    out = Path(out_dir)
+    out = job.out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_id = _start_run(out)
-    t0 = time.perf_counter()
-    env_kwargs.update(model=model, device=device, formulation="per_input")  # the job applies the formulation
-    train_env = gym.make(env_id, split="train", num_examples=train_examples, **env_kwargs).unwrapped
-    asked_train = train_examples
-    train_examples = len(train_env.examples)  # the split may hold fewer documents than asked
+    job.run_id = _start_run(out)
+    job.t0 = time.perf_counter()
+    env_kwargs = job.env_kwargs
+    env_id = job.env_id
+    env_kwargs.update(model=job.model, device=job.device, formulation="per_input")  # the job applies the formulation
+    train_env = job.train_env = gym.make(env_id, split="train", num_examples=job.train_examples, **env_kwargs).unwrapped
+    asked_train = job.train_examples
+    train_examples = job.train_examples = len(train_env.examples)  # the split may hold fewer documents than asked
     if train_examples < asked_train:
         say(f"skipenv train: the train split holds {train_examples} documents, fewer than the {asked_train} asked "
             f"(--train-examples): using {train_examples}")
-    n_menu = min(static_examples, train_examples)
+    job.n_menu = min(job.static_examples, train_examples)
     say(f"skipenv train: [1/4] full-model references of {train_examples} train documents (cached on disk)")
     t_ref0 = time.perf_counter()
-    computed = train_env.prefetch(progress=progress_bar)  # batched references
-    s_per_ref = (time.perf_counter() - t_ref0) / computed if computed else None
-    test_env = gym.make(env_id, split="test", num_examples=test_examples, **env_kwargs).unwrapped
-    asked_test = test_examples
-    test_examples = len(test_env.examples)
+    computed = train_env.prefetch(progress=job.progress_bar)  # batched references
+    job.s_per_ref = (time.perf_counter() - t_ref0) / computed if computed else None
+    test_env = job.test_env = gym.make(env_id, split="test", num_examples=job.test_examples, **env_kwargs).unwrapped
+    asked_test = job.test_examples
+    test_examples = job.test_examples = len(test_env.examples)
     if test_examples < asked_test:
         say(f"skipenv train: the test split holds {test_examples} documents, fewer than the {asked_test} asked "
             f"(--test-examples): using {test_examples}")
-    tau = train_env.tau
+    job.tau = train_env.tau
 
-    table, s_menu, t_menu = None, None, 0.0
+
+def evaluate_job_menu(job: MainJob) -> None:
+    """Step 2 (skipped when ``n_menu`` is 0): evaluate the probe's token-segment menu (:func:`main_job_menu`) on
+    ``n_menu`` train and all test documents (teacher-forced, :func:`skipenv.evaluation.probe.evaluate_menu`;
+    saved as ``menu/``), fit the probe policy and choose the best static plan (the cheapest plan within tau under
+    the expected formulation; the highest mean train reward of the env under per-input)."""
+    from ..policies.learners import WARM_STARTED
+
+    say, out, tau, formulation = _say, job.out, job.tau, job.formulation
+    n_menu, test_examples, train_env = job.n_menu, job.test_examples, job.train_env
     if n_menu:
         from .probe import _fit_policies, evaluate_menu
 
         say(f"skipenv train: [2/4] the probe's menu on {n_menu} train and {test_examples} test documents "
             f"(best static plan{', static mixture' if formulation == 'expected' else ''}, probe policy"
-            f"{', warm-start targets' if algo in WARM_STARTED else ''}; saved in {out / 'menu'})")
-        envs = {"train": train_env, "test": test_env}
-        menu = main_job_menu(train_env.plan_spec)
+            f"{', warm-start targets' if job.algo in WARM_STARTED else ''}; saved in {out / 'menu'})")
+        envs = {"train": train_env, "test": job.test_env}
+        menu = job.menu = main_job_menu(train_env.plan_spec)
         t_menu0 = time.perf_counter()
-        table = evaluate_menu(lambda split, n: envs[split], menu, num_train=n_menu, num_test=max(test_examples, 2),
-                              config={"env_id": env_id, "tau": tau}, progress=progress_bar)
-        t_menu = time.perf_counter() - t_menu0
-        s_menu = t_menu / len(table.outcomes)  # seconds per uncached teacher-forced episode
+        table = job.table = evaluate_menu(lambda split, n: envs[split], menu, num_train=n_menu,
+                                          num_test=max(test_examples, 2),
+                                          config={"env_id": job.env_id, "tau": tau}, progress=job.progress_bar)
+        job.t_menu = time.perf_counter() - t_menu0
+        job.s_menu = job.t_menu / len(table.outcomes)  # seconds per uncached teacher-forced episode
         table.save(out / "menu")
         tr = table.matrices("train")
         empty = table.plans.index(table.empty) if table.empty is not None else None
-        _, static_ex, _, probe = _fit_policies(tr, tau, empty, 2, seed)
+        _, static_ex, _, job.probe = _fit_policies(tr, tau, empty, 2, job.seed)
         if formulation == "expected":
             static_j = static_ex
         else:  # the highest mean of the env's own reward (its reward_mode / cost_weight), as the learner sees it
             o = table.outcomes[table.outcomes["split"] == "train"]
             static_j = int(o.pivot(index="doc", columns="plan", values="reward")[table.plans].mean(0).to_numpy()
                            .argmax())  # ties: the first menu plan, skip nothing
-        static_name = table.plans[static_j]
-        static_plan = menu[static_name]
-    train_env.reset(seed=seed)
+        job.static_name = table.plans[static_j]
+        job.static_plan = menu[job.static_name]
+    train_env.reset(seed=job.seed)
 
-    warm, lam_init = None, 0.0
-    if algo in WARM_STARTED:
+
+def prepare_warm_start(job: MainJob) -> None:
+    """Step 2b (warm-started learners only, :data:`skipenv.policies.learners.WARM_STARTED`): the probe policy's
+    plans on the menu's train documents as behaviour-cloning targets
+    (:func:`skipenv.policies.warm_start.warm_start_targets`, ``source="probe"``) and, under the expected
+    formulation, the probe rule's Lagrange multiplier as the initial one."""
+    from ..policies.learners import WARM_STARTED
+
+    if job.algo in WARM_STARTED:
         from ..policies.warm_start import warm_start_targets
 
-        warm = warm_start_targets(table, tau, env=train_env, source="probe", formulation=formulation, seed=seed)
-        if formulation == "expected":
-            lam_init = probe.expected_multiplier()
+        job.warm = warm_start_targets(job.table, job.tau, env=job.train_env, source="probe",
+                                      formulation=job.formulation, seed=job.seed)
+        if job.formulation == "expected":
+            job.lam_init = job.probe.expected_multiplier()
+
+
+def train_job_learner(job: MainJob) -> None:
+    """Step 3: train the learner for ``total_timesteps`` episodes under the id's formulation (through
+    :class:`~skipenv.envs.wrappers.ExpectedConstraint` under the expected one), printing a time estimate after the
+    first episodes; logs and the policy go to the run folder. ``t_train`` counts the training only (behaviour
+    cloning of a warm start included)."""
+    from ..policies.baselines import SB3Policy
+
+    say, out, algo, formulation = _say, job.out, job.algo, job.formulation
+    tau, train_env, lam_init, warm = job.tau, job.train_env, job.lam_init, job.warm
+    total_timesteps, rouge, s_per_ref = job.total_timesteps, job.rouge, job.s_per_ref
     learn_env = train_env
     t_learn0 = time.perf_counter()  # training proper (warm start included), after the references and the menu
     if formulation == "expected":
         from ..envs.wrappers import ExpectedConstraint
 
         learn_env = ExpectedConstraint(train_env, tau, lam_init=lam_init)
-    n_eval = (4 if table is not None else 3) * test_examples
+    job.learn_env = learn_env
+    n_eval = (4 if job.table is not None else 3) * job.test_examples
 
     def eta(done: int, seconds: float) -> None:
         s_step = seconds / max(done, 1)
         # an evaluation episode costs at most an uncached teacher-forced episode (training's may be outcome-cache
         # hits), plus one greedy generation with --rouge
-        s_tf = max(s_step, s_menu or 0.0)
+        s_tf = max(s_step, job.s_menu or 0.0)
         s_gen = max(s_per_ref or 0.0, 2 * s_tf) if rouge else 0.0
         left_train = (total_timesteps - done) * s_step
         left_eval = n_eval * (s_tf + s_gen)
         say(f"skipenv train: first {done} episodes in {seconds:.0f} s ({s_step:.2f} s/episode); estimated time left: "
             f"training ~{_minutes(left_train)}, then evaluation of {n_eval} episodes up to ~{_minutes(left_eval)}")
         late_warning = _threads_line(running=True)[1]  # the load again, now that this job has run for a while
-        if late_warning and not warning:
+        if late_warning and not job.threads_warning:
             say(late_warning)
 
     say(f"skipenv train: [3/4] training {algo} for {total_timesteps} episodes under the {formulation} formulation"
         + ((f" (ConstrainedPG's own {algo[3:]} handler on the mean quality loss; the env's Lagrange multiplier "
             f"is not used)" if algo.startswith("pg-") else f" (Lagrange multiplier starts at {lam_init:.3g})")
            if formulation == "expected" else "")
-        + (f", after cloning the probe policy's plans on {n_menu} train documents" if warm is not None else "")
+        + (f", after cloning the probe policy's plans on {job.n_menu} train documents" if warm is not None else "")
         + f" (logs and policy in {out})")
     if algo in ("ppo", "ppo-bc"):
-        learned = SB3Policy(train_ppo(learn_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
-                                      device=device, progress_bar=progress_bar, on_early_speed=eta,
-                                      warm_start=warm), name=algo)
+        job.learned = SB3Policy(train_ppo(learn_env, total_timesteps=total_timesteps, seed=job.seed, out_dir=out,
+                                          device=job.device, progress_bar=job.progress_bar, on_early_speed=eta,
+                                          warm_start=warm), name=algo)
     else:
         from ..policies.learners import train_learner
 
-        learned, _ = train_learner(algo, learn_env, total_timesteps=total_timesteps, seed=seed, out_dir=out,
-                                   progress_bar=progress_bar, device=device, warm_start=warm)
-    t_train = time.perf_counter() - t_learn0
+        job.learned, _ = train_learner(algo, learn_env, total_timesteps=total_timesteps, seed=job.seed,
+                                       out_dir=out, progress_bar=job.progress_bar, device=job.device,
+                                       warm_start=warm)
+    job.t_train = time.perf_counter() - t_learn0
 
-    say(f"skipenv train: [4/4] evaluating {algo}, random:0.5, skip-nothing"
-        f"{' and the best static plan' if table is not None else ''} on {test_examples} test documents")
-    policies = [learned, RandomPolicy(test_env, 0.5, seed=seed), SkipNothing(test_env)]
-    if table is not None:
-        static_label = f"best static: {static_name}"
-        policies.append(StaticPlan(test_env, static_plan, name=static_label))
-    episodes = pd.concat([evaluate_policy(p, test_env, seed=seed, extra_quality=("rouge",) if rouge else (),
-                                          progress=progress_bar)
-                          for p in policies], ignore_index=True)
-    summary = summarize(episodes)
+
+def evaluate_job_policies(job: MainJob) -> None:
+    """Step 4: evaluate the learned policy, random (each bit skipped with probability 0.5), skip nothing and (with
+    a menu) the best static plan on the test documents, one episode per (policy, document), ROUGE-L too with
+    ``rouge``; write ``episodes.csv`` and ``summary.csv``."""
+    import pandas as pd
+
+    from ..policies.baselines import RandomPolicy, SkipNothing, StaticPlan
+    from .harness import evaluate_policy, summarize
+
+    test_env, seed, out = job.test_env, job.seed, job.out
+    _say(f"skipenv train: [4/4] evaluating {job.algo}, random:0.5, skip-nothing"
+         f"{' and the best static plan' if job.table is not None else ''} on {job.test_examples} test documents")
+    policies = [job.learned, RandomPolicy(test_env, 0.5, seed=seed), SkipNothing(test_env)]
+    if job.table is not None:
+        job.static_label = f"best static: {job.static_name}"
+        policies.append(StaticPlan(test_env, job.static_plan, name=job.static_label))
+    episodes = job.episodes = pd.concat([evaluate_policy(p, test_env, seed=seed,
+                                                         extra_quality=("rouge",) if job.rouge else (),
+                                                         progress=job.progress_bar)
+                                         for p in policies], ignore_index=True)
+    summary = job.summary = summarize(episodes)
     episodes.to_csv(out / "episodes.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    meta = {"env_id": env_id, "formulation": formulation, "algo": algo, "model": model,
-            "total_timesteps": total_timesteps, "train_examples": train_examples, "test_examples": test_examples,
-            "seed": seed, "menu_seconds": round(t_menu, 1), "train_seconds": round(t_train, 1),
-            "total_seconds": None, "tau": tau,
-            "quality": test_env.quality, "summary": summary.to_dict(orient="records")}
+
+
+def write_report(job: MainJob) -> None:
+    """Step 5: the margins against the best static plan (per-input: :func:`paired_margin`; expected:
+    :func:`expected_margins`), printed and written with the run's settings and times to ``summary.json``, and the
+    quality-vs-FLOPs scatter plot ``quality_vs_flops.png``."""
+    from .plots import plot_pareto
+
+    say, out, tau, formulation = _say, job.out, job.tau, job.formulation
+    algo, learned, learn_env, table, episodes, summary = (job.algo, job.learned, job.learn_env, job.table,
+                                                          job.episodes, job.summary)
+    static_label, n_menu, seed, env_id = job.static_label, job.n_menu, job.seed, job.env_id
+    meta = job.meta = {"env_id": env_id, "formulation": formulation, "algo": algo, "model": job.model,
+                       "total_timesteps": job.total_timesteps, "train_examples": job.train_examples,
+                       "test_examples": job.test_examples, "seed": seed, "menu_seconds": round(job.t_menu, 1),
+                       "train_seconds": round(job.t_train, 1), "total_seconds": None, "tau": tau,
+                       "quality": job.test_env.quality, "summary": summary.to_dict(orient="records")}
     if formulation == "expected":
         if algo.startswith("pg-"):  # ConstrainedPG ignores the wrapper's reward: its own handler's multiplier
             meta["lagrange_multiplier"] = {"handler": algo[3:], "final": float(learned.handler.lam)}
         else:
-            meta["lagrange_multiplier"] = {"initial": lam_init, "final": learn_env.lam}
+            meta["lagrange_multiplier"] = {"initial": job.lam_init, "final": learn_env.lam}
     if table is not None:
         meta["best_static"] = {"policy": static_label, "train_documents": n_menu}
         if formulation == "per_input":
@@ -640,15 +733,88 @@ def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int 
                 say(f"skipenv train: {who}: mean quality loss {r['mean_quality_loss']:.4f} "
                     f"({'within' if r['mean_constraint_holds'] else 'ABOVE'} tau {tau}), FLOPs saved "
                     f"{r['mean_flops_saved']:.3f}")
-    meta["total_seconds"] = round(time.perf_counter() - t0, 1)
-    meta["run_id"] = run_id  # the id in the RUNNING marker while the run wrote the folder
+    meta["total_seconds"] = round(time.perf_counter() - job.t0, 1)
+    meta["run_id"] = job.run_id  # the id in the RUNNING marker while the run wrote the folder
     plot_pareto(summary, out / "quality_vs_flops.png", quality_col="quality", episodes=episodes,
                 tau=tau, quality_name=meta["quality"],
                 title=f"{env_id}: {meta['quality']} vs FLOPs saved (test split)")
     (out / "summary.json").write_text(json.dumps(meta, indent=2, default=float))  # last: the run is complete
     (out / RUNNING_MARKER).unlink(missing_ok=True)
-    say(f"skipenv train: done in {_minutes(time.perf_counter() - t0)}")
-    return summary
+    say(f"skipenv train: done in {_minutes(time.perf_counter() - job.t0)}")
+
+
+#: the main job's steps after :func:`check_args`, in order; each takes the :class:`MainJob` and adds its fields
+MAIN_JOB_STEPS = (compute_references, evaluate_job_menu, prepare_warm_start, train_job_learner,
+                  evaluate_job_policies, write_report)
+
+
+def run_main_job(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 384, train_examples: int = 96,
+                 test_examples: int = 40, seed: int = 0, device: str = "cpu", model: str = "smollm2-135m-instruct",
+                 env_id: str = DEFAULT_ENV_ID, progress_bar: bool = True, algo: str | None = None,
+                 static_examples: int | None = None, env_kwargs: dict | None = None,
+                 rouge: bool = False) -> pd.DataFrame:
+    """Train a learner of :data:`skipenv.policies.learners.LEARNERS` on ``env_id`` under its registered constraint
+    formulation, evaluate it against baselines on the test split, save policy / tables / plot. Returns the summary.
+
+    Steps (:func:`check_args`, then the functions of :data:`MAIN_JOB_STEPS` over one :class:`MainJob`):
+    (1) full-model references of the train documents (:func:`compute_references`); (2) the probe's token-segment
+    menu (:func:`main_job_menu`) evaluated on the first ``static_examples`` train documents and on the test
+    documents (teacher-forced, :func:`skipenv.evaluation.probe.evaluate_menu`; saved as ``menu/``;
+    :func:`evaluate_job_menu`) and the warm start's targets (:func:`prepare_warm_start`); (3) training
+    (:func:`train_job_learner`); (4) evaluation of the learned policy, random (each bit skipped with probability
+    0.5), skip nothing and the best static plan of the menu chosen on the train documents, with one generation per
+    (policy, test document) for ROUGE-L (:func:`evaluate_job_policies`); then the margins, ``summary.json`` and the
+    plot (:func:`write_report`).
+
+    Formulations (``gym.spec(env_id).kwargs["formulation"]``, :func:`registered_formulation`):
+
+    - ``"per_input"`` (``SwitchDec-XSum-v0``): the learner maximises the env's reward (lexicographic unless
+      ``env_kwargs`` set ``reward_mode``); the best static plan has the highest mean train reward of that env; the margin (reward and FLOPs saved, paired over test documents,
+      :func:`paired_margin`) is stored under ``margin_over_best_static``.
+    - ``"expected"`` (``SwitchDec-XSum-v1``, the default): the learner trains through
+      :class:`~skipenv.envs.wrappers.ExpectedConstraint` (scalar Lagrangian reward, online multiplier); the best
+      static plan is the cheapest menu plan whose mean train loss is within tau; margins against the best static
+      mixture and against the static front at equal quality, with the probe policy's margins for scale, are
+      stored under ``expected_constraint`` (:func:`expected_margins`). A warm-started learner (``ppo-bc``, the
+      default here) first clones the probe policy's plans on the train documents
+      (:func:`skipenv.policies.warm_start.warm_start_targets`, ``source="probe"``) and starts the Lagrange multiplier at
+      the probe rule's multiplier (:meth:`skipenv.policies.menu.ProbePolicy.expected_multiplier`).
+
+    The output folder never mixes two runs: a run first writes the marker :data:`RUNNING_MARKER` (its ``run_id``)
+    and removes the :data:`RUN_OUTPUTS` of an earlier or interrupted run (files the job does not write are kept),
+    writes ``summary.json`` (with the same ``run_id``) last and then removes the marker; a folder with the marker
+    holds a run that was interrupted or is still running.
+
+    ``summary.json`` times (seconds, wall clock): ``menu_seconds`` the menu's evaluation (step 2; 0 without a
+    menu), ``train_seconds`` the learner's training only (step 3, behaviour cloning of a warm start included; not
+    the references nor the menu), ``total_seconds`` the whole job. ``train_examples`` / ``test_examples`` there are
+    the documents really used (a split smaller than asked is used whole, with a line on stderr).
+
+    Args:
+        algo: learner name (default ``"ppo-bc"`` under the expected formulation, ``"ppo"`` under per-input).
+        static_examples: train documents the menu is evaluated on (default all ``train_examples``; the menu
+            needs >= 4 of them, for the probe policy; 0 = no menu, no static baseline, only for learners without
+            warm start).
+        env_kwargs: further ``gym.make`` kwargs (plain values, e.g. ``max_input_tokens``; not ``split``,
+            ``num_examples``, ``model``, ``device``, ``formulation`` or ``formulation_kwargs``).
+        rouge: also generate each (policy, test document)'s output and score ROUGE-L against the reference
+            (columns ``quality_rouge`` / ``quality_full_rouge``): one greedy generation per evaluation episode,
+            ~4-5 more minutes at the default sizes on 2 CPU cores, so off by default.
+
+    Raises:
+        ValueError: ``total_timesteps``, ``train_examples`` or ``test_examples`` not an integer ``>= 1``,
+            ``static_examples`` not an integer ``>= 0``, 1 to 3 menu documents (``min(static_examples,
+            train_examples)``), a warm-started learner with fewer than 4 menu documents, reserved ``env_kwargs``,
+            an unknown learner, an id that is not one-shot (``-Layerwise``), or a CUDA ``device`` on a machine
+            without one (all checked before anything loads).
+    """
+    job = check_args(out_dir, total_timesteps=total_timesteps, train_examples=train_examples,
+                     test_examples=test_examples, seed=seed, device=device, model=model, env_id=env_id,
+                     progress_bar=progress_bar, algo=algo, static_examples=static_examples, env_kwargs=env_kwargs,
+                     rouge=rouge)
+    for step in MAIN_JOB_STEPS:
+        step(job)
+    return job.summary
 
 
 def format_table(summary: pd.DataFrame, quality_name: str = "agreement", formulation: str = "per_input",

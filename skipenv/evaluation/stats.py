@@ -265,25 +265,41 @@ def performance_profile_figure(scores: Mapping[str, np.ndarray], *, thresholds: 
 
 
 def bootstrap_ci(values: Iterable[float], *, confidence: float = 0.95, resamples: int = 2000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``values`` (Efron & Tibshirani 1993), computed by
-    ``scipy.stats.bootstrap`` (:func:`skipenv.evaluation.formulation_metrics.bootstrap_ci`).
+                 seed: int = 0, one_value: str = "point") -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (shape ``[n]``; Efron & Tibshirani 1993),
+    computed by ``scipy.stats.bootstrap`` (``method="percentile"``, ``resamples`` resamples of the ``n`` entries
+    with replacement, ``numpy.random.default_rng(seed)``). skipenv's one bootstrap interval: the per-policy
+    reports, the probe's and the main job's paired differences and
+    :func:`skipenv.evaluation.formulation_metrics.formulation_metrics` all call it.
 
-    Pass *distinct* observations (see :func:`skipenv.evaluation.harness.distinct_episodes`): repeating identical episodes narrows the interval
-    without adding information. Returns ``(nan, nan)`` for no values and ``(v, v)`` when all values equal ``v``
-    (a single value included).
+    Pass *distinct* observations (see :func:`skipenv.evaluation.harness.distinct_episodes`): repeating identical
+    episodes narrows the interval without adding information. Returns ``(nan, nan)`` for no values and ``(v, v)``
+    when all of two or more values equal ``v``. A single value ``v`` gives ``(v, v)`` with ``one_value="point"``
+    (the per-policy reports of ``skipenv train`` / ``leaderboard``) and ``(nan, nan)`` with ``one_value="nan"``
+    (differences or losses over documents, where one document gives no interval).
+
+    Raises:
+        ValueError: ``one_value`` is neither ``"point"`` nor ``"nan"``.
 
     This per-policy interval is what ``skipenv train`` and ``skipenv leaderboard`` print, so it uses scipy (a core
     dependency). Comparisons of learners over seeds × documents — IQM with stratified-bootstrap CIs, probability of
     improvement, performance profiles — use ``rliable`` (the functions below) (the ``stats`` extra: rliable 1.2
     pins ``arch < 8``, which does not import under pandas 3, so that extra caps pandas).
     """
-    from .formulation_metrics import bootstrap_ci as _scipy_bootstrap_ci
+    from scipy.stats import bootstrap
 
-    x = np.asarray(list(values), dtype=float)
-    if len(x) == 1:
-        return float(x[0]), float(x[0])
-    return _scipy_bootstrap_ci(x, n_resamples=resamples, confidence=confidence, seed=seed)
+    if one_value not in ("point", "nan"):
+        raise ValueError(f"one_value must be 'point' ((v, v) for a single value) or 'nan', got {one_value!r}")
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 1 and one_value == "point":
+        return float(v[0]), float(v[0])
+    if v.size < 2:
+        return float("nan"), float("nan")
+    if np.all(v == v[0]):
+        return float(v[0]), float(v[0])
+    res = bootstrap((v,), np.mean, n_resamples=resamples, confidence_level=confidence, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def markdown_table(df, floatfmt: str = ".3f") -> str:

@@ -20,9 +20,11 @@ from .phi3 import Phi3Generator
 from .qwen2 import Qwen2Generator
 from .qwen3 import Qwen3Generator
 from .t5 import T5Generator
+from ..util.registry import Registry
 
-#: Hugging Face architecture class name → skippable wrapper class.
-GENERATOR_CLASSES: dict[str, type[SkippableGenerator]] = {
+#: Hugging Face architecture class name → skippable wrapper class (a :class:`~skipenv.util.registry.Registry`: add
+#: a family with ``GENERATOR_CLASSES.register("MyForCausalLM", MyGenerator)``; a name registered twice is an error).
+GENERATOR_CLASSES: Registry = Registry("architecture", {
     "LlamaForCausalLM": LlamaGenerator,  # Llama 2 / 3.x (rope_type "llama3"), SmolLM2
     "Qwen2ForCausalLM": Qwen2Generator,  # Qwen2, Qwen2.5
     "Qwen3ForCausalLM": Qwen3Generator,
@@ -32,7 +34,7 @@ GENERATOR_CLASSES: dict[str, type[SkippableGenerator]] = {
     "GPT2LMHeadModel": GPT2Generator,
     "BartForConditionalGeneration": BartGenerator,
     "T5ForConditionalGeneration": T5Generator,
-}
+})
 
 
 def wrap(model, tokenizer) -> SkippableGenerator:

@@ -21,8 +21,8 @@ a call has a fixed cost, padding costs the positions it adds):
 
 Logits are computed only at the positions that predict target tokens (the model's final norm, then its output
 embedding on the gathered positions). Results equal the single-row path up to float round-off: log-probabilities
-within ``1e-4`` and identical argmax on the property tests (``tests/test_batched.py``). The FLOPs an environment
-charges do not change (they are the plan's from scratch); this is the simulator's speed only.
+within ``1e-4`` and identical argmax on the property tests (``tests/generators/test_batched.py``). The FLOPs an
+environment charges do not change (they are the plan's from scratch); this is the simulator's speed only.
 
 Where it pays: when a call's fixed cost is large against the work per row (an accelerator, or short rows). On one
 CPU thread a SmolLM2 call's fixed cost is about 30 tokens' work while a row recomputes tens to hundreds of positions

@@ -33,7 +33,7 @@ and the KV cache are built by transformers):
 This is the simulator's speed only: the FLOPs an environment charges for a plan are those of running it from scratch
 (:meth:`~skipenv.generators.SkippableGenerator.flops` does not change). Results equal the from-scratch path up to
 float round-off (the stored prefix was computed in a pass of another length): log-probabilities agree to ``1e-4``
-and argmax / generated tokens are identical on the property tests (``tests/test_reuse.py``).
+and argmax / generated tokens are identical on the property tests (``tests/generators/test_reuse.py``).
 
 Who turns it on: a bare generator has no store (``generator.prefix_store is None``: every call runs from scratch, so
 the FLOPs it executes are the plan's); an :class:`~skipenv.envs.Evaluator` (so every SwitchDec env) attaches a

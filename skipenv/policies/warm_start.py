@@ -8,9 +8,9 @@ Targets come from a learnability-probe table (:mod:`skipenv.evaluation.probe`, t
 documents) through :func:`warm_start_targets`:
 
 - ``source="oracle"``: on each train document the per-input oracle's menu plan (the cheapest plan within tau;
-  :func:`skipenv.evaluation.probe.per_input_oracle`), or under the expected formulation the expected-constraint oracle's
-  per-document plan distribution (:func:`skipenv.evaluation.probe.expected_oracle`, weights of a mixture);
-- ``source="probe"``: the supervised probe policy's plan choice (:class:`skipenv.evaluation.probe.ProbePolicy`, fitted on
+  :func:`skipenv.policies.menu.per_input_oracle`), or under the expected formulation the expected-constraint oracle's
+  per-document plan distribution (:func:`skipenv.policies.menu.expected_oracle`, weights of a mixture);
+- ``source="probe"``: the supervised probe policy's plan choice (:class:`skipenv.policies.menu.ProbePolicy`, fitted on
   the same train documents, cross-validated), a contextual policy that uses only the observation; under the
   expected formulation its deterministic rule (one plan per document, ``plan_probabilities(...,
   deterministic=True)``): cloning the randomised rule's weights into a policy that is evaluated by its mode kept
@@ -103,7 +103,7 @@ def warm_start_targets(table, tau: float | Sequence[float], *, env, source: str 
             ``append_tau``, observations whose width does not match ``env``'s observation space, or menu plans the
             env cannot express.
     """
-    from ..evaluation.probe import ProbePolicy, expected_oracle, per_input_oracle
+    from .menu import ProbePolicy, expected_oracle, per_input_oracle
 
     if source not in ("oracle", "probe"):
         raise ValueError(f"source must be 'oracle' or 'probe', got {source!r}")

@@ -216,14 +216,14 @@ def default_grammar(spec: PlanSpec) -> Grammar:
     Factors (5 bits, 32 plans): drop the last segment ``K-1``; drop segment ``K-2``; drop segments ``K-4, K-3``;
     skip attention of layer :data:`DEFAULT_SUBLAYER_FACTORS` ``["attention"]`` (25; on a smaller model the layer at
     the same relative depth); skip FFN of layer 21 (same rule). The factorial contains the probe's menu plans "drop
-    last 1/2/4 segments" (:func:`skipenv.evaluation.probe.default_menu`). Extras: the probe menu's other plans ("drop last 3",
+    last 1/2/4 segments" (:func:`skipenv.policies.menu.default_menu`). Extras: the probe menu's other plans ("drop last 3",
     "drop segment 3", "drop segment 5", "skip attention 6") and attention 8 and 27 (the next best single attention
     skips on SmolLM2, issue 22), so ``N = 38`` on SmolLM2 with ``K = 8``.
 
     Raises:
         GrammarError: ``K < 4``, an encoder-decoder spec, or no layers.
     """
-    from ..evaluation.probe import DEFAULT_ATTENTION_LAYER
+    from ..policies.menu import DEFAULT_ATTENTION_LAYER
 
     k, L = spec.token_segments, spec.num_decoder_layers
     if k < 4 or L < 2 or spec.num_encoder_layers:

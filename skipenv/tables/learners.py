@@ -20,8 +20,8 @@ name               env         learner
 =================  ==========  ====================================================================================
 
 The reference points come from :mod:`skipenv.evaluation.probe` (not reimplemented): the static front at mean quality loss
-``l`` is :func:`~skipenv.evaluation.probe.mixture_lp` fitted on the test documents (favours the static side), the oracle at
-``l`` is :func:`~skipenv.evaluation.probe.expected_oracle`. A policy's *headroom share* is
+``l`` is :func:`~skipenv.policies.menu.mixture_lp` fitted on the test documents (favours the static side), the oracle at
+``l`` is :func:`~skipenv.policies.menu.expected_oracle`. A policy's *headroom share* is
 ``(saved - static(l)) / (oracle(l) - static(l))`` at its own test loss ``l`` (:func:`headroom_share`).
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from ..evaluation.probe import expected_oracle, mixture_lp
+from ..policies.menu import expected_oracle, mixture_lp
 from .store import Table, TableError
 
 __all__ = ["LEARNERS", "ENV_OF", "ContextMap", "MabwiserBandit", "EpisodeRecorder", "Fold", "make_folds",
@@ -113,8 +113,8 @@ def make_folds(table: Table, *, min_train: int = 40, folds: int = 3, seed: int =
 # ---------------------------------------------------------------------------------------------- reference points
 def front_saved(loss: np.ndarray, saved: np.ndarray, level: float) -> tuple[float, float]:
     """``(static, oracle)``: mean FLOPs saved (fraction of the full forward) of the best static mixture
-    (:func:`skipenv.evaluation.probe.mixture_lp`) and of the per-document expected oracle
-    (:func:`skipenv.evaluation.probe.expected_oracle`) at mean quality loss ``<= level`` on these documents.
+    (:func:`skipenv.policies.menu.mixture_lp`) and of the per-document expected oracle
+    (:func:`skipenv.policies.menu.expected_oracle`) at mean quality loss ``<= level`` on these documents.
 
     Args:
         loss, saved: ``[D, P]`` quality loss (``quality_full - quality``) and FLOPs saved (``1 - cost``).

@@ -149,3 +149,78 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="1 episodes have a NaN or infinite 'reward'"):
         stats.score_matrix(episodes, "p")
     assert stats.score_matrix(episodes.fillna(4.0), "p").tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the v1 hardening campaign (tests/test_v1_hardening.py, dissolved by issue 19)
+
+
+@pytest.mark.hardening
+@pytest.mark.usefixtures("one_thread")
+def test_compare_algorithms_layerwise_envs_share_the_one_shot_tau(tmp_path, monkeypatch):
+    """``--env SwitchDec-XSum-v1 --formulation per_input`` with another quality signal: the one-shot envs keep v1's
+    registered tau (0.01); the layerwise envs DQN trains on must use that tau too, not their signal's default."""
+
+    import skipenv
+    from _tiny_local import write_tiny_assets
+
+    from _scripts import load_benchmark
+
+    C = load_benchmark("compare_algorithms")
+
+    model_dir, _ = write_tiny_assets(tmp_path)
+    made, make = [], skipenv.make
+
+    def spy(env_id, **kw):
+        env = make(env_id, **kw)
+        made.append((env_id, env.unwrapped.tau, env.unwrapped.quality))
+        return env
+
+    monkeypatch.setattr(skipenv, "make", spy)
+    C.main(["--env", "SwitchDec-XSum-v1", "--formulation", "per_input", "--algos", "dqn-layerwise", "--seeds", "0",
+            "--timesteps", "1", "--train-examples", "2", "--test-examples", "2", "--reps", "10",
+            "--out", str(tmp_path / "cmp"), "--env-kwargs",
+            f'{{"model": "{model_dir}", "quality": "agreement", "max_new_tokens": 3, "max_input_tokens": 96, '
+            f'"disk_cache": false}}'])
+    assert made == [("SwitchDec-XSum-Layerwise-v0", 0.01, "agreement")] * 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one bootstrap_ci, one markdown_table (issue 19): the formulation metrics and the reports use these
+
+
+def test_markdown_table():
+    assert stats.markdown_table(pd.DataFrame({"a": [0.12345], "b": ["x"]})) == "| a | b |\n|---|---|\n| 0.123 | x |"
+
+
+def test_bootstrap_ci_is_scipys_percentile_interval_and_one_value_rule():
+    from scipy.stats import bootstrap
+
+    x = np.array([0.1, 0.5, 0.2, 0.9, 0.4, 0.3])
+    ref = bootstrap((x,), np.mean, n_resamples=500, confidence_level=0.9, method="percentile",
+                    rng=np.random.default_rng(7)).confidence_interval
+    assert stats.bootstrap_ci(x, confidence=0.9, resamples=500, seed=7) == (ref.low, ref.high)
+    assert stats.bootstrap_ci(x, confidence=0.9, resamples=500, seed=7, one_value="nan") == (ref.low, ref.high)
+    assert stats.bootstrap_ci([0.3]) == (0.3, 0.3)  # a per-policy report of one distinct episode
+    assert np.isnan(stats.bootstrap_ci([0.3], one_value="nan")).all()  # one document: no interval
+    assert stats.bootstrap_ci([0.3, 0.3], one_value="nan") == (0.3, 0.3)
+    with pytest.raises(ValueError, match="one_value"):
+        stats.bootstrap_ci(x, one_value="zero")
+
+
+def test_formulation_metrics_ci_is_the_bootstrap_of_the_per_document_losses():
+    from scipy.stats import bootstrap
+
+    from skipenv.evaluation.formulation_metrics import formulation_metrics
+
+    # two rows per document (weights 0.5 / 0.5): per-document losses 0.1, 0.25, 0.0, 0.4 by hand
+    episodes = pd.DataFrame({"document": [0, 0, 1, 1, 2, 2, 3, 3], "weight": [0.5] * 8,
+                             "quality_full": [1.0] * 8, "quality": [0.9, 0.9, 0.8, 0.7, 1.0, 1.0, 0.6, 0.6],
+                             "cost": [0.5] * 8})
+    m = formulation_metrics(episodes, tau=0.2, n_resamples=300, seed=4)
+    ref = bootstrap((np.array([0.1, 0.25, 0.0, 0.4]),), np.mean, n_resamples=300, method="percentile",
+                    rng=np.random.default_rng(4)).confidence_interval
+    assert (m["quality_loss_ci_low"], m["quality_loss_ci_high"]) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    one = formulation_metrics(episodes[episodes["document"] == 3], tau=0.2)
+    assert np.isnan(one["quality_loss_ci_low"]) and one["mean_quality_loss"] == pytest.approx(0.4)
+    assert not one["mean_constraint_holds_ci"]  # no interval: the mean (0.4 > 0.2) decides

@@ -19,6 +19,7 @@ from skipenv.tasks import (
     split_of,
 )
 from skipenv.tasks.summarization import first_sentences
+import warnings
 
 # ---- embedded data -------------------------------------------------------------------------------------------------
 
@@ -667,3 +668,55 @@ def test_unreachable_hub_fails_without_retries(monkeypatch, tmp_path):
         make_task("cnndm", source="hub").examples("validation")
     assert seen == [(True, True)]  # loaded in offline mode: the local cache or an immediate error
     assert hub_constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False  # restored
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_data_file_with_utf8_byte_order_mark(suffix, tmp_path):
+    """A UTF-8 file with a byte-order mark (as Windows editors save it) reads like the same file without one, for
+    every text format (pandas already dropped it for CSV; JSON and JSON Lines refused the file)."""
+    from skipenv.tasks import make_task
+
+    row = {"id": "a", "document": "Café owners welcomed the new park.", "summary": "Park welcomed."}
+    text = {".jsonl": json.dumps(row, ensure_ascii=False) + "\n", ".json": json.dumps([row], ensure_ascii=False),
+            ".csv": "id,document,summary\na,Café owners welcomed the new park.,Park welcomed.\n"}[suffix]
+    plain, bom = tmp_path / f"plain{suffix}", tmp_path / f"bom{suffix}"
+    plain.write_bytes(text.encode("utf-8"))
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    read = [[(e.id, e.document, e.reference) for e in make_task("xsum", source=str(f)).examples("all")]
+            for f in (plain, bom)]
+    assert read[0] == read[1] == [("a", row["document"], row["summary"])]
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+def test_rows_dropped_from_a_local_file_are_reported(tmp_path):
+    """7 of 10 QA rows without a usable answer were left out with no word; the counts sat in ``load_stats``."""
+    from skipenv.tasks import make_task
+
+    answers = ["Paris", "", None, ["Paris", "paris"], [], {"text": ["Paris"]}, {"text": []}, 42, [None], [""]]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps({"id": str(i), "passage": "Paris is the capital of France.",
+                                          "question": "What is the capital of France?", "answer": a})
+                              for i, a in enumerate(answers)))
+    task = make_task("disflqa", source=str(path))
+    with pytest.warns(UserWarning, match=r"qa.jsonl: 7 of 10 rows dropped \(all: .*\)"):
+        exs = task.examples("all")
+    assert [tuple(e.answers) for e in exs] == [("Paris",), ("Paris", "paris"), ("Paris",)]
+    assert task.load_stats["all"]["rows"] - task.load_stats["all"]["kept"] == 7
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+def test_embedded_data_drops_stay_quiet():
+    """The embedded XSum drops one empty row by design: no warning on every env creation."""
+    from skipenv.tasks import make_task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_task("xsum").examples("train")

@@ -5,6 +5,8 @@ import itertools
 import pytest
 
 from skipenv.envs.rewards import constraint_satisfied, lexicographic_reward, weighted_reward
+import numpy as np
+from skipenv.envs.rewards import LagrangeMultiplier, default_dual_lr
 
 
 def test_constraint_met_reward_is_one_plus_savings():
@@ -52,3 +54,47 @@ def test_bad_inputs_are_rejected():
 
 def test_weighted():
     assert weighted_reward(0.8, 0.5, 0.4) == pytest.approx(0.8 - 0.2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+BAD_MULTIPLIER = [
+    ({"lam_max": float("nan"), "lam_init": 0.5}, "lam_max"), ({"lam_max": None}, "lam_max"),
+    ({"update_every": 2.5}, "update_every"), ({"update_every": "8"}, "update_every"),
+    ({"update_every": True}, "update_every"), ({"tau": "0.1"}, "tau"), ({"tau": True}, "tau"),
+    ({"lr": float("inf")}, "lr"), ({"lam_init": -1.0}, "lam_init"),
+]
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@pytest.mark.parametrize("kw,named", BAD_MULTIPLIER, ids=[repr(k) for k, _ in BAD_MULTIPLIER])
+def test_lagrange_multiplier_arguments_are_checked(kw, named):
+    from skipenv.envs.rewards import LagrangeMultiplier
+
+    with pytest.raises(ValueError, match=named):
+        LagrangeMultiplier(**{"tau": 0.1, **kw})
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from SwitchDec-XSum-v1 (tests/test_v1.py, dissolved by issue 19)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_default_dual_step_scales_with_one_over_tau_squared():
+    assert LagrangeMultiplier(0.1).lr == pytest.approx(0.5)  # v0's agreement tolerance: the old default
+    assert LagrangeMultiplier(0.01).lr == pytest.approx(50.0) == default_dual_lr(0.0)
+    assert LagrangeMultiplier(0.01, lr=0.3).lr == 0.3
+    # scale invariance: losses and tau divided by 10 give the same multiplier trajectory in units of 1 / tau
+    rng = np.random.default_rng(0)
+    losses = rng.uniform(0.0, 0.3, 64)
+    big, small = LagrangeMultiplier(0.1), LagrangeMultiplier(0.01)
+    for x in losses:
+        big.observe(x)
+        small.observe(x / 10)
+        assert small.value * 0.01 == pytest.approx(big.value * 0.1, rel=1e-9, abs=1e-12)
+    assert big.num_updates == 8 and big.value > 0
+    with pytest.raises(ValueError, match="tau"):
+        default_dual_lr(float("nan"))

@@ -4,7 +4,6 @@ baselines by the margins docs/tasks.md states."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import warnings

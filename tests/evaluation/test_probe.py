@@ -1,5 +1,5 @@
-"""Learnability probe: the static-mixture LP and the oracles against hand-solved examples, menu parsing, and the
-probe end to end on a tiny random-weight Llama (6 train / 4 test XSum documents)."""
+"""Learnability probe (skipenv.evaluation.probe) end to end on a tiny random-weight Llama (6 train / 4 test XSum
+documents): the menu table, the analysis and its report, observation kinds, and the main job's use of the table."""
 
 from __future__ import annotations
 
@@ -8,59 +8,12 @@ import pytest
 
 from skipenv.evaluation import probe
 from skipenv.envs.rewards import lexicographic_reward
-
-
-def test_mixture_lp_hand_solved():
-    # plans A (loss 0, saved 0), B (0.2, 0.3), C (0.05, 0.1); tau 0.1. Vertices of the feasible set: pure C
-    # (saved 0.1), A/B at pi_B = 0.5 (0.15), C/B at 0.05 + 0.15 pi_B = 0.1 -> pi_B = 1/3 (0.1 + 0.2/3 = 1/6).
-    pi = probe.mixture_lp([0.0, 0.2, 0.05], [0.0, 0.3, 0.1], 0.1)
-    np.testing.assert_allclose(pi, [0.0, 1 / 3, 2 / 3], atol=1e-9)
-    assert pi @ [0.0, 0.3, 0.1] == pytest.approx(1 / 6)
-    # a loose tau takes the best plan outright
-    np.testing.assert_allclose(probe.mixture_lp([0.0, 0.2, 0.05], [0.0, 0.3, 0.1], 0.5), [0, 1, 0], atol=1e-9)
-    with pytest.raises(ValueError, match="no mixture"):
-        probe.mixture_lp([0.2, 0.3], [0.1, 0.2], 0.1)
-
-
-def test_expected_oracle_hand_solved():
-    # doc 0 loses 0.1 for 0.4 saved, doc 1 loses 0.3 for 0.4: the budget 2 * 0.1 = 0.2 buys doc 0 fully and
-    # 0.1 / 0.3 = 1/3 of doc 1
-    loss = np.array([[0.0, 0.1], [0.0, 0.3]])
-    saved = np.array([[0.0, 0.4], [0.0, 0.4]])
-    x = probe.expected_oracle(loss, saved, 0.1)
-    np.testing.assert_allclose(x, [[0, 1], [2 / 3, 1 / 3]], atol=1e-9)
-    assert (x * saved).sum(1).mean() == pytest.approx((0.4 + 0.4 / 3) / 2)
-
-
-def test_per_input_oracle_hand_computed():
-    quality = np.array([[1.0, 0.95, 0.7], [1.0, 0.85, 0.95], [1.0, 0.5, 0.6]])
-    cost = np.array([[1.0, 0.8, 0.5], [1.0, 0.6, 0.9], [1.0, 0.7, 0.4]])
-    qf = np.ones_like(quality)
-    # doc 0: plan 1 within tau (0.05 <= 0.1), plan 2 not -> 1; doc 1: plan 2 (loss 0.05) -> 2; doc 2: nothing -> 0
-    np.testing.assert_array_equal(probe.per_input_oracle(quality, qf, cost, 0.1), [1, 2, 0])
-    # with tau 0.3 the cheapest plan within it: doc 0 -> 2 (loss 0.3), doc 1 -> 1, doc 2 -> 0
-    np.testing.assert_array_equal(probe.per_input_oracle(quality, qf, cost, 0.3), [2, 1, 0])
-
-
-def test_parse_plan_and_default_menu():
-    from skipenv.plan import PlanSpec, SkipPlan
-
-    spec = PlanSpec("llama", num_encoder_layers=0, num_decoder_layers=30, token_segments=8)
-    name, plan = probe.parse_plan("mid:attention=6;ffn=10-12;tokens=7", spec)
-    assert name == "mid" and plan == SkipPlan.from_skips(spec, attention=[6], ffn=[10, 11, 12], tokens=[7])
-    with pytest.raises(ValueError, match="KIND"):
-        probe.parse_plan("x:layers=3", spec)
-    menu = probe.default_menu(spec)
-    assert list(menu) == ["skip nothing", "drop last 1/8 segments", "drop last 2/8 segments",
-                          "drop last 3/8 segments", "drop last 4/8 segments", "drop segment 3", "drop segment 5",
-                          "skip attention 6"]
-    assert menu["drop last 2/8 segments"] == SkipPlan.from_skips(spec, tokens=[6, 7])
-
-
-def test_markdown_table():
-    import pandas as pd
-
-    assert probe.markdown_table(pd.DataFrame({"a": [0.12345], "b": ["x"]})) == "| a | b |\n|---|---|\n| 0.123 | x |"
+from skipenv.envs import SwitchDecEnv
+from skipenv.testing import tiny_generator
+import skipenv
+from skipenv.envs.observations import (
+    attention_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +172,127 @@ def test_main_job_static_baseline_bad_input(tiny_table):
         paired_margin(ep, "a", "b")
     with pytest.raises(ValueError, match="share no document"):
         paired_margin(ep, "a", "typo")
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+@pytest.fixture(scope="module")
+def generator(smollm2_tokenizer):
+    return tiny_generator("llama", smollm2_tokenizer)
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+def test_probe_menu_with_a_repeated_name_is_refused(generator, tmp_path):
+    from skipenv.envs.registration import sharing
+    from skipenv.evaluation.probe import run_probe
+
+    with sharing(generator=generator), pytest.raises(ValueError, match=r"\['a'\] given more than once"):
+        run_probe(env_kwargs={"max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False},
+                  menu=["a:tokens=1", "a:tokens=2"], num_train=2, num_test=2, out_dir=tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from SwitchDec-XSum-v1 (tests/test_v1.py, dissolved by issue 19)
+
+
+SMALL = dict(num_examples=3, max_new_tokens=5, max_input_tokens=96, disk_cache=False)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_probe_deterministic_expected_rule_is_the_best_single_rule_within_tau(tiny_xsum_env_factory):
+    """The deterministic rule re-derived by hand from out-of-fold predictions: the single lam of the grid with the
+    most train FLOPs saved among those whose train mean loss is within tau; its plan per document is
+    argmax S^ - lam L^; the warm-start targets of the expected formulation are exactly those plans."""
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    from skipenv.evaluation import probe
+    from skipenv.policies.warm_start import warm_start_targets
+
+    make_env = tiny_xsum_env_factory
+    table = probe.evaluate_menu(make_env, num_train=10, num_test=2, progress=False)
+    m = table.matrices("train")
+    D, P = m["loss"].shape
+    tau = float(np.quantile(m["loss"][:, 1:].mean(0), 0.5))  # some plans meet it on average, some do not
+    pol = probe.ProbePolicy(empty=0, seed=3).fit(m["X"], m["loss"], m["saved"], m["quality_full"], tau)
+    oof = cross_val_predict(pol._model(D - int(np.ceil(D / 5)), m["X"].shape[1]), m["X"],
+                            np.hstack([m["loss"], m["saved"]]), cv=KFold(5, shuffle=True, random_state=3))
+    l_hat, s_hat = oof[:, :P].copy(), oof[:, P:]
+    l_hat[:, 0] = 0.0
+    best = None
+    for lam in pol.lams:
+        c = l_hat.argmin(1) if np.isinf(lam) else (s_hat - lam * l_hat).argmax(1)
+        loss, saved = m["loss"][np.arange(D), c].mean(), m["saved"][np.arange(D), c].mean()
+        if loss <= tau + 1e-12 and (best is None or saved > best[1]):
+            best = (lam, saved)
+    assert best is not None and pol.lam_deterministic == best[0]
+    assert pol.expected_multiplier() == (best[0] if np.isfinite(best[0]) else 1000.0)
+    W = pol.plan_probabilities(m["X"], "expected", deterministic=True)
+    lt, st = pol.predict_outcomes(m["X"])
+    expected_choice = lt.argmin(1) if np.isinf(best[0]) else (st - best[0] * lt).argmax(1)
+    np.testing.assert_array_equal(W.argmax(1), expected_choice)
+    assert set(np.unique(W)) <= {0.0, 1.0}
+    targets = warm_start_targets(table, tau, env=make_env("train", 10), source="probe", formulation="expected",
+                                 seed=3)
+    assert targets.plans == [table.plans[j] for j in expected_choice] and (targets.weights == 1).all()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("env_id, kwargs", [("SwitchDec-XSum-v1", {}), ("SwitchDec-XSum-v0", {}),
+                                            ("SwitchDec-XSum-v0", {"quality": "probability"}),
+                                            ("SwitchDec-XSum-v1", {"tau": 0.05}),
+                                            ("SwitchDec-XSum-v1", {"quality": "agreement"}),
+                                            ("SwitchDec-XSum-v0", {"quality": "rouge"})])
+def test_probe_reads_the_env_tau_without_building_the_env(env_id, kwargs, tiny_llama):
+    """The probe's default tau (no model load) equals the tau of the env gym.make builds."""
+    from skipenv.envs.registration import env_tau
+
+    built = skipenv.make(env_id, generator=tiny_llama, **SMALL, **kwargs).unwrapped.tau
+    assert env_tau(env_id, kwargs) == built
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from env options (tests/test_env_options.py, dissolved by issue 19)
+
+
+@pytest.mark.assets
+@pytest.mark.usefixtures("one_thread")
+def test_probe_options_and_attention_features(smollm2_tokenizer, tmp_path):
+    import argparse
+
+    from skipenv.evaluation import probe
+    from skipenv.cli.probe import configure_parser
+    from skipenv.envs.observations import feature_table
+
+    p = argparse.ArgumentParser()
+    configure_parser(p)
+    args = p.parse_args(["--quality", "probability", "--observation", "attention:4", "--observations", "layer:2",
+                         "attention:2"])
+    assert (args.quality, args.observation, args.observations) == ("probability", "attention:4",
+                                                                   ["layer:2", "attention:2"])
+    with pytest.raises(ValueError, match="formulation"):
+        probe.run_probe(env_kwargs={"formulation": "expected"}, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown observation kind"):
+        probe.run_probe(env_kwargs={"observation": "attention"}, out_dir=tmp_path)
+
+    g = tiny_generator("llama", smollm2_tokenizer, initializer_range=0.5)
+
+    def make_env(split, n):
+        return SwitchDecEnv("xsum", generator=g, split=split, num_examples=n, max_new_tokens=5,
+                            max_input_tokens=96, disk_cache=False, observation="attention:2", quality="probability")
+
+    table = probe.evaluate_menu(make_env, num_train=4, num_test=3, progress=False)
+    assert table.observations.filter(like="obs_").shape == (7, 32 + 2 * 8 + 3)
+    feats = feature_table(make_env, table, "attention:3", progress=False)
+    assert feats.filter(like="f_").shape == (7, 32 + 19)
+    env = make_env("train", 4)
+    prompt = env.prompt(env.examples[0])
+    row = feats[(feats["split"] == "train") & (feats["doc"] == 0)].iloc[0]
+    assert row["extra_flops"] == 2 * g.flops_model.first_layer(len(prompt))
+    np.testing.assert_allclose(row.filter(like="f_").to_numpy(float),
+                               attention_features(g, prompt, 3, token_segments=8, max_input_tokens=96), atol=1e-6)
+    cmp = probe.compare_observations(table, 0.05, {"attention:2 (env)": None, "attention:3": feats},
+                                     {"attention:2 (env)": 19, "attention:3": 19})
+    assert list(cmp["observation"]) == ["attention:2 (env)", "attention:3"]

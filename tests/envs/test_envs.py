@@ -15,6 +15,9 @@ import skipenv
 from skipenv.envs.cache import CacheWarning, DiskCache
 from skipenv.envs import SwitchDecEnv, SwitchDecLayerwiseEnv
 from skipenv.testing import tiny_generator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+import math
 
 pytestmark = pytest.mark.assets  # the embedded tokenizer and XSum rows
 
@@ -298,3 +301,222 @@ def test_model_fingerprint_ignores_the_load_path_but_not_the_weights():
     a, b, other = tiny_generator("llama"), tiny_generator("llama"), tiny_generator("llama", seed=1)
     b.model.config._name_or_path = "/some/other/cache/dir"
     assert model_fingerprint(a) == model_fingerprint(b) != model_fingerprint(other)
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+@pytest.fixture(scope="module")
+def generator(smollm2_tokenizer):
+    return tiny_generator("llama", smollm2_tokenizer)
+
+
+KW = {"num_examples": 2, "max_new_tokens": 6, "max_input_tokens": 96, "disk_cache": False}
+
+
+def make_small(generator, cls=SwitchDecEnv, **kw):
+    return cls("xsum", generator=generator, **{**KW, **kw})
+
+
+MORE_BAD_KWARGS = [
+    ({"task": 123}, "task must be"), ({"task": None}, "task must be"), ({"task_source": ""}, "task_source"),
+    ({"cost_weight": 2.0}, "cost_weight"), ({"cost_weight": 2.0, "reward_mode": "vector"}, "cost_weight"),
+    ({"token_segments": 0, "candidates": ("tokens",)}, "no action bits"),
+]
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("kw,match", MORE_BAD_KWARGS, ids=[repr(k) for k, _ in MORE_BAD_KWARGS])
+def test_more_bad_constructor_arguments_are_named(kw, match, generator):
+    task = kw.pop("task", "xsum")
+    with pytest.raises(ValueError, match=match):
+        SwitchDecEnv(task, generator=generator, **{**KW, **kw})
+
+
+@pytest.mark.hardening
+def test_lam_with_the_lexicographic_reward_is_refused(generator):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="reward_mode='weighted'"):
+        make_small(generator, lam=0.5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the guarantees campaign (tests/test_guarantees.py, dissolved by issue 19)
+
+
+BAD_KWARGS = [
+    ("max_new_tokens", -5), ("max_new_tokens", 0), ("max_new_tokens", 2.5), ("max_new_tokens", "8"),
+    ("tau", float("nan")), ("tau", float("inf")), ("tau", -0.1), ("tau", "0.1"),
+    ("cost_weight", float("nan")), ("lam", float("nan")), ("num_examples", -1), ("num_examples", 0),
+    ("num_examples", 2.7), ("token_segments", 2.5), ("token_segments", -1), ("max_input_tokens", 4),
+    ("max_input_tokens", 100.5), ("reward_mode", "best"), ("quality", "bleu"), ("candidates", ("heads",)),
+    ("candidates", "attention"), ("layer_block", 0), ("layer_block", 1.5), ("lru_size", -1), ("split", 3),
+    ("record_time", "yes"), ("disk_cache", None),
+]
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("name,value", BAD_KWARGS, ids=[f"{n}={v!r}" for n, v in BAD_KWARGS])
+def test_bad_constructor_argument_is_named(name, value, tiny_llama):
+    arg = "candidate" if name == "candidates" else name
+    with pytest.raises(ValueError, match=arg):
+        make_small(tiny_llama, **{name: value})
+
+
+@pytest.mark.hardening
+def test_arguments_are_checked_before_anything_loads():
+    with pytest.raises(ValueError, match="tau"):  # would otherwise fail on loading the model
+        SwitchDecEnv("xsum", model="/no/such/model", tau=float("nan"))
+
+
+BAD_OPTIONS = [({"index": "abc"}, "index"), ({"index": 1.7}, "index"), ({"index": True}, "index"),
+               ({"index": 99}, "index"), ({"example_id": 5}, "example_id"), ({"example_id": "nope"}, "example_id"),
+               ({"idx": 0}, "idx"), ({"index": 0, "example_id": "x"}, "only one"), ([0], "dict")]
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("options,match", BAD_OPTIONS, ids=[repr(o) for o, _ in BAD_OPTIONS])
+@pytest.mark.parametrize("cls", [SwitchDecEnv, SwitchDecLayerwiseEnv], ids=["one-shot", "layerwise"])
+def test_bad_reset_options_are_named(options, match, cls, tiny_llama):
+    env = make_small(tiny_llama, cls)
+    with pytest.raises(ValueError, match=match):
+        env.reset(options=options)
+    assert env.reset(options={"index": np.int64(1)})[1]["example_id"] == env.examples[1].id
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("action", [np.array([None] * 16), np.zeros(3), np.full(16, 2), "abc", None,
+                                    np.full(16, np.nan), [[0] * 16]], ids=lambda a: repr(a)[:30])
+def test_bad_one_shot_actions(action, tiny_llama):
+    env = make_small(tiny_llama)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        env.step(action)
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("action", [None, "1", 1.5, 7, -1, [1], np.array([1, 2]), True], ids=repr)
+def test_bad_layerwise_actions(action, tiny_llama):
+    env = make_small(tiny_llama, SwitchDecLayerwiseEnv)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="Discrete"):
+        env.step(action)
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("cls", [SwitchDecEnv, SwitchDecLayerwiseEnv], ids=["one-shot", "layerwise"])
+def test_step_after_termination_names_reset(cls, tiny_llama):
+    env = make_small(tiny_llama, cls)
+    env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        _, _, terminated, _, _ = env.step(env.action_space.sample() * 0)
+    with pytest.raises(RuntimeError, match=r"reset\(\)"):
+        env.step(env.action_space.sample() * 0)
+    env.reset()
+    env.step(env.action_space.sample() * 0)  # fine again after reset
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("cls", [SwitchDecEnv, SwitchDecLayerwiseEnv], ids=["one-shot", "layerwise"])
+def test_render_ansi(cls, tiny_llama):
+    env = make_small(tiny_llama, cls, render_mode="ansi")
+    assert env.render() is None  # nothing to show before the first reset
+    env.reset(seed=0)
+    text = env.render()
+    assert isinstance(text, str) and env.example.id in text
+    terminated = False
+    while not terminated:
+        _, reward, terminated, _, _ = env.step(env.action_space.sample() * 0)
+    assert f"reward {reward:.3f}" in env.render()
+
+
+@pytest.mark.hardening
+def test_sb3_make_vec_env_rgb_array_warns_and_runs(tiny_llama):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    with skipenv.envs.registration.sharing(generator=tiny_llama):
+        with pytest.warns(UserWarning, match="render_mode='rgb_array'"):
+            venv = make_vec_env("SwitchDec-XSum-v0", n_envs=2, env_kwargs=KW)
+    obs = venv.reset()
+    assert obs.shape == (2, 34)
+    _, rewards, dones, infos = venv.step(np.zeros((2, 16), dtype=np.int8))
+    assert dones.all() and np.isfinite(rewards).all() and "quality" in infos[0]
+
+
+DOCUMENTED = (ValueError, RuntimeError)  # PlanError is a ValueError
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(max_size=3))
+
+
+actions = st.one_of(
+    scalars,
+    st.lists(st.integers(-1, 2), min_size=0, max_size=20).map(np.array),
+    st.lists(st.sampled_from([0, 1]), min_size=16, max_size=16).map(lambda v: np.array(v, dtype=np.int8)),
+    st.lists(st.sampled_from([0.0, 1.0, 0.5, float("nan")]), min_size=16, max_size=16).map(np.array),
+    st.lists(scalars, min_size=16, max_size=16).map(lambda v: np.array(v, dtype=object)),
+)
+
+
+options = st.one_of(st.none(), st.dictionaries(st.sampled_from(["index", "example_id", "seed", "x"]), scalars,
+                                               max_size=2), st.lists(scalars, max_size=2))
+
+
+kwargs = st.fixed_dictionaries({}, optional={
+    "tau": scalars, "max_new_tokens": scalars, "num_examples": scalars, "token_segments": scalars,
+    "cost_weight": scalars, "reward_mode": st.sampled_from(["lexicographic", "weighted", "vector", "other"]),
+    "quality": st.sampled_from(["agreement", "rouge", "reference", "fidelity", "likelihood", "x"]),
+    "layer_block": scalars})
+
+
+def _check_step(env, action):
+    try:
+        out = env.step(action)
+    except DOCUMENTED:
+        return None
+    reward, info = out[1], out[4]
+    assert math.isfinite(reward)
+    return info
+
+
+@pytest.mark.hardening
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(kw=kwargs, opts=options, action=actions)
+def test_fuzz_one_shot(tiny_llama, kw, opts, action):
+    try:
+        env = make_small(tiny_llama, **{"max_new_tokens": 4, "num_examples": 2, **kw})
+    except DOCUMENTED:
+        return
+    try:
+        env.reset(seed=0, options=opts)
+    except DOCUMENTED:
+        env.reset(seed=0)
+    info = _check_step(env, action)
+    if info is not None:
+        replay = dict(info)
+        info["flops_breakdown"]["total"] = -1
+        info["quality"] = float("nan")
+        env.reset(options={"example_id": replay["example_id"]})
+        again = env.step(action)[4]
+        assert again["flops_breakdown"]["total"] == replay["flops"] and again["quality"] == replay["quality"]
+
+
+@pytest.mark.hardening
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(steps=st.lists(st.one_of(st.integers(-1, 4), scalars), min_size=1, max_size=8), opts=options)
+def test_fuzz_layerwise(tiny_llama, steps, opts):
+    env = make_small(tiny_llama, SwitchDecLayerwiseEnv, max_new_tokens=4)
+    try:
+        env.reset(seed=0, options=opts)
+    except DOCUMENTED:
+        env.reset(seed=0)
+    for a in steps:
+        try:
+            _, reward, terminated, _, _ = env.step(a)
+        except DOCUMENTED:
+            continue
+        assert math.isfinite(reward)

@@ -15,6 +15,12 @@ from skipenv.envs.rewards import LagrangeMultiplier
 from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint, make_formulation
 from skipenv.evaluation.formulation_metrics import formulation_metrics, metrics_by_tau
 from skipenv.envs.rewards import lexicographic_reward
+import warnings
+from skipenv.envs import SwitchDecEnv, SwitchDecLayerwiseEnv
+from skipenv.testing import tiny_generator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+import skipenv
 
 
 class ScriptedEnv(gym.Env):
@@ -216,3 +222,171 @@ def test_unmodified_sb3_trains_on_the_wrappers(tiny_env_factory):
     model = PPO("MlpPolicy", budget, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu").learn(16)
     obs, _ = budget.reset(seed=0, options={"tau": 0.05})
     assert budget.action_space.contains(model.predict(obs, deterministic=True)[0].astype(np.int8))
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+@pytest.fixture(scope="module")
+def generator(smollm2_tokenizer):
+    return tiny_generator("llama", smollm2_tokenizer)
+
+
+KW = {"num_examples": 2, "max_new_tokens": 6, "max_input_tokens": 96, "disk_cache": False}
+
+
+def make(generator, cls=SwitchDecEnv, **kw):
+    return cls("xsum", generator=generator, **{**KW, **kw})
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+def test_expected_constraint_rewards_stay_finite_with_a_large_lam_max(generator):
+    from skipenv.envs.wrappers import ExpectedConstraint
+
+    with pytest.raises(ValueError, match="lam_max must be a finite number"):  # issue 20: inf gave -inf / NaN rewards
+        ExpectedConstraint(make(generator), tau=0.0, lam_max=float("inf"))
+    w = ExpectedConstraint(make(generator), tau=0.0, lam_max=1e6, lam_init=1.0, update_every=1, lr=1.0)
+    w.reset(seed=0)
+    for _ in range(3):
+        w.reset()
+        _, reward, *_, info = w.step(np.ones(w.action_space.n, dtype=np.int8))  # skip everything: big loss
+        assert np.isfinite(reward) and reward == pytest.approx(
+            (1 - info["cost"]) - info["lagrange_multiplier"] * info["constraint_violation"])
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@pytest.mark.parametrize("bad", [3, "multiplier"])
+def test_expected_constraint_refuses_a_non_multiplier(bad, generator):
+    from skipenv.envs.wrappers import ExpectedConstraint
+
+    with pytest.raises(ValueError, match="LagrangeMultiplier"):
+        ExpectedConstraint(make(generator), tau=0.1, multiplier=bad)
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@pytest.mark.parametrize("tau_range", [(0, 0.1, 0.2), 0.1, "ab", (float("nan"), 1), (0.2, 0.1), (-0.1, 0.1),
+                                       (0, float("inf")), (True, 0.2)], ids=repr)
+def test_budget_conditioned_bad_tau_range(tau_range, generator):
+    from skipenv.envs.wrappers import BudgetConditioned
+
+    with pytest.raises(ValueError, match="tau_range"):
+        BudgetConditioned(make(generator), tau_range=tau_range)
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@pytest.mark.parametrize("options,named", [({"tau": "abc"}, "options\\['tau'\\]"), ({"tau": True}, "options"),
+                                           ({"tau": [0.1]}, "options"), ({"tau": float("nan")}, "options"),
+                                           ({"tau": 0.5}, "outside tau_range"), ([1], "dict")], ids=repr)
+def test_budget_conditioned_bad_reset_options(options, named, generator):
+    from skipenv.envs.wrappers import BudgetConditioned
+
+    w = BudgetConditioned(make(generator), tau_range=(0.0, 0.3))
+    with pytest.raises(ValueError, match=named):
+        w.reset(seed=0, options=options)
+    obs, info = w.reset(seed=0, options={"tau": 0.2, "index": 1})  # a good tau next to an env option
+    assert obs[-1] == np.float32(0.2) and info["tau"] == 0.2 and w.unwrapped.example is w.unwrapped.examples[1]
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(max_size=3), st.lists(st.floats(0, 1), max_size=3))
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(kw=st.fixed_dictionaries({}, optional={"tau": scalars, "lr": scalars, "update_every": scalars,
+                                              "lam_init": scalars, "lam_max": scalars}),
+       tau_range=st.one_of(scalars, st.tuples(scalars, scalars)),
+       options=st.one_of(st.none(), st.dictionaries(st.sampled_from(["tau", "index"]), scalars, max_size=2)))
+def test_fuzz_formulations(generator, kw, tau_range, options):
+    from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint
+
+    action = np.ones(16, dtype=np.int8)
+    try:
+        w = ExpectedConstraint(make(generator), **{"tau": 0.1, "update_every": 1, **kw})
+    except ValueError:
+        pass
+    else:
+        for _ in range(3):
+            w.reset(seed=0)
+            assert np.isfinite(w.step(action)[1])
+    try:
+        b = BudgetConditioned(make(generator), tau_range=tau_range)
+    except ValueError:
+        return
+    try:
+        obs, _ = b.reset(seed=0, options=options)
+    except ValueError:
+        return
+    assert b.observation_space.contains(obs) and np.isfinite(b.step(action)[1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from env options (tests/test_env_options.py, dissolved by issue 19)
+
+
+SMALL = dict(num_examples=3, max_new_tokens=5, max_input_tokens=96, disk_cache=False)
+
+
+@pytest.mark.assets
+@pytest.mark.usefixtures("one_thread")
+def test_formulation_at_gym_make(tiny_llama):
+    from skipenv.envs.wrappers import BudgetConditioned, ExpectedConstraint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # formulation_kwargs (a dict of plain values) stays in the spec
+        env = skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, formulation="expected", tau=0.05,
+                           formulation_kwargs={"lr": 0.2, "update_every": 2}, **SMALL)
+    expected = [x for x in _chain(env) if isinstance(x, ExpectedConstraint)]
+    assert len(expected) == 1 and type(env.unwrapped) is SwitchDecEnv
+    assert expected[0].tau == 0.05 == env.unwrapped.tau and expected[0].multiplier.lr == 0.2
+    assert expected[0].multiplier.update_every == 2
+    assert env.spec.kwargs["formulation_kwargs"] == {"lr": 0.2, "update_every": 2}
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.zeros(env.action_space.n, dtype=np.int8))
+    assert info["lagrange_multiplier"] == 0.0  # lam_init: the first reward is the FLOPs saved
+    assert info["reward"] == reward == pytest.approx(1 - info["cost"])
+
+    budget = skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, formulation="budget",
+                          formulation_kwargs={"tau_range": [0.0, 0.2]}, observation="layer:2", **SMALL)
+    assert any(isinstance(x, BudgetConditioned) for x in _chain(budget))
+    assert budget.observation_space.shape == (34 + 1,)
+    obs, info = budget.reset(seed=0)
+    assert 0.0 <= info["tau"] <= 0.2 and obs[-1] == pytest.approx(info["tau"])
+    default = skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, **SMALL)
+    assert not any(isinstance(x, (ExpectedConstraint, BudgetConditioned)) for x in _chain(default))
+    layerwise = skipenv.make("SwitchDec-XSum-Layerwise-v0", generator=tiny_llama, formulation="expected", **SMALL)
+    assert type(layerwise.unwrapped) is SwitchDecLayerwiseEnv
+    assert any(isinstance(x, ExpectedConstraint) and x.tau == 0.1 for x in _chain(layerwise))
+
+
+def _chain(env):
+    out = []
+    while isinstance(env, gym.Wrapper):
+        out.append(env)
+        env = env.env
+    return out
+
+
+@pytest.mark.assets
+@pytest.mark.usefixtures("one_thread")
+def test_formulation_errors(tiny_llama):
+    with pytest.raises(ValueError, match="unknown formulation 'lagrange'.*per_input"):
+        skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, formulation="lagrange", **SMALL)
+    with pytest.raises(ValueError, match="per_input formulation takes no formulation_kwargs"):
+        skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, formulation_kwargs={"lr": 1.0}, **SMALL)
+    with pytest.raises(ValueError, match=r"does not take formulation_kwargs \['tau_range'\]"):
+        skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, formulation="expected",
+                     formulation_kwargs={"tau_range": (0, 1)}, **SMALL)
+    with skipenv.sharing(generator=tiny_llama):
+        with pytest.raises(ValueError, match="vector_entry_point.*per_input formulation only"):
+            gym.make_vec("SwitchDec-XSum-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                         formulation="expected", **SMALL)
+        v = gym.make_vec("SwitchDec-XSum-v0", num_envs=2, vectorization_mode="vector_entry_point", **SMALL)
+        assert v.reset(seed=0)[0].shape == (2, 34)

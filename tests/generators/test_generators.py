@@ -231,7 +231,7 @@ def plan_with(g, stack: str, idx: int, attention: bool, ffn: bool) -> SkipPlan:
 
 # ==================================================================================================== empty plan
 def test_registry_covers_four_families():
-    # the Llama-contract families (Qwen2, Qwen3, Mistral, Gemma 3, Phi-3) are tested in tests/test_families.py
+    # the Llama-contract families (Qwen2, Qwen3, Mistral, Gemma 3, Phi-3) are tested in tests/generators/test_families.py
     assert set(GENERATOR_CLASSES) == {"LlamaForCausalLM", "GPT2LMHeadModel", "BartForConditionalGeneration",
                                       "T5ForConditionalGeneration", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
                                       "MistralForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM"}

@@ -15,7 +15,7 @@ import pytest
 from skipenv.cli import SUBCOMMANDS, build_parser, main
 from skipenv.util.progress import LineWriter, log_friendly_progress
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "pandas", "transformers", "stable_baselines3", "matplotlib")
 
 
@@ -199,3 +199,90 @@ def test_training_bar_is_labelled_and_reports_early_speed(capsys):
     err = capsys.readouterr().err
     assert "train ppo" in err and "episode" in err
     assert len(calls) == 1 and calls[0][0] == 8 and calls[0][1] > 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+BAD_CLI = [
+    (["train", "--total-timesteps", "-5"], 2, "--total-timesteps"),
+    (["train", "--train-examples", "x"], 2, "--train-examples"),
+    (["train", "--env", "NoSuch-v0"], 1, "NoSuch"),
+    (["leaderboard", "skip-nothing", "--episodes", "0"], 2, "--episodes"),
+    (["leaderboard", "skip-nothing", "--env-kwargs", "[1]"], 2, "JSON object"),
+    (["leaderboard", "skip-nothing", "--env-kwargs", "{bad"], 2, "JSON"),
+    (["leaderboard", "skip-nothing", "lead:abc"], 1, "lead:abc"),
+    (["leaderboard", "lead:"], 1, "lead:"),
+    (["leaderboard", "random:2"], 1, "random:2"),
+    (["leaderboard", "calibrated:-1"], 1, "calibrated:-1"),
+    (["leaderboard", "oracle:x"], 1, "oracle:x"),
+    (["leaderboard", "every-other:heads"], 1, "every-other:heads"),
+    (["leaderboard", "sb3:ppo"], 1, "sb3:ppo"),
+    (["leaderboard", "ppo:/nonexistent"], 1, "ppo:/nonexistent"),
+    (["leaderboard", "lead:4", "skip-nothing", "lead:4"], 1, "more than once"),
+    (["leaderboard", "skip-nothing", "--env", "NoSuch-v0"], 1, "NoSuch"),
+    (["probe", "--train-docs", "0"], 2, "--train-docs"),
+    (["probe", "--observations", "nosuch"], 1, "nosuch"),
+    (["probe", "--env-kwargs", '{"num_examples": 3}'], 1, "num_examples"),
+    (["probe", "--env-kwargs", '{"tau": 0.5}'], 1, "--tau"),
+    (["probe", "--env-kwargs", '{"quality": "reference"}'], 1, "--quality"),
+]
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+@pytest.mark.parametrize("argv,code,named", BAD_CLI, ids=[" ".join(a) for a, _, _ in BAD_CLI])
+def test_cli_bad_input_is_one_line_without_traceback(argv, code, named, tmp_path, capsys, monkeypatch):
+    from skipenv import cli
+
+    monkeypatch.delenv("SKIPENV_TRACEBACK", raising=False)
+    try:
+        rc = cli.main([*argv, "--out", str(tmp_path / "out")])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == code
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and named in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.hardening
+@pytest.mark.assets
+def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
+    """Only errors caused by the input or the machine become one line; a programming error keeps its traceback."""
+    from skipenv import cli
+
+    def broken(args):
+        raise AttributeError("a bug")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "download", cli.Subcommand(lambda p: None, broken, "broken"))
+    with pytest.raises(AttributeError, match="a bug"):
+        cli.main(["download"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the v1 hardening campaign (tests/test_v1_hardening.py, dissolved by issue 19)
+
+
+@pytest.mark.hardening
+@pytest.mark.usefixtures("one_thread")
+def test_train_cli_without_menu_does_not_claim_to_save_one(tmp_path, capsys):
+    """``skipenv train --static-examples 0`` evaluates no menu: the closing line must not list menu/ as saved."""
+    import json
+
+    from _tiny_local import write_tiny_assets
+    from skipenv.cli import main
+
+    model_dir, _ = write_tiny_assets(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--algo", "ppo", "--static-examples", "0", "--total-timesteps", "4", "--train-examples",
+                 "2", "--test-examples", "2", "--model", model_dir, "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    saved = next(line for line in printed.splitlines() if line.startswith("saved:"))
+    assert "menu/" not in saved and not (out / "menu").exists()
+    meta = json.loads((out / "summary.json").read_text())
+    assert "best_static" not in meta and "expected_constraint" not in meta
+    assert "probability" in printed.splitlines()[0]  # v1's quality names the table's column

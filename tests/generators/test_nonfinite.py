@@ -11,6 +11,8 @@ import skipenv
 from skipenv.envs import SwitchDecEnv
 from skipenv.generators import NonFiniteError
 from skipenv.generators.reuse import PrefixStore
+from skipenv.envs import SwitchDecLayerwiseEnv
+from skipenv.testing import tiny_generator
 
 pytestmark = [pytest.mark.assets, pytest.mark.usefixtures("one_thread")]
 
@@ -117,3 +119,30 @@ def test_healthy_model_unchanged(tiny_model_dir, xsum_task):
     n = len(prompt.input_ids)
     want = logp[n - 1: n - 1 + len(target)].gather(-1, torch.tensor(target)[:, None]).squeeze(-1)
     torch.testing.assert_close(out.logprobs, want, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
+
+
+SMALL_KW = {"num_examples": 2, "max_new_tokens": 6, "max_input_tokens": 96, "disk_cache": False}
+
+
+def make(generator, cls=SwitchDecEnv, **kw):
+    return cls("xsum", generator=generator, **{**SMALL_KW, **kw})
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("cls,layer", [(SwitchDecEnv, 0), (SwitchDecLayerwiseEnv, 2)], ids=["one-shot", "layerwise"])
+def test_non_finite_hidden_states_are_an_error_not_an_observation(cls, layer, smollm2_tokenizer):
+    """A NaN weight gave NaN observations outside the observation space while the agreement quality reported 1.0."""
+    import torch
+
+    g = tiny_generator("llama", smollm2_tokenizer, seed=3)
+    with torch.no_grad():
+        g.model.model.layers[layer].self_attn.q_proj.weight[0, 0] = float("nan")
+    env = make(g, cls)
+    with pytest.raises(RuntimeError, match="not finite.*float32"):
+        env.reset(seed=0)
+        for _ in range(layer + 2):  # layerwise: the NaN shows once layer `layer` has run
+            env.step(0)
