@@ -50,6 +50,8 @@ def test_main_job_output_is_the_same_for_the_same_seed_and_threads(tiny_model_di
     (a, ea), (b, eb) = _run(tmp_path / "a", tiny_model_dir), _run(tmp_path / "b", tiny_model_dir)
     for key in TIMES:
         assert isinstance(a.pop(key), float) and isinstance(b.pop(key), float)
+    # each run has its own id (the RUNNING marker's), so two runs differ there and only there
+    assert a.pop("run_id") != b.pop("run_id")
     # every step ran: the menu (best static), the warm start (initial multiplier) and the expected margins
     assert (a["env_id"], a["formulation"], a["algo"]) == ("SwitchDec-XSum-v1", "expected", "ppo-bc")
     assert {"best_static", "lagrange_multiplier", "expected_constraint"} <= set(a)
