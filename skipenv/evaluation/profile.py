@@ -124,8 +124,9 @@ def parse_families(value: str | Sequence[str]) -> tuple[str, ...]:
     names = [n for n in names if n]
     unknown = [n for n in names if n not in CANDIDATE_FAMILIES]
     if unknown or not names:
-        raise ValueError(f"unknown candidate kind(s) {unknown}" if unknown else "no candidate kind given"
-                         + f"; choose from {', '.join(CANDIDATE_FAMILIES)} (comma-separated, e.g. 'attention,ffn')")
+        what = f"unknown candidate kind(s) {unknown}" if unknown else "no candidate kind given"
+        raise ValueError(f"{what}; choose from {', '.join(CANDIDATE_FAMILIES)} (comma-separated, e.g. "
+                         f"'attention,ffn')")
     return tuple(f for f in CANDIDATE_FAMILIES if f in names)
 
 
