@@ -39,13 +39,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-kwargs", type=json_object, default={},
                    help="further gym.make kwargs as JSON, e.g. '{\"tau\": 0.02, \"token_segments\": 4}'")
     p.add_argument("--split", default="train", choices=SPLITS,
-                   help="split of the documents (train by default: the profile should not look at test documents)")
+                   help="split of the documents (train: a profile should not look at the documents policies are tested on)")
     p.add_argument("--docs", type=positive_int, default=20, help="the first N documents of the split")
-    p.add_argument("--skip-modes", type=_modes, default=("identity",), metavar="MODE[,MODE...]",
+    p.add_argument("--skip-modes", type=_modes, default="identity", metavar="MODE[,MODE...]",
                    help="skip modes, comma-separated: identity (the paper's skip: the residual stream passes "
                         "unchanged) and, when the installed env has the skip_mode kwarg, its modes (e.g. mean, "
                         "linear)")
-    p.add_argument("--candidates", type=_families, default=("attention", "ffn", "tokens"), metavar="KIND[,KIND...]",
+    p.add_argument("--candidates", type=_families, default="attention,ffn,tokens", metavar="KIND[,KIND...]",
                    help="candidate kinds, comma-separated: attention, ffn, tokens (each layer's sublayer / each "
                         "token segment, one bit at a time)")
     p.add_argument("--out", default="runs/profile",

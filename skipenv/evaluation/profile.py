@@ -28,6 +28,10 @@ IdentityMismatchError`) instead of mixing rows. Rows of more documents, candidat
 later: they are rows of the same configuration.
 
 Command line: ``skipenv profile`` (docs/profile.md has the measured table of the embedded SmolLM2).
+
+Why this module is long: the resumable rows, the identity check that decides whether a folder's rows may be reused
+and the summary of those rows are one contract (a row is summarised only under the identity it was written under),
+and the checks of every input before the model loads belong to it; the table and plot are small.
 """
 
 from __future__ import annotations
