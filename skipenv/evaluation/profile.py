@@ -522,8 +522,9 @@ _COLOURS = {"attention": "tab:blue", "ffn": "tab:orange", "tokens": "tab:green"}
 
 def plot_profile(summary: "pd.DataFrame", path: str | Path, *, tau: float, title: str = "") -> Path:
     """Mean quality loss vs FLOPs saved per candidate: x = mean FLOPs saved by the bit (% of the full model), y =
-    mean quality loss (symmetric-log axis, linear within ``tau / 10``), one marker shape per skip mode, one colour
-    per family; the dashed line marks ``tau``. Saved as PNG (Agg backend)."""
+    mean quality loss (log axis; symmetric-log, linear within ``tau / 10``, when a mean loss is <= 0), one marker shape per skip mode, one colour
+    per family, each point labelled by family initial and index (``a3``: attention of layer 3, ``t7``: token segment 7);
+    the dashed line marks ``tau``. Saved as PNG (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -538,8 +539,17 @@ def plot_profile(summary: "pd.DataFrame", path: str | Path, *, tau: float, title
                 continue
             ax.scatter(100 * g["flops_saved"], g["loss_mean"], marker=_MARKERS[m % len(_MARKERS)], s=36,
                        c=colour, edgecolors="k", linewidths=0.5, alpha=0.85, label=f"{family}, {mode}")
+            if len(summary) <= 4 * 100:  # each point named by family initial and index: a3 = attention 3
+                for x, y, i in zip(100 * g["flops_saved"], g["loss_mean"], g["index"]):
+                    ax.annotate(f"{family[0]}{i}", (x, y), textcoords="offset points", xytext=(4, 2), fontsize=6,
+                                color="0.3")
     ax.axhline(tau, ls="--", c="tab:red", lw=1, label=f"tau = {tau:g}")
-    ax.set_yscale("symlog", linthresh=max(tau / 10, 1e-6))
+    lowest = float(summary["loss_mean"].min()) if len(summary) else 0.0
+    if lowest > 0:
+        ax.set_yscale("log")
+    else:  # a bit that improves quality on average: symmetric log, linear near 0
+        ax.set_yscale("symlog", linthresh=max(tau / 10, 1e-6))
+        ax.set_ylim(bottom=min(1.5 * lowest, -tau / 10))
     ax.set_xlabel("FLOPs saved by the bit (% of the full model, mean over documents)")
     ax.set_ylabel("mean quality loss (quality_full - quality)")
     ax.set_title(title or "profile: one bit at a time")
