@@ -87,6 +87,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                        "to --out"),
     "probe": _module_subcommand(
         "probe", "learnability probe: static vs contextual vs oracle over a menu of plans"),
+    "profile": _module_subcommand(
+        "profile", "each attention / FFN sublayer and token segment skipped on its own, per skip mode: FLOPs "
+                   "saved, quality-loss distribution, share of documents within tau (table, CSV, plot)"),
     "generate": _module_subcommand(
         "generate", "apply a policy (policy.zip, policy.pt or a baseline spec) to your own text"),
     "dataset": _module_subcommand(
