@@ -89,7 +89,7 @@ def _job(args):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"named variants: {sorted(VARIANTS)}")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"named variants: {sorted(VARIANTS)}")
     p.add_argument("--variant", action="append", default=[], help="an extra variant, name=JSON")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--timesteps", type=int, default=16384)
