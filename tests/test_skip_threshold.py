@@ -121,3 +121,17 @@ def test_live_env_with_threshold(tiny_xsum_env_factory):
         *_, a = plain.step(bits)
         *_, b = wrapped.step(wrapped.action_of(bits))
         assert (a["quality"], a["cost"], a["num_skipped"]) == (b["quality"], b["cost"], int(bits.sum()))
+
+
+@pytest.mark.slow
+def test_ppo_default_v1_learner_trains_on_the_shipped_table():
+    """The ``ppo-default-v1`` learner (SB3's defaults on v1's scores; one rollout of 2,048 episodes) returns factorial
+    plan indices on the shipped table's test documents, and every training episode's regret is >= 0."""
+    from skipenv.tables.envs import load_table
+    from skipenv.tables.learners import train_learner_on_table
+
+    t = load_table("xsum-v1")
+    res = train_learner_on_table("ppo-default-v1", t, episodes=64, seed=0, checkpoints=1)
+    assert res["plans"].shape == (len(t.rows("test")),)
+    assert ((0 <= res["plans"]) & (res["plans"] < 32)).all()
+    assert len(res["log"]) >= 64 and (res["log"][:, 5] >= -1e-9).all()
