@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"named variants: {sorted(VARIANTS)}")
     p.add_argument("--variant", action="append", default=[], help="an extra variant, name=JSON")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     p.add_argument("--timesteps", type=int, default=16384)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--json", help="also write every run's result to this file")
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
             specs[name] = json.loads(js)
         except json.JSONDecodeError as e:
             p.error(f"--variant {v!r}: not name=JSON ({e})")
-    jobs = [(n, s, seed, a.timesteps) for n, s in specs.items() for seed in range(a.seeds)]
+    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    jobs = [(n, s, seed, a.timesteps) for n, s in specs.items() for seed in seeds]
     t0 = time.perf_counter()
     res = {}
     if a.workers > 1:
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
           "| multiplier after each quarter | train loss per quarter | s / run |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n, spec in specs.items():
-        rs = [res[n, s] for s in range(a.seeds)]
+        rs = [res[n, s] for s in seeds]
         nothing = sum(all(pl == 0 for pl in r["plans"]) for r in rs)
         within = sum(r["loss"] <= r["tau"] + 1e-12 for r in rs)
         lam = np.mean([r["lam_quarters"] for r in rs], 0)
