@@ -118,6 +118,8 @@ def main(argv=None) -> int:
         with mp.get_context("spawn").Pool(a.workers) as pool:
             for n, seed, r in pool.imap_unordered(_job, jobs):
                 res[n, seed] = r
+                print(f"  {n} seed {seed}: saved {r['saved']:.3f} loss {r['loss']:.4f} lam {r['lam_quarters']} "
+                      f"({r['seconds']:.0f} s)", flush=True)
     else:
         for j in jobs:
             n, seed, r = _job(j)
