@@ -135,3 +135,20 @@ def test_ppo_default_v1_learner_trains_on_the_shipped_table():
     assert res["plans"].shape == (len(t.rows("test")),)
     assert ((0 <= res["plans"]) & (res["plans"] < 32)).all()
     assert len(res["log"]) >= 64 and (res["log"][:, 5] >= -1e-9).all()
+
+
+@pytest.mark.slow
+def test_snippet_benchmark_scores_the_test_documents():
+    """``benchmarks/sb3_default_snippet.py`` (one seed, one SB3 rollout): the FLOPs saved and loss it reports for
+    the deterministic policy equal the table's outcomes of the plans it chose, recomputed here from the test
+    documents' rows; the multiplier stays below its cap."""
+    from _scripts import load_benchmark
+
+    mod = load_benchmark("sb3_default_snippet")
+    r = mod.run_one({"id": "SwitchDec-XSum-Table-v1"}, seed=0, timesteps=64)
+    a = gym.make("SwitchDec-XSum-Table-v1", split="test").unwrapped.outcome_arrays()
+    d, plans = np.arange(len(a["cost"])), np.asarray(r["plans"])
+    assert len(plans) == len(d) and r["tau"] == 0.01
+    assert r["saved"] == pytest.approx(float(np.mean(1 - a["cost"][d, plans])))
+    assert r["loss"] == pytest.approx(float(np.mean(a["quality_full"][d, plans] - a["quality"][d, plans])))
+    assert len(r["lam_quarters"]) == 4 and all(x < 100 for x in r["lam_quarters"])
