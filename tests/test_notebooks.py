@@ -10,7 +10,7 @@ import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED = ("01_quickstart", "02_lexicographic_reward", "03_train_ppo", "04_compare_algorithms",
-            "05_write_your_own_agent")
+            "05_write_your_own_agent", "06_replay_tables")
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 #: a line each notebook prints when it worked (cheap, notebook-specific checks)
@@ -20,6 +20,7 @@ MUST_PRINT = {
     "03_train_ppo": "files: ['monitor.csv', 'policy.zip', 'tensorboard']",
     "04_compare_algorithms": "written: ['episodes.csv', 'pareto.png', 'summary.csv']",
     "05_write_your_own_agent": "tau = 0.1",
+    "06_replay_tables": "final policy on the test documents: FLOPs saved",
 }
 
 

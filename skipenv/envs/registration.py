@@ -95,7 +95,7 @@ def env_tau(env_id: str, env_kwargs: dict | None = None) -> float:
 
 
 def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwargs: dict | None = None,
-             **kwargs: Any) -> gym.Env:
+             skip_threshold: float | None = None, **kwargs: Any) -> gym.Env:
     """Build a SwitchDec env and wrap it for a constraint formulation (the registered ``gym.make`` entry point).
 
     Args:
@@ -105,6 +105,10 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
             quality signal's default) or ``"budget"`` (:class:`~skipenv.envs.wrappers.BudgetConditioned`).
         formulation_kwargs: further arguments of the wrapper, plain values only (they are kept in ``env.spec``):
             ``lr``, ``update_every``, ``lam_init``, ``lam_max`` (expected); ``tau_range`` (budget).
+        skip_threshold: None (default: the env's ``MultiBinary`` skip bits) or a number ``t``: real-valued
+            actions, a factor skipped where its score exceeds ``t``
+            (:class:`~skipenv.envs.wrappers.ThresholdActions`, applied inside the formulation wrapper), so a unit
+            Gaussian initial policy (SB3's for ``Box`` actions) skips each factor with probability ``1 - Phi(t)``.
         **kwargs: the env's keyword arguments.
 
     Raises:
@@ -129,13 +133,25 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
     if unknown:  # checked before the model loads
         raise ValueError(f"formulation {formulation!r} does not take formulation_kwargs {unknown}; it takes "
                          f"{sorted(allowed)}")
+    if skip_threshold is not None:  # checked before the model loads
+        from .wrappers import ThresholdActions
+
+        ThresholdActions.check_threshold(skip_threshold)
     module, name = env_class.split(":")
     env = getattr(importlib.import_module(module), name)(**kwargs)
+    if skip_threshold is not None:
+        from .wrappers import ThresholdActions
+
+        try:
+            env = ThresholdActions(env, skip_threshold)
+        except Exception:
+            env.close()
+            raise
     extra = dict(formulation_kwargs)
     if formulation == "expected":
         if "tau" in extra:
             raise ValueError("the expected formulation's tau is the env kwarg tau=, not a formulation_kwargs entry")
-        extra["tau"] = env.tau
+        extra["tau"] = env.unwrapped.tau
     if "tau_range" in extra and isinstance(extra["tau_range"], list):
         extra["tau_range"] = tuple(extra["tau_range"])
     try:

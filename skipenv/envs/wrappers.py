@@ -39,7 +39,7 @@ from .rewards import (BudgetReward, EpisodeScores, LagrangeMultiplier, Lagrangia
                            default_dual_lr)
 
 __all__ = ["FORMULATIONS", "DEFAULT_TAU_RANGE", "default_dual_lr", "LagrangeMultiplier", "ExpectedConstraint",
-           "BudgetConditioned", "make_formulation"]
+           "BudgetConditioned", "make_formulation", "ThresholdActions"]
 
 #: The named formulations (see the module docstring).
 FORMULATIONS = ("per_input", "expected", "budget")
@@ -216,3 +216,66 @@ def make_formulation(env: gym.Env, formulation: str = "per_input", **kwargs) -> 
     if formulation == "budget":
         return BudgetConditioned(env, **kwargs)
     raise ValueError(f"unknown formulation {formulation!r}; choose one of {FORMULATIONS}")
+
+
+# ---------------------------------------------------------------------------------------------- action encoding
+class ThresholdActions(gym.ActionWrapper):
+    """Skip decisions as real-valued scores: action ``a`` in ``Box(-B, B, [n], float32)`` with ``B = |threshold| +
+    1``, factor ``i`` is skipped where ``a[i] > threshold`` (the env's ``MultiBinary(n)`` bit ``i`` = 1).
+
+    Why (issue 21): with ``MultiBinary`` actions, SB3's initial policy (and ``action_space.sample()``) skips each
+    bit with probability 0.5, so the first rollout loses far more than ``tau`` on nearly every input and the
+    expected constraint's multiplier climbs to its cap before the learner's first update. With this encoding a unit
+    Gaussian policy of mean 0 — SB3's initial ``MlpPolicy`` for ``Box`` actions (action head initialised with
+    gain 0.01, ``log_std_init=0``; samples clipped to the bounds) — skips each factor with probability
+    ``1 - Phi(threshold)`` (0.023 at 2.0, 0.0047 at 2.6; Phi is the standard normal CDF), and its deterministic
+    action (the mean, about 0) is "skip nothing". The policy learns to skip a factor by raising its mean above
+    ``threshold``. (``action_space.sample()`` is uniform on the box: it skips with probability
+    ``1 / (2 |threshold| + 2)`` for a positive threshold.)
+
+    Args:
+        env: an env with a ``MultiBinary(n)`` action space (the one-shot SwitchDec envs, the factorial table env).
+        threshold: the score above which a factor is skipped (finite).
+
+    Raises:
+        ValueError: a non-``MultiBinary`` action space or a non-finite threshold; in :meth:`action`, an action of
+            another shape, a non-finite score, or an integer / bool array (0 / 1 bits: pass them through
+            :meth:`action_of` — read as scores they would silently mean "skip nothing").
+    """
+
+    def __init__(self, env: gym.Env, threshold: float = 2.0):
+        super().__init__(env)
+        if not isinstance(env.action_space, spaces.MultiBinary) or len(env.action_space.shape) != 1:
+            raise ValueError(f"ThresholdActions needs a 1-D MultiBinary action space (skip bits), got "
+                             f"{env.action_space}; the layerwise and menu envs have no skip bits to threshold")
+        self.threshold = self.check_threshold(threshold)
+        self.n = int(env.action_space.shape[0])
+        #: finite bounds (SB3 requires them; it clips its Gaussian's samples to them): ``|threshold| + 1``
+        self.bound = abs(self.threshold) + 1.0
+        self.action_space = spaces.Box(-self.bound, self.bound, shape=(self.n,), dtype=np.float32)
+
+    @staticmethod
+    def check_threshold(threshold) -> float:
+        """``threshold`` as a float; ValueError unless it is a finite real number."""
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(threshold):
+            raise ValueError(f"skip_threshold must be a finite number such as 2.0, got {threshold!r}")
+        return float(threshold)
+
+    def action(self, action) -> np.ndarray:
+        """``[n]`` scores -> ``[n]`` int8 skip bits of the wrapped env (``score > threshold``)."""
+        a = np.asarray(action)
+        if a.dtype.kind in "biu":
+            raise ValueError(f"this env's actions are real-valued scores (skip where score > {self.threshold:g}), "
+                             f"got a {a.dtype} array; convert 0 / 1 skip bits with env.action_of(bits)")
+        if a.shape != (self.n,) or a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise ValueError(f"action must be {self.n} finite scores (float), got {a.tolist()!r}")
+        return (a > self.threshold).astype(np.int8)
+
+    def action_of(self, bits) -> np.ndarray:
+        """The scores of 0 / 1 skip bits ``[n]``: ``threshold + 1`` where a bit is 1, ``threshold - 1`` where it
+        is 0 (float32), so ``env.step(env.action_of(env.unwrapped.plan_to_action(plan)))`` runs ``plan``."""
+        b = np.asarray(bits)
+        if b.shape != (self.n,) or not ((b == 0) | (b == 1)).all():
+            raise ValueError(f"bits must be {self.n} values of 0 / 1, got {b.tolist()!r}")
+        return np.where(b == 1, self.threshold + 1.0, self.threshold - 1.0).astype(np.float32)

@@ -9,7 +9,9 @@ Gymnasium envs at thousands of episodes per second instead of about one.
   (``skipenv table build``).
 - :mod:`.envs` — :class:`~skipenv.tables.envs.TableMenuEnv` (``Discrete(N)``) and
   :class:`~skipenv.tables.envs.TableFactorialEnv` (``MultiBinary(F)``), registered as
-  ``SwitchDec-XSum-MenuTable-v0`` and ``SwitchDec-XSum-Table-v0`` on the shipped table ``xsum-v1``.
+  ``SwitchDec-XSum-MenuTable-v0`` and ``SwitchDec-XSum-Table-v0`` on the shipped table ``xsum-v1``;
+  ``SwitchDec-XSum-Table-v1`` is ``-v0`` with real-valued skip scores (``skip_threshold=2.0``,
+  :class:`~skipenv.envs.wrappers.ThresholdActions`), on which SB3's default PPO does not collapse.
 - :mod:`.cli` — ``skipenv table build | info | validate``.
 
 Usage and the shipped table's coverage: docs/tables.md.

@@ -329,6 +329,11 @@ TABLE_SPECS = {
                                              "expect": _XSUM_V1_EXPECT}),
     "SwitchDec-XSum-MenuTable-v0": (_MENU, {"table": "xsum-v1", "formulation": "expected",
                                             "expect": _XSUM_V1_EXPECT}),
+    # issue 21: v0 with real-valued skip scores (ThresholdActions, skip where score > 2): SB3's default PPO starts
+    # near "skip nothing" (each factor skipped with probability 0.023) instead of skipping half the factors, whose
+    # losses pinned the Lagrange multiplier at its cap before PPO's first update (docs/table_learners.md)
+    "SwitchDec-XSum-Table-v1": (_FACTORIAL, {"table": "xsum-v1", "formulation": "expected", "skip_threshold": 2.0,
+                                             "expect": _XSUM_V1_EXPECT}),
 }
 
 

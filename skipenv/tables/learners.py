@@ -11,6 +11,7 @@ name               env         learner
 =================  ==========  ====================================================================================
 ``ppo``, ``a2c``   factorial   SB3 with :data:`skipenv.policies.sb3.ALGORITHMS` defaults, skip bits initialised at p = 0.02
 ``ppo-default``    factorial   ``PPO("MlpPolicy", env)``: SB3's own defaults (the snippet a new user writes)
+``ppo-default-v1`` factorial   the same snippet on ``SwitchDec-XSum-Table-v1``'s encoding (skip scores, threshold 2)
 ``dqn``            menu        SB3 DQN (:data:`skipenv.policies.sb3.ALGORITHMS` defaults)
 ``rloo``           factorial   :class:`~skipenv.policies.pg.GroupPG` (leave-one-out baseline)
 ``pg-lagrangian``  factorial   :class:`~skipenv.policies.pg.ConstrainedPG` (its own Lagrangian handler)
@@ -51,6 +52,7 @@ LEARNERS = {
     "linucb": "mabwiser LinUCB(alpha=1) on PCA contexts, menu env",
     "lints": "mabwiser LinTS(alpha=1) on PCA contexts, menu env",
     "ppo-default": "PPO('MlpPolicy', env) with SB3's own defaults, factorial env",
+    "ppo-default-v1": "PPO('MlpPolicy', env) with SB3's own defaults on the v1 encoding (skip scores, threshold 2)",
 }
 #: learner -> "factorial" (MultiBinary, SwitchDec-XSum-Table-v0) or "menu" (Discrete, SwitchDec-XSum-MenuTable-v0)
 ENV_OF = {n: ("menu" if n in ("dqn", "eps-greedy", "linucb", "lints") else "factorial") for n in LEARNERS}
@@ -327,7 +329,13 @@ def train_learner_on_table(name: str, table: Table, *, episodes: int, seed: int 
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}; choose one of {sorted(LEARNERS)}")
     kind = ENV_OF[name]
-    base = _make_env(kind, table, **(env_kwargs or {}))
+    env_kwargs = dict(env_kwargs or {})
+    threshold = None
+    if name == "ppo-default-v1":
+        from .envs import TABLE_SPECS
+
+        threshold = env_kwargs.setdefault("skip_threshold", TABLE_SPECS["SwitchDec-XSum-Table-v1"][1]["skip_threshold"])
+    base = _make_env(kind, table, **env_kwargs)
     reach = table.grammar.num_factorial if kind == "factorial" else table.num_plans
     env = EpisodeRecorder(base, reach)
     t0 = time.perf_counter()
@@ -337,13 +345,13 @@ def train_learner_on_table(name: str, table: Table, *, episodes: int, seed: int 
         obs = base.unwrapped.outcome_arrays()["observations"]
         agent = MabwiserBandit(env, name, seed=seed, contexts=ContextMap(obs, seed=seed))
         learn, policy = (lambda n: agent.learn(n)), agent
-    elif name in ("ppo", "a2c", "dqn", "ppo-default"):
+    elif name in ("ppo", "a2c", "dqn", "ppo-default", "ppo-default-v1"):
         import torch
 
         from ..policies.sb3 import make_sb3
 
         torch.set_num_threads(1)
-        if name == "ppo-default":
+        if name in ("ppo-default", "ppo-default-v1"):
             from stable_baselines3 import PPO
 
             model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
@@ -356,7 +364,8 @@ def train_learner_on_table(name: str, table: Table, *, episodes: int, seed: int 
             state["first"] = False
 
         def policy(x):
-            return model.predict(x, deterministic=True)[0]
+            a = model.predict(x, deterministic=True)[0]
+            return a if threshold is None else (a > threshold).astype(np.int8)  # scores -> the table's skip bits
     else:
         from ..policies.pg import ConstrainedPG, GroupPG, GroupPGConfig, PGConfig
 

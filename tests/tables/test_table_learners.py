@@ -104,7 +104,7 @@ def test_bandits_learn_the_best_plan(tiny, name):
         assert (res["plans"] == best).mean() >= 0.5
 
 
-@pytest.mark.parametrize("name", [n for n in LEARNERS if n not in ("eps-greedy", "linucb")])
+@pytest.mark.parametrize("name", [n for n in LEARNERS if n not in ("eps-greedy", "linucb", "ppo-default-v1")])
 def test_every_learner_trains_and_acts_inside_its_env(tiny, name):
     folds, _ = make_folds(tiny, folds=2, seed=0)
     res = train_learner_on_table(name, folds[0].table, episodes=64, seed=1, checkpoints=2)
