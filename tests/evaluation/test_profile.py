@@ -20,7 +20,7 @@ from skipenv.cli import main as cli_main
 from skipenv.envs.cache import IdentityMismatchError
 from skipenv.evaluation.profile import ROW_COLUMNS, run_profile
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, for _tiny_local
 from _tiny_local import documents  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
