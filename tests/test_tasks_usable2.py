@@ -37,3 +37,123 @@ def test_three_class_file_drops_and_counts_the_third_class(tmp_path):
     pd.DataFrame({"text": ["a", "b"], "label": ["neutral", "pos"]}).to_csv(tmp_path / "one.csv", index=False)
     with pytest.raises(DataFileError, match="needs both labels"):
         make_task("rotten_tomatoes", source=tmp_path / "one.csv", label_column="label").examples("all")
+
+
+# ------------------------------------------------------------------------------------------ QA: passage spans
+def test_passage_span_by_hand():
+    from skipenv.tasks.qa import passage_span
+
+    passage = "The tower was built in 1889. It was designed by Gustave Eiffel, for the fair."
+    assert passage_span("It was designed by Gustave Eiffel", passage) == "It was designed by Gustave Eiffel"
+    # "built in 1889." has F1 2*2/(3+2) = 0.8 against "built 1889"; "built" or "1889." alone 2*1/(1+2) = 0.667
+    assert passage_span("Eiffel", passage) == "Eiffel"  # trailing comma stripped, the shortest best run
+    assert passage_span("built 1889", passage) == "built in 1889."
+    assert passage_span("nothing here", passage) == ""
+    assert passage_span("", passage) == ""
+
+
+def test_shots_are_chat_turns_outside_the_document_span(smollm2_tokenizer):
+    from skipenv.tasks import Example
+
+    task = make_task("disflqa", shots=(("Passage: Rome is old.\n\nQuestion: What is old?", "Rome"),))
+    ex = Example("q1", "Paris is the capital of France.", "Paris", question="What is the capital?",
+                 answers=("Paris",))
+    p = task.format(ex, smollm2_tokenizer, encoder_decoder=False)
+    a, b = p.document_span
+    assert smollm2_tokenizer.decode(list(p.input_ids[a:b])) == ex.document
+    before = smollm2_tokenizer.decode(list(p.input_ids[:a]))
+    assert "<|im_start|>user\nPassage: Rome is old.\n\nQuestion: What is old?<|im_end|>\n<|im_start|>assistant\n" \
+           "Rome<|im_end|>" in before
+    with pytest.raises(ValueError, match="shots must be"):
+        make_task("disflqa", shots=("just a string",))
+
+
+# ------------------------------------------------------------------------------------------ the mixed-traffic env
+MIX_SMALL = dict(num_examples=3, token_segments=4, max_input_tokens=400, max_new_tokens=4, disk_cache=False)
+
+
+@pytest.fixture(scope="module")
+def mix(tiny_llama):
+    import skipenv
+
+    env = skipenv.make("SwitchDec-Mix-v0", generator=tiny_llama, **MIX_SMALL)
+    yield env
+    env.close()
+
+
+def test_mix_resets_and_steps_across_tasks(mix):
+    from skipenv.envs.mix import MIX_TASKS
+    from skipenv.envs.rewards import lexicographic_reward
+
+    u = mix.unwrapped
+    assert u.tasks == MIX_TASKS and len(u.examples) == 3 * len(MIX_TASKS)
+    d = u.generator.hidden_size
+    assert mix.observation_space.shape == (d + 2 + len(MIX_TASKS),)
+    seen = set()
+    for i, (t, ex) in enumerate(u.examples):
+        obs, info = mix.reset(options={"index": i})
+        assert (info["task"], info["task_index"], info["example_id"]) == (MIX_TASKS[t], t, ex.id)
+        onehot = np.zeros(len(MIX_TASKS), dtype=np.float32)
+        onehot[t] = 1
+        np.testing.assert_array_equal(obs[-len(MIX_TASKS):], onehot)
+        member = u.members[t]  # the observation is the member env's own, with the indicator appended
+        np.testing.assert_array_equal(obs[:-len(MIX_TASKS)], member._observation())
+        _, reward, terminated, truncated, info = mix.step(mix.action_space.sample())
+        assert terminated and not truncated and info["task"] == MIX_TASKS[t]
+        assert info["quality_full"] == 1.0 and 0.0 <= info["quality"] <= 1.0  # one scale: fraction kept
+        assert reward == info["reward"] == pytest.approx(
+            lexicographic_reward(info["quality"], 1.0, info["cost"], u.tau), abs=1e-12)
+        seen.add(info["task"])
+    assert seen == set(MIX_TASKS) and u.tau == 0.10
+
+
+def test_mix_is_deterministic_under_a_seed(mix):
+    def run(seed):
+        mix.action_space.seed(seed)
+        out, obs = [], None
+        for k in range(8):
+            obs, info = mix.reset(seed=seed if k == 0 else None)
+            _, r, *_ = mix.step(mix.action_space.sample())
+            out.append((info["task"], info["example_id"], r))
+        return out, obs
+
+    a, obs_a = run(3)
+    b, obs_b = run(3)
+    assert a == b and np.array_equal(obs_a, obs_b)
+    assert len({t for t, _, _ in a}) > 1  # 8 draws over 3 tasks visit more than one
+    assert run(4)[0] != a
+
+
+def test_mix_options_and_bad_arguments(mix, tiny_llama):
+    from skipenv.envs.mix import SwitchDecMixEnv
+
+    _, info = mix.reset(options={"task": "rotten_tomatoes_scored"})
+    assert info["task"] == "rotten_tomatoes_scored"
+    ex = mix.unwrapped.members[0].examples[1]
+    _, info = mix.reset(options={"task": "xsum", "example_id": ex.id})
+    assert info["example_id"] == ex.id
+    with pytest.raises(ValueError, match="needs 'task' too"):
+        mix.reset(options={"example_id": ex.id})
+    with pytest.raises(ValueError, match="not in this mix's tasks"):
+        mix.reset(options={"task": "cnndm"})
+    with pytest.raises(ValueError, match="unknown task"):
+        SwitchDecMixEnv(["xsum", "nope"], generator=tiny_llama)
+    with pytest.raises(ValueError, match="fixed per task"):
+        SwitchDecMixEnv(["xsum"], generator=tiny_llama, quality="reference")
+    with pytest.raises(ValueError, match="weights must be 2"):
+        SwitchDecMixEnv(["xsum", "rotten_tomatoes_scored"], generator=tiny_llama, weights=[1.0])
+
+
+def test_mix_gym_make_offline_in_a_sharing_block(tiny_llama):
+    import gymnasium as gym
+
+    import skipenv
+
+    with skipenv.sharing(generator=tiny_llama):
+        env = gym.make("SwitchDec-Mix-v0", tasks=["xsum", "rotten_tomatoes_scored"], weights=[0.0, 1.0],
+                       **MIX_SMALL)
+    assert env.unwrapped.generator is tiny_llama
+    for _ in range(3):  # weight 0: XSum is never drawn
+        _, info = env.reset()
+        assert info["task"] == "rotten_tomatoes_scored"
+    env.close()

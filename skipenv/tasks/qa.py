@@ -5,11 +5,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..metrics import f1
+from collections import Counter
+
+from ..metrics import f1, normalize_answer
 from .base import Example, Task
 from .tokens import encode_template, encode_text, special_layout
 
-__all__ = ["QATask"]
+__all__ = ["QATask", "passage_span"]
+
+
+def passage_span(text: str, passage: str, max_extra_words: int = 3) -> str:
+    """The word span of ``passage`` with the highest SQuAD F1 against ``text`` (an answer the model wrote), so the
+    answer scored is always a span of the passage (extractive QA), never a sentence about it.
+
+    Candidates: every run of ``1 .. n + max_extra_words`` consecutive whitespace-separated passage words, ``n`` the
+    number of words of ``text``; F1 is computed on SQuAD-normalised words (:func:`skipenv.metrics.normalize_answer`
+    applied word by word, which equals normalising the whole string: it never merges words). Ties go to the
+    shorter, then the earlier span. Returns ``""`` when ``text`` has no word in common with the passage (F1 0 for
+    every span) or is empty.
+
+    Cost: ``O(len(passage words) * (n + max_extra_words))`` counter updates (about 2,000 for a DisflQA passage).
+    """
+    words = passage.split()
+    norm = [normalize_answer(w).split() for w in words]
+    target = Counter(normalize_answer(text).split())
+    n_t = sum(target.values())
+    if not n_t or not words:
+        return ""
+    width = len(text.split()) + int(max_extra_words)
+    best, best_key = "", (0.0, 0, 0)
+    for i in range(len(words)):
+        have, n_p, same = Counter(), 0, 0
+        for j in range(i, min(len(words), i + width)):
+            for tok in norm[j]:
+                have[tok] += 1
+                n_p += 1
+                if have[tok] <= target.get(tok, 0):
+                    same += 1
+            if not same:
+                continue
+            score = 2.0 * same / (n_p + n_t)  # F1 = 2 P R / (P + R) with P = same / n_p, R = same / n_t
+            key = (score, -(j - i), -i)
+            if key > best_key:
+                best, best_key = " ".join(words[i: j + 1]).strip(",;:"), key
+    return best
 
 
 def _answers(value: Any) -> list[str]:
@@ -36,9 +75,13 @@ class QATask(Task):
     Attributes:
         require_answer_in_document: drop rows none of whose gold answers occurs verbatim in the passage (DisflQA:
             SQuAD-v2 "unknown" rows and rephrased answers; 600 of 1,000 rows are kept).
+        answer_from_passage: score the passage span closest to the generated answer (:func:`passage_span`)
+            instead of the generated line itself, so every scored answer is a span of the passage
+            (``disflqa_span``).
     """
 
     require_answer_in_document: bool = True
+    answer_from_passage: bool = False
     user_template: str = "{instruction}\n\nPassage:\n{document}\n\nQuestion: {question}"
 
     kind: ClassVar[str] = "qa"
@@ -103,4 +146,10 @@ class QATask(Task):
         scores against ``text`` alone (e.g. fidelity to the full model's output).
         """
         golds = list(example.answers) if example.target in example.answers else [example.target]
-        return f1(self.post_process(prediction), golds)
+        return f1(self.answer(prediction, example), golds)
+
+    def answer(self, prediction: str, example: Example) -> str:
+        """The answer :meth:`score` scores: ``post_process(prediction)``, mapped to its closest passage span
+        (:func:`passage_span`) when :attr:`answer_from_passage`."""
+        line = self.post_process(prediction)
+        return passage_span(line, example.document) if self.answer_from_passage else line
