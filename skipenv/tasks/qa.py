@@ -11,7 +11,10 @@ from ..metrics import f1, normalize_answer
 from .base import Example, Task
 from .tokens import encode_template, encode_text, special_layout
 
-__all__ = ["QATask", "passage_span"]
+__all__ = ["QATask", "passage_span", "QA_SCORING_MODES"]
+
+#: how a :class:`QATask` produces its answer: free greedy generation or passage-constrained (pointer) decoding
+QA_SCORING_MODES = ("generate", "pointer")
 
 
 def passage_span(text: str, passage: str, max_extra_words: int = 3) -> str:
@@ -78,15 +81,34 @@ class QATask(Task):
         answer_from_passage: score the passage span closest to the generated answer (:func:`passage_span`)
             instead of the generated line itself, so every scored answer is a span of the passage
             (``disflqa_span``).
+        scoring: how the answer is produced: ``"generate"`` (free greedy generation, the v0 envs) or ``"pointer"``
+            (greedy decoding restricted to spans of the passage, :func:`skipenv.envs.spans.pointer_decode`: the
+            output is always a passage span; the evaluator runs it for the full model and for every plan).
     """
 
     require_answer_in_document: bool = True
     answer_from_passage: bool = False
+    scoring: str = "generate"
     user_template: str = "{instruction}\n\nPassage:\n{document}\n\nQuestion: {question}"
 
     kind: ClassVar[str] = "qa"
     roles: ClassVar[tuple[str, ...]] = ("id", "document", "question", "target")
     text_roles: ClassVar[tuple[str, ...]] = ("document", "question")  # answers: text, list or SQuAD's dict
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scoring not in QA_SCORING_MODES:
+            raise ValueError(f"task {self.name!r}: scoring must be one of {QA_SCORING_MODES}, got {self.scoring!r}")
+
+    @property
+    def span_scoring(self) -> bool:
+        """Whether answers are decoded as passage spans (``scoring="pointer"``) instead of generated freely."""
+        return self.scoring == "pointer"
+
+    def cache_tag(self) -> str:
+        """What besides the input ids determines the full model's answer (part of the evaluator's full-output cache
+        key): ``"pointer"`` for span decoding, empty for generation (keeps v0's keys)."""
+        return "pointer" if self.span_scoring else ""
 
     def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
         """``empty_document``, ``empty_question``, ``no_answer`` (always dropped) or ``answer_not_in_document``."""
