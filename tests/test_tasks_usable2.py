@@ -157,3 +157,82 @@ def test_mix_gym_make_offline_in_a_sharing_block(tiny_llama):
         _, info = env.reset()
         assert info["task"] == "rotten_tomatoes_scored"
     env.close()
+
+
+def _brute_force_span(gen, prompt, plan, max_new_tokens, exclude):
+    """Passage-constrained greedy decoding recomputed from scratch: the whole kept sequence through the HF model
+    at every step (no KV cache, no prefix reuse), the allowed tokens rebuilt from the passage by hand."""
+    import torch
+
+    from skipenv.metrics import normalize_answer
+
+    a, b = prompt.document_span
+    doc = list(prompt.input_ids[a:b])
+    pieces = gen.tokenizer.convert_ids_to_tokens(doc)
+    starts = [i == 0 or p[:1] in ("Ġ", "▁", " ", "Ċ") or not p[:1].isalnum() for i, p in enumerate(pieces)]
+    idx = [i for i, s in enumerate(starts) if s] + [len(doc)]
+    ok = [False] * len(doc)
+    for s, e in zip(idx, idx[1:]):
+        w = normalize_answer(gen.tokenizer.decode(doc[s:e]))
+        ok[s] = bool(w) and w not in exclude
+    plan = plan if plan is not None else gen.empty_plan()
+    kept = list(prompt.apply_token_skips(plan.tokens))
+    out = []
+    while len(out) < max_new_tokens + 1:
+        cands = set()
+        for j in range(len(doc) - len(out)):
+            if ok[j] and doc[j: j + len(out)] == out:
+                cands.add(doc[j + len(out)])
+        if out:
+            cands.add(gen.eos_token_id)
+        with gen.skipping(plan), torch.inference_mode():
+            logits = gen.model(input_ids=torch.tensor([kept + out])).logits[0, -1]
+        token = max(sorted(cands), key=lambda t: float(logits[t]))
+        out.append(token)
+        if token == gen.eos_token_id or len(out) == max_new_tokens:
+            break
+    return out
+
+
+@pytest.mark.parametrize("skips", [{}, {"attention": [1], "ffn": [0]}, {"tokens": [0, 2]}])
+def test_pointer_decoding_equals_a_brute_force_constrained_greedy(tiny_llama, skips):
+    from skipenv import SkipPlan
+    from skipenv.envs import Evaluator
+    from skipenv.envs.spans import pointer_decode
+
+    task = make_task("disflqa_span", max_input_tokens=400)
+    ev = Evaluator(tiny_llama, task, quality="fidelity", disk_cache=False, token_segments=4)
+    for ex in task.examples("test")[:2]:
+        prompt = ev.prompt(ex)
+        plan = SkipPlan.from_skips(ev.spec, **skips) if skips else None
+        exclude = task.start_exclusions(ex)
+        tokens, text = pointer_decode(tiny_llama, prompt, plan, max_new_tokens=6, exclude_start_words=exclude)
+        assert tokens == _brute_force_span(tiny_llama, prompt, plan, 6, exclude)
+        assert text and text in tiny_llama.tokenizer.decode(list(prompt.input_ids[slice(*prompt.document_span)]))
+        assert normalize_first(text) not in exclude
+
+
+def normalize_first(text):
+    from skipenv.metrics import normalize_answer
+
+    return (normalize_answer(text).split() or [""])[0]
+
+
+def test_disflqa_v1_env_scores_spans_with_fidelity(tiny_llama):
+    import skipenv
+
+    env = skipenv.make("SwitchDec-DisflQA-v1", generator=tiny_llama, num_examples=2, max_input_tokens=400,
+                       token_segments=4, disk_cache=False)
+    assert env.spec.kwargs["quality"] == "fidelity" and env.unwrapped.task.scoring == "pointer"
+    _, info = env.reset(options={"index": 0})
+    ex = env.unwrapped.example
+    full = env.unwrapped.full_output()
+    assert full.text in ex.document.replace(" ", "") or full.text.replace(" ", "") in ex.document.replace(" ", "")
+    _, reward, terminated, _, info = env.step(env.action_space.sample())
+    assert terminated and 0.0 <= info["quality"] <= 1.0 and info["quality_full"] == 1.0
+    # the quality is the SQuAD F1 of the plan's span against the full model's span, recomputed here
+    from skipenv.metrics import f1
+
+    want = 1.0 if info["text"] == full.text else f1(info["text"], [full.text])
+    assert info["quality"] == pytest.approx(want)
+    env.close()

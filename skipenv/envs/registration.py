@@ -52,6 +52,10 @@ SPECS: dict[str, tuple[str, dict]] = {
     # forward pass, calibrated on train) and measures whether a plan keeps the full model's label (docs/tasks.md)
     "SwitchDec-RottenTomatoes-v1": (_ONE_SHOT, {"task": "rotten_tomatoes_scored", "task_source": "embedded",
                                                 "quality": "label_probability"}),
+    # issue 23: v0's generated answers are sentences about the passage (SQuAD F1 below a heuristic); v1 decodes
+    # the answer as a passage span (few-shot prompt, passage-constrained greedy decoding) and measures a plan by
+    # the token F1 of its span to the full model's (docs/tasks.md)
+    "SwitchDec-DisflQA-v1": (_ONE_SHOT, {"task": "disflqa_span", "task_source": "embedded", "quality": "fidelity"}),
     # issue 23: mixed traffic over the repaired embedded tasks (XSum, RT-v1's scored labels, DisflQA-v1's spans),
     # one quality scale (the fraction of the full model's output kept) and one tau (skipenv.envs.mix)
     "SwitchDec-Mix-v0": (_MIX, {}),
@@ -59,7 +63,7 @@ SPECS: dict[str, tuple[str, dict]] = {
 
 #: The ids that run offline on the embedded assets.
 OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-v1", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
-               "SwitchDec-RottenTomatoes-v0", "SwitchDec-RottenTomatoes-v1", "SwitchDec-Mix-v0")
+               "SwitchDec-DisflQA-v1", "SwitchDec-RottenTomatoes-v0", "SwitchDec-RottenTomatoes-v1", "SwitchDec-Mix-v0")
 
 ENV_IDS: tuple[str, ...] = tuple(SPECS)
 

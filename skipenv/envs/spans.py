@@ -38,8 +38,20 @@ def _word_starts(tokenizer, doc: list[int]) -> list[bool]:
     return out
 
 
-def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, reuse: bool = True
-                   ) -> tuple[list[int], str]:
+def _start_words(tokenizer, doc: list[int], starts: list[bool]) -> list[str]:
+    """The SQuAD-normalised word (:func:`skipenv.metrics.normalize_answer`) that begins at each word-start token
+    (``""`` elsewhere): the decoded tokens up to the next word start."""
+    from ..metrics import normalize_answer
+
+    idx = [i for i, s in enumerate(starts) if s] + [len(doc)]
+    words = [""] * len(doc)
+    for a, b in zip(idx, idx[1:]):
+        words[a] = normalize_answer(tokenizer.decode(doc[a:b]))
+    return words
+
+
+def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, reuse: bool = True,
+                   exclude_start_words=frozenset()) -> tuple[list[int], str]:
     """Greedy decoding restricted to spans of ``prompt``'s document (see the module docstring).
 
     Args:
@@ -49,6 +61,9 @@ def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, re
         max_new_tokens: at most this many span tokens (EOS not counted); the span stops earlier at EOS.
         reuse: decoder-only models: start from the full model's stored computation on the input, as
             :meth:`~skipenv.generators.SkippableGenerator.generate` does (same tokens, less work).
+        exclude_start_words: SQuAD-normalised words a span may not start with (e.g. the question's words: an
+            answer rarely repeats the question; normalisation already drops articles, so a word that normalises to
+            nothing — "The" — never starts a span).
 
     Returns:
         ``(tokens, text)``: the decoded token ids (the span's, then EOS if the model chose it; ``1 <= len <=
@@ -66,6 +81,10 @@ def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, re
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     eos = generator.eos_token_id
     starts = _word_starts(generator.tokenizer, doc)
+    words = _start_words(generator.tokenizer, doc, starts)
+    first = [s and bool(w) and w not in exclude_start_words for s, w in zip(starts, words)]
+    if not any(first):  # every word is excluded: fall back to every word start
+        first = starts
     reusing = getattr(generator, "_reusing", None)
     ctx = reusing([prompt], reuse, True, plan=plan) if reusing is not None else contextlib.nullcontext()
     with ctx:
@@ -74,7 +93,7 @@ def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, re
         with generator.skipping(plan), torch.inference_mode():
             decoding = generator._begin_decoding(ids, mask, plan, True)
             out: list[int] = []
-            ends = [j for j in range(len(doc)) if starts[j]]  # positions where the next span token may come from
+            ends = [j for j in range(len(doc)) if first[j]]  # positions where the next span token may come from
             for step in range(max_new_tokens + 1):
                 logits = decoding.next_logits()[0].float()
                 allowed = sorted({doc[j] for j in ends if j < len(doc)})

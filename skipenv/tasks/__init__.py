@@ -196,7 +196,7 @@ _DISFLQA_SHOTS = tuple((QATask.user_template.format(instruction=_QA, document=d,
 
 TASKS["disflqa_span"] = TaskSpec(
     QATask,
-    dict(metric="f1", max_new_tokens=24, instruction=_QA, max_input_tokens=768, answer_from_passage=True,
+    dict(metric="f1", max_new_tokens=16, instruction=_QA, max_input_tokens=768, scoring="pointer",
          shots=_DISFLQA_SHOTS,
          columns={"document": "passage", "question": "question", "target": "answer"}, embedded_asset="disflqa"),
     "DisflQA with passage-span answers (few-shot prompt; the answer scored is a span of the passage)",

@@ -15,6 +15,8 @@ __all__ = ["QATask", "passage_span", "QA_SCORING_MODES"]
 
 #: how a :class:`QATask` produces its answer: free greedy generation or passage-constrained (pointer) decoding
 QA_SCORING_MODES = ("generate", "pointer")
+#: version of the pointer decoding rule, part of the full-output cache key (a change of the rule is a new key)
+POINTER_RULE = "pointer:no-question-start:1"
 
 
 def passage_span(text: str, passage: str, max_extra_words: int = 3) -> str:
@@ -107,8 +109,15 @@ class QATask(Task):
 
     def cache_tag(self) -> str:
         """What besides the input ids determines the full model's answer (part of the evaluator's full-output cache
-        key): ``"pointer"`` for span decoding, empty for generation (keeps v0's keys)."""
-        return "pointer" if self.span_scoring else ""
+        key): the pointer rule's version for span decoding (spans may not start with a question word), empty for
+        generation (keeps v0's keys)."""
+        return POINTER_RULE if self.span_scoring else ""
+
+    def start_exclusions(self, example: Example) -> frozenset[str]:
+        """Words a decoded span may not start with (``scoring="pointer"``): the question's SQuAD-normalised
+        words, since an extractive answer rarely repeats the question (without this the embedded SmolLM2 starts
+        its span at the passage sentence that echoes the question and copies it, docs/tasks.md)."""
+        return frozenset(normalize_answer(example.question or "").split())
 
     def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
         """``empty_document``, ``empty_question``, ``no_answer`` (always dropped) or ``answer_not_in_document``."""
