@@ -69,7 +69,7 @@ def test_shots_are_chat_turns_outside_the_document_span(smollm2_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ the mixed-traffic env
-MIX_SMALL = dict(num_examples=3, token_segments=4, max_input_tokens=400, max_new_tokens=4, disk_cache=False)
+MIX_SMALL = dict(num_examples=2, token_segments=4, max_input_tokens=400, max_new_tokens=4, disk_cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_mix_resets_and_steps_across_tasks(mix):
     from skipenv.envs.rewards import lexicographic_reward
 
     u = mix.unwrapped
-    assert u.tasks == MIX_TASKS and len(u.examples) == 3 * len(MIX_TASKS)
+    assert u.tasks == MIX_TASKS and len(u.examples) == 2 * len(MIX_TASKS)
     d = u.generator.hidden_size
     assert mix.observation_space.shape == (d + 2 + len(MIX_TASKS),)
     seen = set()
@@ -202,7 +202,7 @@ def test_pointer_decoding_equals_a_brute_force_constrained_greedy(tiny_llama, sk
 
     task = make_task("disflqa_span", max_input_tokens=400)
     ev = Evaluator(tiny_llama, task, quality="fidelity", disk_cache=False, token_segments=4)
-    for ex in task.examples("test")[:2]:
+    for ex in task.examples("test")[:1]:
         prompt = ev.prompt(ex)
         plan = SkipPlan.from_skips(ev.spec, **skips) if skips else None
         exclude = task.start_exclusions(ex)
@@ -236,3 +236,28 @@ def test_disflqa_v1_env_scores_spans_with_fidelity(tiny_llama):
     want = 1.0 if info["text"] == full.text else f1(info["text"], [full.text])
     assert info["quality"] == pytest.approx(want)
     env.close()
+
+
+def test_eos_bias_shortens_spans_as_the_trace_predicts(tiny_llama):
+    """The trace of one decode (margin of the best continuation over EOS, per step) gives the span under any
+    eos_bias: it stops at the first step whose margin is below the bias."""
+    from skipenv.envs import Evaluator
+    from skipenv.envs.spans import pointer_decode
+
+    task = make_task("disflqa_span", max_input_tokens=400)
+    ex = task.examples("test")[1]
+    prompt = Evaluator(tiny_llama, task, quality="fidelity", disk_cache=False).prompt(ex)
+    eos = tiny_llama.eos_token_id
+    trace = []
+    base, _ = pointer_decode(tiny_llama, prompt, None, max_new_tokens=8, eos_bias=-1e4, trace=trace)
+    # at -1e4 EOS is chosen only where no passage continuation is left (the span reached the passage's end)
+    assert trace and len(trace) == len([t for t in base if t != eos]) - 1
+    margins = [m for _, m in trace]
+    assert [t for t, _ in trace] == base[1: len(trace) + 1]
+    for bias in sorted(margins)[:3] + [1e4]:
+        stop = next((k for k, m in enumerate(margins) if m < bias), None)
+        want = base if stop is None else base[: stop + 1] + [eos]
+        got, _ = pointer_decode(tiny_llama, prompt, None, max_new_tokens=8, eos_bias=bias)
+        assert got == want, (bias, got, want)
+    with pytest.raises(ValueError, match="eos_bias must be a finite number"):
+        make_task("disflqa_span", eos_bias=float("nan"))

@@ -290,7 +290,8 @@ class Evaluator:
         from .spans import pointer_decode
 
         return pointer_decode(self.generator, self.prompt(example), plan, max_new_tokens=self.max_new_tokens,
-                              reuse=self.reuse, exclude_start_words=self.task.start_exclusions(example))
+                              reuse=self.reuse, exclude_start_words=self.task.start_exclusions(example),
+                              eos_bias=self.task.eos_bias)
 
     def _check_label_scoring(self) -> None:
         label_signal = bool(getattr(self.signal, "label_signal", False))

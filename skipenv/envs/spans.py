@@ -51,7 +51,8 @@ def _start_words(tokenizer, doc: list[int], starts: list[bool]) -> list[str]:
 
 
 def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, reuse: bool = True,
-                   exclude_start_words=frozenset()) -> tuple[list[int], str]:
+                   exclude_start_words=frozenset(), eos_bias: float = 0.0,
+                   trace: list | None = None) -> tuple[list[int], str]:
     """Greedy decoding restricted to spans of ``prompt``'s document (see the module docstring).
 
     Args:
@@ -64,6 +65,12 @@ def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, re
         exclude_start_words: SQuAD-normalised words a span may not start with (e.g. the question's words: an
             answer rarely repeats the question; normalisation already drops articles, so a word that normalises to
             nothing — "The" — never starts a span).
+        eos_bias: added to EOS's logit wherever EOS is allowed (nats; > 0 gives shorter spans). A length
+            calibration fitted on train rows (docs/tasks.md): the continuation tokens chosen do not depend on it,
+            only where the span stops.
+        trace: if a list, one ``(token chosen among the passage continuations, its logit minus EOS's logit)`` pair
+            is appended per step after the first (EOS's logit without ``eos_bias``), so the span under any other
+            ``eos_bias`` can be read off one decode.
 
     Returns:
         ``(tokens, text)``: the decoded token ids (the span's, then EOS if the model chose it; ``1 <= len <=
@@ -101,8 +108,14 @@ def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, re
                     allowed.append(int(eos))
                 if not allowed:  # the span reached the passage's end
                     break
+                if out and eos is not None:
+                    logits[int(eos)] += float(eos_bias)
                 idx = torch.tensor(allowed, device=logits.device)
                 token = int(idx[int(torch.argmax(logits[idx]))])
+                if trace is not None and out and eos is not None and len(allowed) > 1:
+                    cont = torch.tensor(allowed[:-1], device=logits.device)
+                    best = int(cont[int(torch.argmax(logits[cont]))])
+                    trace.append((best, float(logits[best] - logits[int(eos)] + float(eos_bias))))
                 out.append(token)
                 if eos is not None and token == eos:
                     break

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import math
 from collections import Counter
 
 from ..metrics import f1, normalize_answer
@@ -86,11 +87,14 @@ class QATask(Task):
         scoring: how the answer is produced: ``"generate"`` (free greedy generation, the v0 envs) or ``"pointer"``
             (greedy decoding restricted to spans of the passage, :func:`skipenv.envs.spans.pointer_decode`: the
             output is always a passage span; the evaluator runs it for the full model and for every plan).
+        eos_bias: ``"pointer"`` only: nats added to the end-of-answer token's logit (> 0: shorter spans), fitted
+            on train rows (docs/tasks.md).
     """
 
     require_answer_in_document: bool = True
     answer_from_passage: bool = False
     scoring: str = "generate"
+    eos_bias: float = 0.0
     user_template: str = "{instruction}\n\nPassage:\n{document}\n\nQuestion: {question}"
 
     kind: ClassVar[str] = "qa"
@@ -101,6 +105,10 @@ class QATask(Task):
         super().__post_init__()
         if self.scoring not in QA_SCORING_MODES:
             raise ValueError(f"task {self.name!r}: scoring must be one of {QA_SCORING_MODES}, got {self.scoring!r}")
+        if isinstance(self.eos_bias, bool) or not isinstance(self.eos_bias, (int, float)) \
+                or not math.isfinite(self.eos_bias):
+            raise ValueError(f"task {self.name!r}: eos_bias must be a finite number (nats), got {self.eos_bias!r}")
+        self.eos_bias = float(self.eos_bias)
 
     @property
     def span_scoring(self) -> bool:
@@ -111,7 +119,7 @@ class QATask(Task):
         """What besides the input ids determines the full model's answer (part of the evaluator's full-output cache
         key): the pointer rule's version for span decoding (spans may not start with a question word), empty for
         generation (keeps v0's keys)."""
-        return POINTER_RULE if self.span_scoring else ""
+        return f"{POINTER_RULE}:eos_bias={self.eos_bias!r}" if self.span_scoring else ""
 
     def start_exclusions(self, example: Example) -> frozenset[str]:
         """Words a decoded span may not start with (``scoring="pointer"``): the question's SQuAD-normalised
