@@ -59,7 +59,8 @@ def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, re
         generator: a :class:`~skipenv.generators.SkippableGenerator`.
         prompt: the formatted input (:class:`~skipenv.inputs.PromptInput`); its document span is the passage.
         plan: the plan (``None`` = full model).
-        max_new_tokens: at most this many span tokens (EOS not counted); the span stops earlier at EOS.
+        max_new_tokens: at most this many tokens decoded, EOS included (the budget of
+            :meth:`~skipenv.generators.SkippableGenerator.generate`); the span stops earlier at EOS.
         reuse: decoder-only models: start from the full model's stored computation on the input, as
             :meth:`~skipenv.generators.SkippableGenerator.generate` does (same tokens, less work).
         exclude_start_words: SQuAD-normalised words a span may not start with (e.g. the question's words: an
@@ -74,7 +75,7 @@ def pointer_decode(generator, prompt, plan=None, *, max_new_tokens: int = 24, re
 
     Returns:
         ``(tokens, text)``: the decoded token ids (the span's, then EOS if the model chose it; ``1 <= len <=
-        max_new_tokens + 1``) and the span's text (decoded without special tokens, stripped).
+        max_new_tokens``) and the span's text (decoded without special tokens, stripped).
 
     Raises:
         ValueError: a prompt without document tokens, ``max_new_tokens < 1``, or the generator's own errors
