@@ -9,6 +9,7 @@ numbers.
     OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task rt --docs 30
     OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task xsum --docs 20
     OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task disflqa --docs 20
+    OMP_NUM_THREADS=1 python benchmarks/task_baselines.py --task disflqa-v1 --docs 16
 
 ``--task rt --fit-threshold`` also prints the train accuracy-maximising margin threshold (the value of
 ``skipenv.tasks.RT_SCORED_THRESHOLD``). Full outputs are kept in the skipenv disk cache, so a rerun is cheap.
@@ -104,6 +105,35 @@ def run_disflqa(n: int) -> None:
     print(f"load stats: {task.load_stats}")
 
 
+def run_disflqa_v1(n: int) -> None:
+    """SwitchDec-DisflQA-v1's full model (3 shots, passage-constrained decoding) against the heuristics, on the first
+    ``n`` rows per split that are not among its shots."""
+    import gymnasium as gym
+
+    import skipenv  # noqa: F401  (registers the ids)
+    from skipenv.tasks import DISFLQA_SHOT_IDS
+
+    print(f"DisflQA, SQuAD F1, SwitchDec-DisflQA-v1 (task disflqa_span), first {n} rows per split (the 3 shot rows "
+          f"of the train split left out)")
+    print("| split | n | full model (v1: span decoding) | overlap sentence | its first 3 words | capitalised run | "
+          "best heuristic | margin |\n|---|---|---|---|---|---|---|---|")
+    for split in ("train", "test"):
+        env = gym.make("SwitchDec-DisflQA-v1", split=split, num_examples=n + len(DISFLQA_SHOT_IDS)).unwrapped
+        task, ev = env.task, env.evaluator
+        rows = [ex for ex in env.examples if ex.id not in DISFLQA_SHOT_IDS][:n]
+        h = {"overlap": [], "first3": [], "caps": []}
+        for ex in rows:
+            s = overlap_sentence(ex.document, ex.question)
+            h["overlap"].append(task.score(s, ex))
+            h["first3"].append(task.score(first_words(s), ex))
+            h["caps"].append(task.score(capitalised_run(s, ex.question), ex))
+        full = [ev.full_output(ex).target_score for ex in rows]
+        means = {k: float(np.mean(v)) for k, v in h.items()}
+        best = max(means.values())
+        print(f"| {split} | {len(rows)} | {np.mean(full):.3f} | {means['overlap']:.3f} | {means['first3']:.3f} | "
+              f"{means['caps']:.3f} | {best:.3f} | {np.mean(full) - best:+.3f} |", flush=True)
+
+
 def best_threshold(margins: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
     """The threshold maximising accuracy of ``margin > threshold`` (midpoints between sorted margins)."""
     m = np.sort(margins)
@@ -155,12 +185,12 @@ def run_rt(n: int, fit: bool) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", choices=("rt", "xsum", "disflqa"), required=True)
+    p.add_argument("--task", choices=("rt", "xsum", "disflqa", "disflqa-v1"), required=True)
     p.add_argument("--docs", type=int, default=20, help="inputs per split (the first ones, file order)")
     p.add_argument("--fit-threshold", action="store_true", help="rt: print the train-fitted margin threshold")
     args = p.parse_args(argv)
     {"rt": lambda: run_rt(args.docs, args.fit_threshold), "xsum": lambda: run_xsum(args.docs),
-     "disflqa": lambda: run_disflqa(args.docs)}[args.task]()
+     "disflqa": lambda: run_disflqa(args.docs), "disflqa-v1": lambda: run_disflqa_v1(args.docs)}[args.task]()
 
 
 if __name__ == "__main__":

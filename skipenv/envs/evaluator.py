@@ -280,6 +280,19 @@ class Evaluator:
         :class:`skipenv.tasks.ClassificationTask`): then the full output is the chosen verbalizer's one token."""
         return bool(getattr(self.task, "label_scoring", False))
 
+    @property
+    def span_scoring(self) -> bool:
+        """Whether the task decodes its answer as a passage span (extractive QA with ``scoring="pointer"``,
+        :func:`skipenv.envs.spans.pointer_decode`) instead of generating freely, for the full model and every plan."""
+        return bool(getattr(self.task, "span_scoring", False))
+
+    def _pointer(self, example, plan: SkipPlan | None) -> tuple[list[int], str]:
+        from .spans import pointer_decode
+
+        return pointer_decode(self.generator, self.prompt(example), plan, max_new_tokens=self.max_new_tokens,
+                              reuse=self.reuse, exclude_start_words=self.task.start_exclusions(example),
+                              eos_bias=self.task.eos_bias)
+
     def _check_label_scoring(self) -> None:
         label_signal = bool(getattr(self.signal, "label_signal", False))
         if self.label_scoring and not label_signal:
@@ -482,6 +495,8 @@ class Evaluator:
                 full = self._cached_full(example)
                 if full is None and self.label_scoring:
                     full = self._store_full(example, self._scored_full(example))
+                if full is None and self.span_scoring:
+                    full = self._store_full(example, self._new_full(example, *self._pointer(example, None)))
                 if full is None:
                     out = self.generator.generate([self.prompt(example)], None, max_new_tokens=self.max_new_tokens,
                                                   stop=self.task.output_complete, **self._reuse_kwargs())
@@ -512,7 +527,7 @@ class Evaluator:
                 if ex.id in self._full:
                     continue
                 cached = self._cached_full(ex)
-                if cached is None and self.label_scoring:  # one forward pass each, nothing to batch-generate
+                if cached is None and (self.label_scoring or self.span_scoring):  # one input at a time
                     self.full_output(ex)
                 elif cached is None:
                     todo.append(ex)
@@ -533,7 +548,11 @@ class Evaluator:
 
     # ------------------------------------------------------------------ generator helpers used by the signals
     def generate(self, example, plan: SkipPlan) -> tuple[str, int]:
-        """Greedy output of ``plan`` on ``example``: ``(text, tokens generated)``."""
+        """Greedy output of ``plan`` on ``example``: ``(text, tokens generated)`` (a passage span decoded by
+        :func:`~skipenv.envs.spans.pointer_decode` when :attr:`span_scoring`)."""
+        if self.span_scoring:
+            tokens, text = self._pointer(example, plan)
+            return text, len(tokens)
         out = self.generator.generate([self.prompt(example)], plan, max_new_tokens=self.max_new_tokens,
                                       stop=self.task.output_complete, **self._reuse_kwargs())
         return out.texts[0], out.num_generated[0]

@@ -19,12 +19,14 @@ import gymnasium as gym
 
 __all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "DEFAULT_ENV_ID", "registered_formulation", "env_tau",
            "register_envs", "resolve_env_id", "make", "make_env", "make_one_shot",
-           "make_layerwise", "sharing", "shared_objects", "sharing_elsewhere"]
+           "make_layerwise", "make_mix", "sharing", "shared_objects", "sharing_elsewhere"]
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
 _LAYERWISE = "skipenv.envs.switchdec:SwitchDecLayerwiseEnv"
 #: native vector env of the one-shot ids (``gym.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``)
 _VECTOR = "skipenv.envs.vector:SwitchDecVectorEnv"
+#: the mixed-traffic env (issue 23): each episode's input from one of several tasks, one generator
+_MIX = "skipenv.envs.mix:SwitchDecMixEnv"
 
 #: What ``SwitchDec-XSum-v1`` changes against v0, chosen by measurement (README, "Choosing the defaults";
 #: ``benchmarks/choose_defaults.py`` and ``skipenv probe`` on 150 train / 60 test XSum documents): the quality signal
@@ -50,11 +52,18 @@ SPECS: dict[str, tuple[str, dict]] = {
     # forward pass, calibrated on train) and measures whether a plan keeps the full model's label (docs/tasks.md)
     "SwitchDec-RottenTomatoes-v1": (_ONE_SHOT, {"task": "rotten_tomatoes_scored", "task_source": "embedded",
                                                 "quality": "label_probability"}),
+    # issue 23: v0's generated answers are sentences about the passage (SQuAD F1 below a heuristic); v1 decodes
+    # the answer as a passage span (few-shot prompt, passage-constrained greedy decoding) and measures a plan by
+    # the token F1 of its span to the full model's (docs/tasks.md)
+    "SwitchDec-DisflQA-v1": (_ONE_SHOT, {"task": "disflqa_span", "task_source": "embedded", "quality": "fidelity"}),
+    # issue 23: mixed traffic over the repaired embedded tasks (XSum, RT-v1's scored labels, DisflQA-v1's spans),
+    # one quality scale (the fraction of the full model's output kept) and one tau (skipenv.envs.mix)
+    "SwitchDec-Mix-v0": (_MIX, {}),
 }
 
 #: The ids that run offline on the embedded assets.
 OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-v1", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
-               "SwitchDec-RottenTomatoes-v0", "SwitchDec-RottenTomatoes-v1")
+               "SwitchDec-DisflQA-v1", "SwitchDec-RottenTomatoes-v0", "SwitchDec-RottenTomatoes-v1", "SwitchDec-Mix-v0")
 
 ENV_IDS: tuple[str, ...] = tuple(SPECS)
 
@@ -191,8 +200,14 @@ def make_layerwise(**kwargs: Any) -> gym.Env:
     return make_env(_LAYERWISE, **kwargs)
 
 
+def make_mix(**kwargs: Any) -> gym.Env:
+    """:func:`make_env` of :class:`~skipenv.envs.mix.SwitchDecMixEnv` (entry point of ``SwitchDec-Mix-v0``)."""
+    return make_env(_MIX, **kwargs)
+
+
 _FACTORIES = {_ONE_SHOT: "skipenv.envs.registration:make_one_shot",
-              _LAYERWISE: "skipenv.envs.registration:make_layerwise"}
+              _LAYERWISE: "skipenv.envs.registration:make_layerwise",
+              _MIX: "skipenv.envs.registration:make_mix"}
 
 
 def register_envs() -> None:

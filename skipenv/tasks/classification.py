@@ -58,7 +58,8 @@ class ClassificationTask(Task):
         label_map: raw label value → ``"positive"`` / ``"negative"``; rows whose label is not in it (Rotten
             Tomatoes ``plot`` rows, GLUE's hidden test labels ``-1``) are always dropped (counted as
             ``dropped_unlabeled`` in :attr:`load_stats`). A local file whose kept rows do not hold both labels
-            raises :class:`~skipenv.tasks.sources.DataFileError`.
+            raises :class:`~skipenv.tasks.sources.DataFileError`; a value mapped to a word other than
+            ``"positive"`` / ``"negative"`` (e.g. ``{2: "neutral"}``) raises ``ValueError`` at construction.
         scoring: ``"generate"`` or ``"verbalizer"`` (see above).
         verbalizers: the texts whose first tokens are scored for ``("positive", "negative")``.
         threshold: margin threshold (nats) of ``"verbalizer"`` scoring.
@@ -86,6 +87,12 @@ class ClassificationTask(Task):
                 or not math.isfinite(self.threshold):
             raise ValueError(f"task {self.name!r}: threshold must be a finite number (nats), got {self.threshold!r}")
         self.threshold = float(self.threshold)
+        # a label word outside LABELS would be scored 0.0 on every row of its class: a silent zero, so refuse it
+        bad = {k: v for k, v in dict(self.label_map).items() if v not in LABELS}
+        if bad:
+            raise ValueError(f"task {self.name!r}: label_map must map raw label values to 'positive' or 'negative' "
+                             f"(this task is binary), got {bad!r}; leave other classes out of label_map (their rows "
+                             f"are dropped and counted as unlabeled) or map each to one of the two labels")
         # label values present in a row but not in label_map (value -> rows), filled while rows are converted
         self._unmapped_labels: Counter = Counter()
         self._warned_unmapped = False

@@ -5,11 +5,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..metrics import f1
+import math
+from collections import Counter
+
+from ..metrics import f1, normalize_answer
 from .base import Example, Task
 from .tokens import encode_template, encode_text, special_layout
 
-__all__ = ["QATask"]
+__all__ = ["QATask", "passage_span", "QA_SCORING_MODES"]
+
+#: how a :class:`QATask` produces its answer: free greedy generation or passage-constrained (pointer) decoding
+QA_SCORING_MODES = ("generate", "pointer")
+#: version of the pointer decoding rule, part of the full-output cache key (a change of the rule is a new key)
+POINTER_RULE = "pointer:no-question-start:1"
+
+
+def passage_span(text: str, passage: str, max_extra_words: int = 3) -> str:
+    """The word span of ``passage`` with the highest SQuAD F1 against ``text`` (an answer the model wrote), so the
+    answer scored is always a span of the passage (extractive QA), never a sentence about it.
+
+    Candidates: every run of ``1 .. n + max_extra_words`` consecutive whitespace-separated passage words, ``n`` the
+    number of words of ``text``; F1 is computed on SQuAD-normalised words (:func:`skipenv.metrics.normalize_answer`
+    applied word by word, which equals normalising the whole string: it never merges words). Ties go to the
+    shorter, then the earlier span. Returns ``""`` when ``text`` has no word in common with the passage (F1 0 for
+    every span) or is empty.
+
+    Cost: ``O(len(passage words) * (n + max_extra_words))`` counter updates (about 2,000 for a DisflQA passage).
+    """
+    words = passage.split()
+    norm = [normalize_answer(w).split() for w in words]
+    target = Counter(normalize_answer(text).split())
+    n_t = sum(target.values())
+    if not n_t or not words:
+        return ""
+    width = len(text.split()) + int(max_extra_words)
+    best, best_key = "", (0.0, 0, 0)
+    for i in range(len(words)):
+        have, n_p, same = Counter(), 0, 0
+        for j in range(i, min(len(words), i + width)):
+            for tok in norm[j]:
+                have[tok] += 1
+                n_p += 1
+                if have[tok] <= target.get(tok, 0):
+                    same += 1
+            if not same:
+                continue
+            score = 2.0 * same / (n_p + n_t)  # F1 = 2 P R / (P + R) with P = same / n_p, R = same / n_t
+            key = (score, -(j - i), -i)
+            if key > best_key:
+                best, best_key = " ".join(words[i: j + 1]).strip(",;:"), key
+    return best
 
 
 def _answers(value: Any) -> list[str]:
@@ -36,14 +81,51 @@ class QATask(Task):
     Attributes:
         require_answer_in_document: drop rows none of whose gold answers occurs verbatim in the passage (DisflQA:
             SQuAD-v2 "unknown" rows and rephrased answers; 600 of 1,000 rows are kept).
+        answer_from_passage: score the passage span closest to the generated answer (:func:`passage_span`)
+            instead of the generated line itself, so every scored answer is a span of the passage
+            (``disflqa_span``).
+        scoring: how the answer is produced: ``"generate"`` (free greedy generation, the v0 envs) or ``"pointer"``
+            (greedy decoding restricted to spans of the passage, :func:`skipenv.envs.spans.pointer_decode`: the
+            output is always a passage span; the evaluator runs it for the full model and for every plan).
+        eos_bias: ``"pointer"`` only: nats added to the end-of-answer token's logit (> 0: shorter spans), fitted
+            on train rows (docs/tasks.md).
     """
 
     require_answer_in_document: bool = True
+    answer_from_passage: bool = False
+    scoring: str = "generate"
+    eos_bias: float = 0.0
     user_template: str = "{instruction}\n\nPassage:\n{document}\n\nQuestion: {question}"
 
     kind: ClassVar[str] = "qa"
     roles: ClassVar[tuple[str, ...]] = ("id", "document", "question", "target")
     text_roles: ClassVar[tuple[str, ...]] = ("document", "question")  # answers: text, list or SQuAD's dict
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scoring not in QA_SCORING_MODES:
+            raise ValueError(f"task {self.name!r}: scoring must be one of {QA_SCORING_MODES}, got {self.scoring!r}")
+        if isinstance(self.eos_bias, bool) or not isinstance(self.eos_bias, (int, float)) \
+                or not math.isfinite(self.eos_bias):
+            raise ValueError(f"task {self.name!r}: eos_bias must be a finite number (nats), got {self.eos_bias!r}")
+        self.eos_bias = float(self.eos_bias)
+
+    @property
+    def span_scoring(self) -> bool:
+        """Whether answers are decoded as passage spans (``scoring="pointer"``) instead of generated freely."""
+        return self.scoring == "pointer"
+
+    def cache_tag(self) -> str:
+        """What besides the input ids determines the full model's answer (part of the evaluator's full-output cache
+        key): the pointer rule's version for span decoding (spans may not start with a question word), empty for
+        generation (keeps v0's keys)."""
+        return f"{POINTER_RULE}:eos_bias={self.eos_bias!r}" if self.span_scoring else ""
+
+    def start_exclusions(self, example: Example) -> frozenset[str]:
+        """Words a decoded span may not start with (``scoring="pointer"``): the question's SQuAD-normalised
+        words, since an extractive answer rarely repeats the question (without this the embedded SmolLM2 starts
+        its span at the passage sentence that echoes the question and copies it, docs/tasks.md)."""
+        return frozenset(normalize_answer(example.question or "").split())
 
     def _invalid_reason(self, fields: dict[str, Any]) -> str | None:
         """``empty_document``, ``empty_question``, ``no_answer`` (always dropped) or ``answer_not_in_document``."""
@@ -103,4 +185,10 @@ class QATask(Task):
         scores against ``text`` alone (e.g. fidelity to the full model's output).
         """
         golds = list(example.answers) if example.target in example.answers else [example.target]
-        return f1(self.post_process(prediction), golds)
+        return f1(self.answer(prediction, example), golds)
+
+    def answer(self, prediction: str, example: Example) -> str:
+        """The answer :meth:`score` scores: ``post_process(prediction)``, mapped to its closest passage span
+        (:func:`passage_span`) when :attr:`answer_from_passage`."""
+        line = self.post_process(prediction)
+        return passage_span(line, example.document) if self.answer_from_passage else line

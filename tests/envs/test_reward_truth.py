@@ -41,7 +41,8 @@ def test_every_registered_id_is_covered():
 
 
 #: ids whose prompt needs a larger input budget than SMALL's (RottenTomatoes-v1's 2-shot prompt alone is 105 tokens)
-BUDGET = {"SwitchDec-RottenTomatoes-v1": {"max_input_tokens": 160}}
+BUDGET = {"SwitchDec-RottenTomatoes-v1": {"max_input_tokens": 160},
+          **dict.fromkeys(("SwitchDec-DisflQA-v1", "SwitchDec-Mix-v0"), {"max_input_tokens": 400})}  # QA shots
 
 
 def _env(env_id, formulation, tiny_llama, tiny_model_dir, tmp_path, **extra):
