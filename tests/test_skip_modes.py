@@ -229,3 +229,30 @@ def test_bad_modes_are_refused():
     data = bytearray(b.to_bytes())
     with pytest.raises(SkipModeError):
         Bypasses.from_bytes(bytes(data[: len(data) // 2]))
+
+
+@pytest.mark.assets
+def test_smollm2_exact_against_hooks():
+    """The embedded SmolLM2 (Llama family, 30 layers, d = 576): teacher-forced scoring under each calibrated mode
+    (from scratch and with prefix reuse) equals the hooked HF model."""
+    from skipenv.envs.switchdec import shared_generator
+    from skipenv.tasks import make_task
+
+    gen = shared_generator("smollm2-135m-instruct")
+    task = make_task("xsum", max_input_tokens=96)
+    prompts = [task.format(ex, gen.tokenizer, encoder_decoder=False) for ex in task.examples("train")[:3]]
+    inp, target = prompts[2], [1, 504, 3033, 28, 260]
+    plan = SkipPlan.from_skips(gen.plan_spec(8), attention=[3, 20], ffn=[7, 25])
+    for mode, rank in (("mean", None), ("linear", 32)):
+        b = calibrate(gen, prompts[:2], mode, rank=rank, progress=False)
+        ref = torch.log_softmax(_hooked_logits(gen, b, plan, list(inp.input_ids) + target), -1)
+        ref = ref[len(inp) - 1: len(inp) - 1 + len(target)].gather(-1, torch.tensor(target)[:, None]).squeeze(-1)
+        with gen.bypassing(b):
+            scratch = gen.score([inp], [target], plan, reuse=False)[0].logprobs
+            store, gen.prefix_store = gen.prefix_store, PrefixStore(admit_after=1)
+            try:
+                reused = gen.score([inp], [target], plan)[0].logprobs
+            finally:
+                gen.prefix_store = store
+        torch.testing.assert_close(scratch, ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(reused, ref, atol=1e-4, rtol=1e-4)

@@ -256,7 +256,7 @@ def _heldout_r2(w_r, mx, mu, held: _Stats) -> float:
 
 
 def calibrate(generator, inputs: Sequence, mode: str, *, rank: int | None = None, ridge: float = 1e-3,
-              ranks_tried: Iterable[int] = (8, 16, 32, 64, 128, 256), layers_per_pass: int = 6,
+              ranks_tried: Iterable[int] = (8, 16, 32, 64, 128, 256), layers_per_pass: int | None = None,
               source: dict | None = None, progress: bool = True) -> Bypasses:
     """Calibrate the bypasses of every decoder sublayer of ``generator`` on ``inputs`` (full model, no skips).
 
@@ -273,7 +273,9 @@ def calibrate(generator, inputs: Sequence, mode: str, *, rank: int | None = None
         rank: the linear maps' rank ``r`` (``1 <= r``; ``r >= d/2`` stores the full map); required for linear.
         ridge: relative ridge of the least squares (times the mean variance of ``x``).
         ranks_tried: ranks whose held-out R² is reported (linear mode).
-        layers_per_pass: layers hooked per pass over the inputs.
+        layers_per_pass: layers hooked per pass over the inputs (default: as many as keep the linear statistics
+            under 1 GiB, e.g. all 30 layers of SmolLM2 at d = 576; every layer for mean). The statistics do not
+            depend on it.
         source: provenance recorded in :attr:`Bypasses.source` (part of the digest).
         progress: show a tqdm bar (:func:`skipenv.util.progress.log_friendly_progress`).
 
@@ -308,6 +310,10 @@ def calibrate(generator, inputs: Sequence, mode: str, *, rank: int | None = None
     half = len(inputs) // 2
     params: dict = {}
     report: dict = {}
+    if layers_per_pass is None:
+        per_layer = 2 * 2 * 2 * d * d * 8 if linear else 1  # sublayers x halves x (xxᵀ, xuᵀ) x float64
+        layers_per_pass = max(1, (1 << 30) // per_layer)
+    layers_per_pass = max(1, int(layers_per_pass))
     passes = [range(s, min(s + layers_per_pass, len(layers))) for s in range(0, len(layers), layers_per_pass)]
     with log_friendly_progress(), generator._lock:
         bar = tqdm(total=len(passes) * len(inputs), desc=f"calibrating {mode} bypasses", unit="document",
