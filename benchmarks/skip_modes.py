@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["identity", "mean", "linear"])
     p.add_argument("--ranks", nargs="+", type=int, default=[None], help="linear ranks (default: the env's)")
     p.add_argument("--out", default="runs/skip_modes")
+    p.add_argument("--summary-only", action="store_true",
+                   help="only summarize the CSVs already in --out (no model runs)")
     args = p.parse_args(argv)
 
     import gymnasium as gym
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     L = gen.num_decoder_layers
     cands = [("attention", i) for i in range(L)] + [("ffn", i) for i in range(L)]
-    for mode in modes:
+    for mode in [] if args.summary_only else modes:
         ranks = [r or DEFAULT_LINEAR_RANK for r in args.ranks] if mode == "linear" else [None]
         for rank in ranks:
             path = out / f"skip_modes_{_tag(mode, rank)}.csv"  # one file per mode: modes may run in parallel

@@ -174,3 +174,38 @@ def test_tables_refuse_another_skip_mode():
     TableFactorialEnv("xsum-v1", skip_mode="identity")
     with pytest.raises(TableError, match="built under skip_mode 'identity', not 'mean'"):
         TableFactorialEnv("xsum-v1", skip_mode="mean")
+
+
+def test_layerwise_env_observes_the_bypassed_hidden_state(gen, xsum_task, cache):
+    """The layerwise env's per-layer observation is the hidden state the plan's run computes, bypass included:
+    after skipping layer 0's attention under mean, the pooled state equals the hooked HF model's layer-0 output."""
+    from skipenv.envs import SwitchDecLayerwiseEnv
+
+    ev = _evaluator(gen, xsum_task, cache, "mean", calibration_documents=3)
+    env = SwitchDecLayerwiseEnv(xsum_task, evaluator=ev, split="train", num_examples=1)
+    env.reset(options={"index": 0})
+    env.step(0)  # keep every token
+    obs = env.step(1)[0]  # layer 0: skip attention
+    skip_attn, skip_ffn = env._attn[0], env._ffn[0]
+    prompt = ev.prompt(env.example)
+    layer = gen._decoder_layers()[0]
+    seen = []
+    handles = [layer.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))]
+    mods = gen.sublayer_modules("decoder", 0)
+    for skipped, seq, label in ((skip_attn, mods.attention, "decoder.attention.0"),
+                                (skip_ffn, mods.ffn, "decoder.ffn.0")):
+        if skipped:
+            mean = ev.bypasses.params[label]["mean"]
+            handles.append(seq[-1].register_forward_hook(
+                lambda m, a, o, mean=mean: ((mean.expand_as(o[0]).clone(), *o[1:]) if isinstance(o, tuple)
+                                            else mean.expand_as(o).clone())))
+    try:
+        with torch.inference_mode():
+            ids = torch.tensor([prompt.input_ids])
+            gen.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert skip_attn or skip_ffn
+    pooled = seen[0][0].float().mean(0).numpy()
+    np.testing.assert_allclose(obs[: gen.hidden_size], pooled, atol=1e-4, rtol=1e-4)

@@ -670,7 +670,7 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
     def _spent_fraction(self) -> float:
         plan = self.codec.plan(self._tokens, self._attn, self._ffn)
         prompt = self._evaluator.prompt(self.example)
-        br = self.generator.flops(plan, prompt, 0)
+        br = self.generator.flops(plan, prompt, 0, bypasses=self._evaluator.bypasses)  # a bypass's FLOPs are spent
         done = sum(v for k, v in br.per_candidate.items()
                    if k.startswith("decoder.") and int(k.rsplit(".", 1)[1]) < self._layer)
         full = self.generator.flops(None, prompt, 0).total
@@ -695,7 +695,8 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
             return self._obs(self._stepper.pooled()), 0.0, False, False, {"example_id": self.example.id}
         l = self._layer
         self._attn[l], self._ffn[l] = self.codec.layer_flags(a)
-        pooled = self._stepper.step(l, skip_attention=self._attn[l], skip_ffn=self._ffn[l])
+        with self.generator.bypassing(self._evaluator.bypasses):  # the hidden state the plan's run produces
+            pooled = self._stepper.step(l, skip_attention=self._attn[l], skip_ffn=self._ffn[l])
         self._layer += 1
         if self._layer < self.num_layers:
             return self._obs(pooled), 0.0, False, False, {"example_id": self.example.id}
