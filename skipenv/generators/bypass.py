@@ -180,6 +180,10 @@ class Bypasses:
 
 
 # ---------------------------------------------------------------------------------------------- calibration
+class _Done(Exception):
+    """Raised by a hook to end a calibration pass after its last hooked layer."""
+
+
 class _Stats:
     """Float64 sufficient statistics of (x, u) pairs over tokens: n, Σx, Σu, Σxxᵀ, Σxuᵀ, Σ‖u‖²."""
 
@@ -338,12 +342,20 @@ def calibrate(generator, inputs: Sequence, mode: str, *, rank: int | None = None
                     if linear:
                         handles.append(seq[0].register_forward_hook(take_x))
                     handles.append(seq[-1].register_forward_hook(take_u))
+            def stop(module, args, output):
+                raise _Done
+
+            # the pass ends after the last hooked layer (no later layer, final norm or LM head is run)
+            handles.append(layers[block[-1]].register_forward_hook(stop))
             try:
                 for k, inp in enumerate(inputs):
                     _SPLIT[0] = 0 if k < half else 1
                     ids = torch.tensor([list(inp.input_ids)], device=generator.device)
-                    with torch.inference_mode():
-                        generator._run_to_first_layer(ids, torch.ones_like(ids))
+                    try:
+                        with torch.inference_mode():
+                            generator._run_to_first_layer(ids, torch.ones_like(ids))
+                    except _Done:
+                        pass
                     bar.update(1)
             finally:
                 for h in handles:
