@@ -50,7 +50,7 @@ def summarize(rows: list[dict], tau: float) -> tuple[list[dict], list[dict]]:
                       "mean_loss": float(loss.mean()), "median_loss": float(np.median(loss)),
                       "within_tau": float((loss <= tau + 1e-12).mean())})
     counts = []
-    for tag in sorted({t["mode"] for t in table}):
+    for tag in sorted({t["mode"] for t in table}, key=_mode_order):
         ts = [t for t in table if t["mode"] == tag]
         ok = [t for t in ts if t["within_tau"] >= 0.5]
         counts.append({"mode": tag, "bits": len(ts), "bits within tau on >= 50 % of documents": len(ok),
@@ -59,6 +59,10 @@ def summarize(rows: list[dict], tau: float) -> tuple[list[dict], list[dict]]:
                        "median over bits of mean loss": float(np.median([t["mean_loss"] for t in ts])),
                        "mean saved per bit": float(np.mean([t["saved"] for t in ts]))})
     return table, counts
+
+
+def _mode_order(tag: str):
+    return (("identity", "mean", "linear").index(tag.split("-")[0]), tag)
 
 
 def _order(cand: str):
@@ -73,6 +77,26 @@ def _markdown(rows: list[dict], cols: list[str]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(out)
+
+
+def _wide(table: list[dict], tags: list[str]) -> str:
+    """One row per candidate, the modes side by side: saved / mean loss / median loss / share within tau."""
+    by = {(t["mode"], t["candidate"]): t for t in table}
+    cands = sorted({t["candidate"] for t in table}, key=_order)
+    cols = ["bit"] + [f"saved {m}" for m in tags] + [f"mean loss {m}" for m in tags] + \
+        [f"median loss {m}" for m in tags] + [f"within tau {m}" for m in tags]
+    rows = []
+    for c in cands:
+        r = {"bit": c}
+        for m in tags:
+            t = by.get((m, c))
+            for key, name in (("saved", "saved"), ("mean_loss", "mean loss"), ("median_loss", "median loss"),
+                              ("within_tau", "within tau")):
+                r[f"{name} {m}"] = "" if t is None else (f"{100 * t[key]:.2f} %" if key == "saved" else
+                                                         f"{100 * t[key]:.0f} %" if key == "within_tau" else
+                                                         f"{t[key]:.4f}")
+        rows.append(r)
+    return _markdown(rows, cols)
 
 
 def main(argv=None) -> int:
@@ -166,7 +190,7 @@ def main(argv=None) -> int:
     per = {}
     for r in rows:
         per.setdefault((r["mode_tag"], r["document"]), set()).add(r["candidate"])
-    tags = sorted({r["mode_tag"] for r in rows})
+    tags = sorted({r["mode_tag"] for r in rows}, key=_mode_order)
     complete = [d.id for d in docs if all(len(per.get((t, d.id), ())) == len(cands) for t in tags)]
     rows = [r for r in rows if r["document"] in set(complete)]
     if not rows:
@@ -175,7 +199,7 @@ def main(argv=None) -> int:
     table, counts = summarize(rows, tau)
     md = [f"# Skip modes on {args.env_id} (tau {tau}, {len(complete)} train documents complete under every mode, "
           f"{n_cal} calibration documents)",
-          "", _markdown(counts, list(counts[0])), "", _markdown(table, list(table[0]))]
+          "", _markdown(counts, list(counts[0])), "", _wide(table, tags)]
     (out / "skip_modes.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
