@@ -219,20 +219,37 @@ class Evaluator:
             of the document, ``"sentences"`` ``K`` runs of whole sentences (:mod:`skipenv.tasks.units`; needs a fast
             tokenizer). Part of the outcome cache key (the same plan removes other tokens); the full outputs (no
             token removed) are the same under both.
+        skip_mode: what a skipped attention / FFN sublayer adds to the residual stream
+            (:mod:`skipenv.generators.bypass`): ``"identity"`` (default: nothing, the paper's skip), ``"mean"`` (its
+            mean update over calibration tokens) or ``"linear"`` (a low-rank least-squares map of its normalised
+            input). Calibrated modes are computed once per (model fingerprint, task, settings) on the task's first
+            ``calibration_documents`` train documents and cached on disk (:mod:`skipenv.envs.skip_modes`); their
+            digest is part of the outcome cache key and their FLOPs are charged in every outcome's ``cost``. The
+            full outputs (nothing skipped) do not depend on the mode, so their disk key does not name it.
+        calibration_documents: train documents the bypasses are calibrated on (default 16).
+        linear_rank: rank of the linear bypasses (default
+            :data:`~skipenv.envs.skip_modes.DEFAULT_LINEAR_RANK`; ``>= d/2`` = the full map).
+        bypasses: precomputed :class:`~skipenv.generators.bypass.Bypasses` of ``skip_mode`` (checked against
+            the model and task instead of calibrating).
 
     Raises:
         ValueError: an unknown quality or observation kind (or one the generator cannot compute),
             ``max_new_tokens < 1``, ``token_segments < 0``, ``lru_size < 0`` or an unknown ``segment_boundaries``.
+        ~skipenv.generators.bypass.SkipModeError: an unknown ``skip_mode``, a calibrated mode on an
+            encoder-decoder model, ``bypasses`` of another mode, model or task.
     """
 
     def __init__(self, generator, task, *, quality: str | QualitySignal = "agreement", token_segments: int = 8,
                  max_new_tokens: int | None = None, disk_cache: bool = True, cache_root=None, lru_size: int = 4096,
                  record_time: bool = False, reuse: bool | None = None, observation: str = "pooled",
-                 segment_boundaries: str = "tokens"):
+                 segment_boundaries: str = "tokens", skip_mode: str = "identity",
+                 calibration_documents: int | None = None, linear_rank: int | None = None, bypasses=None):
+        from ..generators.bypass import check_skip_mode
         from ..tasks.units import check_segment_boundaries
         from .observations import check_observation_kind
 
         self._segment_boundaries = check_segment_boundaries(segment_boundaries)
+        self._skip_mode = check_skip_mode(skip_mode)
 
         self.signal = get_signal(quality)
         if reuse is None:
@@ -273,6 +290,50 @@ class Evaluator:
         self._full: dict[str, FullOutput] = {}
         self.outcomes = LRU(lru_size)
         self._prescored: dict = {}  # (example id, target, plan) -> ScoreOutput, filled by outcomes_together
+        self.bypasses = self._skip_mode_bypasses(bypasses, calibration_documents, linear_rank)
+
+    def _skip_mode_bypasses(self, bypasses, documents, rank):
+        """The calibrated bypasses of :attr:`skip_mode` (``None`` for identity); see the ``skip_mode`` argument."""
+        from ..generators.bypass import SkipModeError
+        from .skip_modes import DEFAULT_CALIBRATION_DOCUMENTS, check_bypasses_for, load_or_calibrate
+
+        if bypasses is not None:
+            if bypasses.mode != self._skip_mode:
+                raise SkipModeError(f"bypasses of skip mode {bypasses.mode!r} given with skip_mode="
+                                    f"{self._skip_mode!r}: pass skip_mode={bypasses.mode!r}")
+            check_bypasses_for(bypasses, self.generator, self.task)
+            return bypasses
+        if self._skip_mode == "identity":
+            if documents is not None or rank is not None:
+                raise SkipModeError("calibration_documents / linear_rank set with skip_mode='identity' (which needs no "
+                                    "calibration): pass skip_mode='mean' or 'linear', or drop them")
+            return None
+        if rank is not None and self._skip_mode != "linear":
+            raise SkipModeError(f"linear_rank is a setting of skip_mode='linear', not {self._skip_mode!r}: drop it")
+        return load_or_calibrate(self.generator, self.task, self._skip_mode,
+                                 documents=DEFAULT_CALIBRATION_DOCUMENTS if documents is None else documents,
+                                 rank=rank, prompt=self.prompt, cache_root=self._cache_root,
+                                 disk_cache=self._disk_cache)
+
+    @property
+    def skip_mode(self) -> str:
+        """``"identity"``, ``"mean"`` or ``"linear"`` (read-only; see the class docstring)."""
+        return getattr(self, "_skip_mode", "identity")  # (evaluators pickled before it existed: identity)
+
+    @property
+    def skip_mode_tag(self) -> str:
+        """``"identity"`` or ``"<mode>:<calibration digest>"``: what records and tables keep of the skip mode."""
+        from .skip_modes import skip_mode_tag
+
+        return skip_mode_tag(getattr(self, "bypasses", None))
+
+    @property
+    def calibration_ids(self) -> tuple[str, ...]:
+        """Ids of the train documents the bypasses were calibrated on (``()`` for identity); an env leaves them out
+        of its episodes."""
+        from .skip_modes import calibration_ids
+
+        return calibration_ids(getattr(self, "bypasses", None))
 
     @property
     def label_scoring(self) -> bool:
@@ -371,7 +432,7 @@ class Evaluator:
         """The block runs with every cache of this evaluator (and the generator's prefix store) keyed by the model's
         current fingerprint, checked once on entry (:func:`~skipenv.envs.cache.identity_scope`; nested calls do not
         check again)."""
-        with identity_scope(self.generator):
+        with identity_scope(self.generator), self.generator.bypassing(getattr(self, "bypasses", None)):
             self._sync_identity()
             yield
 
@@ -593,7 +654,9 @@ class Evaluator:
         boundaries because the same plan removes other tokens under them (appended when not ``"tokens"``, so the
         key of token segments keeps its form)."""
         key = (example_id, plan, self._observation_kind)
-        return key if self.segment_boundaries == "tokens" else (*key, self.segment_boundaries)
+        key = key if self.segment_boundaries == "tokens" else (*key, self.segment_boundaries)
+        # the calibrated skip mode's statistics (appended when not identity, so the other keys keep their form)
+        return key if getattr(self, "bypasses", None) is None else (*key, self.skip_mode_tag)
 
     def outcome(self, example, plan: SkipPlan) -> Outcome:
         """Run ``plan`` on ``example`` (or take the cached outcome).
@@ -613,7 +676,8 @@ class Evaluator:
             full = self.full_output(example)
             m = self.signal.measure(self, example, plan, full)
             n_gen = full.num_generated if m.num_generated is None else m.num_generated
-            flops = self.generator.flops(plan, prompt, n_gen, observation=True)
+            flops = self.generator.flops(plan, prompt, n_gen, observation=True,
+                                         bypasses=getattr(self, "bypasses", None))
             if self._observation_kind != "pooled":
                 flops.observation = self.observation_flops(example)
             flops_full = self.generator.flops(None, prompt, full.num_generated).total

@@ -33,6 +33,9 @@ class EpisodeRecord:
             wrapper, whose stateful reward (e.g. the Lagrangian one) cannot be replayed from one episode.
         model_fingerprint: :func:`skipenv.envs.evaluator.model_fingerprint` of the generator.
         skipenv_version: package version that produced the record.
+        skip_mode: ``"identity"`` or ``"<mode>:<calibration digest>"`` (:mod:`skipenv.envs.skip_modes`): the
+            calibration statistics the plan ran with; :func:`validate` refuses a replay under others. Records
+            written before skip modes have none (identity).
     """
 
     env_id: str
@@ -46,6 +49,7 @@ class EpisodeRecord:
     model_fingerprint: str
     skipenv_version: str
     env_kwargs: dict = field(default_factory=dict)
+    skip_mode: str = "identity"
 
     @classmethod
     def from_step(cls, env, info: dict, env_id: str | None = None, env_kwargs: dict | None = None) -> "EpisodeRecord":
@@ -62,13 +66,24 @@ class EpisodeRecord:
         kwargs.setdefault("split", base.split)
         if getattr(base, "segment_boundaries", "tokens") != "tokens":  # always recorded when not the default
             kwargs["segment_boundaries"] = base.segment_boundaries
+        evaluator = getattr(base, "evaluator", None)
+        tag = getattr(evaluator, "skip_mode_tag", "identity")
+        if tag != "identity":  # the mode and its calibration settings, so that validate re-makes the same bypasses
+            kwargs["skip_mode"] = evaluator.skip_mode
+            kwargs["calibration_documents"] = len(evaluator.calibration_ids)
+            if evaluator.skip_mode == "linear":
+                kwargs["linear_rank"] = int(evaluator.bypasses.rank)
         return cls(env_id=env_id, split=base.split, example_id=info["example_id"], plan=info["plan"],
                    reward=float(info.get("env_reward", info["reward"])), quality=float(info["quality"]),
                    quality_full=float(info["quality_full"]), cost=float(info["cost"]),
-                   model_fingerprint=base.fingerprint, skipenv_version=__version__, env_kwargs=kwargs)
+                   model_fingerprint=base.fingerprint, skipenv_version=__version__, env_kwargs=kwargs,
+                   skip_mode=tag)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if d["skip_mode"] == "identity":  # records of the default mode keep their earlier form
+            del d["skip_mode"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, s: str) -> "EpisodeRecord":
@@ -81,7 +96,7 @@ class EpisodeRecord:
         d = json.loads(s)
         if not isinstance(d, dict):
             raise ValueError(f"not an EpisodeRecord: expected a JSON object, got {type(d).__name__}")
-        missing = [f for f in cls.__dataclass_fields__ if f not in d and f != "env_kwargs"]
+        missing = [f for f in cls.__dataclass_fields__ if f not in d and f not in ("env_kwargs", "skip_mode")]
         if missing:
             raise ValueError(f"not an EpisodeRecord: missing fields {missing}")
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
@@ -91,6 +106,8 @@ class EpisodeRecord:
                or not math.isfinite(d[k])]
         bad += [k for k in ("env_id", "split", "example_id", "plan", "model_fingerprint", "skipenv_version")
                 if not isinstance(d[k], str)]
+        if not isinstance(d.get("skip_mode", "identity"), str):
+            bad.append("skip_mode")
         if not isinstance(d.get("env_kwargs", {}), dict):
             bad.append("env_kwargs")
         if bad:
@@ -147,7 +164,8 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
               "candidates": lambda: list(getattr(base, "candidates", ()) or ()),
               "cost_weight": lambda: getattr(base.reward, "cost_weight", None),
               "observation": lambda: getattr(base, "observation_kind", "pooled"),
-              "segment_boundaries": lambda: getattr(base, "segment_boundaries", "tokens")}
+              "segment_boundaries": lambda: getattr(base, "segment_boundaries", "tokens"),
+              "skip_mode": lambda: getattr(base, "skip_mode", "identity")}
     # settings the registered id itself sets (e.g. SwitchDec-XSum-v1's quality and tau) count as given
     registered = {k: v for k, v in SPECS.get(record.env_id, ("", {}))[1].items() if k in actual}
     wanted = {**registered, **kw}
@@ -156,7 +174,7 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
     # a setting neither the record nor its registered id gives had the env's default
     quality = wanted.get("quality") or "agreement"
     defaults = {"quality": "agreement", "reward_mode": "lexicographic", "token_segments": 8, "observation": "pooled",
-                "segment_boundaries": "tokens"}
+                "segment_boundaries": "tokens", "skip_mode": "identity"}
     if type(base).__name__ == "SwitchDecEnv":
         defaults.update(layer_block=1, candidates=["attention", "ffn", "tokens"])
     try:
@@ -189,6 +207,9 @@ def _settings_differ(record: EpisodeRecord, base) -> list[str]:
                 if isinstance(want, (int, float)) and isinstance(have, (int, float)) else want == have)
         if not same:
             notes.append(f"env setting {key} differs: recorded {want!r}, replay {have!r}")
+    have_tag = getattr(getattr(base, "evaluator", None), "skip_mode_tag", "identity")
+    if record.skip_mode != have_tag and not any(n.startswith("env setting skip_mode") for n in notes):
+        notes.append(f"skip-mode calibration statistics differ: recorded {record.skip_mode}, replay {have_tag}")
     return notes
 
 
@@ -205,7 +226,8 @@ def validate(record: EpisodeRecord, env=None, *, rtol: float = 1e-6, atol: float
         from the recorded one (a different model's numbers cannot validate), when the replaying env's id, split,
         task, class or a recorded setting that changes the numbers (``tau``, ``quality``, ``reward_mode``,
         ``cost_weight``, ``token_segments``, ``max_new_tokens``, ``max_input_tokens``, ``layer_block``,
-        ``candidates``, ``observation``, ``segment_boundaries``) differs from the record's (a note names it), or when the record's
+        ``candidates``, ``observation``, ``segment_boundaries``, ``skip_mode`` and its calibration statistics) differs from
+        the record's (a note names it), or when the record's
         ``skipenv_version`` is not a version string or is newer than this skipenv. Layerwise records are replayed
         step by step.
     """

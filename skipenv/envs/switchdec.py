@@ -151,7 +151,8 @@ class _SwitchDecBase(gym.Env):
                  lam: float | None = None, record_time: bool = False, disk_cache: bool = True,
                  lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
                  reward: Reward | None = None, render_mode: str | None = None, observation: str | None = None,
-                 segment_boundaries: str | None = None):
+                 segment_boundaries: str | None = None, skip_mode: str | None = None,
+                 calibration_documents: int | None = None, linear_rank: int | None = None):
         super().__init__()
         from .registration import shared_objects, sharing_elsewhere
 
@@ -181,6 +182,10 @@ class _SwitchDecBase(gym.Env):
             from ..tasks.units import check_segment_boundaries
 
             check_segment_boundaries(segment_boundaries)  # before anything loads
+        if skip_mode is not None:
+            from ..generators.bypass import check_skip_mode
+
+            check_skip_mode(skip_mode)  # an unknown mode fails before anything loads
         if observation is not None:
             from .observations import parse_observation_kind
 
@@ -216,6 +221,15 @@ class _SwitchDecBase(gym.Env):
                 raise ValueError(f"segment_boundaries={segment_boundaries!r} differs from the evaluator's "
                                  f"{evaluator.segment_boundaries!r} (its outcomes and observations are of those "
                                  f"segments): build an Evaluator(segment_boundaries={segment_boundaries!r})")
+            if skip_mode is not None and skip_mode != evaluator.skip_mode:
+                from ..generators.bypass import SkipModeError
+
+                raise SkipModeError(f"skip_mode={skip_mode!r} differs from the evaluator's {evaluator.skip_mode!r} "
+                                    f"(its outcomes were run under that mode): build an "
+                                    f"Evaluator(skip_mode={skip_mode!r})")
+            if calibration_documents is not None or linear_rank is not None:
+                raise ValueError("calibration_documents / linear_rank are the evaluator's settings: do not pass them "
+                                 "with evaluator=")
             given = {k: v for k, v in (("generator", generator), ("quality", quality),
                                        ("token_segments", token_segments), ("max_new_tokens", max_new_tokens),
                                        ("max_input_tokens", max_input_tokens)) if v is not None}
@@ -233,7 +247,9 @@ class _SwitchDecBase(gym.Env):
                                   max_new_tokens=max_new_tokens, disk_cache=bool(disk_cache), lru_size=int(lru_size),
                                   record_time=bool(record_time),
                                   observation="pooled" if observation is None else observation,
-                                  segment_boundaries="tokens" if segment_boundaries is None else segment_boundaries)
+                                  segment_boundaries="tokens" if segment_boundaries is None else segment_boundaries,
+                                  skip_mode="identity" if skip_mode is None else skip_mode,
+                                  calibration_documents=calibration_documents, linear_rank=linear_rank)
         if not isinstance(self, SwitchDecEnv) and evaluator.observation_kind != "pooled":
             raise ValueError(f"{type(self).__name__} has only the pooled observation, but the shared evaluator charges "
                              f"observation {evaluator.observation_kind!r}; share an Evaluator(observation='pooled')")
@@ -243,6 +259,13 @@ class _SwitchDecBase(gym.Env):
             cost_weight=0.5 if cost_weight is None else cost_weight)
         self.split = split
         self.examples = list(self.task.examples(split))
+        reserved = set(evaluator.calibration_ids)
+        if reserved and split in ("train", "all"):  # the calibration documents are never episodes
+            self.examples = [ex for ex in self.examples if ex.id not in reserved]
+        elif reserved:
+            from .skip_modes import check_no_overlap
+
+            check_no_overlap(evaluator.bypasses, [ex.id for ex in self.examples], split)
         if num_examples is not None:
             self.examples = self.examples[: int(num_examples)]
         if not self.examples:
@@ -297,6 +320,11 @@ class _SwitchDecBase(gym.Env):
     def segment_boundaries(self) -> str:
         """What the token segments are: ``"tokens"`` (equal token runs) or ``"sentences"`` (the evaluator's)."""
         return self._evaluator.segment_boundaries
+
+    @property
+    def skip_mode(self) -> str:
+        """What a skipped sublayer adds: ``"identity"``, ``"mean"`` or ``"linear"`` (the evaluator's)."""
+        return self._evaluator.skip_mode
 
     @property
     def max_new_tokens(self) -> int:
@@ -487,6 +515,13 @@ _ENV_ARGS_DOC = """
         reward: a :class:`~skipenv.envs.rewards.Reward` object (instead of ``reward_mode`` / ``tau`` /
             ``cost_weight``).
         render_mode: ``"ansi"`` or ``None``; other modes warn and disable rendering (as Gymnasium's envs do).
+        skip_mode: what a skipped attention / FFN sublayer adds to the residual stream: ``"identity"`` (default:
+            nothing), ``"mean"`` (its mean update) or ``"linear"`` (a low-rank least-squares map of its normalised
+            input); calibrated on the task's first ``calibration_documents`` (default 16) train documents, which a
+            train / all split then leaves out of its episodes (:mod:`skipenv.envs.skip_modes`); charged its FLOPs.
+            Decoder-only models only. With ``evaluator=`` it is the evaluator's.
+        calibration_documents: train documents the calibrated modes are fitted on (integer ``>= 2``).
+        linear_rank: rank of the linear bypasses (default 64 on every model; ``>= d/2`` = the full map).
         observation: observation kind of the one-shot env (:mod:`skipenv.envs.observations`; default ``"pooled"``, see
             the class docstring); the layerwise env accepts only ``"pooled"``. With ``evaluator=`` it is the
             evaluator's.
@@ -635,7 +670,7 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
     def _spent_fraction(self) -> float:
         plan = self.codec.plan(self._tokens, self._attn, self._ffn)
         prompt = self._evaluator.prompt(self.example)
-        br = self.generator.flops(plan, prompt, 0)
+        br = self.generator.flops(plan, prompt, 0, bypasses=self._evaluator.bypasses)  # a bypass's FLOPs are spent
         done = sum(v for k, v in br.per_candidate.items()
                    if k.startswith("decoder.") and int(k.rsplit(".", 1)[1]) < self._layer)
         full = self.generator.flops(None, prompt, 0).total
@@ -660,7 +695,8 @@ class SwitchDecLayerwiseEnv(_SwitchDecBase):
             return self._obs(self._stepper.pooled()), 0.0, False, False, {"example_id": self.example.id}
         l = self._layer
         self._attn[l], self._ffn[l] = self.codec.layer_flags(a)
-        pooled = self._stepper.step(l, skip_attention=self._attn[l], skip_ffn=self._ffn[l])
+        with self.generator.bypassing(self._evaluator.bypasses):  # the hidden state the plan's run produces
+            pooled = self._stepper.step(l, skip_attention=self._attn[l], skip_ffn=self._ffn[l])
         self._layer += 1
         if self._layer < self.num_layers:
             return self._obs(pooled), 0.0, False, False, {"example_id": self.example.id}

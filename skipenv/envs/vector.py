@@ -38,7 +38,8 @@ __all__ = ["SwitchDecVectorEnv", "RecordEpisodeStatistics"]
 #: kwargs that the shared evaluator / reward define (passed only to the first env)
 _EVALUATOR_KWARGS = ("model", "device", "dtype", "task_source", "generator", "quality", "token_segments",
                      "max_input_tokens", "max_new_tokens", "record_time", "disk_cache", "lru_size", "reward_mode",
-                     "tau", "cost_weight", "lam", "reuse", "observation", "segment_boundaries")
+                     "tau", "cost_weight", "lam", "reuse", "observation", "segment_boundaries", "skip_mode",
+                     "calibration_documents", "linear_rank")
 
 
 class SwitchDecVectorEnv(VectorEnv):

@@ -52,6 +52,8 @@ from .flops import FlopsBreakdown, FlopsModel
 
 #: per-thread plan of the active :meth:`SkippableGenerator.skipping` block
 _SKIPPING = threading.local()
+#: per-thread (model, Bypasses) of the active :meth:`SkippableGenerator.bypassing` block
+_BYPASSING = threading.local()
 
 __all__ = [
     "SkippableGenerator",
@@ -334,6 +336,69 @@ class SkippableGenerator:
             finally:
                 _SKIPPING.plan = previous
 
+    @contextlib.contextmanager
+    def bypassing(self, bypasses):
+        """Context manager: while active (on this thread), a skipped decoder sublayer adds the calibrated bypass of
+        ``bypasses`` (a :class:`~skipenv.generators.bypass.Bypasses` of skip mode ``"mean"`` / ``"linear"``)
+        instead of nothing; ``None`` = skip mode ``"identity"`` (the residual stream passes unchanged). Applies to
+        every path that runs a plan: :meth:`generate` (prefill and KV-cached decoding), :meth:`score`, prefix
+        reuse, :func:`~skipenv.generators.batched.score_plans` and the :class:`LayerStepper`. Charge its FLOPs
+        with :meth:`flops` ``(..., bypasses=...)``.
+
+        Raises:
+            ~skipenv.generators.bypass.SkipModeError: bypasses for an encoder-decoder model, or calibrated on a
+                model with another fingerprint (the message names both).
+        """
+        if bypasses is not None:
+            from .bypass import SkipModeError
+
+            if self.num_encoder_layers:
+                raise SkipModeError(f"skip_mode {bypasses.mode!r} is not supported for encoder-decoder models "
+                                    f"({type(self.model).__name__}); use skip_mode='identity'")
+            if bypasses.fingerprint != self.fingerprint:
+                raise SkipModeError(f"the {bypasses.mode} bypasses were calibrated on model {bypasses.fingerprint}, "
+                                    f"not on this model ({self.fingerprint}): recalibrate them on this model "
+                                    f"(skipenv.envs.skip_modes.load_or_calibrate)")
+        previous = getattr(_BYPASSING, "value", None)
+        _BYPASSING.value = (self.model, bypasses)
+        try:
+            yield
+        finally:
+            _BYPASSING.value = previous
+
+    @property
+    def _active_bypasses(self):
+        """The :class:`~skipenv.generators.bypass.Bypasses` of this thread's :meth:`bypassing` block (``None``:
+        identity)."""
+        value = getattr(_BYPASSING, "value", None)
+        return value[1] if value is not None and value[0] is self.model else None
+
+    def _layer_index(self, stack: str, layer: nn.Module) -> int:
+        index = self.__dict__.get("_layer_indices")
+        if index is None:
+            index = self.__dict__["_layer_indices"] = {
+                (s, id(m)): i for s, ls in (("encoder", self._encoder_layers()), ("decoder", self._decoder_layers()))
+                for i, m in enumerate(ls)}
+        return index[(stack, id(layer))]
+
+    def _bypassed(self, stack: str, layer: nn.Module, kind: str, hidden_states: torch.Tensor,
+                  rows: Sequence[int] | None = None) -> torch.Tensor:
+        """``hidden_states`` ``[B, T, d]`` after skipping sublayer ``kind`` (``"attention"`` / ``"ffn"``) of
+        ``layer``: unchanged under skip mode identity, plus the active bypass otherwise (only on batch ``rows``
+        when given). Called by the family layer bodies and the batched per-row bodies."""
+        bypasses = self._active_bypasses
+        if bypasses is None or (rows is not None and not rows):
+            return hidden_states
+        i = self._layer_index(stack, layer)
+        mods = self._sublayers(stack, layer)
+        norm = (mods.attention if kind == "attention" else mods.ffn)[0]
+        label = f"{stack}.{kind}.{i}"
+        if rows is None or len(rows) == hidden_states.shape[0]:
+            return hidden_states + bypasses.update(label, hidden_states, norm)
+        index = torch.tensor(list(rows), dtype=torch.long, device=hidden_states.device)
+        sub = hidden_states.index_select(0, index)
+        return hidden_states.index_copy(0, index, sub + bypasses.update(label, sub, norm))
+
     @property
     def _active_plan(self) -> SkipPlan | None:
         """The plan of the :meth:`skipping` block this thread is in (``None`` outside one)."""
@@ -376,7 +441,7 @@ class SkippableGenerator:
 
     # ------------------------------------------------------------------ FLOPs
     def flops(self, plan: SkipPlan | None, inp: PromptInput | int, num_generated: int,
-              observation: bool = False) -> FlopsBreakdown:
+              observation: bool = False, bypasses=None) -> FlopsBreakdown:
         """Analytic FLOPs of generating ``num_generated`` tokens for ``inp`` under ``plan`` (see ``flops.py``).
 
         Args:
@@ -384,6 +449,8 @@ class SkippableGenerator:
             inp: the input (token skipping is applied) or directly the processed prompt length.
             num_generated: tokens generated, EOS included.
             observation: also charge the observation overhead (first layer over the *full* input).
+            bypasses: the :class:`~skipenv.generators.bypass.Bypasses` the plan runs with (``None``: skip mode
+                identity); each skipped sublayer is charged its bypass's FLOPs per processed token.
         """
         plan = self._check_plan(plan)
         if isinstance(inp, PromptInput):
@@ -391,7 +458,8 @@ class SkippableGenerator:
             n = len(inp.kept_positions(plan.tokens))
         else:
             n = n_full = int(inp)
-        out = self.flops_model.generation(plan, n, num_generated)
+        out = self.flops_model.generation(plan, n, num_generated,
+                                          bypass_per_token=0 if bypasses is None else bypasses.flops_per_token)
         if observation:
             out.observation = self.flops_model.first_layer(n_full)
         return out

@@ -335,15 +335,18 @@ def _per_row_body(generator, layer, i: int, j: Sequence[int], plans: Sequence[Sk
     inject = [b for b in range(B) if j[b] == i and b in streams]
     attn = [b for b in range(B) if j[b] <= i and not plans[b].decoder_attention[i]]
     ffn = [b for b in range(B) if j[b] <= i and not plans[b].decoder_ffn[i]]
+    skip_attn = [b for b in range(B) if j[b] <= i and plans[b].decoder_attention[i]]
+    skip_ffn = [b for b in range(B) if j[b] <= i and plans[b].decoder_ffn[i]]
     attention_only = generator._layer_forward("decoder", layer, False, True)
     ffn_only = generator._layer_forward("decoder", layer, True, False)
 
     def run(body, h, which, kwargs):
-        if len(which) == B:
-            return body(h, **kwargs)
-        index = torch.tensor(which, dtype=torch.long, device=h.device)
-        sub = body(h.index_select(0, index), **_gather_kwargs(kwargs, index, B))
-        return h.index_copy(0, index, sub)
+        with generator.bypassing(None):  # the one-sublayer bodies skip the other sublayer: its bypass is added below
+            if len(which) == B:
+                return body(h, **kwargs)
+            index = torch.tensor(which, dtype=torch.long, device=h.device)
+            sub = body(h.index_select(0, index), **_gather_kwargs(kwargs, index, B))
+            return h.index_copy(0, index, sub)
 
     def forward(hidden_states, **kwargs):
         h = hidden_states
@@ -352,8 +355,10 @@ def _per_row_body(generator, layer, i: int, j: Sequence[int], plans: Sequence[Sk
             h = h.index_copy(0, index, torch.stack([streams[b] for b in inject]).to(h.dtype))
         if attn:
             h = run(attention_only, h, attn, kwargs)
+        h = generator._bypassed("decoder", layer, "attention", h, skip_attn)  # skip modes other than identity
         if ffn:
             h = run(ffn_only, h, ffn, kwargs)
+        h = generator._bypassed("decoder", layer, "ffn", h, skip_ffn)
         return h
 
     return forward

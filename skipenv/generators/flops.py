@@ -87,7 +87,8 @@ class FlopsBreakdown:
         prefill: FLOPs of the prefill (decoder-only) or encoder + first decoder call (encoder-decoder).
         decoding: FLOPs of the remaining decoding calls.
         per_candidate: FLOPs per unit, keyed like the action labels (``"decoder.attention.3"``,
-            ``"encoder.ffn.0"``) plus ``"decoder.cross_attention.i"`` and ``"lm_head"``. Skipped units are 0.
+            ``"encoder.ffn.0"``) plus ``"decoder.cross_attention.i"`` and ``"lm_head"``. Skipped units are 0
+            (under a calibrated skip mode: their bypass's FLOPs).
         observation: FLOPs of computing the agent's observation (charged as overhead; 0 unless requested).
     """
 
@@ -124,7 +125,8 @@ class FlopsModel:
     def is_encoder_decoder(self) -> bool:
         return self.encoder is not None
 
-    def generation(self, plan: SkipPlan, prompt_length: int, num_generated: int) -> FlopsBreakdown:
+    def generation(self, plan: SkipPlan, prompt_length: int, num_generated: int,
+                   bypass_per_token: int = 0) -> FlopsBreakdown:
         """FLOPs of greedily generating ``num_generated`` tokens with the KV cache.
 
         Args:
@@ -132,10 +134,15 @@ class FlopsModel:
             prompt_length: input tokens actually processed, i.e. after removing skipped segments.
             num_generated: tokens generated (including a final EOS), ``>= 0``. With 0 only the prefill /
                 encoder is counted, with the LM head on one position (decoder-only) as in :meth:`prefill`.
+            bypass_per_token: FLOPs per token a skipped decoder sublayer costs (its skip mode's bypass,
+                :func:`skipenv.generators.bypass.bypass_flops_per_token`; 0 = identity), charged on the ``n``
+                prefill tokens and each decoding step (decoder-only models).
 
         Raises:
-            ValueError: negative lengths.
+            ValueError: negative lengths, or a bypass cost on an encoder-decoder model.
         """
+        if bypass_per_token and self.encoder is not None:
+            raise ValueError("skip-mode bypasses are decoder-only; an encoder-decoder plan costs no bypass")
         if prompt_length < 0 or num_generated < 0:
             raise ValueError(f"lengths must be >= 0, got prompt_length={prompt_length}, num_generated={num_generated}")
         n, m = int(prompt_length), int(num_generated)
@@ -147,10 +154,12 @@ class FlopsModel:
             for i in range(d.num_layers):
                 # keys attended over all decoding calls: sum_{j=1}^{m-1} (n + j), capped per call by a sliding window
                 decode_pairs = _decode_pairs(n, decode_steps, d.window(i))
-                pre_a = 0 if plan.decoder_attention[i] else d.attn_proj * n + d.attn_pair * n * n
-                dec_a = 0 if plan.decoder_attention[i] else d.attn_proj * decode_steps + d.attn_pair * decode_pairs
-                pre_f = 0 if plan.decoder_ffn[i] else d.ffn * n
-                dec_f = 0 if plan.decoder_ffn[i] else d.ffn * decode_steps
+                by = int(bypass_per_token)  # a skipped sublayer's bypass, per token
+                pre_a = by * n if plan.decoder_attention[i] else d.attn_proj * n + d.attn_pair * n * n
+                dec_a = by * decode_steps if plan.decoder_attention[i] \
+                    else d.attn_proj * decode_steps + d.attn_pair * decode_pairs
+                pre_f = by * n if plan.decoder_ffn[i] else d.ffn * n
+                dec_f = by * decode_steps if plan.decoder_ffn[i] else d.ffn * decode_steps
                 pc[f"decoder.attention.{i}"] = pre_a + dec_a
                 pc[f"decoder.ffn.{i}"] = pre_f + dec_f
                 out.prefill += pre_a + pre_f

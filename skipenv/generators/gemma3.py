@@ -63,9 +63,13 @@ class Gemma3Generator(LlamaGenerator):
             if not skip_attention:
                 h, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
                 hidden_states = hidden_states + layer.post_attention_layernorm(h)
+            else:
+                hidden_states = self._bypassed(stack, layer, "attention", hidden_states)
             if not skip_ffn:
                 h = layer.mlp(layer.pre_feedforward_layernorm(hidden_states))
                 hidden_states = hidden_states + layer.post_feedforward_layernorm(h)
+            else:
+                hidden_states = self._bypassed(stack, layer, "ffn", hidden_states)
             return hidden_states
 
         return forward

@@ -37,8 +37,12 @@ class GPT2Generator(DecoderOnlyGenerator):
             if not skip_attention:
                 h, _ = layer.attn(layer.ln_1(hidden_states), **kwargs)
                 hidden_states = hidden_states + h
+            else:
+                hidden_states = self._bypassed(stack, layer, "attention", hidden_states)
             if not skip_ffn:
                 hidden_states = hidden_states + layer.mlp(layer.ln_2(hidden_states))
+            else:
+                hidden_states = self._bypassed(stack, layer, "ffn", hidden_states)
             return hidden_states
 
         return forward

@@ -36,8 +36,12 @@ class LlamaGenerator(DecoderOnlyGenerator):
                 residual = hidden_states
                 h, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
                 hidden_states = residual + h
+            else:
+                hidden_states = self._bypassed(stack, layer, "attention", hidden_states)
             if not skip_ffn:
                 hidden_states = hidden_states + layer.mlp(layer.post_attention_layernorm(hidden_states))
+            else:
+                hidden_states = self._bypassed(stack, layer, "ffn", hidden_states)
             return hidden_states
 
         return forward

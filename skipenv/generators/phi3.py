@@ -38,9 +38,13 @@ class Phi3Generator(LlamaGenerator):
             if not skip_attention:
                 h, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
                 hidden_states = hidden_states + layer.resid_attn_dropout(h)
+            else:
+                hidden_states = self._bypassed(stack, layer, "attention", hidden_states)
             if not skip_ffn:
                 h = layer.mlp(layer.post_attention_layernorm(hidden_states))
                 hidden_states = hidden_states + layer.resid_mlp_dropout(h)
+            else:
+                hidden_states = self._bypassed(stack, layer, "ffn", hidden_states)
             return hidden_states
 
         return forward

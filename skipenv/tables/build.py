@@ -53,7 +53,7 @@ def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
     # the ids are registered: importing any skipenv submodule runs skipenv/__init__.py first
 
     allowed = {"model", "task", "task_source", "max_input_tokens", "max_new_tokens", "token_segments", "observation",
-               "signals", "dtype", "segment_boundaries"}
+               "signals", "dtype", "segment_boundaries", "skip_mode", "calibration_documents", "linear_rank"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TableError(f"unknown table configuration key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -86,6 +86,16 @@ def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
         raise TableError(f"signals {cfg['signals']}: a table holds teacher-forced signals {list(_TEACHER_FORCED)} "
                          f"(one cost per plan); generating signals are not tabulated")
     return cfg
+
+
+def skip_mode_kwargs(config: dict) -> dict:
+    """The Evaluator kwargs of a table configuration's skip mode (``config["skip_mode"]`` is ``"identity"``, a mode
+    name before the build, or ``"<mode>:<digest>"`` after it)."""
+    mode = str(config.get("skip_mode", "identity")).split(":")[0]
+    if mode == "identity":
+        return {}
+    return {"skip_mode": mode, **{k: config[k] for k in ("calibration_documents", "linear_rank")
+                                  if config.get(k) is not None}}
 
 
 def shared_score_evaluators(generator, task, signals, **evaluator_kwargs) -> tuple[dict, dict]:
@@ -147,11 +157,13 @@ class TableBuilder:
         evaluators, self._memo = shared_score_evaluators(
             self.generator, self.task, config["signals"], token_segments=int(config["token_segments"]),
             max_new_tokens=config.get("max_new_tokens"), observation=config["observation"],
-            segment_boundaries=config.get("segment_boundaries", "tokens"))
+            segment_boundaries=config.get("segment_boundaries", "tokens"), **skip_mode_kwargs(config))
         self.envs = {s: SwitchDecEnv(self.task, evaluator=ev, split="all") for s, ev in evaluators.items()}
         first = self.envs[config["signals"][0]]
         config.update(fingerprint=table_fingerprint(self.generator), max_input_tokens=self.task.max_input_tokens,
                       max_new_tokens=first.max_new_tokens, observation=first.observation_kind)
+        if first.evaluator.skip_mode != "identity":  # the mode and the digest of its calibration statistics
+            config["skip_mode"] = first.evaluator.skip_mode_tag
         self.config = config
         self.spec = first.plan_spec
         if grammar is None:

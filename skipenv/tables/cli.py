@@ -111,15 +111,16 @@ def validate_table(table, *, samples: int = 200, seed: int = 0, tolerance: float
         ``{"checked", "mismatches": [...], "max_abs_quality_diff"}``.
 
     Raises:
-        TableError: the model's fingerprint differs from the table's.
+        TableError: the model's fingerprint differs from the table's, or the skip mode's calibration statistics
+            do (another calibration of the mode than the table was built under).
     """
     import numpy as np
     from tqdm import tqdm
 
     from ..envs.switchdec import SwitchDecEnv, shared_generator
-    from .build import shared_score_evaluators
+    from .build import shared_score_evaluators, skip_mode_kwargs
     from ..tasks import make_task
-    from .store import table_fingerprint
+    from .store import TableError, table_fingerprint
 
     cfg = table.config
     gen = shared_generator(model or cfg["model"], "cpu", cfg["dtype"])
@@ -128,7 +129,12 @@ def validate_table(table, *, samples: int = 200, seed: int = 0, tolerance: float
     evaluators, memo = shared_score_evaluators(gen, task, table.signals, token_segments=int(cfg["token_segments"]),
                                                max_new_tokens=int(cfg["max_new_tokens"]),
                                                observation=cfg["observation"],
-                                               segment_boundaries=cfg.get("segment_boundaries", "tokens"))
+                                               segment_boundaries=cfg.get("segment_boundaries", "tokens"),
+                                               **skip_mode_kwargs(cfg))
+    tag = next(iter(evaluators.values())).skip_mode_tag
+    if tag != cfg.get("skip_mode", "identity"):
+        raise TableError(f"the table was built under skip mode {cfg.get('skip_mode')!r} but this model and task "
+                         f"calibrate to {tag!r}: rebuild the table")
     envs = {s: SwitchDecEnv(task, evaluator=ev, split="all") for s, ev in evaluators.items()}
     by_id = {ex.id: ex for ex in next(iter(envs.values())).examples}
     rng = np.random.default_rng(seed)

@@ -59,13 +59,21 @@ class _TableEnv(gym.Env):
     def __init__(self, table: "Table | str" = "xsum-v1", *, split: str = "train", quality: str | None = None,
                  reward_mode: str = "lexicographic", tau: float | None = None, cost_weight: float | None = None,
                  reward: Reward | None = None, num_examples: int | None = None, expect: dict | None = None,
-                 render_mode: str | None = None):
+                 render_mode: str | None = None, skip_mode: str | None = None):
         super().__init__()
         from ..envs.quality import get_signal
 
         self.table = load_table(table)
         if expect:
             self.table.check_config(expect, what="this env id")
+        if skip_mode is not None:  # a table replays the skip mode it was built under, never another
+            from ..generators.bypass import check_skip_mode
+
+            built = str(self.table.config.get("skip_mode", "identity"))
+            if check_skip_mode(skip_mode) != built.split(":")[0]:
+                raise TableError(f"the table at {self.table.folder} was built under skip_mode {built!r}, not "
+                                 f"{skip_mode!r}: build a table with `skipenv table build` for skip_mode "
+                                 f"{skip_mode!r}")
         defaults = self.table.config.get("env_defaults", {})
         if quality is None:
             quality = defaults.get("quality", self.table.signals[0])
@@ -246,11 +254,14 @@ _DOC = """
         expect: configuration entries the table must have (the registered ids pass the task, token segments,
             observation kind and source id), checked at construction.
         render_mode: ``"ansi"`` or ``None``.
+        skip_mode: the skip mode the caller means (``"identity"``, ``"mean"``, ``"linear"``); a table built under
+            another mode is refused (``None``: the table's own).
 
     ``gym.make`` also takes ``formulation`` / ``formulation_kwargs`` (:func:`skipenv.envs.registration.make_env`).
 
     Raises:
-        TableError: a missing / corrupt table, another configuration than ``expect``, a signal or split the table
+        TableError: a missing / corrupt table, another configuration than ``expect`` or ``skip_mode``, a signal or
+            split the table
             does not hold. GrammarError (a ``ValueError``): an action outside the table. ValueError: a bad argument
             or reset option. RuntimeError: ``step`` before ``reset`` or after the episode ended.
 """
