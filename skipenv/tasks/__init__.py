@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..util.registry import Registry
 from .base import DEFAULT_MAX_INPUT_TOKENS, DOCUMENT_PLACEHOLDER, Task
 from .classification import ClassificationTask, parse_label
 from .example import Example
@@ -109,8 +110,9 @@ _SUMMARY_ONE = "Summarize the following article in one sentence."
 _QA = "Answer the question with a short span copied from the passage."
 _SENTIMENT = "Is the sentiment of the following movie review positive or negative?"
 
-#: name → :class:`TaskSpec` of every registered task
-TASKS: dict[str, TaskSpec] = {
+#: name → :class:`TaskSpec` of every registered task (a :class:`~skipenv.util.registry.Registry`: a second task of
+#: the same name is an error, an unknown name lists the registered ones)
+TASKS: Registry = Registry("task", {
     "xsum": TaskSpec(
         SummarizationTask,
         dict(metric="rougeL", max_new_tokens=48, instruction=_SUMMARY_ONE, max_sentences=1,
@@ -152,7 +154,7 @@ TASKS: dict[str, TaskSpec] = {
              columns={"document": "text", "label": "category"}, embedded_asset="rotten_tomatoes"),
         "Rotten Tomatoes review snippets, fresh → positive / rotten → negative",
     ),
-}
+})
 
 #: The prompt of ``rotten_tomatoes_scored``: two train reviews (ids ``4c607ba6134f80b3``, ``fa1de05d275bf801``, the
 #: first short positive and negative ones of the train split) as shots before the review. Chosen by measurement
@@ -169,13 +171,13 @@ _SENTIMENT_2SHOT = (
 #: ``benchmarks/task_baselines.py --fit-threshold`` (the train accuracy-maximising threshold; docs/tasks.md)
 RT_SCORED_THRESHOLD = 0.66
 
-TASKS["rotten_tomatoes_scored"] = TaskSpec(
+TASKS.register("rotten_tomatoes_scored", TaskSpec(
     ClassificationTask,
     dict(metric="accuracy", max_new_tokens=1, instruction="", user_template=_SENTIMENT_2SHOT, scoring="verbalizer",
          threshold=RT_SCORED_THRESHOLD, columns={"document": "text", "label": "category"},
          embedded_asset="rotten_tomatoes"),
     "Rotten Tomatoes, label read by verbalizer scoring (2-shot prompt, one forward pass, calibrated on train)",
-)
+))
 
 #: The shots of ``disflqa_span``: the three shortest passages of the DisflQA train split (ids ``5626ffe434aea447``,
 #: ``9279c422a6bd8297``, ``5206883a06351124``; excluded from every measurement in docs/tasks.md) with their gold
@@ -195,13 +197,13 @@ _DISFLQA_SHOT_ROWS = (
 _DISFLQA_SHOTS = tuple((QATask.user_template.format(instruction=_QA, document=d, question=q), a)
                        for d, q, a in _DISFLQA_SHOT_ROWS)
 
-TASKS["disflqa_span"] = TaskSpec(
+TASKS.register("disflqa_span", TaskSpec(
     QATask,
     dict(metric="f1", max_new_tokens=16, instruction=_QA, max_input_tokens=768, scoring="pointer",
          shots=_DISFLQA_SHOTS,
          columns={"document": "passage", "question": "question", "target": "answer"}, embedded_asset="disflqa"),
     "DisflQA with passage-span answers (few-shot prompt; the answer scored is a span of the passage)",
-)
+))
 
 _COLUMN_KWARGS = {f"{role}_column": role for role in ("id", "document", "target", "question", "label")}
 _COLUMN_KWARGS["reference_column"] = "target"  # the older name of target_column

@@ -258,6 +258,7 @@ def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
     def broken(args):
         raise AttributeError("a bug")
 
+    monkeypatch.delitem(cli.SUBCOMMANDS, "download")  # a Registry refuses a second entry of one name
     monkeypatch.setitem(cli.SUBCOMMANDS, "download", cli.Subcommand(lambda p: None, broken, "broken"))
     with pytest.raises(AttributeError, match="a bug"):
         cli.main(["download"])
