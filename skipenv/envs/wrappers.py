@@ -235,12 +235,12 @@ class ThresholdActions(gym.ActionWrapper):
 
     Args:
         env: an env with a ``MultiBinary(n)`` action space (the one-shot SwitchDec envs, the factorial table env).
-        threshold: the score above which a factor is skipped (finite).
+        threshold: the score above which a factor is skipped, in ``[0, 1e6]``.
 
     Raises:
-        ValueError: a non-``MultiBinary`` action space or a non-finite threshold; in :meth:`action`, an action of
-            another shape, a non-finite score, or an integer / bool array (0 / 1 bits: pass them through
-            :meth:`action_of` — read as scores they would silently mean "skip nothing").
+        ValueError: a non-``MultiBinary`` action space, or a threshold that is not a number in ``[0, 1e6]``; in
+            :meth:`action`, an action of another shape, a non-finite score, or an integer / bool array (0 / 1 bits:
+            pass them through :meth:`action_of` — read as scores they would silently mean "skip nothing").
     """
 
     def __init__(self, env: gym.Env, threshold: float = 2.0):
@@ -256,10 +256,18 @@ class ThresholdActions(gym.ActionWrapper):
 
     @staticmethod
     def check_threshold(threshold) -> float:
-        """``threshold`` as a float; ValueError unless it is a finite real number."""
+        """``threshold`` as a float; ValueError unless it is a real number in ``[0, 1e6]``.
+
+        A negative threshold would make the mean-0 initial policy skip every factor (the opposite of why the
+        encoding exists), and above 1e6 the box's float32 bounds lose the precision a score needs; 0 gives the
+        ``MultiBinary`` behaviour (each factor skipped with probability 0.5 by a unit Gaussian)."""
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(threshold):
             raise ValueError(f"skip_threshold must be a finite number such as 2.0, got {threshold!r}")
+        if not 0.0 <= float(threshold) <= 1e6:
+            raise ValueError(f"skip_threshold must be in [0, 1e6] (2.0 makes a mean-0 Gaussian policy skip each factor "
+                             f"with probability 0.023), got {threshold!r}; a negative threshold skips every factor "
+                             f"at the mean-0 action")
         return float(threshold)
 
     def action(self, action) -> np.ndarray:

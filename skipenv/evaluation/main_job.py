@@ -347,6 +347,35 @@ RUN_OUTPUTS = ("policy.zip", "policy.pt", "policy.json", "summary.csv", "summary
 RUNNING_MARKER = "RUNNING"
 
 
+def _refuse_if_running(marker: Path, out: Path) -> None:
+    """Raise when ``marker`` (:data:`RUNNING_MARKER`) names a process of this host that is still alive: another
+    run is writing ``out``, and starting here would delete its outputs under it. A marker of a dead process (an
+    interrupted run), of another host or that cannot be parsed is left to :func:`_start_run` to replace.
+
+    Raises:
+        ValueError: the run named by the marker is alive (the message names its pid, run id and the fix).
+    """
+    import os
+    import socket
+
+    try:
+        info = json.loads(marker.read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if pid == os.getpid() or info.get("host", socket.gethostname()) != socket.gethostname():
+        return
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass  # it exists, owned by another user
+    raise ValueError(f"{out} is being written by another run (pid {pid}, run id {info.get('run_id')!r}, started "
+                     f"{info.get('started')}); wait for it to finish or choose another --out (if pid {pid} is not a "
+                     f"skipenv run, delete {marker})")
+
+
 def _start_run(out: Path) -> str:
     """Mark ``out`` as being written by a new run (:data:`RUNNING_MARKER`) and remove an earlier run's
     :data:`RUN_OUTPUTS` (one line on stderr names them); returns the new run id. Files the job does not write are
@@ -356,10 +385,14 @@ def _start_run(out: Path) -> str:
     import uuid
     from datetime import datetime, timezone
 
+    import socket
+
     marker = out / RUNNING_MARKER
     interrupted = marker.is_file()
+    if interrupted:
+        _refuse_if_running(marker, out)
     run_id = uuid.uuid4().hex[:12]
-    marker.write_text(json.dumps({"run_id": run_id, "pid": os.getpid(),
+    marker.write_text(json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
                                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
     old = [name for name in RUN_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
     for name in old:
@@ -370,7 +403,7 @@ def _start_run(out: Path) -> str:
             path.unlink()
     if old or interrupted:
         _say(f"skipenv train: {out} held the outputs of {'an interrupted' if interrupted else 'an earlier'} run "
-             f"({', '.join(old) or 'none'}): removed, so the folder holds this run's outputs only")
+             f"({', '.join(old) or 'no outputs yet'}): removed, so the folder holds this run's outputs only")
     return run_id
 
 

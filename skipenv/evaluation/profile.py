@@ -255,7 +255,8 @@ def _read_rows(path: Path) -> "pd.DataFrame":
     """The rows of a profile CSV; a last line cut off by a kill (no final newline) is removed from the file first.
 
     Raises:
-        ValueError: the file's columns are not :data:`ROW_COLUMNS` (not a profile CSV, or another version).
+        ValueError: the file cannot be parsed, its columns are not :data:`ROW_COLUMNS` (not a profile CSV, or
+            another version), a row misses a value, or a (document, candidate, mode) row appears twice.
     """
     import pandas as pd
 
@@ -263,10 +264,22 @@ def _read_rows(path: Path) -> "pd.DataFrame":
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
-    rows = pd.read_csv(path, dtype={"example_id": str, "mode": str, "candidate": str}, float_precision="round_trip")
+    fix = "delete it, or write the profile to another folder (--out)"
+    try:
+        rows = pd.read_csv(path, dtype={"example_id": str, "mode": str, "candidate": str},
+                           float_precision="round_trip")
+    except (ValueError, pd.errors.ParserError) as e:  # empty file, garbled line, non-numeric value
+        raise ValueError(f"{path} cannot be read as a profile CSV ({e}); {fix}") from None
     if tuple(rows.columns) != ROW_COLUMNS:
         raise ValueError(f"{path} is not a profile CSV of this skipenv (columns {list(rows.columns)}, expected "
-                         f"{list(ROW_COLUMNS)}); write the profile to another folder (--out)")
+                         f"{list(ROW_COLUMNS)}); {fix}")
+    key = ["doc", "candidate", "mode"]
+    if rows[key].isna().any().any() or rows[["loss", "flops_saved"]].isna().any().any():
+        raise ValueError(f"{path} has rows with missing values (an edited or garbled file); {fix}")
+    if rows.duplicated(key).any():
+        d = rows[rows.duplicated(key, keep=False)].iloc[0]
+        raise ValueError(f"{path} holds (document {d['doc']}, {d['candidate']}, {d['mode']}) more than once (two "
+                         f"processes on one folder, or an edited file), which would weigh it twice; {fix}")
     return rows
 
 
@@ -334,7 +347,8 @@ def run_profile(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
         families: candidate families (:data:`CANDIDATE_FAMILIES`).
         split: the documents' split (:data:`SPLITS`; default ``"train"``).
         num_docs: the first ``num_docs`` documents of the split (fewer if the split has fewer, with a line on
-            stderr).
+            stderr); under a calibrated skip mode the calibration documents of every mode are left out first, so
+            every mode is profiled on the same documents, none of which fitted a bypass.
         out_dir: output folder.
         progress: a tqdm bar (with ETA) over the rows still to compute.
 
@@ -374,14 +388,18 @@ def run_profile(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
     try:
         for mode in skip_modes:  # every env before any row: a bad kwarg value fails before the work starts
             extra = {} if mode == IDENTITY else {"skip_mode": mode}
-            envs[mode] = gym.make(env_id, split=split, num_examples=int(num_docs), **env_kwargs, **bare, **extra)
+            envs[mode] = gym.make(env_id, split=split, **env_kwargs, **bare, **extra)
         first = envs[skip_modes[0]].unwrapped
         generator, spec = first.generator, first.plan_spec
         identity = model_identity(generator, config)
         if stored is not None:
             check_identity(stored, generator, config, what=f"profile rows {folder / ROWS_CSV}",
                            fix="write this profile to another folder (--out) or delete that one")
-        examples = first.examples[: int(num_docs)]
+        # a calibrated mode's bypasses were fitted on its calibration documents: no mode is profiled on them, so
+        # that every mode is measured on the same documents, all of them out of sample for the bypasses
+        reserved = set().union(*(set(e.unwrapped.evaluator.calibration_ids) for e in envs.values()))
+        pool = [ex for ex in first.examples if ex.id not in reserved]
+        examples = pool[: int(num_docs)]
         if len(examples) < num_docs:
             print(f"skipenv profile: split {split!r} has {len(examples)} documents; profiling those (not {num_docs})",
                   file=sys.stderr)
@@ -392,11 +410,12 @@ def run_profile(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
         if path.exists():
             old = _read_rows(path)
             ids = dict(zip(old["doc"].astype(int), old["example_id"]))
-            wrong = {d: e for d, e in ids.items() if d < len(first.examples) and first.examples[d].id != e}
+            wrong = {d: e for d, e in ids.items() if d < len(pool) and pool[d].id != e}
             if wrong:
                 d, e = next(iter(wrong.items()))
                 raise ValueError(f"profile rows {path}: document {d} is {e!r} there but "
-                                 f"{first.examples[d].id!r} in split {split!r} now (the task's data changed); write "
+                                 f"{pool[d].id!r} in split {split!r} now (the task's data changed, or a calibrated "
+                                 f"skip mode now reserves its calibration documents); write "
                                  f"this profile to another folder (--out)")
             done = set(zip(old["doc"].astype(int), old["candidate"], old["mode"]))
         (folder / IDENTITY_JSON).write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")

@@ -58,6 +58,12 @@ def test_bad_input_is_refused():
     for bad in (float("nan"), True, "2"):
         with pytest.raises(ValueError, match="skip_threshold must be a finite number"):
             gym.make("SwitchDec-XSum-Table-v0", skip_threshold=bad)
+    for bad in (-1, -0.5, 1e39):  # negative: the mean-0 action would skip every factor; huge: float32 bounds
+        with pytest.raises(ValueError, match=r"skip_threshold must be in \[0, 1e6\]"):
+            gym.make("SwitchDec-XSum-Table-v0", skip_threshold=bad)
+    zero = gym.make("SwitchDec-XSum-Table-v0", skip_threshold=0)  # allowed: MultiBinary's 0.5 per factor
+    zero.reset(seed=0)
+    assert zero.step(np.zeros(5, dtype=np.float32))[4]["num_skipped"] == 0  # a score of 0 is not above 0
     with pytest.raises(ValueError, match="MultiBinary"):
         gym.make("SwitchDec-XSum-MenuTable-v0", skip_threshold=2.0)
     with pytest.raises(ValueError, match="0 / 1"):

@@ -265,3 +265,39 @@ def test_skip_modes_need_an_env_that_takes_skip_mode(tmp_path, monkeypatch, caps
         run_profile(skip_modes=("identity", "mean"), out_dir=tmp_path / "q", progress=False)
     assert "skip_mode" not in made[0] and made[1]["skip_mode"] == "mean"
     assert made[0]["split"] == made[1]["split"] == "train"  # the train split by default
+
+
+def test_calibration_documents_are_never_profiled(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    """A calibrated skip mode's bypasses were fitted on its calibration documents (``Evaluator.calibration_ids``);
+    the profile leaves them out for every mode, so each mode is measured on the same out-of-sample documents. The
+    calibration is stood in for by the property (the bypass machinery has its own tests): document 0 is reserved,
+    so the one profiled document is document 1."""
+    from skipenv.envs.evaluator import Evaluator
+
+    ids = [ex.id for ex in _bare_env(tiny_model_dir, data_file).examples]
+    monkeypatch.setattr(Evaluator, "calibration_ids", property(lambda self: (ids[0],)))
+    res = run_profile(env_kwargs=_kwargs(tiny_model_dir, data_file), split="all", num_docs=1, progress=False,
+                      families=("tokens",), out_dir=tmp_path / "p")
+    assert set(res.rows["example_id"]) == {ids[1]} and set(res.rows["doc"]) == {0}
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("duplicate", "more than once"),
+    ("garbage", "missing values"),
+    ("empty", "cannot be read as a profile CSV"),
+])
+def test_damaged_rows_are_refused_in_one_line(tiny_model_dir, data_file, tmp_path, damage, message):
+    """A row appended twice (two processes on one folder) would weigh a document twice in the summary; a garbled
+    line or an empty file (a kill before the header) must name the file and the fix, not pandas' words."""
+    from skipenv.evaluation.profile import ROWS_CSV
+
+    kw = dict(env_kwargs=_kwargs(tiny_model_dir, data_file), split="all", num_docs=1, progress=False,
+              families=("tokens",), out_dir=tmp_path / "p")
+    run_profile(**kw)
+    path = tmp_path / "p" / ROWS_CSV
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text({"duplicate": "".join(lines + lines[1:2]), "garbage": "".join(lines) + "garbage,,,\n",
+                     "empty": ""}[damage])
+    with pytest.raises(ValueError, match=message) as e:
+        run_profile(**kw)
+    assert str(path) in str(e.value) and "delete it" in str(e.value)

@@ -59,3 +59,32 @@ def test_an_interrupted_run_is_marked_and_a_rerun_replaces_its_outputs(tmp_path,
     written = {p.name for p in out.iterdir()}
     assert written <= set(RUN_OUTPUTS) | {"notes.txt"}
     assert {"policy.zip", "summary.json", "summary.csv", "episodes.csv", "monitor.csv"} <= written
+
+
+def test_a_marker_of_a_live_run_is_refused_and_one_of_a_dead_run_replaced(tmp_path):
+    """A second ``skipenv train`` into the folder of a run that is still writing would delete that run's outputs
+    under it: a ``RUNNING`` marker naming a live process of this host is refused (outputs untouched); one naming a
+    process that has exited (an interrupted run) is replaced."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from skipenv.evaluation.main_job import RUNNING_MARKER, _start_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "policy.zip").write_text("the other run's")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / RUNNING_MARKER).write_text(json.dumps({"run_id": "other", "pid": live.pid,
+                                                      "host": socket.gethostname(), "started": "now"}))
+        with pytest.raises(ValueError, match=f"being written by another run \\(pid {live.pid}"):
+            _start_run(out)
+        assert (out / "policy.zip").read_text() == "the other run's"
+    finally:
+        live.kill()
+        live.wait()
+    run_id = _start_run(out)  # the process is gone: an interrupted run, replaced
+    marker = json.loads((out / RUNNING_MARKER).read_text())
+    assert marker["run_id"] == run_id and marker["pid"] == os.getpid() and not (out / "policy.zip").exists()
