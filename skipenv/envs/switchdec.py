@@ -407,6 +407,10 @@ class _SwitchDecBase(gym.Env):
             raise ValueError("pass only one of the reset options 'example_id' and 'index'")
         if "example_id" in options:
             ex_id = options["example_id"]
+            if isinstance(ex_id, str) and ex_id in set(self._evaluator.calibration_ids):
+                raise ValueError(f"reset option 'example_id' {ex_id!r} is a calibration document of this env's "
+                                 f"skip mode (its bypasses were fitted on it), so it is never an episode; pick "
+                                 f"another document, or use skip_mode='identity'")
             if not isinstance(ex_id, str) or ex_id not in self._by_id:
                 raise ValueError(f"reset option 'example_id' {ex_id!r} is not in split {self.split!r} of "
                                  f"{self.task.name!r}")

@@ -40,6 +40,8 @@ def test_calibration_uses_train_documents_and_env_leaves_them_out(gen, xsum_task
     env = SwitchDecEnv(xsum_task, evaluator=ev, split="train", num_examples=2)
     assert [ex.id for ex in env.examples] == [ex.id for ex in train[3:5]]
     assert env.skip_mode == "mean"
+    with pytest.raises(ValueError, match="is a calibration document of this env's skip mode"):
+        env.reset(options={"example_id": train[0].id})  # in the split, but reserved: say so, not "not in split"
     test_env = SwitchDecEnv(xsum_task, evaluator=ev, split="test", num_examples=2)
     assert [ex.id for ex in test_env.examples] == [ex.id for ex in xsum_task.examples("test")[:2]]
     # the statistics are the mean sublayer update over exactly those documents' formatted inputs
