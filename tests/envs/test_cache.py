@@ -17,7 +17,7 @@ import torch
 from hypothesis import strategies as st
 
 from skipenv.assets import CacheLocationError
-from skipenv.envs import Evaluator, SwitchDecEnv, model_fingerprint
+from skipenv.envs import Evaluator, model_fingerprint
 from skipenv.envs.cache import CacheWarning, value_checksum
 from skipenv.testing import tiny_generator
 
@@ -25,16 +25,7 @@ from skipenv.testing import tiny_generator
 # moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
 
 
-@pytest.fixture(scope="module")
-def generator(smollm2_tokenizer):
-    return tiny_generator("llama", smollm2_tokenizer)
-
-
-KW = {"num_examples": 2, "max_new_tokens": 6, "max_input_tokens": 96, "disk_cache": False}
-
-
-def make(generator, cls=SwitchDecEnv, **kw):
-    return cls("xsum", generator=generator, **{**KW, **kw})
+from _tiny_env import make  # noqa: E402  (the shared tiny env; its generator fixture: conftest.py)
 
 
 @pytest.mark.hardening

@@ -17,7 +17,6 @@ from skipenv.evaluation.formulation_metrics import formulation_metrics, metrics_
 from skipenv.envs.rewards import lexicographic_reward
 import warnings
 from skipenv.envs import SwitchDecEnv, SwitchDecLayerwiseEnv
-from skipenv.testing import tiny_generator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import skipenv
@@ -228,16 +227,7 @@ def test_unmodified_sb3_trains_on_the_wrappers(tiny_env_factory):
 # moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
 
 
-@pytest.fixture(scope="module")
-def generator(smollm2_tokenizer):
-    return tiny_generator("llama", smollm2_tokenizer)
-
-
-KW = {"num_examples": 2, "max_new_tokens": 6, "max_input_tokens": 96, "disk_cache": False}
-
-
-def make(generator, cls=SwitchDecEnv, **kw):
-    return cls("xsum", generator=generator, **{**KW, **kw})
+from _tiny_env import make  # noqa: E402  (the shared tiny env; its generator fixture: conftest.py)
 
 
 @pytest.mark.hardening

@@ -13,22 +13,12 @@ import pytest
 import skipenv
 from skipenv.envs import SwitchDecEnv
 from skipenv.envs.wrappers import ExpectedConstraint
-from skipenv.testing import tiny_generator
 
 # ----------------------------------------------------------------------------------------------------
 # moved here from the hardening campaign (tests/test_hardening.py, dissolved by issue 19)
 
 
-@pytest.fixture(scope="module")
-def generator(smollm2_tokenizer):
-    return tiny_generator("llama", smollm2_tokenizer)
-
-
-KW = {"num_examples": 2, "max_new_tokens": 6, "max_input_tokens": 96, "disk_cache": False}
-
-
-def make(generator, cls=SwitchDecEnv, **kw):
-    return cls("xsum", generator=generator, **{**KW, **kw})
+from _tiny_env import KW, make  # noqa: E402  (the shared tiny env; its generator fixture: conftest.py)
 
 
 @pytest.mark.hardening
