@@ -283,6 +283,8 @@ class Evaluator:
         self._identity_lock = threading.Lock()
         self._vocab_size = getattr(generator.config, "vocab_size", None)
         self.disk = DiskCache(f"full/{self._fingerprint}", root=cache_root) if disk_cache else None
+        if getattr(task, "head_scoring", False):  # a head fitted on another model's features: refuse before any use
+            task.head.check_model(self._fingerprint, "the evaluator's model")
         self.identity_changes = 0
         self._prompts: dict[str, PromptInput] = {}
         self._observations: dict[str, np.ndarray] = {}
@@ -376,10 +378,64 @@ class Evaluator:
         with two teacher-forced calls of one target token each, whose FLOPs are charged once (the outcome charges
         one prefill, ``num_generated = 1``), as one pass that reads two logits costs.
         """
+        if getattr(self.task, "head_scoring", False):
+            return float(self.task.head.logit(self.label_features(example, plan)))
         pos, neg = self.task.verbalizer_ids(self.generator.tokenizer)
         a = self.score(example, [pos], plan).logprobs
         b = self.score(example, [neg], plan).logprobs
         return float(a[0]) - float(b[0])
+
+    def label_features(self, example, plan: SkipPlan | None) -> np.ndarray:
+        """The final (normed) hidden state ``[d]`` (float64) at the answer position (the last input token) under
+        ``plan`` (``None`` = full model): the input of the LM head where the next token is predicted, read by a
+        forward hook on the model's output embedding during one teacher-forced pass (:meth:`score` of one token;
+        the hidden state at the last input position does not depend on that token, the model being causal).
+
+        For a task with ``scoring="head"`` the model must be the one the task's head was fitted on.
+
+        Raises:
+            LabelHeadError: (head scoring) the generator's model is not the head's (:meth:`LabelHead.check_model`).
+        """
+        if self.generator.num_encoder_layers:
+            raise ValueError("label features are read from decoder-only models only (the last input position's "
+                             "final hidden state); this generator is an encoder-decoder")
+        import torch
+
+        got = []
+        gen = self.generator
+        lm_head = gen.model.get_output_embeddings()
+
+        def hook(module, args, output):  # the LM head's input [1, 1, d]: the last position's final hidden state
+            got.append(args[0][0, -1].detach().double().cpu().numpy().copy())
+
+        with self._checked():
+            head = getattr(self.task, "head", None)
+            if head is not None:
+                head.check_model(self._fingerprint, "the evaluator's model")
+            plan, seqs = gen._prepare([self.prompt(example)], plan, 0)
+            ids, mask = gen._pad(seqs)
+            handle = lm_head.register_forward_hook(hook)
+            try:
+                with gen.skipping(plan), torch.inference_mode():
+                    gen._forward(ids, mask, None, logits_to_keep=1)  # one pass from position 0, no prefix reuse
+            finally:
+                handle.remove()
+        if len(got) != 1:
+            raise RuntimeError(f"the LM head ran {len(got)} times in one scoring pass; label features need one")
+        return got[0]
+
+    def charge_label_head(self, breakdown):
+        """For head scoring (``scoring="head"``): charge the head's ``2 · d`` FLOPs in place of the LM head's row
+        in a one-position :class:`~skipenv.generators.flops.FlopsBreakdown` (``num_generated = 1``), in place;
+        ``per_candidate["lm_head"]`` becomes 0 and ``per_candidate["label_head"]`` the head's FLOPs. Other tasks:
+        unchanged. Returns ``breakdown``."""
+        head = getattr(self.task, "head", None)
+        if head is not None and getattr(self.task, "head_scoring", False):
+            lm = self.generator.flops_model.lm_head
+            breakdown.prefill += head.flops - lm
+            breakdown.per_candidate["lm_head"] = 0
+            breakdown.per_candidate["label_head"] = head.flops
+        return breakdown
 
     def _scored_full(self, example) -> FullOutput:
         """The full output of a verbalizer-scored task: the chosen label's verbalizer token, its text, and the
@@ -676,11 +732,11 @@ class Evaluator:
             full = self.full_output(example)
             m = self.signal.measure(self, example, plan, full)
             n_gen = full.num_generated if m.num_generated is None else m.num_generated
-            flops = self.generator.flops(plan, prompt, n_gen, observation=True,
-                                         bypasses=getattr(self, "bypasses", None))
+            flops = self.charge_label_head(self.generator.flops(plan, prompt, n_gen, observation=True,
+                                                                bypasses=getattr(self, "bypasses", None)))
             if self._observation_kind != "pooled":
                 flops.observation = self.observation_flops(example)
-            flops_full = self.generator.flops(None, prompt, full.num_generated).total
+            flops_full = self.charge_label_head(self.generator.flops(None, prompt, full.num_generated)).total
             breakdown = flops.to_dict()
             breakdown["per_candidate"] = FrozenMapping(breakdown["per_candidate"])
             out = Outcome(example_id=example.id, plan=plan, quality=float(m.quality),

