@@ -152,7 +152,8 @@ class _SwitchDecBase(gym.Env):
                  lru_size: int = 4096, generator=None, evaluator: Evaluator | None = None,
                  reward: Reward | None = None, render_mode: str | None = None, observation: str | None = None,
                  segment_boundaries: str | None = None, skip_mode: str | None = None,
-                 calibration_documents: int | None = None, linear_rank: int | None = None):
+                 calibration_documents: int | None = None, linear_rank: int | None = None,
+                 label_head: str | None = None):
         super().__init__()
         from .registration import shared_objects, sharing_elsewhere
 
@@ -232,7 +233,8 @@ class _SwitchDecBase(gym.Env):
                                  "with evaluator=")
             given = {k: v for k, v in (("generator", generator), ("quality", quality),
                                        ("token_segments", token_segments), ("max_new_tokens", max_new_tokens),
-                                       ("max_input_tokens", max_input_tokens)) if v is not None}
+                                       ("max_input_tokens", max_input_tokens), ("label_head", label_head))
+                     if v is not None}
             if given:
                 raise ValueError(f"{sorted(given)} are defined by the evaluator; do not pass them with evaluator=")
             if isinstance(task, str) and task.strip().lower().replace("-", "_") != evaluator.task.name:
@@ -241,7 +243,8 @@ class _SwitchDecBase(gym.Env):
                 raise ValueError("task differs from the evaluator's task")
         else:
             signal = get_signal("agreement" if quality is None else quality)
-            generator, task_obj = _build(generator, task, model, device, dtype, task_source, max_input_tokens)
+            generator, task_obj = _build(generator, task, model, device, dtype, task_source, max_input_tokens,
+                                         label_head)
             evaluator = Evaluator(generator, task_obj, quality=signal,
                                   token_segments=8 if token_segments is None else int(token_segments),
                                   max_new_tokens=max_new_tokens, disk_cache=bool(disk_cache), lru_size=int(lru_size),
@@ -470,7 +473,7 @@ class _SwitchDecBase(gym.Env):
                 f"reward {self.reward(o):.3f}\nplan {o.plan!r}" + (f"\noutput: {o.text}" if o.text is not None else ""))
 
 
-def _build(generator, task, model, device, dtype, task_source, max_input_tokens):
+def _build(generator, task, model, device, dtype, task_source, max_input_tokens, label_head=None):
     """Resolve generator / task names into objects (lazily imported: keeps ``import skipenv`` light)."""
     from ..tasks import make_task
 
@@ -478,7 +481,12 @@ def _build(generator, task, model, device, dtype, task_source, max_input_tokens)
         generator = shared_generator(model, device, dtype)
     if isinstance(task, str):
         kw = {} if max_input_tokens is None else {"max_input_tokens": int(max_input_tokens)}
+        if label_head is not None:  # a head-scored task (RT-v2) with another model's head file
+            kw["head"] = label_head
         task = make_task(task, source=task_source, **kw)
+    elif label_head is not None:
+        raise ValueError("label_head= is a setting of a task given by name; with a Task object, pass "
+                         "make_task(..., head=...) instead")
     return generator, task
 
 
@@ -496,6 +504,10 @@ _ENV_ARGS_DOC = """
             ``"rouge"``), ``"fidelity"``, ``"likelihood"`` — or a :class:`~skipenv.envs.quality.QualitySignal`
             instance.
         token_segments: ``K`` document segments (integer ``>= 0``, default 8).
+        label_head: (head-scored tasks, ``SwitchDec-RottenTomatoes-v2``) the path of a
+            :class:`~skipenv.tasks.heads.LabelHead` JSON file fitted on *this* model
+            (:func:`skipenv.envs.label_head.fit_label_head`); default: the task's shipped head, which is refused for
+            any model but the embedded SmolLM2.
         segment_boundaries: what the ``K`` segments are: ``"tokens"`` (default: near-equal token runs, a cut may
             fall inside a word) or ``"sentences"`` (runs of whole sentences of the document text, never cut inside
             a word; :mod:`skipenv.tasks.units` says how short, long and unpunctuated documents are handled; needs a

@@ -45,10 +45,26 @@ BUDGET = {"SwitchDec-RottenTomatoes-v1": {"max_input_tokens": 160},
           **dict.fromkeys(("SwitchDec-DisflQA-v1", "SwitchDec-Mix-v0"), {"max_input_tokens": 400})}  # QA shots
 
 
+def _tiny_rt_head(generator, folder) -> str:
+    """A label head for ``generator`` (full-model features of four train reviews), saved as JSON; its path."""
+    from skipenv.envs import Evaluator
+    from skipenv.envs.label_head import fit_label_head
+    from skipenv.tasks import make_task
+
+    task = make_task("rotten_tomatoes", scoring="verbalizer")
+    train = task.examples("train")
+    reviews = [e for e in train if e.label == "positive"][:2] + [e for e in train if e.label == "negative"][:2]
+    path = folder / "tiny_rt_head.json"
+    fit_label_head(Evaluator(generator, task, quality="label_agreement", disk_cache=False), reviews, []).save(path)
+    return str(path)
+
+
 def _env(env_id, formulation, tiny_llama, tiny_model_dir, tmp_path, **extra):
     kwargs = {**SMALL, **BUDGET.get(env_id, {}), "formulation": formulation, **extra}
     if formulation == "expected":
         kwargs["formulation_kwargs"] = DUAL
+    if env_id == "SwitchDec-RottenTomatoes-v2":  # its shipped head is the embedded SmolLM2's: fit one for the tiny model
+        kwargs["label_head"] = _tiny_rt_head(tiny_llama, tmp_path)
     if env_id in HUB_ROWS:
         data = tmp_path / f"{env_id}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in HUB_ROWS[env_id]))
