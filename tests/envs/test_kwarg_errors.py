@@ -121,5 +121,5 @@ def test_linear_rank_above_the_hidden_size_is_refused(smollm2_tokenizer, xsum_ta
         Evaluator(gen, xsum_task, cache_root=tmp_path, skip_mode="linear", calibration_documents=2,
                   linear_rank=d + 1, max_new_tokens=2)
     assert not any(tmp_path.rglob("*.pt"))  # nothing was calibrated
-    # (rank <= d, incl. the full map at >= d/2, calibrates: tests/envs/test_skip_modes_env.py, rank 4 of 64, and
-    # tests/envs/test_skip_modes_env.py's table config with rank 32)
+    # (a rank <= d calibrates: tests/envs/test_skip_modes_env.py, rank 4 in an Evaluator;
+    # tests/generators/test_skip_modes.py, rank 32 and the full map)
