@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from skipenv.cli.args import output_folder
 from skipenv.envs.registration import DEFAULT_ENV_ID
 
 
@@ -18,7 +19,8 @@ def parser(description: str, default_env: str = DEFAULT_ENV_ID, default_steps: i
     p.add_argument("--seed", type=int, default=0, help="seed of the agent and the env")
     p.add_argument("--total-timesteps", type=int, default=default_steps, help="environment steps")
     p.add_argument("--device", default="cpu", help="device of the generator and the policy")
-    p.add_argument("--out", default=None, help="output folder (default runs/<agent>-<env>-s<seed>)")
+    p.add_argument("--out", type=output_folder, default=None,
+                   help="output folder (default runs/<agent>-<env>-s<seed>)")
     p.add_argument("--train-examples", type=int, default=64, help="train-split documents cycled in training")
     p.add_argument("--eval-examples", type=int, default=16, help="test-split documents evaluated at the end")
     p.add_argument("--env-kwargs", type=json.loads, default={}, help='extra gym.make kwargs as JSON, e.g. \'{"tau": 0.05}\'')

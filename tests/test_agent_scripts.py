@@ -19,11 +19,29 @@ TINY = ["--train-examples", "2", "--eval-examples", "2", "--no-progress",
 pytestmark = [pytest.mark.assets, pytest.mark.slow]
 
 
-def run_agent(script: str, out: Path, *extra: str) -> pd.DataFrame:
-    cmd = [sys.executable, str(ROOT / "agents" / script), "--out", str(out), *TINY, *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def run_agent(script: str, out: Path, *extra: str, as_script: bool = False) -> pd.DataFrame:
+    """Run ``agents/<script>`` at the tiny settings and return its eval summary. In-process by default (the
+    script's ``main(argv)``, loaded from its file with ``agents/`` on ``sys.path`` as ``python agents/x.py`` has it):
+    the agents then share one loaded SmolLM2 (:func:`skipenv.envs.switchdec.shared_generator`) and one interpreter
+    instead of seven, which kept nothing that the runs check. ``as_script=True`` runs it as a subprocess, the way a
+    user does (the ``__main__`` entry and the imports of a fresh interpreter): :func:`test_baselines_agent` does."""
+    argv = ["--out", str(out), *TINY, *extra]
+    if as_script:
+        proc = subprocess.run([sys.executable, str(ROOT / "agents" / script), *argv], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    else:
+        import importlib.util
+
+        sys.path.insert(0, str(ROOT / "agents"))
+        try:
+            spec = importlib.util.spec_from_file_location(f"_agent_{Path(script).stem}", ROOT / "agents" / script)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.main(argv)
+        finally:
+            sys.path.remove(str(ROOT / "agents"))
     summary = pd.read_csv(out / "eval_summary.csv")
     assert summary.loc[0, "episodes"] == 2
     assert summary.loc[0, "reward_mean"] >= -1.0 and summary.loc[0, "flops_saved"] <= 1.0
@@ -52,7 +70,8 @@ def test_constrained_pg_agent(handler, tmp_path):
 
 
 def test_baselines_agent(tmp_path):
-    summary = run_agent("baselines.py", tmp_path, "--policies", "skip-nothing", "lead:4", "calibrated:2")
+    summary = run_agent("baselines.py", tmp_path, "--policies", "skip-nothing", "lead:4", "calibrated:2",
+                        as_script=True)
     assert list(summary["policy"]) == ["skip-nothing", "lead:4", "calibrated:2"]
     nothing = summary.set_index("policy").loc["skip-nothing"]
     # the default id is v1 (probability signal, expected constraint): skip nothing reproduces the full model exactly

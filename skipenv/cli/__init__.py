@@ -66,6 +66,25 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """The parser of each subcommand (and of nested ones such as ``skipenv table build``, which argparse builds
+    with the same class): an argument it does not know is its usage error, naming the closest option it has, not
+    the top-level parser's ``usage: skipenv [-h] COMMAND ...`` (argparse hands unknown arguments of a sub-parser
+    up to the top level by default)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        import difflib
+
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            options = sorted(o for a in self._actions for o in a.option_strings if o.startswith("--"))
+            option = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), None)
+            close = difflib.get_close_matches(option, options, n=1, cutoff=0.5) if option else []
+            hint = f" (did you mean {close[0]}?)" if close else f"; see {self.prog} --help"
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return namespace, extras
+
+
 def _module_subcommand(module: str, help: str) -> Subcommand:
     """A subcommand whose arguments and work live in ``skipenv.cli.<module>`` (its ``configure_parser(parser)`` and
     ``main(args) -> int``), imported only when the subcommand is configured or run (keeps ``--help`` fast)."""
@@ -109,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skipenv", description="Gymnasium environments for learning per-input skip decisions in transformers."
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     for name, cmd in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help,
                            formatter_class=_DefaultsFormatter)

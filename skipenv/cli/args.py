@@ -14,6 +14,7 @@ import json
 from typing import Callable
 
 __all__ = ["DEFAULT_ENV_ID", "positive_int", "nonnegative_int", "finite_float", "json_object", "plan_text",
+           "output_folder", "output_file",
            "DefaultEnv", "ENV_FROM_RUN_HELP", "env_for_policies", "env_keywords", "check_env_kwargs", "check_device",
            "check_policy_file", "OBJECT_KWARGS"]
 
@@ -71,6 +72,51 @@ def json_object(text: str) -> dict:
 json_object.__name__ = "JSON object"
 
 
+def _first_existing(path):
+    """``path`` or its nearest ancestor that exists (``None`` when none does)."""
+    for q in (path, *path.parents):
+        if q.exists():
+            return q
+    return None
+
+
+def output_folder(text: str) -> str:
+    """``--out`` type of the commands that write a folder (train, probe, profile, leaderboard): a folder that exists
+    or can be created. A path naming an existing file, or under one, is a usage error that says so (instead of
+    ``mkdir``'s "File exists" once the model has loaded)."""
+    from pathlib import Path
+
+    path = Path(text).expanduser()
+    found = _first_existing(path)
+    if found is not None and not found.is_dir():
+        where = "is an existing file" if found == path else f"is under {str(found)!r}, an existing file"
+        raise argparse.ArgumentTypeError(f"{text!r} {where}, but this option names an output folder: pass a new or "
+                                         f"existing folder path (or move the file)")
+    return text
+
+
+output_folder.__name__ = "output folder"
+
+
+def output_file(text: str) -> str:
+    """``--out`` type of the commands that write one file (generate, dataset evaluate): a path that is not an
+    existing folder and whose nearest existing ancestor is a folder (a usage error otherwise)."""
+    from pathlib import Path
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is an existing folder, but this option names an output file: pass "
+                                         f"a file path such as {str(path / 'out.json')!r}")
+    found = _first_existing(path.parent)
+    if found is not None and not found.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is under {str(found)!r}, an existing file, not a folder: pass a "
+                                         f"path inside a folder")
+    return text
+
+
+output_file.__name__ = "output file"
+
+
 def plan_text(text: str) -> str:
     """``--plan`` type: the syntax of ``NAME:KIND=I,J;KIND=I`` (:func:`skipenv.evaluation.probe.parse_plan`),
     checked before the model loads (whether the indices fit the model is checked once its plan spec is known)."""
@@ -99,34 +145,19 @@ OBJECT_KWARGS = ("generator", "evaluator", "reward")
 
 
 def env_keywords(env_id: str) -> set[str] | None:
-    """The keyword arguments ``gym.make(env_id, ...)`` accepts: those of the SwitchDec env class of the id (its
-    ``__init__`` and, through ``**kwargs``, its base classes', read with :mod:`inspect`, so a new env argument is
-    accepted without editing a list) plus ``formulation`` / ``formulation_kwargs``; ``None`` for an id that is not
-    a skipenv one (then ``gym.make`` checks).
+    """The keyword arguments ``gym.make(env_id, ...)`` accepts: those of the env class of the id (its ``__init__``
+    and, through ``**kwargs``, its base classes', read with :mod:`inspect`, so a new env argument is accepted
+    without editing a list) plus ``formulation`` / ``formulation_kwargs`` / ``skip_threshold``
+    (:func:`skipenv.envs.registration.env_class_keywords`, the check ``gym.make`` itself runs); ``None`` for an id
+    that is not a skipenv one (then ``gym.make`` checks).
 
     Raises:
         gymnasium.error.Error: an unknown id.
     """
-    import importlib
-    import inspect
+    from ..envs.registration import env_class_keywords, env_class_of
 
-    from ..envs.registration import SPECS, resolve_env_id
-
-    env_id = resolve_env_id(env_id)
-    if env_id not in SPECS:
-        return None
-    module, name = SPECS[env_id][0].split(":")
-    cls = getattr(importlib.import_module(module), name)
-    names: set[str] = set()
-    for c in cls.__mro__:
-        init = c.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = list(inspect.signature(init).parameters.values())
-        names |= {q.name for q in params if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)}
-        if not any(q.kind == q.VAR_KEYWORD for q in params):
-            break
-    return (names - {"self"}) | {"formulation", "formulation_kwargs"}
+    cls = env_class_of(env_id)
+    return None if cls is None else env_class_keywords(cls)
 
 
 def check_device(device, option: str = "--device") -> str:

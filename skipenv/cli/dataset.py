@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, check_env_kwargs, check_policy_file, \
-    env_for_policies, json_object, nonnegative_int, positive_int
+    env_for_policies, json_object, nonnegative_int, output_file, positive_int
 
 __all__ = ["configure_parser", "main"]
 
@@ -35,7 +35,7 @@ def configure_parser(p) -> None:
     ev.add_argument("--no-on-policy", action="store_true", help="skip the on-policy check (no model runs)")
     ev.add_argument("--on-policy-samples", type=positive_int, default=4,
                     help="draws per logged document of a stochastic target for the on-policy value (default: 4)")
-    ev.add_argument("--out", default=None, help="also write the estimates as JSON to this file")
+    ev.add_argument("--out", type=output_file, default=None, help="also write the estimates as JSON to this file")
     for q in (rec, ev):
         q.add_argument("--root", default=None,
                        help="datasets folder (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, check_device, check_env_kwargs, check_policy_file, \
-    env_for_policies, json_object
+    env_for_policies, json_object, output_file
 
 __all__ = ["configure_parser", "main"]
 
@@ -26,7 +26,8 @@ def configure_parser(p) -> None:
     src.add_argument("--jsonl", help="one JSON object per line with a 'document' (or 'text') field")
     p.add_argument("--question", default=None, help="the question, for question-answering envs (with --text/--file)")
     p.add_argument("--compare", action="store_true", help="also run the full model and show both outputs and times")
-    p.add_argument("--out", default=None, help="write one JSON line per document to this file (default: print only)")
+    p.add_argument("--out", type=output_file, default=None,
+                   help="write one JSON line per document to this file (default: print only)")
     p.add_argument("--device", default="cpu", help="torch device of the generator and the policy")
     p.add_argument("--env-kwargs", type=json_object, default={},
                    help='gym.make kwargs the policy was trained with, as JSON, e.g. \'{"max_input_tokens": 256}\'')

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .args import DEFAULT_ENV_ID, ENV_FROM_RUN_HELP, DefaultEnv, check_device, check_env_kwargs, check_policy_file, \
-    env_for_policies, json_object, nonnegative_int, positive_int
+    env_for_policies, json_object, nonnegative_int, output_folder, positive_int
 
 __all__ = ["configure_parser", "main"]
 
@@ -24,7 +24,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="seeds of stochastic policies (random:RATE); deterministic policies run once")
     p.add_argument("--extra-quality", nargs="*", default=[], metavar="SIGNAL",
                    help="also report these quality signals, e.g. rouge (one generation per episode)")
-    p.add_argument("--out", default="runs/leaderboard",
+    p.add_argument("--out", type=output_folder, default="runs/leaderboard",
                    help="output folder: episodes.csv (one row per episode), summary.csv (all columns), pareto.png")
     p.add_argument("--device", default="cpu", help="torch device of the generator")
     p.add_argument("--env-kwargs", type=json_object, default={},

@@ -3,8 +3,8 @@ from the command line."""
 
 from __future__ import annotations
 
-from .args import DEFAULT_ENV_ID, check_env_kwargs, finite_float, json_object, nonnegative_int, plan_text, \
-    positive_int
+from .args import DEFAULT_ENV_ID, check_env_kwargs, finite_float, json_object, nonnegative_int, output_folder, \
+    plan_text, positive_int
 
 __all__ = ["configure_parser", "main"]
 
@@ -33,7 +33,8 @@ def configure_parser(p) -> None:
     p.add_argument("--observations", nargs="*", default=[], metavar="KIND",
                    help="observation kinds to compare with the env's: segments, layer:m, attention:m "
                         "(skipenv.envs.observations)")
-    p.add_argument("--out", default="runs/probe", help="parent folder of the cached table and the results")
+    p.add_argument("--out", type=output_folder, default="runs/probe",
+                   help="parent folder of the cached table and the results")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the analysis (fold shuffling, learning-curve subsets, randomised policies)")
     p.add_argument("--no-cache", action="store_true",

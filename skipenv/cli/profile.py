@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import DEFAULT_ENV_ID, json_object, positive_int
+from .args import DEFAULT_ENV_ID, json_object, output_folder, positive_int
 
 __all__ = ["configure_parser", "main"]
 
@@ -48,7 +48,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=_families, default="attention,ffn,tokens", metavar="KIND[,KIND...]",
                    help="candidate kinds, comma-separated: attention, ffn, tokens (each layer's sublayer / each "
                         "token segment, one bit at a time)")
-    p.add_argument("--out", default="runs/profile",
+    p.add_argument("--out", type=output_folder, default="runs/profile",
                    help="output folder: profile.csv (one row per document, candidate and mode; a rerun resumes it), "
                         "profile.json (model identity and configuration), summary.csv, profile.md, profile.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

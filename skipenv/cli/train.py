@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from .args import DEFAULT_ENV_ID, check_device, nonnegative_int, positive_int
+from .args import DEFAULT_ENV_ID, check_device, nonnegative_int, output_folder, positive_int
 
 __all__ = ["configure_parser", "main"]
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of ``skipenv train`` (every one with help text; ``skipenv train --help`` shows the defaults)."""
-    p.add_argument("--out", default="runs/ppo-xsum",
+    p.add_argument("--out", type=output_folder, default="runs/ppo-xsum",
                    help="output folder: policy.zip, summary.csv/json, episodes.csv, quality_vs_flops.png, "
                         "monitor.csv (one row per training episode) and tensorboard/")
     p.add_argument("--total-timesteps", type=positive_int, default=384, help="PPO environment steps (= episodes)")

@@ -228,7 +228,8 @@ class Evaluator:
             full outputs (nothing skipped) do not depend on the mode, so their disk key does not name it.
         calibration_documents: train documents the bypasses are calibrated on (default 16).
         linear_rank: rank of the linear bypasses (default
-            :data:`~skipenv.envs.skip_modes.DEFAULT_LINEAR_RANK`; ``>= d/2`` = the full map).
+            :data:`~skipenv.envs.skip_modes.DEFAULT_LINEAR_RANK`; ``>= d/2`` = the full map; above the hidden
+            size ``d``: ``SkipModeError``).
         bypasses: precomputed :class:`~skipenv.generators.bypass.Bypasses` of ``skip_mode`` (checked against
             the model and task instead of calibrating).
 

@@ -49,6 +49,33 @@ MIX_SIGNALS: dict[str, str] = {"xsum": "agreement", "rotten_tomatoes_scored": "l
 _ONE_SCALE = ("agreement", "label_agreement", "fidelity", "label_probability")
 
 
+def _check_weights(weights, tasks: tuple[str, ...]) -> np.ndarray:
+    """The per-episode task probabilities of ``weights`` (``None``: uniform): shape ``(len(tasks),)``, summing to 1.
+    Scaled by the largest weight before normalising, so weights near the float limit (``1e308``) do not overflow.
+
+    Raises:
+        ValueError: not one real number (int / float, not bool or string) per task, a negative / non-finite weight,
+            or all zero.
+    """
+    import numbers
+
+    n = len(tasks)
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    want = (f"weights must be {n} finite numbers >= 0 with a positive sum, one per task {list(tasks)} (e.g. "
+            f"{[1.0] * n})")
+    if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__len__") or len(weights) != n:
+        raise ValueError(f"{want}, got {weights!r}")
+    bad = [w for w in weights if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Real)]
+    if bad:
+        raise ValueError(f"{want}, got {weights!r} ({bad[0]!r} is a {type(bad[0]).__name__}, not a number)")
+    w = np.asarray([float(x) for x in weights], dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
+        raise ValueError(f"{want}, got {weights!r}")
+    w = w / w.max()  # in (0, 1]: the sum below is at most n, never inf
+    return w / w.sum()
+
+
 class SwitchDecMixEnv(gym.Env):
     """Mixed-traffic one-shot env: each episode's input comes from one of several tasks (module docstring).
 
@@ -79,6 +106,9 @@ class SwitchDecMixEnv(gym.Env):
     """
 
     metadata = {"render_modes": [], "render_fps": 1}
+    #: ``**kwargs`` go to every member env, not to ``gym.Env``: what ``gym.make``'s kwarg check
+    #: (:func:`skipenv.envs.registration.env_class_keywords`) accepts besides this class's own arguments
+    kwargs_forwarded_to = SwitchDecEnv
 
     def __init__(self, tasks: Sequence[str] = MIX_TASKS, *, weights: Sequence[float] | None = None,
                  split: str = "train", num_examples: int | None = None, tau: float | None = None,
@@ -98,14 +128,9 @@ class SwitchDecMixEnv(gym.Env):
             raise ValueError(f"unknown task(s) {unknown} for the mix; known: {sorted(set(TASKS) & set(MIX_SIGNALS))}")
         fixed = sorted({"quality", "task", "evaluator"} & set(kwargs))
         if fixed:
-            raise ValueError(f"{fixed} are fixed per task in the mix (quality: {MIX_SIGNALS}); do not pass them")
-        if weights is None:
-            weights = [1.0] * len(tasks)
-        w = np.asarray(list(weights), dtype=np.float64)
-        if w.shape != (len(tasks),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights must be {len(tasks)} finite numbers >= 0 with a positive sum (one per task "
-                             f"{list(tasks)}), got {weights!r}")
-        self.weights = w / w.sum()
+            raise ValueError(f"{fixed} are fixed per task in the mix (quality: "
+                             f"{ {t: MIX_SIGNALS[t] for t in tasks} }); do not pass them")
+        self.weights = _check_weights(weights, tasks)
         self.tasks = tasks
         if generator is None:
             generator = shared_objects().get("generator")

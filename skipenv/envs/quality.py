@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import metrics
+from ..util.registry import Registry
 
 __all__ = ["QualitySignal", "Measurement", "Agreement", "ReferenceMetric", "Fidelity", "Likelihood", "Probability",
            "LabelAgreement", "LabelProbability", "LABEL_SIGNALS", "PROBABILITY_DEFAULT_TAU", "QUALITY_SIGNALS",
@@ -270,18 +271,113 @@ def mean_probability(logprobs) -> float:
     return float(np.exp(lp).mean()) if lp.size else 0.0
 
 
-#: name → signal class
-QUALITY_SIGNALS: dict[str, type[QualitySignal]] = {
+#: name → signal class (a :class:`~skipenv.util.registry.Registry`: a second signal of one name is an error; a signal
+#: added with ``QUALITY_SIGNALS.register(MySignal.name, MySignal)`` is accepted by ``quality=`` everywhere, and
+#: :data:`QUALITY_MODES` / :data:`DEFAULT_TAU` include it, since they read this registry when used)
+QUALITY_SIGNALS: Registry = Registry("quality signal", {
     cls.name: cls for cls in (Agreement, ReferenceMetric, Fidelity, Likelihood, Probability, LabelAgreement,
-                              LabelProbability)}
+                              LabelProbability)})
 #: the signals of verbalizer-scored classification tasks (the only ones such a task accepts)
 LABEL_SIGNALS = (LabelAgreement.name, LabelProbability.name)
 #: accepted alternative names
 QUALITY_ALIASES = {"rouge": "reference"}
-QUALITY_MODES = tuple(QUALITY_SIGNALS)
-#: default tolerance per quality name (aliases included)
-DEFAULT_TAU = {**{n: c.default_tau for n, c in QUALITY_SIGNALS.items()},
-               **{a: QUALITY_SIGNALS[n].default_tau for a, n in QUALITY_ALIASES.items()}}
+
+
+class _SignalNames(tuple):
+    """:data:`QUALITY_MODES`: the names in :data:`QUALITY_SIGNALS` *now* (a tuple for readers: iteration, ``in``,
+    ``len``, indexing, ``==`` with a tuple), so a signal registered after import is listed too."""
+
+    def __new__(cls):
+        return super().__new__(cls)
+
+    def _now(self) -> tuple:
+        return tuple(QUALITY_SIGNALS)
+
+    def __iter__(self):
+        return iter(self._now())
+
+    def __len__(self):
+        return len(self._now())
+
+    def __getitem__(self, i):
+        return self._now()[i]
+
+    def __contains__(self, name):
+        return name in QUALITY_SIGNALS
+
+    def __eq__(self, other):
+        return self._now() == (tuple(other) if isinstance(other, (tuple, list)) else other)
+
+    def __hash__(self):
+        return hash(self._now())
+
+    def __repr__(self):
+        return repr(self._now())
+
+    def __add__(self, other):
+        return self._now() + tuple(other)
+
+    def __reduce__(self):  # copy / pickle: a plain tuple of today's names
+        return tuple, (self._now(),)
+
+
+class _DefaultTaus(dict):
+    """:data:`DEFAULT_TAU`: name (or alias) → the signal's ``default_tau``, read from :data:`QUALITY_SIGNALS` when
+    used (a read-only mapping; a signal registered after import is included)."""
+
+    def _now(self) -> dict:
+        return {**{n: c.default_tau for n, c in QUALITY_SIGNALS.items()},
+                **{a: QUALITY_SIGNALS[n].default_tau for a, n in QUALITY_ALIASES.items() if n in QUALITY_SIGNALS}}
+
+    def __getitem__(self, name):
+        try:
+            return self._now()[name]
+        except KeyError:
+            raise KeyError(f"unknown quality {name!r}; known: {list(self._now())}") from None
+
+    def get(self, name, default=None):
+        return self._now().get(name, default)
+
+    def __contains__(self, name):
+        return name in self._now()
+
+    def __iter__(self):
+        return iter(self._now())
+
+    def __len__(self):
+        return len(self._now())
+
+    def keys(self):
+        return self._now().keys()
+
+    def values(self):
+        return self._now().values()
+
+    def items(self):
+        return self._now().items()
+
+    def __eq__(self, other):
+        return self._now() == other
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self._now())
+
+    def __reduce__(self):  # copy / pickle: a plain dict of today's values
+        return dict, (self._now(),)
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("DEFAULT_TAU is read from QUALITY_SIGNALS; register a signal (QUALITY_SIGNALS.register) "
+                        "instead of editing it")
+
+    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = _read_only
+
+
+#: the quality names ``quality=`` accepts (aliases aside), read from :data:`QUALITY_SIGNALS` when used
+QUALITY_MODES: tuple[str, ...] = _SignalNames()
+#: default tolerance per quality name (aliases included), read from :data:`QUALITY_SIGNALS` when used
+DEFAULT_TAU: dict[str, float] = _DefaultTaus()
 
 
 def get_signal(quality) -> QualitySignal:
@@ -296,7 +392,7 @@ def get_signal(quality) -> QualitySignal:
         return quality()
     name = QUALITY_ALIASES.get(quality, quality) if isinstance(quality, str) else quality
     if not isinstance(name, str) or name not in QUALITY_SIGNALS:
-        raise ValueError(f"unknown quality {quality!r}; choose one of {QUALITY_MODES} (alias "
+        raise ValueError(f"unknown quality {quality!r}; choose one of {tuple(QUALITY_SIGNALS)} (alias "
                          f"{', '.join(f'{a!r} = {n!r}' for a, n in QUALITY_ALIASES.items())}) or pass a "
                          f"QualitySignal instance")
     return QUALITY_SIGNALS[name]()

@@ -19,7 +19,8 @@ import gymnasium as gym
 
 __all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "DEFAULT_ENV_ID", "registered_formulation", "env_tau",
            "register_envs", "resolve_env_id", "make", "make_env", "make_one_shot",
-           "make_layerwise", "make_mix", "sharing", "shared_objects", "sharing_elsewhere"]
+           "make_layerwise", "make_mix", "sharing", "shared_objects", "sharing_elsewhere", "UnknownEnvKwargError",
+           "env_class_keywords", "env_class_of", "check_kwarg_names"]
 
 _ONE_SHOT = "skipenv.envs.switchdec:SwitchDecEnv"
 _LAYERWISE = "skipenv.envs.switchdec:SwitchDecLayerwiseEnv"
@@ -128,9 +129,9 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
     Raises:
         ValueError: an unknown formulation (the message lists them), ``formulation_kwargs`` that is not a dict, or
             arguments the formulation does not take (e.g. any for ``"per_input"``).
+        UnknownEnvKwargError: a keyword argument neither the env class nor this function takes (a ``TypeError``
+            and a ``ValueError``; the message names it, the closest accepted name and all accepted ones).
     """
-    import importlib
-
     from .wrappers import FORMULATIONS, make_formulation
 
     if formulation not in FORMULATIONS:
@@ -151,8 +152,9 @@ def make_env(env_class: str, *, formulation: str = "per_input", formulation_kwar
         from .wrappers import ThresholdActions
 
         ThresholdActions.check_threshold(skip_threshold)
-    module, name = env_class.split(":")
-    env = getattr(importlib.import_module(module), name)(**kwargs)
+    cls = _load_class(env_class)
+    check_kwarg_names(cls, kwargs)  # before the model loads: names the unknown kwarg and the accepted ones
+    env = cls(**kwargs)
     if skip_threshold is not None:
         from .wrappers import ThresholdActions
 
@@ -194,6 +196,106 @@ def _formulation_arguments(formulation: str) -> set[str]:
     return names - {"self", "env", "tau", "multiplier", "multiplier_kwargs"}
 
 
+class UnknownEnvKwargError(TypeError, ValueError):
+    """A ``gym.make`` keyword argument the env does not take. A ``TypeError`` (what Python raises for an unexpected
+    keyword argument) and a ``ValueError`` (what the skipenv tools report as a one-line user error)."""
+
+
+def env_class_keywords(cls: type) -> set[str]:
+    """The keyword arguments ``gym.make`` of a skipenv id whose env class is ``cls`` accepts: those of
+    ``cls.__init__`` and, while an ``__init__`` forwards ``**kwargs``, of its base classes' (or of the class a
+    ``kwargs_forwarded_to`` class attribute names, where ``**kwargs`` go elsewhere; read with :mod:`inspect`, so a
+    new env argument is accepted without editing a list), plus :func:`make_env`'s own
+    (``formulation``, ``formulation_kwargs``, ``skip_threshold``). The one reader of the env signatures: the CLI's
+    ``check_env_kwargs`` and ``skipenv profile`` use it too."""
+    import inspect
+
+    names: set[str] = set()
+    for c in cls.__mro__:
+        init = c.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())
+        names |= {q.name for q in params if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)}
+        if not any(q.kind == q.VAR_KEYWORD for q in params):
+            break
+        target = c.__dict__.get("kwargs_forwarded_to")
+        if target is not None:  # **kwargs go to another class (the Mix env's members), not to the base class
+            names |= env_class_keywords(target)
+            break
+    own = {q.name for q in inspect.signature(make_env).parameters.values() if q.kind == q.KEYWORD_ONLY}
+    return (names - {"self"}) | own
+
+
+def env_class_of(env_id: str) -> type | None:
+    """The env class ``gym.make(env_id).unwrapped`` is, for a skipenv id (an unversioned name resolved to its
+    latest version), read from the id's entry point without building anything: an entry of :data:`SPECS`, or a
+    factory function with an ``env_class`` attribute (``"module:Class"``, as the table ids' factories have);
+    ``None`` for an id registered by someone else (``gym.make`` then checks).
+
+    Raises:
+        gymnasium.error.Error: an unknown id.
+    """
+    import importlib
+
+    env_id = resolve_env_id(env_id)
+    if env_id in SPECS:
+        target = SPECS[env_id][0]
+    else:
+        entry = gym.spec(env_id).entry_point
+        if not isinstance(entry, str) or ":" not in entry:
+            return None
+        module, name = entry.split(":")
+        try:
+            target = getattr(getattr(importlib.import_module(module), name), "env_class", None)
+        except (ImportError, AttributeError):
+            return None
+        if not isinstance(target, str):
+            return None
+    return _load_class(target)
+
+
+def _load_class(entry: str) -> type:
+    """The class of a ``"module:Class"`` string."""
+    import importlib
+
+    module, name = entry.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_kwarg_names(cls: type, kwargs: dict, *, env_id: str | None = None, option: str = "gym.make") -> None:
+    """Refuse keyword arguments the env class ``cls`` does not take (:func:`env_class_keywords`), before anything
+    loads. Called by :func:`make_env`, which every registered skipenv id's factory goes through (live, table and
+    Mix ids alike), and by the CLI for ``--env-kwargs``.
+
+    Raises:
+        UnknownEnvKwargError: the message names the unknown kwarg, the closest accepted name, every accepted one
+            and, for a live env's argument given to another env (e.g. ``calibration_documents`` to a replay-table
+            env), where that argument belongs.
+    """
+    import difflib
+
+    accepted = env_class_keywords(cls)
+    unknown = sorted(str(k) for k in kwargs if k not in accepted)
+    if not unknown:
+        return
+    k = unknown[0]
+    what = f"{env_id} ({cls.__name__})" if env_id else cls.__name__
+    close = difflib.get_close_matches(k, sorted(accepted), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    live_only = ""
+    live_class = _load_class(_ONE_SHOT)  # (by name: switchdec imports this module)
+    if not issubclass(cls, live_class):
+        live = sorted(set(unknown) & env_class_keywords(live_class))
+        if live:
+            live_only = (f"; {', '.join(live)}: settings of the live SwitchDec envs (e.g. {DEFAULT_ENV_ID}), which "
+                         f"compute outcomes with the model (a replay table holds the outcomes of the settings it "
+                         f"was built with)")
+    raise UnknownEnvKwargError(f"{option}: {what} takes no keyword argument{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(map(repr, unknown))}{hint}{live_only}; it takes "
+                               f"{', '.join(sorted(accepted))}")
+
+
 def make_one_shot(**kwargs: Any) -> gym.Env:
     """:func:`make_env` of :class:`~skipenv.envs.switchdec.SwitchDecEnv` (entry point of the one-shot ids)."""
     return make_env(_ONE_SHOT, **kwargs)
@@ -209,6 +311,10 @@ def make_mix(**kwargs: Any) -> gym.Env:
     """:func:`make_env` of :class:`~skipenv.envs.mix.SwitchDecMixEnv` (entry point of ``SwitchDec-Mix-v0``)."""
     return make_env(_MIX, **kwargs)
 
+
+make_one_shot.env_class = _ONE_SHOT  # what env_class_of reads (entry point -> env class, without building)
+make_layerwise.env_class = _LAYERWISE
+make_mix.env_class = _MIX
 
 _FACTORIES = {_ONE_SHOT: "skipenv.envs.registration:make_one_shot",
               _LAYERWISE: "skipenv.envs.registration:make_layerwise",

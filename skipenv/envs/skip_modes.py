@@ -96,7 +96,8 @@ def load_or_calibrate(generator, task, mode: str, *, documents: int = DEFAULT_CA
         progress: tqdm bar while calibrating.
 
     Raises:
-        SkipModeError: an unknown mode, an encoder-decoder model with a calibrated mode, a bad split / count / rank.
+        SkipModeError: an unknown mode, an encoder-decoder model with a calibrated mode, a bad split / count / rank
+            (``linear_rank`` must be in ``[1, hidden size]``).
     """
     check_skip_mode(mode)
     if mode == "identity":
@@ -109,6 +110,10 @@ def load_or_calibrate(generator, task, mode: str, *, documents: int = DEFAULT_CA
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise SkipModeError(f"linear_rank must be an integer >= 1, got {rank!r}")
         d = generator.hidden_size
+        if rank > d:  # a d x d map has rank <= d: a larger number is a typo or meant for another model
+            raise SkipModeError(f"linear_rank {rank} exceeds the hidden size {d} of this model "
+                                f"({type(generator.model).__name__}): a d x d bypass has rank at most d; pass "
+                                f"linear_rank <= {d} (any value >= {(d + 1) // 2} is the full map)")
         rank = d if 2 * rank >= d else int(rank)
     else:
         rank = None

@@ -36,7 +36,6 @@ and the checks of every input before the model loads belong to it; the table and
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from dataclasses import dataclass
@@ -155,32 +154,19 @@ def parse_skip_modes(value: str | Sequence[str]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------- env kwargs
 def _env_class(env_id: str):
-    """The env class ``gym.make(env_id)`` builds (``env.unwrapped``'s type) for the ids in
-    :data:`skipenv.envs.registration.SPECS`, else ``None`` (an id registered elsewhere: not inspected)."""
-    import importlib
+    """The env class ``gym.make(env_id)`` builds (``env.unwrapped``'s type) for a skipenv id, else ``None`` (an id
+    registered elsewhere: not inspected); :func:`skipenv.envs.registration.env_class_of`."""
+    from ..envs.registration import env_class_of
 
-    from ..envs.registration import SPECS
-
-    entry = SPECS.get(env_id)
-    if entry is None:
-        return None
-    module, name = entry[0].split(":")
-    return getattr(importlib.import_module(module), name)
+    return env_class_of(env_id)
 
 
 def _accepted_kwargs(cls) -> set[str]:
-    """Keyword names ``cls(**kw)`` accepts: its ``__init__``'s and, while an ``__init__`` forwards ``**kwargs``,
-    its bases' (the SwitchDec classes put the shared kwargs on their base)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names - {"self"}
+    """Keyword names ``gym.make`` of an id of env class ``cls`` accepts
+    (:func:`skipenv.envs.registration.env_class_keywords`, the check ``gym.make`` runs)."""
+    from ..envs.registration import env_class_keywords
+
+    return env_class_keywords(cls)
 
 
 def _known_skip_modes(cls) -> tuple[str, ...] | None:
@@ -221,8 +207,14 @@ def check_env_kwargs(env_id: str, env_kwargs: dict, skip_modes: Sequence[str] = 
     cls = _env_class(env_id)
     if cls is None:
         return env_id
-    if not hasattr(cls, "outcome"):
-        raise ValueError(f"{env_id} builds a {cls.__name__}, which has no outcome(plan); profile a SwitchDec id")
+    from ..envs.switchdec import SwitchDecEnv
+
+    if not issubclass(cls, SwitchDecEnv):
+        built_from = (_spec_kwargs(env_id).get("expect") or {}).get("env_id")
+        live = f"profile {built_from}, the live id its table was built from" if built_from else \
+            "profile a live SwitchDec id such as SwitchDec-XSum-v1"
+        raise ValueError(f"{env_id} builds a {cls.__name__}, not a live SwitchDec env: the profile computes each "
+                         f"candidate's outcome with the model, which a replay-table or mixed env does not do; {live}")
     accepted = _accepted_kwargs(cls)
     if "Layerwise" in cls.__name__:
         raise ValueError(f"{env_id} is a layerwise env: profile its one-shot id (without '-Layerwise'); the "
@@ -241,6 +233,13 @@ def check_env_kwargs(env_id: str, env_kwargs: dict, skip_modes: Sequence[str] = 
         if unknown_modes:
             raise ValueError(f"unknown skip mode(s) {unknown_modes}; the installed env knows {', '.join(known)}")
     return env_id
+
+
+def _spec_kwargs(env_id: str) -> dict:
+    """The kwargs ``env_id`` is registered with (``gym.spec(env_id).kwargs``)."""
+    import gymnasium as gym
+
+    return dict(gym.spec(env_id).kwargs)
 
 
 def profile_config(env_id: str, env_kwargs: dict, split: str) -> dict:

@@ -9,15 +9,52 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ALGORITHMS", "make_sb3", "train_sb3", "load_sb3", "monitor_curve", "sb3_vec_env"]
+from ..util.registry import Registry
 
-#: default hyper-parameters for one-step / short episodes on a small CPU budget
-ALGORITHMS = {
-    "ppo": dict(n_steps=64, batch_size=32, n_epochs=10, learning_rate=1e-3, gamma=1.0, gae_lambda=1.0),
-    "a2c": dict(n_steps=8, learning_rate=1e-3, gamma=1.0, gae_lambda=1.0),
-    "dqn": dict(learning_rate=1e-3, buffer_size=20_000, learning_starts=64, batch_size=32, train_freq=4,
-                target_update_interval=250, exploration_fraction=0.5, exploration_final_eps=0.05, gamma=1.0),
-}
+__all__ = ["ALGORITHMS", "SB3Algorithm", "make_sb3", "train_sb3", "load_sb3", "monitor_curve", "sb3_vec_env"]
+
+class SB3Algorithm(dict):
+    """One entry of :data:`ALGORITHMS`: the default hyper-parameters (this ``dict``, passed to the SB3 constructor)
+    and the name of the stable-baselines3 class that takes them (``class_name``, e.g. ``"PPO"``).
+
+    Args:
+        class_name: an attribute of the ``stable_baselines3`` package (``"PPO"``, ``"A2C"``, ``"DQN"``, ``"SAC"``).
+        defaults: constructor keyword arguments (SB3's names and units: ``n_steps`` env steps, ``learning_rate``).
+    """
+
+    def __init__(self, class_name: str, defaults: dict | None = None):
+        super().__init__(defaults or {})
+        self.class_name = class_name
+
+    def sb3_class(self):
+        """The stable-baselines3 class (imported now: SB3 loads only when an algorithm is built).
+
+        Raises:
+            ValueError: the installed stable-baselines3 has no such class.
+        """
+        import stable_baselines3 as sb3
+
+        cls = getattr(sb3, self.class_name, None)
+        if cls is None:
+            raise ValueError(f"stable_baselines3 {sb3.__version__} has no class {self.class_name!r}")
+        return cls
+
+    def __repr__(self):
+        return f"SB3Algorithm({self.class_name!r}, {dict(self)!r})"
+
+
+#: name → :class:`SB3Algorithm`: default hyper-parameters for one-step / short episodes on a small CPU budget, and
+#: the SB3 class (a :class:`~skipenv.util.registry.Registry`: ``ALGORITHMS.register("sac", SB3Algorithm("SAC",
+#: {...}))`` makes ``make_sb3("sac", ...)`` / ``load_sb3`` / ``sb3:sac:PATH`` work; a second entry of one name is
+#: an error)
+ALGORITHMS: Registry = Registry("algorithm", {
+    "ppo": SB3Algorithm("PPO", dict(n_steps=64, batch_size=32, n_epochs=10, learning_rate=1e-3, gamma=1.0,
+                                    gae_lambda=1.0)),
+    "a2c": SB3Algorithm("A2C", dict(n_steps=8, learning_rate=1e-3, gamma=1.0, gae_lambda=1.0)),
+    "dqn": SB3Algorithm("DQN", dict(learning_rate=1e-3, buffer_size=20_000, learning_starts=64, batch_size=32,
+                                    train_freq=4, target_update_interval=250, exploration_fraction=0.5,
+                                    exploration_final_eps=0.05, gamma=1.0)),
+})
 
 
 def make_sb3(algo: str, env, *, seed: int = 0, device: str = "cpu", out_dir: str | Path | None = None,
@@ -36,7 +73,6 @@ def make_sb3(algo: str, env, *, seed: int = 0, device: str = "cpu", out_dir: str
     Raises:
         ValueError: an unknown algorithm.
     """
-    import stable_baselines3 as sb3
     from stable_baselines3.common.monitor import Monitor
 
     if algo not in ALGORITHMS:
@@ -46,7 +82,7 @@ def make_sb3(algo: str, env, *, seed: int = 0, device: str = "cpu", out_dir: str
         out.mkdir(parents=True, exist_ok=True)
     menv = Monitor(env, filename=str(out / "monitor.csv") if out is not None else None,
                    info_keywords=("quality", "cost", "constraint_satisfied"))
-    cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo]
+    cls = ALGORITHMS[algo].sb3_class()
     kwargs = {**ALGORITHMS[algo], **overrides}
     if total_timesteps is not None and "n_steps" in kwargs and kwargs["n_steps"] > total_timesteps:
         kwargs["n_steps"] = max(int(total_timesteps), 2)
@@ -78,10 +114,12 @@ def train_sb3(algo: str, env, *, total_timesteps: int, seed: int = 0, device: st
 
 
 def load_sb3(algo: str, path: str | Path, device: str = "cpu"):
-    """Load a saved SB3 model (``policy.zip``)."""
-    import stable_baselines3 as sb3
+    """Load a saved SB3 model (``policy.zip``) of registered algorithm ``algo`` (:data:`ALGORITHMS`).
 
-    return {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo].load(str(path), device=device)
+    Raises:
+        skipenv.util.registry.UnknownNameError: an unknown ``algo`` (the message lists the registered ones).
+    """
+    return ALGORITHMS[algo].sb3_class().load(str(path), device=device)
 
 
 def monitor_curve(path: str | Path):

@@ -363,6 +363,10 @@ def make_menu(**kwargs) -> gym.Env:
     return make_env(_MENU, **kwargs)
 
 
+make_factorial.env_class = _FACTORIAL  # read by skipenv.envs.registration.env_class_of (no env is built)
+make_menu.env_class = _MENU
+
+
 def register_table_envs() -> None:
     """Register the ids of :data:`TABLE_SPECS` (idempotent; no model or table is loaded until ``gym.make``)."""
     entry = {_FACTORIAL: "skipenv.tables.envs:make_factorial", _MENU: "skipenv.tables.envs:make_menu"}
