@@ -231,9 +231,10 @@ class LagrangianTS:
         """Choose the deterministic policy's ``(ridge penalty, lam)``: for each penalty, K-fold over the documents
         seen, fit on the other folds' pairs, choose ``argmax S^ - lam L^`` on the held-out documents and score the
         choice by the *observed* loss of that (document, plan) pair (its out-of-fold prediction where the pair was
-        never played) and the cost model's saving; keep the pair with the highest mean saving whose mean loss is
-        ``<= tau`` (none: the most cautious rule, ``lam = lam_max``). Returns ``(alpha, lam)``."""
-        lams = np.concatenate([[0.0], np.logspace(-1, 3, 49)]) if lams is None else np.asarray(lams, float)
+        never played) and the cost model's saving; keep the pair with the highest mean saving among the lams whose
+        rule *and every larger lam's* are within ``tau`` on average (none: ``lam = lam_max``). Returns
+        ``(alpha, lam)``."""
+        lams = np.concatenate([[0.0], np.logspace(-1, 4, 51)]) if lams is None else np.sort(np.asarray(lams, float))
         docs = sorted(self._phi)
         if len(docs) < 2 * self.folds:
             self._final = (self.lam, self._fit(self.alpha)[0])
@@ -254,11 +255,15 @@ class LagrangianTS:
             Lobs = Lh.copy()  # observed pair means where played
             for (e, p), (s, n) in self._sum.items():
                 Lobs[pos[e], p] = s / n
-            for lam in lams:
+            # scan from the most cautious rule down: keep lam only while every larger lam is also within tau, so
+            # one lucky lam between infeasible ones (noise on a few documents) is not chosen
+            for lam in lams[::-1]:
                 c = (S - lam * Lh).argmax(1)
                 loss = Lobs[np.arange(len(docs)), c].mean()
                 saved = S[np.arange(len(docs)), c].mean()
-                if loss <= self.tau + 1e-12 and saved > best[0]:
+                if loss > self.tau + 1e-12:
+                    break
+                if saved > best[0]:
                     best = (saved, alpha, lam, loss)
         alpha, lam = best[1], best[2]
         self._final = (float(lam), self._fit(alpha)[0])
