@@ -7,7 +7,8 @@ a target that moves whenever the env's multiplier moves. :class:`LagrangianTS` i
 - **FLOPs saved is not learned.** A plan's FLOPs on a document follow from the plan and the input length
   (FlopCounterMode counts them without running the quality evaluation), so the learner fits, per plan, a least-
   squares line of the table's FLOPs saved on the observation's length features over the train documents
-  (:class:`CostModel`; R^2 > 0.99 on the shipped table's test documents, ``benchmarks/table_ceiling.py``).
+  (:class:`CostModel`; its R^2 on the test documents: ``benchmarks/table_ceiling.py``; the rest of a plan's
+  FLOPs depends on the number of generated tokens, unknown before acting).
 - **The quality loss is learned from bandit feedback** (the played plan's ``quality_full - quality`` only), by one
   Bayesian ridge regression per plan on shared low-dimensional features (:class:`FeatureMap`: a whitened PCA of
   the pooled hidden state fitted on the *train* observations, plus the two length features and an intercept),
