@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT_LEARNERS = ("ppo", "a2c", "dqn", "rloo", "pg-lagrangian", "eps-greedy", "linucb", "lints")
+DEFAULT_LEARNERS = ("ppo", "a2c", "dqn", "rloo", "pg-lagrangian", "eps-greedy", "linucb", "lints", "lagrangian-ts")
 
 
 def _job(args):
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", default="xsum-v1", help="table folder or shipped name (default: xsum-v1)")
     p.add_argument("--learners", nargs="+", default=list(DEFAULT_LEARNERS))
     p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--episodes", type=int, default=1200, help="training episodes per run")
+    p.add_argument("--episodes", type=int, default=2000, help="training episodes per run")
     p.add_argument("--checkpoints", type=int, default=4, help="test evaluations along training (learning curve)")
     p.add_argument("--min-train", type=int, default=20,
                    help="below this many train documents, use k-fold (the shipped table's 24 train documents pass)")

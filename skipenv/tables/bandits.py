@@ -14,8 +14,10 @@ a target that moves whenever the env's multiplier moves. :class:`LagrangianTS` i
   the pooled hidden state fitted on the *train* observations, plus the two length features and an intercept),
   with Thompson sampling on the loss posterior for exploration. Skip nothing has loss 0 by definition.
 - **An explicit multiplier**: the action is ``argmax_p S_p(x) - lam L_p(x)``; during training ``lam`` follows
-  projected dual ascent on each batch's observed mean loss, ``lam <- clip(lam + eta0 / sqrt(k) (mean_loss - tau),
-  0, lam_max)`` (step ``k``); the final deterministic policy (posterior means) takes the ``(ridge penalty, lam)``
+  multiplicative dual ascent on each batch's observed mean loss, ``lam <- clip(lam exp(clip(eta (mean_loss - tau)
+  / tau, -1, 1)), lam_min, lam_max)``: at most a factor e per batch either way (an additive step, as the env's
+  :class:`~skipenv.envs.wrappers.ExpectedConstraint`, climbs by up to ``lr (loss - tau)`` but falls by only
+  ``lr tau``, so early exploration of very lossy plans pinned it near its cap and starved exploration); the final deterministic policy (posterior means) takes the ``(ridge penalty, lam)``
   pair that saves the most on the train documents subject to an *out-of-fold* mean loss ``<= tau``
   (K-fold over the documents the learner saw, its own observations only), as
   :class:`~skipenv.policies.menu.ProbePolicy` calibrates on its out-of-fold predictions.
@@ -94,9 +96,21 @@ class CostModel:
         return self.features.lengths(obs) @ self.w
 
 
+#: ridge penalty of the intercept (the last feature): almost free, so a plan's mean loss is not shrunk toward 0
+#: (shrinking it made rarely played plans look nearly free out of fold and broke the calibration)
+INTERCEPT_PENALTY = 1e-2
+
+
+def _penalty(d: int, alpha: float) -> np.ndarray:
+    pen = np.full(d, float(alpha))
+    pen[-1] = INTERCEPT_PENALTY
+    return pen
+
+
 def _ridge(Phi: np.ndarray, y: np.ndarray, alpha: float):
-    """Ridge solution and inverse Gram matrix: ``(Phi^T Phi + alpha I)^-1 Phi^T y`` and the inverse."""
-    A = Phi.T @ Phi + alpha * np.eye(Phi.shape[1])
+    """Ridge solution and inverse Gram matrix: ``(Phi^T Phi + diag(pen))^-1 Phi^T y`` and the inverse, ``pen`` =
+    ``alpha`` on every feature but the intercept (:data:`INTERCEPT_PENALTY`)."""
+    A = Phi.T @ Phi + np.diag(_penalty(Phi.shape[1], alpha))
     Ainv = np.linalg.inv(A)
     return Ainv @ (Phi.T @ y), Ainv
 
@@ -108,7 +122,8 @@ class LagrangianTS:
 
     The loss data are kept per (document, plan) pair (the mean of its observations; a table replays the same
     outcome, so repeats carry no new information and do not shrink the posterior): plan ``p``'s model is a ridge
-    regression of those pair means on :class:`FeatureMap` features, posterior ``N(mean, (nu sigma)^2 A^-1)`` with
+    regression of those pair means on :class:`FeatureMap` features (penalty ``alpha``, the intercept
+    almost unpenalised: :data:`INTERCEPT_PENALTY`), posterior ``N(mean, (nu sigma)^2 A^-1)`` with
     ``sigma`` the pooled residual standard deviation (0.05 before any residual).
 
     Args:
@@ -118,11 +133,13 @@ class LagrangianTS:
         components: PCA components of :class:`FeatureMap`.
         alpha: ridge penalty while training (whitened features: unit variance per feature).
         nu: Thompson-sampling scale of the posterior.
-        lam_init, eta0, lam_max: the multiplier schedule (FLOPs fraction per unit of quality loss; ``lam_init`` ~
-            (0.3 saved) / (0.03 loss), the scale of the table's plans, not a fitted value).
+        lam_init, eta, lam_min, lam_max: the multiplier schedule (module docstring; FLOPs fraction per unit of
+            quality loss; ``lam_init`` ~ (0.3 saved) / (0.03 loss), the scale of the table's plans, not a fitted
+            value).
         batch: episodes between refits and multiplier steps.
         empty: the skip-nothing plan (loss 0 by definition), or None.
         alphas: ridge penalties tried by the final calibration; folds: its K.
+        min_docs: the deterministic policy chooses only plans played on at least this many documents.
 
     Raises:
         ValueError: an env without ``Discrete`` actions.
@@ -131,8 +148,9 @@ class LagrangianTS:
     name = "lagrangian-ts"
 
     def __init__(self, env, *, seed: int = 0, components: int = 8, alpha: float = 3.0, nu: float = 1.0,
-                 lam_init: float = 10.0, eta0: float = 500.0, lam_max: float = 1000.0, batch: int = 32,
-                 empty: int | None = 0, alphas=(0.3, 3.0, 30.0, 300.0), folds: int = 4):
+                 lam_init: float = 10.0, eta: float = 0.3, lam_min: float = 0.1, lam_max: float = 1000.0,
+                 batch: int = 32,
+                 empty: int | None = 0, alphas=(0.3, 3.0, 30.0, 300.0), folds: int = 4, min_docs: int = 3):
         import gymnasium as gym
 
         if not isinstance(env.action_space, gym.spaces.Discrete):
@@ -145,8 +163,9 @@ class LagrangianTS:
         self.features = FeatureMap(arr["observations"], components=components, seed=seed)
         self.costs = CostModel(self.features, arr["observations"], 1.0 - arr["cost"])
         self.alpha, self.nu, self.empty = float(alpha), float(nu), empty
-        self.lam, self.eta0, self.lam_max, self.steps = float(lam_init), float(eta0), float(lam_max), 0
-        self.alphas, self.folds = tuple(alphas), int(folds)
+        self.lam, self.eta, self.steps = float(lam_init), float(eta), 0
+        self.lam_min, self.lam_max = float(lam_min), float(lam_max)
+        self.alphas, self.folds, self.min_docs = tuple(alphas), int(folds), int(min_docs)
         self.rng = np.random.default_rng(seed)
         self._sum: dict = {}  # (document, plan) -> [sum of losses, count]
         self._phi: dict = {}  # document -> features [d]
@@ -174,8 +193,8 @@ class LagrangianTS:
             if p == self.empty:
                 Ainv[p] = 0.0
                 continue
-            if not F:
-                Ainv[p] = np.eye(d) / alpha
+            if not F:  # the prior: loss 0, wide on the intercept (Thompson sampling will try the plan)
+                Ainv[p] = np.diag(1.0 / _penalty(d, alpha))
                 continue
             F, y = np.asarray(F), np.asarray(y)
             W[:, p], Ainv[p] = _ridge(F, y, alpha)
@@ -183,6 +202,19 @@ class LagrangianTS:
         r = np.concatenate(res) if res else np.zeros(0)
         sigma = float(np.sqrt(np.mean(r ** 2))) if len(r) > 3 else 0.05
         return W, Ainv, max(sigma, 1e-3)
+
+    def _eligible(self, docs=None) -> np.ndarray:
+        """``[P]`` bool: plans played on at least ``min_docs`` distinct documents of ``docs`` (and skip nothing).
+        The deterministic policy chooses among these only: a plan with (almost) no data has only the prior's
+        loss 0 to go on, which would make it look free."""
+        n = np.zeros(self.P, dtype=int)
+        for (e, p) in self._sum:
+            if docs is None or e in docs:
+                n[p] += 1
+        ok = n >= self.min_docs
+        if self.empty is not None:
+            ok[self.empty] = True
+        return ok
 
     def _sample_loss(self, phi: np.ndarray) -> np.ndarray:
         W, Ainv, sigma = self._post
@@ -220,8 +252,8 @@ class LagrangianTS:
                 losses.append(loss)
                 obs, info = env.reset()
             self.steps += 1
-            step = self.eta0 / np.sqrt(self.steps) * (float(np.mean(losses)) - self.tau)
-            self.lam = float(np.clip(self.lam + step, 0.0, self.lam_max))
+            z = float(np.clip(self.eta * (float(np.mean(losses)) - self.tau) / self.tau, -1.0, 1.0))
+            self.lam = float(np.clip(self.lam * np.exp(z), self.lam_min, self.lam_max))
             self.lam_trace.append(self.lam)
             self._post = self._fit(self.alpha)
             done += n
@@ -238,7 +270,7 @@ class LagrangianTS:
         lams = np.concatenate([[0.0], np.logspace(-1, 4, 51)]) if lams is None else np.sort(np.asarray(lams, float))
         docs = sorted(self._phi)
         if len(docs) < 2 * self.folds:
-            self._final = (self.lam, self._fit(self.alpha)[0])
+            self._final = (self.lam, np.where(self._eligible(), self._fit(self.alpha)[0], np.nan))
             return self.alpha, self.lam
         Phi = np.asarray([self._phi[e] for e in docs])
         S = Phi[:, self.features.dim - self.features.passthrough - 1:] @ self.costs.w  # the lengths part of phi
@@ -250,16 +282,16 @@ class LagrangianTS:
             for part in np.array_split(order, self.folds):
                 held = {docs[i] for i in part}
                 W, _, _ = self._fit(alpha, docs=set(docs) - held)
-                Lh[part] = Phi[part] @ W
+                Lh[part] = np.where(self._eligible(set(docs) - held), Phi[part] @ W, np.inf)
             if self.empty is not None:
                 Lh[:, self.empty] = 0.0
-            Lobs = Lh.copy()  # observed pair means where played
+            Lobs = Lh.copy()  # observed pair means where played, else the out-of-fold prediction
             for (e, p), (s, n) in self._sum.items():
                 Lobs[pos[e], p] = s / n
             # scan from the most cautious rule down: keep lam only while every larger lam is also within tau, so
             # one lucky lam between infeasible ones (noise on a few documents) is not chosen
             for lam in lams[::-1]:
-                c = (S - lam * Lh).argmax(1)
+                c = np.where(np.isinf(Lh), -np.inf, S - lam * np.where(np.isinf(Lh), 0.0, Lh)).argmax(1)
                 loss = Lobs[np.arange(len(docs)), c].mean()
                 saved = S[np.arange(len(docs)), c].mean()
                 if loss > self.tau + 1e-12:
@@ -267,7 +299,7 @@ class LagrangianTS:
                 if saved > best[0]:
                     best = (saved, alpha, lam, loss)
         alpha, lam = best[1], best[2]
-        self._final = (float(lam), self._fit(alpha)[0])
+        self._final = (float(lam), np.where(self._eligible(), self._fit(alpha)[0], np.nan))
         return float(alpha), float(lam)
 
     def __call__(self, observation) -> int:
@@ -277,7 +309,8 @@ class LagrangianTS:
             return int(self.empty or 0)
         lam, W = self._final
         phi = self.features(observation)
-        L = phi @ W
+        L = phi @ np.nan_to_num(W)
         if self.empty is not None:
             L[:, self.empty] = 0.0
-        return int(np.argmax(self.costs(observation)[0] - lam * L[0]))
+        score = np.where(np.isnan(W).any(0), -np.inf, self.costs(observation)[0] - lam * L[0])
+        return int(np.argmax(score))
