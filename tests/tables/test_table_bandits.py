@@ -149,6 +149,9 @@ def test_compare_and_ceiling_scripts_run_lagrangian_ts(syn, tmp_path, capsys):
     runs = pd.read_csv(tmp_path / "cmp" / "runs.csv")
     assert len(runs) == 4 and set(runs.learner) == {"lagrangian-ts", "eps-greedy"}
     assert runs[runs.learner == "lagrangian-ts"].gain.mean() > runs[runs.learner == "eps-greedy"].gain.mean()
+    g = np.load(tmp_path / "cmp" / "gains.npz")
+    assert g["lagrangian-ts"].shape == (2, 16)
+    np.testing.assert_allclose(g["lagrangian-ts"].mean(1), runs[runs.learner == "lagrangian-ts"].gain, atol=1e-9)
     ceil = load_benchmark("table_ceiling")
     assert ceil.main(["--table", str(syn.folder), "--components", "4", "--sizes", "8", "24", "--repeats", "2",
                       "--out", str(tmp_path / "ceil")]) == 0
