@@ -18,6 +18,8 @@ name               env         learner
 ``eps-greedy``     menu        mabwiser ``EpsilonGreedy(epsilon=0.1)`` (context-free)
 ``linucb``         menu        mabwiser ``LinUCB(alpha=1)`` on a PCA of the observation (:class:`ContextMap`)
 ``lints``          menu        mabwiser ``LinTS(alpha=1)`` on the same contexts
+``lagrangian-ts``  menu        :class:`~skipenv.tables.bandits.LagrangianTS`: Thompson sampling on per-plan loss
+                               models, FLOPs from the table's cost lines, an explicit multiplier schedule
 =================  ==========  ====================================================================================
 
 The reference points come from :mod:`skipenv.evaluation.probe` (not reimplemented): the static front at mean quality loss
@@ -51,11 +53,13 @@ LEARNERS = {
     "eps-greedy": "mabwiser EpsilonGreedy(0.1), context-free, menu env",
     "linucb": "mabwiser LinUCB(alpha=1) on PCA contexts, menu env",
     "lints": "mabwiser LinTS(alpha=1) on PCA contexts, menu env",
+    "lagrangian-ts": "LagrangianTS: Thompson sampling on per-plan quality-loss models, known FLOPs, explicit multiplier",
     "ppo-default": "PPO('MlpPolicy', env) with SB3's own defaults, factorial env",
     "ppo-default-v1": "PPO('MlpPolicy', env) with SB3's own defaults on the v1 encoding (skip scores, threshold 2)",
 }
 #: learner -> "factorial" (MultiBinary, SwitchDec-XSum-Table-v0) or "menu" (Discrete, SwitchDec-XSum-MenuTable-v0)
-ENV_OF = {n: ("menu" if n in ("dqn", "eps-greedy", "linucb", "lints") else "factorial") for n in LEARNERS}
+ENV_OF = {n: ("menu" if n in ("dqn", "eps-greedy", "linucb", "lints", "lagrangian-ts") else "factorial")
+          for n in LEARNERS}
 _IDS = {"factorial": "SwitchDec-XSum-Table-v0", "menu": "SwitchDec-XSum-MenuTable-v0"}
 
 
@@ -344,6 +348,11 @@ def train_learner_on_table(name: str, table: Table, *, episodes: int, seed: int 
     if name in ("eps-greedy", "linucb", "lints"):
         obs = base.unwrapped.outcome_arrays()["observations"]
         agent = MabwiserBandit(env, name, seed=seed, contexts=ContextMap(obs, seed=seed))
+        learn, policy = (lambda n: agent.learn(n)), agent
+    elif name == "lagrangian-ts":
+        from .bandits import LagrangianTS
+
+        agent = LagrangianTS(env, seed=seed)
         learn, policy = (lambda n: agent.learn(n)), agent
     elif name in ("ppo", "a2c", "dqn", "ppo-default", "ppo-default-v1"):
         import torch

@@ -9,7 +9,7 @@ import pytest
 
 import skipenv  # noqa: F401  (registers the ids)
 from skipenv.tables.build import build_table, table_config
-from skipenv.tables.learners import (EpisodeRecorder, LEARNERS, front_saved, headroom_share, make_folds,
+from skipenv.tables.learners import (ENV_OF, EpisodeRecorder, LEARNERS, front_saved, headroom_share, make_folds,
                                      train_learner_on_table, _make_env)
 from skipenv.tables.store import Table, TableError
 
@@ -108,7 +108,7 @@ def test_bandits_learn_the_best_plan(tiny, name):
 def test_every_learner_trains_and_acts_inside_its_env(tiny, name):
     folds, _ = make_folds(tiny, folds=2, seed=0)
     res = train_learner_on_table(name, folds[0].table, episodes=64, seed=1, checkpoints=2)
-    reach = tiny.grammar.num_factorial if name not in ("dqn", "lints") else tiny.num_plans
+    reach = tiny.grammar.num_factorial if ENV_OF[name] == "factorial" else tiny.num_plans
     assert res["plans"].shape == (len(folds[0].test_ids),)
     assert ((0 <= res["plans"]) & (res["plans"] < reach)).all()
     assert len(res["log"]) >= 64 - 4 and (res["log"][:, 5] >= -1e-9).all()  # GroupPG rounds to whole groups
