@@ -77,3 +77,24 @@ def test_v2_steps_exactly_like_v1_with_v2s_kwargs(tiny_llama):
         assert i2["num_skipped"] == 3
     with pytest.raises(ValueError, match="action_of"):  # 0 / 1 bits would silently mean "skip nothing"
         v2.step(bits)
+
+
+def test_the_probe_steps_v2_with_its_plan_bits(tiny_llama):
+    """The probe turns menu plans into 0 / 1 bits (``plan_to_action``); on v2 they go through ``action_for_bits``
+    and give exactly v1's outcomes under v2's kwargs (instead of being refused as integer scores)."""
+    from skipenv.evaluation.probe import evaluate_menu
+
+    def maker(env_id, **extra):
+        return lambda split, n: skipenv.make(env_id, generator=tiny_llama, formulation="per_input", split=split,
+                                             **{**SMALL, "num_examples": n}, **extra)
+
+    spec = skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, **V2_ONLY, **SMALL).unwrapped.plan_spec
+    k = spec.token_segments
+    menu = {"skip nothing": spec.empty_plan(), "drop last": SkipPlan.from_skips(spec, tokens=[k - 1]),
+            "ffn 1 + drop last": SkipPlan.from_skips(spec, ffn=[1], tokens=[k - 1])}
+    t2 = evaluate_menu(maker("SwitchDec-XSum-v2"), menu, num_train=2, num_test=2, progress=False)
+    t1 = evaluate_menu(maker("SwitchDec-XSum-v1", **V2_ONLY), menu, num_train=2, num_test=2, progress=False)
+    cols = ["split", "example_id", "plan", "quality", "quality_full", "cost", "reward"]
+    assert t2.outcomes[cols].equals(t1.outcomes[cols])
+    assert (t2.outcomes.groupby("plan")["cost"].mean()["ffn 1 + drop last"]
+            < t2.outcomes.groupby("plan")["cost"].mean()["drop last"])  # the sublayer skip ran
