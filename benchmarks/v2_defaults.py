@@ -173,20 +173,18 @@ def _metrics(table, report, tau: float) -> dict:
     gain = probe_saved - front(max(probe_loss, 0.0))
     headroom = oracle - static
     r2 = report.prediction["test_r2_quality"].to_numpy(float)
-    d = report.differences
-    row = d[d["comparison"].str.contains("probe \\(expected\\)") & d["comparison"].str.contains("mixture")] \
-        if "comparison" in d else d.iloc[0:0]
     out = {"static front @ tau (FLOPs pts)": 100 * static, "oracle (FLOPs pts)": 100 * oracle,
            "headroom (FLOPs pts)": 100 * headroom, "probe saved (FLOPs pts)": 100 * probe_saved,
            "probe mean loss": probe_loss, "probe gain at equal quality (FLOPs pts)": 100 * gain,
            "probe share of headroom": gain / headroom if headroom > 1e-12 else float("nan"),
            "R² best": float(np.nanmax(r2)) if np.isfinite(r2).any() else float("nan"),
            "R² mean": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan")}
-    if len(row):
-        r = row.iloc[0]
-        for c in row.columns:
-            if c != "comparison" and isinstance(r[c], (float, np.floating)):
-                out[f"probe - mixture: {c}"] = float(r[c])
+    d = report.differences
+    d = d[(d["contextual"] == "probe (expected)") & (d["metric"] == "flops_saved")
+          & d["static"].str.contains("probe's test quality", regex=False)]
+    if len(d):  # analyse's paired bootstrap 95 % CI of the gain at equal quality
+        out["gain CI low (FLOPs pts)"] = 100 * float(d["ci_low"].iloc[0])
+        out["gain CI high (FLOPs pts)"] = 100 * float(d["ci_high"].iloc[0])
     return out
 
 
@@ -241,7 +239,7 @@ def summary(out: Path, kinds: list[str]) -> None:
     cols = ["unit kind", "skip mode", "menu", "plans", "static front @ tau (FLOPs pts)", "oracle (FLOPs pts)",
             "headroom (FLOPs pts)", "probe saved (FLOPs pts)", "probe mean loss",
             "probe gain at equal quality (FLOPs pts)", "probe share of headroom", "R² best", "R² mean"]
-    extra = [c for c in res.columns if c.startswith("probe - mixture")]
+    extra = [c for c in res.columns if c.startswith("gain CI")]
     text = (f"# {ENV_ID} candidates for v2: {n['train']} train / {n['test']} test documents, tau = {tau}\n\n"
             + markdown_table(res[cols].round(4)) + "\n\n" + (markdown_table(res[cols[:3] + extra].round(4)) + "\n"
                                                               if extra else ""))
