@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-docs", type=int, default=24)
     p.add_argument("--out", default="runs/v2_ppo")
+    p.add_argument("--eval-only", action="store_true", help="evaluate OUT/policy.zip on the test documents only")
     a = p.parse_args(argv)
     import gymnasium as gym
     import torch
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     kw = json.loads(a.kwargs)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    f = open(out / "episodes.csv", "w", newline="")
+    f = open(out / ("eval_only.csv" if a.eval_only else "episodes.csv"), "w", newline="")
     w = csv.writer(f)
     w.writerow(["episode", "seconds", "reward", "lam", "loss", "flops_saved", "num_skipped"])
     t0, rows = time.perf_counter(), []
@@ -69,13 +70,21 @@ def main(argv=None) -> int:
                       f"skipped {R[:, 6].mean():.2f}", flush=True)
             return obs, r, term, trunc, info
 
-    env = gym.make(a.id, **kw)
-    print(f"{a.id} {kw}: action space {env.action_space}", flush=True)
-    model = PPO("MlpPolicy", _Log(env), seed=a.seed, device="cpu", n_steps=a.n_steps, batch_size=a.batch_size)
-    model.learn(a.timesteps)
-    model.save(out / "policy.zip")
-    print(f"trained {len(rows)} episodes in {time.perf_counter() - t0:.0f} s", flush=True)
-    test = gym.make(a.id, **{**kw, "split": "test"})
+    if a.eval_only:  # the policy and episodes of an earlier run in --out
+        f.close()
+        model = PPO.load(out / "policy.zip", device="cpu")
+        with open(out / "episodes.csv") as g:
+            rows = [[float(x) for x in r] for r in list(csv.reader(g))[1:]]
+    else:
+        env = gym.make(a.id, **kw)
+        print(f"{a.id} {kw}: action space {env.action_space}", flush=True)
+        model = PPO("MlpPolicy", _Log(env), seed=a.seed, device="cpu", n_steps=a.n_steps, batch_size=a.batch_size)
+        model.learn(a.timesteps)
+        model.save(out / "policy.zip")
+        print(f"trained {len(rows)} episodes in {time.perf_counter() - t0:.0f} s", flush=True)
+    # the test documents: the first --test-docs of the test split (num_examples applies to the train split only)
+    test = gym.make(a.id, **{**{k: v for k, v in kw.items() if k != "num_examples"}, "split": "test",
+                             "num_examples": a.test_docs})
     saved, loss, nothing, skipped = [], [], 0, []
     for i in range(a.test_docs):
         obs, _ = test.reset(options={"index": i})
@@ -89,7 +98,8 @@ def main(argv=None) -> int:
            "seed": a.seed, "test_docs": a.test_docs, "saved": float(np.mean(saved)), "loss": float(np.mean(loss)),
            "skip_nothing_docs": nothing, "mean_skipped": float(np.mean(skipped)),
            "multiplier_path": [rows[i][3] for i in range(0, len(rows), 32)] + [rows[-1][3]],
-           "seconds": time.perf_counter() - t0}
+           "train_episodes_with_a_skip": float(np.mean([r[6] > 0 for r in rows])),
+           "train_mean_loss": float(np.mean([r[4] for r in rows])), "seconds": time.perf_counter() - t0}
     print(f"deterministic policy on the first {a.test_docs} test documents: FLOPs saved {res['saved']:.4f}, mean "
           f"loss {res['loss']:.4f}, skip nothing on {nothing}/{a.test_docs}, mean skipped factors "
           f"{res['mean_skipped']:.2f}", flush=True)
