@@ -39,16 +39,18 @@ _MIX = "skipenv.envs.mix:SwitchDecMixEnv"
 _V1_DEFAULTS = {"quality": "probability", "tau": 0.01, "formulation": "expected"}
 
 #: What ``SwitchDec-XSum-v2`` changes against v1 (issue 22 item 4, issue 21; docs/defaults.md, "v2"), chosen by
-#: ``benchmarks/v2_defaults.py`` (the probe for unit kinds x skip modes, token-only menu vs menu with sublayer plans):
-#: token units are runs of whole sentences (``segment_boundaries="sentences"``, docs/segments.md), a skipped sublayer
-#: adds a fitted rank-64 linear map of its normalised input calibrated on the first 16 XSum train documents, which
-#: are then never episodes (``skip_mode="linear"``, docs/skip_modes.md), and the skip decisions are real-valued
-#: scores, a factor skipped where its score exceeds 3.0 (``skip_threshold=3.0``,
-#: :class:`~skipenv.envs.wrappers.ThresholdActions`, ``Box(-4, 4, (68,))``), so SB3's initial Gaussian policy skips
-#: each factor with probability ``1 - Phi(3) = 0.00135`` and its first rollout stays feasible instead of collapsing
-#: to skip nothing (docs/table_learners.md). Step it with 0 / 1 bits through
+#: ``benchmarks/v2_defaults.py`` (the probe for unit kinds x skip modes, token-only menu vs menu with sublayer plans;
+#: 26 train / 11 test documents, all the shared 2-core machine allowed): a skipped sublayer adds a fitted rank-64
+#: linear map of its normalised input, calibrated on the first 16 XSum train documents, which are then never episodes
+#: (``skip_mode="linear"``, docs/skip_modes.md; under identity the sublayer plans added no oracle headroom, under
+#: linear +0.4 to +1.4 FLOPs points); the token units stay fixed-size token segments (``"tokens"``: headroom 18.5
+#: points and a probe gain of +0.3 at equal quality, CI [-2.4, 3.1], where sentence units gave 10.8 and -9.8, CI
+#: [-12.6, -5.3]); and the skip decisions are real-valued scores, a factor skipped where its score exceeds 3.0
+#: (``skip_threshold=3.0``, :class:`~skipenv.envs.wrappers.ThresholdActions`, ``Box(-4, 4, (68,))``), so SB3's
+#: initial Gaussian policy skips each factor with probability ``1 - Phi(3) = 0.00135`` and its first rollouts stay
+#: feasible instead of collapsing (docs/table_learners.md). Step it with 0 / 1 bits through
 #: ``env.get_wrapper_attr("action_of")(bits)`` (or :func:`skipenv.envs.wrappers.action_for_bits`).
-_V2_DEFAULTS = {**_V1_DEFAULTS, "segment_boundaries": "sentences", "skip_mode": "linear", "linear_rank": 64,
+_V2_DEFAULTS = {**_V1_DEFAULTS, "segment_boundaries": "tokens", "skip_mode": "linear", "linear_rank": 64,
                 "calibration_documents": 16, "skip_threshold": 3.0}
 
 #: id → (entry point, kwargs)

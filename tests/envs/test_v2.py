@@ -1,4 +1,4 @@
-"""``SwitchDec-XSum-v2`` (issue 22 item 4, issue 21): v1 with sentence units, the linear skip mode and real-valued
+"""``SwitchDec-XSum-v2`` (issue 22 item 4, issue 21): v1 with the linear skip mode and real-valued
 skip scores; the unversioned ``SwitchDec-XSum`` resolves to it, the tools' default id stays v1."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(num_examples=3, max_new_tokens=5, max_input_tokens=96, disk_cache=False)
 #: v2's registered env kwargs other than the task's (what v1 must be given to compute the same outcomes)
-V2_ONLY = dict(segment_boundaries="sentences", skip_mode="linear", linear_rank=64, calibration_documents=16)
+V2_ONLY = dict(segment_boundaries="tokens", skip_mode="linear", linear_rank=64, calibration_documents=16)
 
 
 def _chain(env):
@@ -48,7 +48,7 @@ def test_v2_steps_exactly_like_v1_with_v2s_kwargs(tiny_llama):
     assert any(isinstance(w, ThresholdActions) for w in _chain(v2))
     assert [w.tau for w in _chain(v2) if isinstance(w, ExpectedConstraint)] == [0.01]
     assert (base.quality, base.evaluator.skip_mode, base.evaluator.segment_boundaries) == \
-        ("probability", "linear", "sentences")
+        ("probability", "linear", "tokens")
     # SB3's initial Box policy (unit Gaussian, mean 0) skips a factor with probability 1 - Phi(3)
     assert 1 - norm.cdf(v2.get_wrapper_attr("threshold")) == pytest.approx(0.00135, abs=1e-5)
     # the 16 calibration documents are never episodes
