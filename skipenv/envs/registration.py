@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import gymnasium as gym
 
-__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "DEFAULT_ENV_ID", "registered_formulation", "env_tau",
+__all__ = ["SPECS", "ENV_IDS", "OFFLINE_IDS", "DEFAULT_ENV_ID", "LATEST_XSUM_ID", "registered_formulation", "env_tau",
            "register_envs", "resolve_env_id", "make", "make_env", "make_one_shot",
            "make_layerwise", "make_mix", "sharing", "shared_objects", "sharing_elsewhere", "UnknownEnvKwargError",
            "env_class_keywords", "env_class_of", "check_kwarg_names"]
@@ -39,10 +39,26 @@ _MIX = "skipenv.envs.mix:SwitchDecMixEnv"
 #: convention: changed defaults get a new version); ``gym.make("SwitchDec-XSum")`` picks the latest version.
 _V1_DEFAULTS = {"quality": "probability", "tau": 0.01, "formulation": "expected"}
 
+#: What ``SwitchDec-XSum-v2`` changes against v1 (issue 22 item 4, issue 21; docs/defaults.md, "v2"), chosen by
+#: ``benchmarks/v2_defaults.py`` (the probe for unit kinds x skip modes, token-only menu vs menu with sublayer plans;
+#: 26 train / 11 test documents, all the shared 2-core machine allowed): a skipped sublayer adds a fitted rank-64
+#: linear map of its normalised input, calibrated on the first 16 XSum train documents, which are then never episodes
+#: (``skip_mode="linear"``, docs/skip_modes.md; under identity the sublayer plans added no oracle headroom, under
+#: linear +0.4 to +1.4 FLOPs points); the token units stay fixed-size token segments (``"tokens"``: headroom 18.5
+#: points and a probe gain of +0.3 at equal quality, CI [-2.4, 3.1], where sentence units gave 10.8 and -9.8, CI
+#: [-12.6, -5.3]); and the skip decisions are real-valued scores, a factor skipped where its score exceeds 3.0
+#: (``skip_threshold=3.0``, :class:`~skipenv.envs.wrappers.ThresholdActions`, ``Box(-4, 4, (68,))``), so SB3's
+#: initial Gaussian policy skips each factor with probability ``1 - Phi(3) = 0.00135`` and its first rollouts stay
+#: feasible instead of collapsing (docs/table_learners.md). Step it with 0 / 1 bits through
+#: ``env.get_wrapper_attr("action_of")(bits)`` (or :func:`skipenv.envs.wrappers.action_for_bits`).
+_V2_DEFAULTS = {**_V1_DEFAULTS, "segment_boundaries": "tokens", "skip_mode": "linear", "linear_rank": 64,
+                "calibration_documents": 16, "skip_threshold": 3.0}
+
 #: id → (entry point, kwargs)
 SPECS: dict[str, tuple[str, dict]] = {
     "SwitchDec-XSum-v0": (_ONE_SHOT, {"task": "xsum", "task_source": "embedded"}),
     "SwitchDec-XSum-v1": (_ONE_SHOT, {"task": "xsum", "task_source": "embedded", **_V1_DEFAULTS}),
+    "SwitchDec-XSum-v2": (_ONE_SHOT, {"task": "xsum", "task_source": "embedded", **_V2_DEFAULTS}),
     "SwitchDec-XSum-Layerwise-v0": (_LAYERWISE, {"task": "xsum", "task_source": "embedded"}),
     "SwitchDec-CNNDM-v0": (_ONE_SHOT, {"task": "cnndm", "task_source": "hub"}),
     "SwitchDec-SQuAD-v0": (_ONE_SHOT, {"task": "squad", "task_source": "hub"}),
@@ -67,17 +83,20 @@ SPECS: dict[str, tuple[str, dict]] = {
 }
 
 #: The ids that run offline on the embedded assets.
-OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-v1", "SwitchDec-XSum-Layerwise-v0", "SwitchDec-DisflQA-v0",
-               "SwitchDec-DisflQA-v1", "SwitchDec-RottenTomatoes-v0", "SwitchDec-RottenTomatoes-v1", "SwitchDec-RottenTomatoes-v2",
-               "SwitchDec-Mix-v0")
+OFFLINE_IDS = ("SwitchDec-XSum-v0", "SwitchDec-XSum-v1", "SwitchDec-XSum-v2", "SwitchDec-XSum-Layerwise-v0",
+               "SwitchDec-DisflQA-v0", "SwitchDec-DisflQA-v1", "SwitchDec-RottenTomatoes-v0",
+               "SwitchDec-RottenTomatoes-v1", "SwitchDec-RottenTomatoes-v2", "SwitchDec-Mix-v0")
 
 ENV_IDS: tuple[str, ...] = tuple(SPECS)
 
 #: The id every skipenv tool uses when none is given (``skipenv train / probe / leaderboard / generate / dataset``,
-#: ``agents/*.py``, ``benchmarks/compare_algorithms.py``): the latest XSum version, which is also what
-#: ``gym.make("SwitchDec-XSum")`` picks. The tools report the metrics of its formulation (the expected constraint:
-#: mean quality loss against tau).
+#: ``agents/*.py``, ``benchmarks/compare_algorithms.py``): ``SwitchDec-XSum-v1``, pinned (the main job's results and
+#: the shipped replay table are v1's; 0 / 1 skip bits). ``gym.make("SwitchDec-XSum")`` picks the latest version,
+#: :data:`LATEST_XSUM_ID` (v2: real-valued skip scores); the tools accept it too. The tools report the metrics of
+#: the id's formulation (the expected constraint: mean quality loss against tau).
 DEFAULT_ENV_ID = "SwitchDec-XSum-v1"
+#: what the unversioned ``"SwitchDec-XSum"`` resolves to (Gymnasium's latest version)
+LATEST_XSUM_ID = "SwitchDec-XSum-v2"
 
 
 def registered_formulation(env_id: str, env_kwargs: dict | None = None) -> str:
@@ -336,6 +355,10 @@ def register_envs() -> None:
 
     warnings.filterwarnings("ignore", message=r".*Using the latest versioned environment `SwitchDec-",
                             category=UserWarning)
+    # v1 stays the tools' default id (DEFAULT_ENV_ID, 0 / 1 bits, the main job's results): naming it is not a
+    # mistake to warn about on every build now that v2 exists; v0 keeps its warning
+    warnings.filterwarnings("ignore", message=r".*The environment SwitchDec-XSum-v1 is out of date",
+                            category=DeprecationWarning)
     for env_id, (entry_point, kwargs) in SPECS.items():
         if env_id not in gym.registry:
             # the native vector env runs the per-input formulation only (v1's default is the expected one)
@@ -346,7 +369,7 @@ def register_envs() -> None:
 
 def resolve_env_id(env_id: str) -> str:
     """The registered id ``gym.make(env_id)`` builds: ``env_id`` itself, or for an unversioned name such as
-    ``"SwitchDec-XSum"`` its latest version (Gymnasium's rule, e.g. ``"SwitchDec-XSum-v1"``), so that tools reading
+    ``"SwitchDec-XSum"`` its latest version (Gymnasium's rule, e.g. ``"SwitchDec-XSum-v2"``), so that tools reading
     the id's registered kwargs (``gym.spec``) accept what ``gym.make`` accepts and record the version they ran.
 
     Raises:

@@ -39,7 +39,7 @@ from .rewards import (BudgetReward, EpisodeScores, LagrangeMultiplier, Lagrangia
                            default_dual_lr)
 
 __all__ = ["FORMULATIONS", "DEFAULT_TAU_RANGE", "default_dual_lr", "LagrangeMultiplier", "ExpectedConstraint",
-           "BudgetConditioned", "make_formulation", "ThresholdActions"]
+           "BudgetConditioned", "make_formulation", "ThresholdActions", "action_for_bits"]
 
 #: The named formulations (see the module docstring).
 FORMULATIONS = ("per_input", "expected", "budget")
@@ -287,3 +287,20 @@ class ThresholdActions(gym.ActionWrapper):
         if b.shape != (self.n,) or not ((b == 0) | (b == 1)).all():
             raise ValueError(f"bits must be {self.n} values of 0 / 1, got {b.tolist()!r}")
         return np.where(b == 1, self.threshold + 1.0, self.threshold - 1.0).astype(np.float32)
+
+
+def action_for_bits(env: gym.Env, bits) -> np.ndarray:
+    """The action of ``env`` that runs the 0 / 1 skip bits ``bits`` (``[n]``, e.g. from
+    ``env.unwrapped.plan_to_action(plan)``): ``bits`` themselves on a ``MultiBinary`` env, their scores
+    (:meth:`ThresholdActions.action_of`) on an env built with ``skip_threshold=`` (``SwitchDec-XSum-v2`` and the
+    unversioned ``SwitchDec-XSum``), so a tool that steps plans works on either.
+
+    Raises:
+        ValueError: bits of the wrong length or not 0 / 1 (on a thresholded env; a ``MultiBinary`` env checks them
+            in ``step``).
+    """
+    try:
+        convert = env.get_wrapper_attr("action_of")
+    except AttributeError:
+        return bits
+    return convert(bits)

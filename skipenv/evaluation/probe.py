@@ -290,6 +290,8 @@ def evaluate_menu(make_env: Callable[[str, int], object], menu: Mapping[str, Ski
     import pandas as pd
     from tqdm import tqdm
 
+    from ..envs.wrappers import action_for_bits
+
     if num_train < 2 or num_test < 2:
         raise ValueError(f"the probe needs >= 2 train and >= 2 test documents, got {num_train} / {num_test}")
     rows, obs_rows, names, empty = [], [], None, None
@@ -306,7 +308,7 @@ def evaluate_menu(make_env: Callable[[str, int], object], menu: Mapping[str, Ski
             if base.action_to_plan(a) != plan:
                 raise ValueError(f"menu plan {name!r} cannot be expressed by this env's action space "
                                  f"({len(a)} bits: {base.action_labels}); use layer_block=1 and all candidates")
-            actions[name] = a
+            actions[name] = action_for_bits(env, a)  # skip scores on an id with skip_threshold (v2)
         n = min(n, len(base.examples))
         evaluator = getattr(base, "evaluator", None)  # batched full-model references when the env offers them
         if hasattr(evaluator, "prefetch"):

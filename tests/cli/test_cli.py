@@ -84,14 +84,14 @@ def test_help_shows_each_default_once():
 
 def test_every_tool_defaults_to_the_same_id():
     """skipenv train / probe / leaderboard / generate / dataset record, the agents and compare_algorithms.py all
-    default to DEFAULT_ENV_ID, the latest XSum version (what gym.make("SwitchDec-XSum") picks), and the scripts'
-    --help shows it."""
+    default to DEFAULT_ENV_ID, SwitchDec-XSum-v1 (pinned: 0 / 1 bits; gym.make("SwitchDec-XSum") picks the latest
+    version, v2, whose actions are skip scores), and the scripts' --help shows it."""
     import gymnasium as gym
 
     from skipenv.envs.registration import DEFAULT_ENV_ID
     from skipenv.envs.registration import resolve_env_id
 
-    assert DEFAULT_ENV_ID == resolve_env_id("SwitchDec-XSum")
+    assert DEFAULT_ENV_ID == "SwitchDec-XSum-v1" and resolve_env_id("SwitchDec-XSum") == "SwitchDec-XSum-v2"
     subs = _subparsers(build_parser())
     record = next(a for a in subs["dataset"]._actions if isinstance(a, argparse._SubParsersAction)).choices["record"]
     for name, p in [*((n, subs[n]) for n in ("train", "probe", "leaderboard", "generate")), ("dataset record", record)]:

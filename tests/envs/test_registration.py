@@ -84,7 +84,7 @@ def test_generator_through_gym_make_kwargs_warns_and_stays_out_of_the_spec(tiny_
     assert env.unwrapped.generator is tiny_llama
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the supported way is silent (on the latest version: v0 is "out of date")
-        shared = skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, **KW)
+        shared = skipenv.make("SwitchDec-XSum-v2", generator=tiny_llama, **KW)  # the latest version
     assert shared.unwrapped.generator is tiny_llama and "generator" not in shared.spec.kwargs
 
 
@@ -113,9 +113,8 @@ def test_v1_is_v0_with_the_measured_defaults(tiny_llama):
     assert v0.unwrapped.quality == "agreement" and v0.unwrapped.tau == 0.1  # v0 unchanged
     assert not any(isinstance(w, ExpectedConstraint) for w in _chain(v0))
     assert "SwitchDec-XSum-v1" in skipenv.OFFLINE_IDS
-    # the unversioned name resolves to the latest version (Gymnasium's rule), the default id of every tool
-    unversioned = skipenv.make("SwitchDec-XSum", generator=tiny_llama, **SMALL)
-    assert unversioned.spec.id == "SwitchDec-XSum-v1" == skipenv.envs.registration.DEFAULT_ENV_ID
+    assert skipenv.envs.registration.DEFAULT_ENV_ID == "SwitchDec-XSum-v1"  # the default id of every tool
+    # (the unversioned name resolves to the latest version, v2: tests/envs/test_v2.py)
     # same plan, same document: v1's info equals v0's built with v1's quality and tau (only defaults differ)
     ref = skipenv.make("SwitchDec-XSum-v0", generator=tiny_llama, quality="probability", tau=0.01, **SMALL)
     a = np.zeros(v1.action_space.n, dtype=np.int8)
@@ -173,7 +172,7 @@ def test_unversioned_name_logs_nothing_but_old_versions_still_warn():
 @pytest.mark.hardening
 @pytest.mark.usefixtures("one_thread")
 def test_unversioned_id_resolves_to_the_latest_version_in_the_tools(tmp_path):
-    """``gym.make("SwitchDec-XSum")`` builds v1; ``skipenv train`` / ``probe`` / compare_algorithms read the id's
+    """``gym.make("SwitchDec-XSum")`` builds the latest version (v2); ``skipenv train`` / ``probe`` / compare_algorithms read the id's
     registered kwargs (gym.spec, which has no unversioned lookup) and said "No registered env" for it."""
     import gymnasium as gym
 
@@ -181,7 +180,7 @@ def test_unversioned_id_resolves_to_the_latest_version_in_the_tools(tmp_path):
     from skipenv.evaluation.main_job import run_main_job
     from skipenv.evaluation.probe import run_probe
 
-    assert resolve_env_id("SwitchDec-XSum") == "SwitchDec-XSum-v1"
+    assert resolve_env_id("SwitchDec-XSum") == "SwitchDec-XSum-v2"
     assert resolve_env_id("SwitchDec-XSum-v0") == "SwitchDec-XSum-v0"
     with pytest.raises(gym.error.Error, match="doesn.t exist"):
         resolve_env_id("SwitchDec-Nope")
