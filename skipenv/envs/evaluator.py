@@ -388,7 +388,7 @@ class Evaluator:
 
             head = self.task.load_span_head()
             head.check_model(self._fingerprint)  # the model may have changed since the evaluator was built
-            tokens, text, _ = head_decode(self.generator, self.prompt(example), plan, head)
+            tokens, text, _ = head_decode(self.generator, self.prompt(example), plan, head, example.question or "")
             return tokens, text
 
         return pointer_decode(self.generator, self.prompt(example), plan, max_new_tokens=self.max_new_tokens,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..plan import SkipPlan
-from ..tasks.span_head import SpanHead, best_span
-from .spans import _word_starts, passage_tokens
+from ..tasks.span_head import NUM_LEXICAL, SpanHead, best_span, lexical_features, word_starts
+from .spans import passage_tokens
 
 __all__ = ["passage_states", "head_decode", "answer_token_span", "random_plan", "fit_span_head"]
 
@@ -52,16 +52,21 @@ def passage_states(generator, prompt, plan: SkipPlan | None, layers) -> tuple[np
     return np.array([kept[c] - a for c in cols], dtype=np.int64), feats.cpu().numpy()
 
 
-def head_decode(generator, prompt, plan: SkipPlan | None, head: SpanHead) -> tuple[list[int], str, int]:
+def head_decode(generator, prompt, plan: SkipPlan | None, head: SpanHead, question: str = ""
+                ) -> tuple[list[int], str, int]:
     """The answer of the span head under ``plan``: ``(span token ids, span text, passage tokens scored)``.
+
+    ``question`` feeds the head's :func:`~skipenv.tasks.span_head.lexical_features` (when it has them).
 
     The span always lies in the passage (:func:`~skipenv.tasks.span_head.best_span`); its text is decoded without
     special tokens and stripped. The third value is the ``n`` of :meth:`SpanHead.flops`.
     """
     doc = passage_tokens(prompt)
     positions, feats = passage_states(generator, prompt, plan, head.layers)
-    i, j = best_span(head.scores(feats), positions, np.array(_word_starts(generator.tokenizer, doc)),
-                     head.max_answer_tokens)
+    if head.num_lexical:
+        lex = lexical_features(generator.tokenizer, doc, question)
+        feats = np.concatenate([feats, lex[positions]], axis=1)
+    i, j = best_span(head.scores(feats), positions, word_starts(generator.tokenizer, doc), head.max_answer_tokens)
     span = doc[i: j + 1]
     return span, generator.tokenizer.decode(span, skip_special_tokens=True).strip(), len(positions)
 
@@ -98,16 +103,19 @@ def random_plan(spec, rng: random.Random, kind: int) -> SkipPlan:
     return SkipPlan.from_skips(spec, attention=att, ffn=ffn, tokens=tok)
 
 
-def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: int = 1, l2: float = 1e-3,
-                  max_answer_tokens: int = 12, token_segments: int = 8, seed: int = 0, max_iter: int = 200,
-                  progress: bool = False) -> SpanHead:
+def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: int = 1, l2: float = 1e-2,
+                  components: int | None = 16, lexical: bool = True, max_answer_tokens: int = 8,
+                  token_segments: int = 8, seed: int = 0, max_iter: int = 100, progress: bool = False) -> SpanHead:
     """Fit a :class:`SpanHead` on ``examples`` (train rows only: the caller's responsibility and the docs' claim).
 
     Per example: the passage states under the full model and under ``plans_per_example`` random plans
     (:func:`random_plan`, seeded by ``seed`` and the row's position); the gold span's start / end token (the first
     verbatim occurrence of an answer, :func:`answer_token_span`) is the target of a softmax over the passage tokens
-    the plan kept (rows whose answer tokens the plan dropped are left out). Loss: mean cross-entropy of start and
-    end plus ``l2 * ||W||^2`` on standardised features, minimised by L-BFGS from zero (deterministic).
+    the plan kept (rows whose answer tokens the plan dropped are left out). Features: the states projected on their
+    first ``components`` principal directions (of the full-model states; ``None`` = no projection), then the
+    :func:`~skipenv.tasks.span_head.lexical_features` if ``lexical``; all standardised. Loss: mean cross-entropy of
+    start and end plus ``l2 * ||W||^2``, minimised by L-BFGS from zero (deterministic). The projection and the
+    standardisation are folded into the returned head's weight (one ``[F, 2]`` map of the raw features).
 
     Args:
         layers: hidden-state indices; default ``(L,)``, the final normed layer.
@@ -119,50 +127,66 @@ def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: 
 
     layers = (generator.num_decoder_layers,) if layers is None else tuple(int(x) for x in layers)
     spec = generator.plan_spec(token_segments)
-    xs, starts, ends = [], [], []
+    hs, lex, starts, ends, full_rows = [], [], [], [], []
     for r, ex in enumerate(examples):
         prompt = task.format(ex, generator.tokenizer, encoder_decoder=False)
         doc = passage_tokens(prompt)
         gold = answer_token_span(generator.tokenizer, doc, ex.answers or (ex.target,))
         if gold is None:
             continue
+        lx = lexical_features(generator.tokenizer, doc, ex.question or "") if lexical else None
         rng = random.Random(seed * 1_000_003 + r)
-        for plan in [None] + [random_plan(spec, rng, r + k) for k in range(plans_per_example)]:
+        for k, plan in enumerate([None] + [random_plan(spec, rng, r + k) for k in range(plans_per_example)]):
             try:
                 pos, feats = passage_states(generator, prompt, plan, layers)
             except ValueError:
                 continue
-            where = {int(p): k for k, p in enumerate(pos)}
+            where = {int(p): c for c, p in enumerate(pos)}
             if gold[0] in where and gold[1] in where:
-                xs.append(torch.from_numpy(feats))
+                if k == 0:
+                    full_rows.append(len(hs))
+                hs.append(torch.from_numpy(feats).double())
+                lex.append(torch.from_numpy(lx[pos]).double() if lexical else None)
                 starts.append(where[gold[0]])
                 ends.append(where[gold[1]])
         if progress:
             print(f"span head features: {r + 1}/{len(examples)} examples", flush=True)
-    if not xs:
+    if not hs:
         raise ValueError("fit_span_head: no example has an answer verbatim in its passage")
-    allx = torch.cat(xs).double()
+    d = hs[0].shape[1]
+    ref = torch.cat([hs[k] for k in full_rows]) if full_rows else torch.cat(hs)
+    center = ref.mean(0)
+    if components is not None and components < d:
+        _, _, vt = torch.linalg.svd(ref - center, full_matrices=False)
+        proj = vt[: int(components)].T  # [d, k]
+    else:
+        proj = torch.eye(d, dtype=torch.float64)
+    xs = [(h - center) @ proj if lx is None else torch.cat([(h - center) @ proj, lx], 1) for h, lx in zip(hs, lex)]
+    allx = torch.cat(xs)
     mu, sd = allx.mean(0), allx.std(0, unbiased=False) + 1e-4
-    xs = [(x.double() - mu) / sd for x in xs]
+    xs = [(x - mu) / sd for x in xs]
     w = torch.zeros(allx.shape[1], 2, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
     s_t, e_t = torch.tensor(starts), torch.tensor(ends)
 
     def closure():
         opt.zero_grad()
         loss = torch.zeros((), dtype=torch.float64)
         for k, x in enumerate(xs):
-            lg = x @ w + b
+            lg = x @ w
             loss = loss - torch.log_softmax(lg[:, 0], 0)[s_t[k]] - torch.log_softmax(lg[:, 1], 0)[e_t[k]]
         loss = loss / len(xs) + l2 * (w ** 2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    w, b = w.detach(), b.detach()
-    weight = (w / sd[:, None]).float().numpy()  # (x - mu) / sd @ w + b = x @ (w / sd) + (b - (mu / sd) @ w)
-    bias = (b - (mu / sd) @ w).float().numpy()
+    w = w.detach() / sd[:, None]  # ((z - mu) / sd) @ w = z @ (w / sd) - (mu / sd) @ w
+    bias = -(mu @ w)
+    kp = proj.shape[1]
+    w_hidden = proj @ w[:kp]  # z = (h - center) @ proj
+    bias = bias - center @ w_hidden
+    weight = torch.cat([w_hidden, w[kp:]]) if lexical else w_hidden
     meta = dict(examples=len(examples), rows=len(xs), plans_per_example=plans_per_example, l2=l2, seed=seed,
-                task=getattr(task, "name", ""))
-    return SpanHead(layers, weight, bias, max_answer_tokens, model_fingerprint(generator), meta)
+                components=components, task=getattr(task, "name", ""))
+    return SpanHead(layers, weight.float().numpy(), bias.float().numpy(), max_answer_tokens,
+                    model_fingerprint(generator), meta, NUM_LEXICAL if lexical else 0)

@@ -30,7 +30,7 @@ def fitted(tiny_llama, tmp_path_factory):
     from skipenv.envs.span_head import fit_span_head
 
     task = make_task("disflqa_head", max_input_tokens=300, span_head="disflqa_smollm2")
-    train = task.examples("train")[:4]
+    train = task.examples("train")[:3]
     head = fit_span_head(tiny_llama, task, train, plans_per_example=1, max_answer_tokens=6, max_iter=20)
     path = tmp_path_factory.mktemp("head") / "head.npz"
     head.save(path)
@@ -62,16 +62,17 @@ def test_passage_states_equal_the_hf_models_hidden_states(tiny_llama):
 def test_fitted_head_is_deterministic_and_round_trips(tiny_llama, fitted):
     from skipenv.envs.cache import model_fingerprint
     from skipenv.envs.span_head import fit_span_head
-    from skipenv.tasks.span_head import SpanHead
+    from skipenv.tasks.span_head import NUM_LEXICAL, SpanHead
 
     head, path = fitted
     assert head.fingerprint == model_fingerprint(tiny_llama)
-    assert head.weight.shape == (tiny_llama.hidden_size, 2) and head.layers == (tiny_llama.num_decoder_layers,)
+    assert head.weight.shape == (tiny_llama.hidden_size + NUM_LEXICAL, 2) and head.num_lexical == NUM_LEXICAL
+    assert head.layers == (tiny_llama.num_decoder_layers,)
     again = SpanHead.load(path)
     assert again.digest() == head.digest()
     np.testing.assert_array_equal(again.weight, head.weight)
     task = make_task("disflqa_head", max_input_tokens=300)
-    refit = fit_span_head(tiny_llama, task, task.examples("train")[:4], plans_per_example=1, max_answer_tokens=6,
+    refit = fit_span_head(tiny_llama, task, task.examples("train")[:3], plans_per_example=1, max_answer_tokens=6,
                           max_iter=20)
     assert refit.digest() == head.digest()
 
@@ -80,16 +81,18 @@ def test_fitting_lowers_the_training_loss_against_a_zero_head(tiny_llama, fitted
     """The fitted head gives the gold start / end tokens more probability than the untrained (uniform) head."""
     from skipenv.envs.span_head import answer_token_span, passage_states
     from skipenv.envs.spans import passage_tokens
+    from skipenv.tasks.span_head import lexical_features
 
     head, _ = fitted
     task = make_task("disflqa_head", max_input_tokens=300)
     nll, uniform = 0.0, 0.0
-    for ex in task.examples("train")[:4]:
+    for ex in task.examples("train")[:3]:
         prompt = task.format(ex, tiny_llama.tokenizer, encoder_decoder=False)
         doc = passage_tokens(prompt)
         i, j = answer_token_span(tiny_llama.tokenizer, doc, ex.answers)
         assert tiny_llama.tokenizer.decode(doc[i: j + 1]).strip().startswith(ex.answers[0].split()[0])
         pos, feats = passage_states(tiny_llama, prompt, None, head.layers)
+        feats = np.concatenate([feats, lexical_features(tiny_llama.tokenizer, doc, ex.question)[pos]], 1)
         s = head.scores(feats).astype(np.float64)
         logp = s - np.log(np.exp(s - s.max(0)).sum(0)) - s.max(0)
         nll -= logp[i, 0] + logp[j, 1]
@@ -150,7 +153,7 @@ def test_another_models_head_is_refused(tiny_llama, fitted, tmp_path):
     from skipenv.tasks.span_head import SpanHead, SpanHeadError
 
     head, path = fitted
-    other = SpanHead(head.layers, head.weight, head.bias, head.max_answer_tokens, "0" * 16)
+    other = SpanHead(head.layers, head.weight, head.bias, head.max_answer_tokens, "0" * 16, {}, head.num_lexical)
     other_path = tmp_path / "other.npz"
     other.save(other_path)
     task = make_task("disflqa_head", max_input_tokens=300, span_head=str(other_path))
@@ -174,8 +177,29 @@ def test_a_changed_head_is_a_new_cache_key(fitted, tmp_path):
     from skipenv.tasks.span_head import SpanHead
 
     head, path = fitted
-    other = SpanHead(head.layers, head.weight * 2, head.bias, head.max_answer_tokens, head.fingerprint)
+    other = SpanHead(head.layers, head.weight * 2, head.bias, head.max_answer_tokens, head.fingerprint, {},
+                     head.num_lexical)
     other.save(tmp_path / "h2.npz")
     a = make_task("disflqa_head", span_head=str(path)).cache_tag()
     b = make_task("disflqa_head", span_head=str(tmp_path / "h2.npz")).cache_tag()
     assert a != b and a.startswith("span-head:1:")
+
+
+def test_lexical_features_by_hand(smollm2_tokenizer):
+    from skipenv.tasks.span_head import NUM_LEXICAL, lexical_features
+
+    passage = "Tesla was born in 1856 . Edison lived in Ohio ."
+    doc = smollm2_tokenizer(passage, add_special_tokens=False)["input_ids"]
+    lex = lexical_features(smollm2_tokenizer, doc, "When was Tesla uh born ?")
+    assert lex.shape == (len(doc), NUM_LEXICAL)
+    words = passage.split()
+    first = [smollm2_tokenizer.decode(doc[:k + 1]).count(" ") for k in range(len(doc))]  # word index per token
+    per_word = {first[k]: lex[k] for k in range(len(doc))}
+    q_words = {"tesla", "born"}  # "when", "was", "uh" are stop words
+    for w, (word, row) in enumerate(zip(words, (per_word[i] for i in range(len(words))))):
+        assert row[0] == float(word.lower() in q_words), word
+        assert row[1] == pytest.approx(1.0 if w <= 5 else 0.0)  # sentence 1 (its "." included) holds both
+        assert row[2] == float(w <= 5) and row[4] == float(word[:1].isupper()) and row[7] == float(word == ".")
+    assert per_word[4][14] == 1.0 and per_word[4][5] == 1.0  # "1856": a digit, and the question asks "when"
+    assert per_word[3][3] == pytest.approx(1 / 2)  # "in": 1 word after "born"
+    assert per_word[1][8] == 1.0  # "was" follows the question word "Tesla"
