@@ -128,11 +128,13 @@ def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: 
     layers = (generator.num_decoder_layers,) if layers is None else tuple(int(x) for x in layers)
     spec = generator.plan_spec(token_segments)
     hs, lex, starts, ends, full_rows = [], [], [], [], []
+    no_span = dropped = 0
     for r, ex in enumerate(examples):
         prompt = task.format(ex, generator.tokenizer, encoder_decoder=False)
         doc = passage_tokens(prompt)
         gold = answer_token_span(generator.tokenizer, doc, ex.answers or (ex.target,))
-        if gold is None:
+        if gold is None:  # the answer is not verbatim in the (possibly truncated) passage tokens: no label
+            no_span += 1
             continue
         lx = lexical_features(generator.tokenizer, doc, ex.question or "") if lexical else None
         rng = random.Random(seed * 1_000_003 + r)
@@ -142,7 +144,9 @@ def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: 
             except ValueError:
                 continue
             where = {int(p): c for c, p in enumerate(pos)}
-            if gold[0] in where and gold[1] in where:
+            if gold[0] not in where or gold[1] not in where:
+                dropped += 1  # the plan dropped the answer's tokens: nothing to point at
+            else:
                 if k == 0:
                     full_rows.append(len(hs))
                 hs.append(torch.from_numpy(feats).double())
@@ -151,6 +155,11 @@ def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: 
                 ends.append(where[gold[1]])
         if progress:
             print(f"span head features: {r + 1}/{len(examples)} examples", flush=True)
+    if no_span:
+        import warnings
+
+        warnings.warn(f"fit_span_head: {no_span} of {len(examples)} examples left out, their answer is not verbatim "
+                      f"in the passage tokens (e.g. the passage was truncated)", stacklevel=2)
     if not hs:
         raise ValueError("fit_span_head: no example has an answer verbatim in its passage")
     d = hs[0].shape[1]
@@ -186,7 +195,8 @@ def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: 
     w_hidden = proj @ w[:kp]  # z = (h - center) @ proj
     bias = bias - center @ w_hidden
     weight = torch.cat([w_hidden, w[kp:]]) if lexical else w_hidden
-    meta = dict(examples=len(examples), rows=len(xs), plans_per_example=plans_per_example, l2=l2, seed=seed,
+    meta = dict(examples=len(examples), rows=len(xs), no_answer_span=no_span, answer_dropped_by_plan=dropped,
+                plans_per_example=plans_per_example, l2=l2, seed=seed,
                 components=components, task=getattr(task, "name", ""))
     return SpanHead(layers, weight.float().numpy(), bias.float().numpy(), max_answer_tokens,
                     model_fingerprint(generator), meta, NUM_LEXICAL if lexical else 0)

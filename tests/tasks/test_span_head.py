@@ -203,3 +203,26 @@ def test_lexical_features_by_hand(smollm2_tokenizer):
     assert per_word[4][14] == 1.0 and per_word[4][5] == 1.0  # "1856": a digit, and the question asks "when"
     assert per_word[3][3] == pytest.approx(1 / 2)  # "in": 1 word after "born"
     assert per_word[1][8] == 1.0  # "was" follows the question word "Tesla"
+
+
+def test_v2_rows_whose_answer_is_not_in_the_passage_are_dropped_and_counted(tmp_path, tiny_llama):
+    import json
+
+    from skipenv.envs.span_head import fit_span_head
+
+    path = tmp_path / "qa.jsonl"
+    rows = [{"passage": "Paris is the capital of France .", "question": "What is the capital ?", "answer": "Paris"},
+            {"passage": "The Nile is long .", "question": "Which river ?", "answer": "Amazon"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.warns(UserWarning, match="answer"):
+        task = make_task("disflqa_head", source=path)
+        kept = task.examples("all")
+    assert [e.target for e in kept] == ["Paris"]
+    assert task.load_stats["all"]["dropped_answer_not_in_document"] == 1
+    # a row given to the fit directly whose answer is not in its passage is left out, counted and warned about
+    from dataclasses import replace
+
+    bad = replace(kept[0], answers=("Berlin",), reference="Berlin")
+    with pytest.warns(UserWarning, match="1 of 2 examples left out"):
+        head = fit_span_head(tiny_llama, task, [kept[0], bad], plans_per_example=0, max_iter=5)
+    assert head.meta["no_answer_span"] == 1 and head.meta["rows"] == 1
