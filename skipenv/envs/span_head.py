@@ -162,6 +162,23 @@ def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: 
                       f"in the passage tokens (e.g. the passage was truncated)", stacklevel=2)
     if not hs:
         raise ValueError("fit_span_head: no example has an answer verbatim in its passage")
+    weight, bias = fit_head_weights(hs, lex if lexical else None, starts, ends, full_rows, l2=l2,
+                                    components=components, max_iter=max_iter)
+    meta = dict(examples=len(examples), rows=len(hs), no_answer_span=no_span, answer_dropped_by_plan=dropped,
+                plans_per_example=plans_per_example, l2=l2, seed=seed, components=components,
+                task=getattr(task, "name", ""))
+    return SpanHead(layers, weight, bias, max_answer_tokens, model_fingerprint(generator), meta,
+                    NUM_LEXICAL if lexical else 0)
+
+
+def fit_head_weights(hs, lex, starts, ends, full_rows, *, l2: float = 1e-2, components: int | None = 16,
+                     max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """The fitting step of :func:`fit_span_head` on given features: ``hs`` ``R`` tensors ``[n_r, d]`` (float64),
+    ``lex`` ``R`` tensors ``[n_r, 16]`` or ``None``, the gold start / end row indices, and which rows are full-model
+    states (the projection's reference). Returns ``(weight [d (+ 16), 2], bias [2])`` float32, projection and
+    standardisation folded in."""
+    lexical = lex is not None
+    lex = lex if lexical else [None] * len(hs)
     d = hs[0].shape[1]
     ref = torch.cat([hs[k] for k in full_rows]) if full_rows else torch.cat(hs)
     center = ref.mean(0)
@@ -195,8 +212,4 @@ def fit_span_head(generator, task, examples, *, layers=None, plans_per_example: 
     w_hidden = proj @ w[:kp]  # z = (h - center) @ proj
     bias = bias - center @ w_hidden
     weight = torch.cat([w_hidden, w[kp:]]) if lexical else w_hidden
-    meta = dict(examples=len(examples), rows=len(xs), no_answer_span=no_span, answer_dropped_by_plan=dropped,
-                plans_per_example=plans_per_example, l2=l2, seed=seed,
-                components=components, task=getattr(task, "name", ""))
-    return SpanHead(layers, weight.float().numpy(), bias.float().numpy(), max_answer_tokens,
-                    model_fingerprint(generator), meta, NUM_LEXICAL if lexical else 0)
+    return weight.float().numpy(), bias.float().numpy()
