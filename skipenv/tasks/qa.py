@@ -14,8 +14,9 @@ from .tokens import encode_template, encode_text, special_layout
 
 __all__ = ["QATask", "passage_span", "QA_SCORING_MODES"]
 
-#: how a :class:`QATask` produces its answer: free greedy generation or passage-constrained (pointer) decoding
-QA_SCORING_MODES = ("generate", "pointer")
+#: how a :class:`QATask` produces its answer: free greedy generation, passage-constrained (pointer) decoding, or a
+#: span head on the passage's hidden states (:mod:`skipenv.tasks.span_head`, no decoding)
+QA_SCORING_MODES = ("generate", "pointer", "head")
 #: version of the pointer decoding rule, part of the full-output cache key (a change of the rule is a new key)
 POINTER_RULE = "pointer:no-question-start:1"
 
@@ -89,12 +90,16 @@ class QATask(Task):
             output is always a passage span; the evaluator runs it for the full model and for every plan).
         eos_bias: ``"pointer"`` only: nats added to the end-of-answer token's logit (> 0: shorter spans), fitted
             on train rows (docs/tasks.md).
+        span_head: ``"head"`` only: a shipped head's name (:data:`~skipenv.tasks.span_head.SHIPPED_SPAN_HEADS`) or
+            the path of a ``.npz`` written by :meth:`~skipenv.tasks.span_head.SpanHead.save`; the answer is the
+            passage span the head scores highest under the plan (:func:`skipenv.envs.span_head.head_decode`).
     """
 
     require_answer_in_document: bool = True
     answer_from_passage: bool = False
     scoring: str = "generate"
     eos_bias: float = 0.0
+    span_head: str = ""
     user_template: str = "{instruction}\n\nPassage:\n{document}\n\nQuestion: {question}"
 
     kind: ClassVar[str] = "qa"
@@ -109,16 +114,43 @@ class QATask(Task):
                 or not math.isfinite(self.eos_bias):
             raise ValueError(f"task {self.name!r}: eos_bias must be a finite number (nats), got {self.eos_bias!r}")
         self.eos_bias = float(self.eos_bias)
+        if self.scoring == "head" and not self.span_head:
+            raise ValueError(f"task {self.name!r}: scoring='head' needs span_head= (a shipped head's name or a .npz "
+                             f"path written by SpanHead.save)")
+        self._head = None
 
     @property
     def span_scoring(self) -> bool:
-        """Whether answers are decoded as passage spans (``scoring="pointer"``) instead of generated freely."""
-        return self.scoring == "pointer"
+        """Whether answers are passage spans (``scoring="pointer"`` or ``"head"``) instead of generated freely."""
+        return self.scoring in ("pointer", "head")
+
+    @property
+    def span_head_scoring(self) -> bool:
+        """Whether the answer is read by a span head (``scoring="head"``: one forward pass, no decoding)."""
+        return self.scoring == "head"
+
+    def load_span_head(self):
+        """The :class:`~skipenv.tasks.span_head.SpanHead` of :attr:`span_head` (loaded once).
+
+        Raises:
+            ~skipenv.tasks.span_head.SpanHeadError: not ``scoring="head"``, an unknown name or a garbled file.
+        """
+        from .span_head import SpanHead, SpanHeadError, span_head_path
+
+        if not self.span_head_scoring:
+            raise SpanHeadError(f"task {self.name!r} does not use a span head (scoring={self.scoring!r})")
+        if getattr(self, "_head", None) is None:
+            self._head = SpanHead.load(span_head_path(self.span_head))
+        return self._head
 
     def cache_tag(self) -> str:
         """What besides the input ids determines the full model's answer (part of the evaluator's full-output cache
         key): the pointer rule's version for span decoding (spans may not start with a question word), empty for
         generation (keeps v0's keys)."""
+        if self.span_head_scoring:
+            from .span_head import SPAN_HEAD_RULE
+
+            return f"{SPAN_HEAD_RULE}:{self.load_span_head().digest()}"
         return f"{POINTER_RULE}:eos_bias={self.eos_bias!r}" if self.span_scoring else ""
 
     def start_exclusions(self, example: Example) -> frozenset[str]:

@@ -42,7 +42,8 @@ def test_every_registered_id_is_covered():
 
 #: ids whose prompt needs a larger input budget than SMALL's (RottenTomatoes-v1's 2-shot prompt alone is 105 tokens)
 BUDGET = {"SwitchDec-RottenTomatoes-v1": {"max_input_tokens": 160},
-          **dict.fromkeys(("SwitchDec-DisflQA-v1", "SwitchDec-Mix-v0"), {"max_input_tokens": 400})}  # QA shots
+          **dict.fromkeys(("SwitchDec-DisflQA-v1", "SwitchDec-DisflQA-v2", "SwitchDec-Mix-v0"),
+                          {"max_input_tokens": 400})}  # QA shots; v2: the question before the passage
 
 
 def _tiny_rt_head(generator, folder) -> str:
@@ -63,12 +64,21 @@ def _env(env_id, formulation, tiny_llama, tiny_model_dir, tmp_path, **extra):
     kwargs = {**SMALL, **BUDGET.get(env_id, {}), "formulation": formulation, **extra}
     if formulation == "expected":
         kwargs["formulation_kwargs"] = DUAL
+    if env_id == "SwitchDec-XSum-v2":  # its registered linear_rank 64 exceeds the tiny model's hidden size (32)
+        kwargs["linear_rank"] = 16
     if env_id == "SwitchDec-RottenTomatoes-v2":  # its shipped head is the embedded SmolLM2's: fit one for the tiny model
         kwargs["label_head"] = _tiny_rt_head(tiny_llama, tmp_path)
     if env_id in HUB_ROWS:
         data = tmp_path / f"{env_id}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in HUB_ROWS[env_id]))
         return gym.make(env_id, model=tiny_model_dir, task_source=str(data), split="all", **kwargs)
+    if env_id == "SwitchDec-DisflQA-v2":  # the shipped span head is the embedded SmolLM2's: a head for this model
+        from skipenv.tasks import make_task
+        from skipenv.testing import random_span_head
+
+        random_span_head(tiny_llama, tmp_path / "head.npz")
+        kwargs["task"] = make_task("disflqa_head", span_head=str(tmp_path / "head.npz"),
+                                   max_input_tokens=kwargs.pop("max_input_tokens", 400))
     return skipenv.make(env_id, generator=tiny_llama, **kwargs)
 
 

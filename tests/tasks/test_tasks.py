@@ -74,7 +74,7 @@ def test_rotten_tomatoes_fresh_and_rotten_only():
 
 def test_registry_and_errors():
     assert set(TASKS) == {"xsum", "cnndm", "squad", "disflqa", "sst2", "rotten_tomatoes",
-                          "rotten_tomatoes_scored", "rotten_tomatoes_head", "disflqa_span"}
+                           "rotten_tomatoes_scored", "rotten_tomatoes_head", "disflqa_span", "disflqa_head"}
     with pytest.raises(KeyError, match="registered tasks"):
         make_task("nope")
     with pytest.raises(ValueError, match="disflqa"):
