@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..generators.reuse import StagedStates
 from .grammar import Grammar, default_grammar
 from .store import FORMAT, FORMAT_VERSION, OUTCOME_COLUMNS, Table, TableError, table_fingerprint, write_table
 
@@ -139,10 +140,14 @@ class TableBuilder:
         grammar: the plans (default :func:`~skipenv.tables.grammar.default_grammar` of the model).
         work_dir: shard folder (default ``$SKIPENV_CACHE/tables/<key>``).
         threads: torch threads in this process (default: leave torch's setting).
+        staged: score the plans that skip sublayers and drop tokens from the stored state of the plan that skips the
+            same sublayers on the whole input (:class:`~skipenv.generators.reuse.StagedStates`; decoder-only
+            models; default ``True``). The same outcomes within the 1e-4 reuse tolerance; measured
+            in ``benchmarks/bench_table_build.py`` (docs/tables.md). ``False``: the live env's per-plan path.
     """
 
     def __init__(self, config: dict, grammar: Grammar | dict | None = None, work_dir=None,
-                 threads: int | None = None):
+                 threads: int | None = None, staged: bool = True):
         from ..envs.switchdec import SwitchDecEnv, shared_generator
         from ..tasks import make_task
 
@@ -180,6 +185,7 @@ class TableBuilder:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._examples = {}
+        self.staged = bool(staged)
 
     # ------------------------------------------------------------------ documents
     def examples(self, split: str) -> list:
@@ -240,9 +246,26 @@ class TableBuilder:
                 if obs is None:
                     raise TableError(f"document {ex.id!r} is not in the task's examples")
                 arrays["observations"] = np.asarray(obs, dtype=np.float32)
-            # pair by pair, exactly as the live env's step computes an outcome (batched scoring would agree only
-            # within 1e-4 and buys little on a CPU: README "Speed")
-            outs = [env.evaluator.outcome(ex, plan) for plan in self.plans]
+            # pair by pair, as the live env's step computes an outcome (batched scoring would agree only within
+            # 1e-4 and buys little on a CPU: README "Speed"); with staged reuse, the plans that keep every token
+            # first, so each plan that also drops tokens finds the state of its sublayer skips (docs/tables.md)
+            order = sorted(range(len(self.plans)), key=lambda i: any(self.plans[i].tokens))
+            outs_by = {}
+            previous = getattr(self.generator, "staged_states", None)
+            store = getattr(self.generator, "prefix_store", None)
+            admit = None if store is None else store.admit_after
+            if self.staged and hasattr(self.generator, "staged_states") and store is not None:
+                self.generator.staged_states = StagedStates()
+                store.admit_after = 1  # the first sublayer plan already runs from (and keeps) a state
+            try:
+                for i in order:
+                    outs_by[i] = env.evaluator.outcome(ex, self.plans[i])
+            finally:
+                if hasattr(self.generator, "staged_states"):
+                    self.generator.staged_states = previous
+                if store is not None:
+                    store.admit_after = admit
+            outs = [outs_by[i] for i in range(len(self.plans))]
             arrays[f"quality.{s}"] = np.array([o.quality for o in outs], dtype=np.float64)
             arrays[f"quality_full.{s}"] = np.array([o.quality_full for o in outs], dtype=np.float64)
             c = {"cost": [o.cost for o in outs], "flops": [o.flops for o in outs],
