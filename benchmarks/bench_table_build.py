@@ -35,7 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _timed_row(builder, split: str, index: int, staged: bool):
-    """``(row arrays, per-plan seconds, per-plan reuse points, seconds of the whole row)``."""
+    """``(row arrays, {plan index: seconds}, {plan index: reuse point}, {plan index: forward seconds}, seconds of
+    the whole row, seconds in FLOPs counting)``: per plan, the first signal's outcome (the second signal's forward
+    pass is memoised) and its model calls; a reuse point ``(s, j, N)``, ``"capture"`` (scored from the full model's
+    state while keeping its staged state), or ``None`` (no state: from scratch, or no model call)."""
     import skipenv.generators.decoder_only as dec
     from skipenv.generators.reuse import plan_reuse_point
 
@@ -44,38 +47,59 @@ def _timed_row(builder, split: str, index: int, staged: bool):
     builder._memo.clear()
     builder.generator.prefix_store.clear()
     builder.staged = staged
-    points: list = []
-    real = dec.reused_forward
+    current: dict = {"plan": None}
+    points: dict = {}
+    forward_s: dict = {}
+    real_rf, real_cap = dec.reused_forward, dec.capture_staged_state
 
     def spy(generator, state, ids, plan, **kw):
-        points.append(plan_reuse_point(state.ids, ids, plan.decoder_attention, plan.decoder_ffn,
-                                       kw.get("num_logits", 1), state_attention=getattr(state, "attention", None),
-                                       state_ffn=getattr(state, "ffn", None)) + (len(ids),))
-        return real(generator, state, ids, plan, **kw)
+        points[current["plan"]] = plan_reuse_point(
+            state.ids, ids, plan.decoder_attention, plan.decoder_ffn, kw.get("num_logits", 1),
+            state_attention=state.attention, state_ffn=state.ffn) + (len(ids),)
+        t0 = time.process_time()
+        out = real_rf(generator, state, ids, plan, **kw)
+        forward_s[current["plan"]] = forward_s.get(current["plan"], 0.0) + time.process_time() - t0
+        return out
 
-    per_plan: list[float] = []
-    per_point: list = []
+    def spy_capture(generator, state, ids, plan, **kw):
+        points[current["plan"]] = "capture"
+        t0 = time.process_time()
+        out = real_cap(generator, state, ids, plan, **kw)
+        forward_s[current["plan"]] = forward_s.get(current["plan"], 0.0) + time.process_time() - t0
+        return out
+
+    per_plan: dict = {}
     signal = builder.config["signals"][0]
     ev = builder.envs[signal].evaluator
     real_outcome = ev.outcome
+    index_of = {p: i for i, p in enumerate(builder.plans)}
+    flops_s = [0.0]
+    real_flops = builder.generator.flops
 
-    def timed_outcome(example, plan):
-        t0 = time.perf_counter()
-        n = len(points)
-        out = real_outcome(example, plan)
-        per_plan.append(time.perf_counter() - t0)
-        per_point.append(points[n] if len(points) > n else None)
+    def timed_flops(*a, **kw):
+        t0 = time.process_time()
+        out = real_flops(*a, **kw)
+        flops_s[0] += time.process_time() - t0
         return out
 
-    dec.reused_forward = spy
+    def timed_outcome(example, plan):
+        current["plan"] = index_of[plan]
+        t0 = time.process_time()
+        out = real_outcome(example, plan)
+        per_plan[index_of[plan]] = time.process_time() - t0
+        return out
+
+    dec.reused_forward, dec.capture_staged_state = spy, spy_capture
     ev.outcome = timed_outcome
-    t0 = time.perf_counter()
+    builder.generator.flops = timed_flops
+    t0 = time.process_time()
     try:
         row = builder.compute_row(split, index)
     finally:
-        dec.reused_forward = real
+        dec.reused_forward, dec.capture_staged_state = real_rf, real_cap
         del ev.outcome
-    return row, per_plan, per_point, time.perf_counter() - t0
+        del builder.generator.flops
+    return row, per_plan, points, forward_s, time.process_time() - t0, flops_s[0]
 
 
 def main(argv=None) -> None:
@@ -95,9 +119,10 @@ def main(argv=None) -> None:
             ex = builder.examples(args.split)[index]
             for env in builder.envs.values():
                 env.evaluator.full_output(ex)
-            rows, times, pts = {}, {}, {}
+            rows, times, pts, fwd, fl = {}, {}, {}, {}, {}
             for mode in ("plain", "staged"):
-                rows[mode], times[mode], pts[mode], total = _timed_row(builder, args.split, index, mode == "staged")
+                rows[mode], times[mode], pts[mode], fwd[mode], total, fl[mode] = _timed_row(
+                    builder, args.split, index, mode == "staged")
                 totals[mode].append(total)
             for s in builder.config["signals"]:
                 for q in ("quality", "quality_full"):
@@ -105,16 +130,21 @@ def main(argv=None) -> None:
             for k in ("cost", "flops", "num_generated"):
                 if not np.array_equal(rows["plain"][k], rows["staged"][k]):
                     raise SystemExit(f"column {k} differs between the two paths on {ex.id}")
-            print(f"\n## {args.split} document {index} ({ex.id}): seconds per plan (first signal's outcome; the "
-                  f"second signal reuses its forward pass)\n")
-            print("| plan | plain (s, j, tokens) | plain s | staged (s, j, tokens) | staged s |")
-            print("|---|---|---|---|---|")
+            n_in = len(builder.envs[builder.config["signals"][0]].evaluator.prompt(ex).input_ids)
+            print(f"\n## {args.split} document {index} ({ex.id}, {n_in} input tokens): seconds per plan (the first "
+                  f"signal's outcome; the second signal reuses its forward pass). (s, j, N): the plan's N processed "
+                  f"ids + target, the first s taken from the state through layers < j (j = 30: every layer)\n")
+            print("| plan | plain (s, j, N) | plain model s | plain s | staged (s, j, N) | staged model s | staged s |")
+            print("|---|---|---|---|---|---|---|")
             for i, name in enumerate(names):
-                print(f"| {name} | {pts['plain'][i]} | {times['plain'][i]:.3f} | {pts['staged'][i]} | "
-                      f"{times['staged'][i]:.3f} |")
-            print(f"| (sum over plans) | | {sum(times['plain']):.2f} | | {sum(times['staged']):.2f} |")
-            print(f"| (whole row: observation, full output from disk, both signals) | | {totals['plain'][-1]:.2f} "
-                  f"| | {totals['staged'][-1]:.2f} |")
+                print(f"| {name} | {pts['plain'].get(i)} | {fwd['plain'].get(i, 0):.3f} | {times['plain'][i]:.3f} | "
+                      f"{pts['staged'].get(i)} | {fwd['staged'].get(i, 0):.3f} | {times['staged'][i]:.3f} |")
+            print(f"| (sum over plans) | | {sum(fwd['plain'].values()):.2f} | {sum(times['plain'].values()):.2f} | "
+                  f"| {sum(fwd['staged'].values()):.2f} | {sum(times['staged'].values()):.2f} |")
+            print(f"| (whole row: observation, full output from disk, both signals) | | | {totals['plain'][-1]:.2f} "
+                  f"| | | {totals['staged'][-1]:.2f} |")
+            print(f"\nFLOPs counting (generator.flops) inside the row: plain {fl['plain']:.2f} s, "
+                  f"staged {fl['staged']:.2f} s")
         a, b = float(np.mean(totals["plain"])), float(np.mean(totals["staged"]))
         print(f"\n| path | seconds per document (mean of {args.docs}) |\n|---|---|")
         print(f"| plain (per-plan prefix reuse, the live env's) | {a:.2f} |")

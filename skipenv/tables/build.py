@@ -360,8 +360,8 @@ class TableBuilder:
 _WORKER: dict = {}
 
 
-def _init_worker(config, grammar, work_dir, threads):
-    _WORKER["b"] = TableBuilder(config, grammar, work_dir, threads=threads)
+def _init_worker(config, grammar, work_dir, threads, staged=True):
+    _WORKER["b"] = TableBuilder(config, grammar, work_dir, threads=threads, staged=staged)
 
 
 def _work(item):
@@ -373,7 +373,7 @@ def _work(item):
 def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict | None = None,
                 splits: Sequence[str] = DEFAULT_SPLITS, limit: int | None = None, workers: int = 1,
                 threads: int | None = None, work_dir=None, compact_every: int = 25, progress: bool = True,
-                max_documents: int | None = None) -> Table:
+                max_documents: int | None = None, staged: bool = True) -> Table:
     """Build (or resume) the table of ``config`` x ``grammar`` on the documents of ``splits`` into ``out_dir``.
 
     Args:
@@ -387,7 +387,10 @@ def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict 
         work_dir: shard folder (default ``$SKIPENV_CACHE/tables/<key>``).
         compact_every: rewrite the table folder every this many finished documents (and at the end).
         progress: a tqdm bar with ETA.
-        max_documents: stop after computing this many new documents (a time-boxed build step; resume later).
+        max_documents: stop after computing this many new documents (a time-boxed build step; resume later);
+            ``0`` only rewrites ``out_dir`` from the finished shards (e.g. of a build of another split into a
+            scratch folder: the shards are shared through ``work_dir``).
+        staged: staged prefix reuse (:class:`TableBuilder`'s ``staged``; default on).
 
     Returns:
         The written :class:`~skipenv.tables.store.Table`.
@@ -400,7 +403,7 @@ def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict 
 
     config = config if config is not None else table_config()
     t0 = time.perf_counter()
-    b = TableBuilder(config, grammar, work_dir, threads=threads)
+    b = TableBuilder(config, grammar, work_dir, threads=threads, staged=staged)
     out_dir = Path(out_dir)
     if (out_dir / "meta.json").is_file():
         try:
@@ -445,7 +448,7 @@ def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict 
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(config, b.grammar.to_dict(), str(b.work_dir), threads)) as pool:
+                                 initargs=(config, b.grammar.to_dict(), str(b.work_dir), threads, staged)) as pool:
             for f in as_completed([pool.submit(_work, d) for d in todo]):
                 f.result()
                 finished()

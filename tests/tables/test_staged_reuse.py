@@ -149,3 +149,30 @@ def test_staged_equals_per_plan_on_two_real_documents():
                 b.generator.staged_states = None
         for a, c in zip(got[False], got[True]):
             assert abs(a.quality - c.quality) <= TOL and a.cost == c.cost and a.flops == c.flops
+
+
+def test_max_documents_0_only_compacts_the_finished_shards(tiny, tmp_path, monkeypatch):
+    """A split built into a scratch folder (shards shared through the work folder), then ``max_documents=0`` into
+    the real table: its rows appear in table order without any row being computed."""
+    from skipenv.tables.build import build_table
+    from skipenv.tables.store import Table
+
+    cfg, _ = tiny
+    work = tmp_path / "work"
+    build_table(tmp_path / "scratch", config=cfg, grammar=GRAMMAR, splits=("train",), limit=2, work_dir=work,
+                progress=False)
+    build_table(tmp_path / "t", config=cfg, grammar=GRAMMAR, splits=("validation",), limit=1, work_dir=work,
+                progress=False)
+
+    def refuse(self, split, index):
+        raise AssertionError(f"row {split}-{index} computed by a compaction-only build")
+
+    monkeypatch.setattr(TableBuilder, "compute_row", refuse)
+    t = build_table(tmp_path / "t", config=cfg, grammar=GRAMMAR, splits=("validation", "train"), limit=2,
+                    work_dir=work, progress=False, max_documents=0)
+    scratch = Table.load(tmp_path / "scratch")
+    assert list(t.document_splits) == ["validation", "train", "train"]
+    assert list(t.document_ids[1:]) == list(scratch.document_ids)
+    np.testing.assert_array_equal(np.asarray(t.columns["quality.probability"])[1:],
+                                  np.asarray(scratch.columns["quality.probability"]))
+    assert t.meta["coverage"]["validation"]["covered"] == 1 and t.meta["coverage"]["train"]["covered"] == 2
