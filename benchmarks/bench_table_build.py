@@ -15,7 +15,8 @@ For each document the row (the observation and the 38 plans x 2 signals of ``xsu
 
 Before timing, the document's full output is generated once (it is the same for both paths and is cached on disk by
 the evaluator), and both builders' outcome caches and prefix stores are emptied, so each timed row computes every
-forward pass of the row. Printed: per plan, the reuse point ``(s, j)`` (common-prefix length with the full input and
+forward pass of the row. Times are this process's CPU seconds (``time.process_time``, one torch thread): on the
+shared 2-core machine wall-clock times of the same work varied by 2x with the other developers' load. Printed: per plan, the reuse point ``(s, j)`` (common-prefix length with the full input and
 first recomputed layer, see :func:`~skipenv.generators.reuse.plan_reuse_point`), the tokens recomputed, and the
 seconds of each path; then seconds per document of both paths and the speed-up; and the largest |difference| of the
 two rows' qualities (both signals) against the 1e-4 reuse tolerance.
@@ -131,10 +132,10 @@ def main(argv=None) -> None:
                 if not np.array_equal(rows["plain"][k], rows["staged"][k]):
                     raise SystemExit(f"column {k} differs between the two paths on {ex.id}")
             n_in = len(builder.envs[builder.config["signals"][0]].evaluator.prompt(ex).input_ids)
-            print(f"\n## {args.split} document {index} ({ex.id}, {n_in} input tokens): seconds per plan (the first "
+            print(f"\n## {args.split} document {index} ({ex.id}, {n_in} input tokens): CPU seconds per plan (this process, one torch thread; the first "
                   f"signal's outcome; the second signal reuses its forward pass). (s, j, N): the plan's N processed "
                   f"ids + target, the first s taken from the state through layers < j (j = 30: every layer)\n")
-            print("| plan | plain (s, j, N) | plain model s | plain s | staged (s, j, N) | staged model s | staged s |")
+            print("| plan | plain (s, j, N) | plain model CPU s | plain CPU s | staged (s, j, N) | staged model CPU s | staged CPU s |")
             print("|---|---|---|---|---|---|---|")
             for i, name in enumerate(names):
                 print(f"| {name} | {pts['plain'].get(i)} | {fwd['plain'].get(i, 0):.3f} | {times['plain'][i]:.3f} | "
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
             print(f"\nFLOPs counting (generator.flops) inside the row: plain {fl['plain']:.2f} s, "
                   f"staged {fl['staged']:.2f} s")
         a, b = float(np.mean(totals["plain"])), float(np.mean(totals["staged"]))
-        print(f"\n| path | seconds per document (mean of {args.docs}) |\n|---|---|")
+        print(f"\n| path | CPU seconds per document (mean of {args.docs}) |\n|---|---|")
         print(f"| plain (per-plan prefix reuse, the live env's) | {a:.2f} |")
         print(f"| staged (the build's default) | {b:.2f} |")
         print(f"\nspeed-up {a / b:.2f}x; largest |quality difference| between the paths {worst:.2e} "
