@@ -14,7 +14,7 @@ from ..inputs import PromptInput
 from ..plan import SkipPlan
 from .adapter import SkipAwareCache, replaced_forwards
 from .base import SkippableGenerator, _left_pad, _positions, _StopForward
-from .reuse import PrefixStore, compute_state, reused_forward
+from .reuse import PrefixStore, capture_staged_state, compute_state, reused_forward
 
 #: the call running on this thread: (generator, PrefixState) while it reuses, and the active plan
 _ACTIVE = threading.local()
@@ -62,11 +62,15 @@ class DecoderOnlyGenerator(SkippableGenerator):
             that single-input :meth:`generate` / :meth:`score` calls start from. ``None`` (the default of a bare
             generator: every call runs from scratch, so its executed FLOPs are the plan's) = no reuse; an
             :class:`~skipenv.envs.Evaluator` attaches a 2 GiB store unless ``reuse=False`` or ``SKIPENV_REUSE=0``.
+        staged_states: a :class:`~skipenv.generators.reuse.StagedStates` while a table build scores a document's
+            plans (single-input teacher-forced scoring from the prefix store then also reuses the state of the plan
+            that skips the same sublayers on the whole input); ``None`` (the default, the live env's path) = off.
     """
 
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer)
         self.prefix_store: PrefixStore | None = None
+        self.staged_states = None
 
     @contextlib.contextmanager
     def _reusing(self, inputs, reuse: bool, use_cache: bool = True, target=None, plan=None):
@@ -148,8 +152,16 @@ class DecoderOnlyGenerator(SkippableGenerator):
         state = self._active_state()
         if state is not None and len(prompts) == 1 and self._active_plan is not None:
             m = len(targets[0])
-            logits, _ = reused_forward(self, state, prompts[0] + targets[0], self._active_plan, num_logits=m + 1,
-                                       need_cache=False)
+            ids, plan = prompts[0] + targets[0], self._active_plan
+            staged = getattr(self, "staged_states", None)  # StagedStates while a table build runs; else None
+            if staged is not None:
+                staged.bind(getattr(self.prefix_store, "identity", None))
+                if staged.wants(state, ids, plan):
+                    logits, kept = capture_staged_state(self, state, ids, plan, num_logits=m + 1)
+                    staged.put(kept)
+                    return [logits[0, :m]]
+                state = staged.get(state.ids, plan) or state
+            logits, _ = reused_forward(self, state, ids, plan, num_logits=m + 1, need_cache=False)
             return [logits[0, :m]]
         ids, mask = self._pad([p + t for p, t in zip(prompts, targets)])
         # logits only where targets are predicted: the last max(m)+1 columns (skips the LM head over the prompt)

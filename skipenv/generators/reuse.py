@@ -53,7 +53,8 @@ import torch
 
 from .adapter import SkipAwareCache, replaced_forwards
 
-__all__ = ["DEFAULT_MAX_BYTES", "PrefixState", "PrefixStore", "reuse_enabled_by_default", "plan_reuse_point"]
+__all__ = ["DEFAULT_MAX_BYTES", "PrefixState", "PrefixStore", "StagedStates", "reuse_enabled_by_default",
+           "plan_reuse_point"]
 
 #: Default byte cap of a :class:`PrefixStore` (2 GiB): the 32 training documents of ``skipenv train`` need about
 #: 1.3 GiB of float32 SmolLM2 states; at 1 GiB the LRU evicted states before PPO came back to them (README "Speed").
@@ -76,12 +77,18 @@ class PrefixState:
             (GPT-2: ``[1, heads, T, head_dim]``).
         hidden: per layer ``i``, the residual stream entering layer ``i``, ``[1, T, d]`` (``hidden[0]`` is ``None``:
             a plan that skips a sublayer of layer 0 reuses nothing).
+        attention, ffn: the skip flags (one per decoder layer) of the plan the state was computed under; ``None``
+            (the default) = the full model. A staged state (:class:`StagedStates`) is computed under a plan that
+            skips sublayers: its keys / values are ``None`` at the layers whose attention it skips, and its
+            ``hidden`` holds only what :func:`reused_forward` reads for a plan of the same flags (nothing).
     """
 
     ids: tuple[int, ...]
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    keys: list[torch.Tensor | None]
+    values: list[torch.Tensor | None]
     hidden: list[torch.Tensor | None]
+    attention: tuple[bool, ...] | None = None
+    ffn: tuple[bool, ...] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -92,8 +99,9 @@ class PrefixState:
         """This state with every tensor in ``dtype`` (itself when they already are)."""
         if all(t is None or t.dtype == dtype for t in (*self.keys, *self.values, *self.hidden)):
             return self
-        return PrefixState(self.ids, [k.to(dtype) for k in self.keys], [v.to(dtype) for v in self.values],
-                           [None if h is None else h.to(dtype) for h in self.hidden])
+        return PrefixState(self.ids, [None if k is None else k.to(dtype) for k in self.keys],
+                           [None if v is None else v.to(dtype) for v in self.values],
+                           [None if h is None else h.to(dtype) for h in self.hidden], self.attention, self.ffn)
 
 
 class PrefixStore:
@@ -235,17 +243,24 @@ class PrefixStore:
 
 
 def plan_reuse_point(full_ids: Sequence[int], ids: Sequence[int], decoder_attention: Sequence[bool],
-                     decoder_ffn: Sequence[bool], num_logits: int = 1) -> tuple[int, int]:
-    """``(s, j)`` for running ``ids`` from the state of ``full_ids``: ``j`` = the first layer with a skipped sublayer
-    (``L`` if none); ``s`` = length of the common prefix of the two id lists, capped at ``len(ids) - num_logits``
-    when ``j = L`` (the positions whose logits are needed are computed; with ``j < L`` every position's logits come
-    from layers ``>= j`` anyway)."""
+                     decoder_ffn: Sequence[bool], num_logits: int = 1, *,
+                     state_attention: Sequence[bool] | None = None,
+                     state_ffn: Sequence[bool] | None = None) -> tuple[int, int]:
+    """``(s, j)`` for running ``ids`` from the state of ``full_ids``: ``j`` = the first layer whose sublayer flags
+    differ from the state's (``state_attention`` / ``state_ffn``; ``None`` = the full model's: the first layer with
+    a skipped sublayer), ``L`` if none; ``s`` = length of the common prefix of the two id lists, capped at
+    ``len(ids) - num_logits`` when ``j = L`` (the positions whose logits are needed are computed; with ``j < L``
+    every position's logits come from layers ``>= j`` anyway)."""
     s = 0
     for a, b in zip(full_ids, ids):
         if a != b:
             break
         s += 1
-    j = next((i for i, (a, f) in enumerate(zip(decoder_attention, decoder_ffn)) if a or f), len(decoder_attention))
+    n_layers = len(decoder_attention)
+    sa = tuple(state_attention) if state_attention is not None else (False,) * n_layers
+    sf = tuple(state_ffn) if state_ffn is not None else (False,) * n_layers
+    j = next((i for i, (a, f, a0, f0) in enumerate(zip(decoder_attention, decoder_ffn, sa, sf))
+              if bool(a) != bool(a0) or bool(f) != bool(f0)), n_layers)
     if j == len(decoder_attention):
         s = min(s, len(ids) - num_logits)
     return max(s, 0), j
@@ -303,7 +318,8 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, n
     """
     layers = generator._decoder_layers()
     num_layers = len(layers)
-    s, j = plan_reuse_point(state.ids, ids, plan.decoder_attention, plan.decoder_ffn, num_logits)
+    s, j = plan_reuse_point(state.ids, ids, plan.decoder_attention, plan.decoder_ffn, num_logits,
+                            state_attention=state.attention, state_ffn=state.ffn)
     n = len(ids)
     device = generator.device
     full = torch.tensor([list(ids)], dtype=torch.long, device=device)
@@ -312,11 +328,17 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, n
     if j == 0:  # nothing reusable: from scratch
         cache = cache if need_cache else None
         return generator._forward(full, mask, cache, logits_to_keep=num_logits), cache
-    first = SkipAwareCache(generator.config, [False] * num_layers) if j < num_layers else cache
+    if j < num_layers and state.hidden[j] is None:
+        raise ValueError(f"this prefix state keeps no residual stream entering layer {j}: a staged state serves "
+                         f"only plans with its own sublayer flags (StagedStates.get)")
+    # layers < j skip what the plan (and the state) skip: their attention stores nothing
+    first_skipped = list(plan.decoder_attention[:j]) + [False] * (num_layers - j)
+    first = SkipAwareCache(generator.config, first_skipped) if j < num_layers else cache
     dtype = generator.model.get_input_embeddings().weight.dtype  # a store may keep states in a lower precision
     if s < n:
         for i in range(min(j, num_layers)):
-            first.update(state.keys[i][:, :, :s].to(dtype), state.values[i][:, :, :s].to(dtype), i)
+            if state.keys[i] is not None:
+                first.update(state.keys[i][:, :, :s].to(dtype), state.values[i][:, :, :s].to(dtype), i)
     if j == num_layers:  # tokens only: one call over the tail
         return generator._forward(full[:, s:], mask, cache, logits_to_keep=num_logits), cache
     if s < n:  # call 1: the tail through layers < j
@@ -352,6 +374,103 @@ def reused_forward(generator, state: PrefixState, ids: Sequence[int], plan, *, n
         for i in range(j):
             if s < n:  # the layer object itself: a sliding-window layer keeps its count of processed tokens
                 cache.layers[i] = first.layers[i]
-            else:
+            elif state.keys[i] is not None:
                 cache.update(state.keys[i][:, :, :n].to(dtype), state.values[i][:, :, :n].to(dtype), i)
     return logits, cache
+
+
+class StagedStates:
+    """States of plans that skip sublayers, computed on the full input, for the plans that skip the *same*
+    sublayers and also drop tokens (decoder-only scoring; what ``skipenv table build`` turns on).
+
+    A plan ``P`` that skips sublayers with first skipped layer ``j`` and drops tokens from position ``s`` on is run
+    by :func:`reused_forward` from the full model's state as: positions ``>= s`` through layers ``< j``, then *all*
+    positions through layers ``>= j``. By causality, the positions ``< s`` of every layer of ``P`` equal those of the
+    plan ``S`` that skips the same sublayers on the whole input; so once ``S`` has been scored (its forward over the
+    whole input and target is run anyway), its keys / values (a :class:`PrefixState` with ``attention`` / ``ffn``
+    set to ``S``'s flags) let ``P`` compute only its positions ``>= s`` (through every layer: one model call over
+    the tail, as a token-only plan from the full model's state). For the 32-plan factorial of ``xsum-v1`` (drop
+    segment 7 + skip attention 25, say) that removes the ``L - j`` layers over the kept prefix from every combined
+    plan. Results equal the per-plan path up to float round-off (the stored prefix was computed in a pass of another
+    length), within the same 1e-4 bound as :class:`PrefixStore`'s reuse (``tests/tables/test_staged_reuse.py``).
+
+    Used only while ``generator.staged_states`` is set (``None``, the default: the live env's path, unchanged). The
+    states are tied to the model identity of the generator's :class:`PrefixStore` (:meth:`bind`) and kept for the
+    ``max_states`` most recent (input, flags) pairs.
+
+    Args:
+        max_states: states kept (default 16; one is about 26 MB for a 560-token SmolLM2 input at float32).
+
+    Attributes:
+        hits: plans served from a staged state. captures: staged states computed.
+
+    Raises:
+        ValueError: ``max_states < 1``.
+    """
+
+    def __init__(self, max_states: int = 16):
+        if isinstance(max_states, bool) or not isinstance(max_states, int) or max_states < 1:
+            raise ValueError(f"max_states must be an integer >= 1, got {max_states!r}")
+        self.max_states = max_states
+        self._states: OrderedDict[tuple, PrefixState] = OrderedDict()
+        self.identity: str | None = None
+        self.hits = self.captures = 0
+
+    @staticmethod
+    def _key(ids: Sequence[int], plan) -> tuple:
+        return (tuple(int(i) for i in ids), tuple(bool(a) for a in plan.decoder_attention),
+                tuple(bool(f) for f in plan.decoder_ffn))
+
+    def bind(self, identity: str | None) -> None:
+        """Drop every state when the model identity changes (states of other weights are never served)."""
+        if identity != self.identity:
+            self._states.clear()
+            self.identity = identity
+
+    def get(self, ids: Sequence[int], plan) -> PrefixState | None:
+        """The staged state of ``plan``'s sublayer flags on the full sequence ``ids``, or ``None``."""
+        state = self._states.get(self._key(ids, plan))
+        if state is not None:
+            self.hits += 1
+        return state
+
+    def wants(self, base: PrefixState, ids: Sequence[int], plan) -> bool:
+        """``True`` when scoring ``plan`` on ``ids`` from the full model's ``base`` state should also keep its
+        staged state: ``plan`` keeps every token (``ids`` is ``base``'s sequence), skips a sublayer after layer 0,
+        and its state is not kept yet."""
+        if tuple(int(i) for i in ids) != base.ids or base.attention is not None or base.ffn is not None:
+            return False
+        j = next((i for i, (a, f) in enumerate(zip(plan.decoder_attention, plan.decoder_ffn)) if a or f), None)
+        return j is not None and j > 0 and self._key(ids, plan) not in self._states
+
+    def put(self, state: PrefixState) -> None:
+        key = (state.ids, state.attention, state.ffn)
+        self._states[key] = state
+        self._states.move_to_end(key)
+        while len(self._states) > self.max_states:
+            self._states.popitem(last=False)
+        self.captures += 1
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def capture_staged_state(generator, base: PrefixState, ids: Sequence[int], plan, *,
+                         num_logits: int) -> tuple[torch.Tensor, PrefixState]:
+    """Score ``plan`` on ``base``'s own sequence ``ids`` (no token dropped) from the full model's ``base`` state,
+    exactly as :func:`reused_forward` does, and keep its keys / values as a staged :class:`PrefixState`.
+
+    Returns:
+        ``(logits [1, num_logits, V], state)``: the state's ``keys`` / ``values`` are ``[1, kv_heads, T, head_dim]``
+        per layer (``None`` where ``plan`` skips the attention), ``attention`` / ``ffn`` are ``plan``'s flags.
+    """
+    logits, cache = reused_forward(generator, base, ids, plan, num_logits=num_logits, need_cache=True)
+    n_layers = len(plan.decoder_attention)
+    keys = [None if plan.decoder_attention[i] else cache.layers[i].keys for i in range(n_layers)]
+    values = [None if plan.decoder_attention[i] else cache.layers[i].values for i in range(n_layers)]
+    state = PrefixState(tuple(int(i) for i in ids), keys, values, [None] * n_layers,
+                        tuple(bool(a) for a in plan.decoder_attention), tuple(bool(f) for f in plan.decoder_ffn))
+    return logits, state

@@ -14,7 +14,10 @@ Signals: teacher-forced ones (``"probability"``, ``"agreement"``, ``"likelihood"
 the signal; the two default signals score the same target (the full output), so one forward pass per
 (document, plan) gives both (a shared score memo between the two evaluators). Outcomes are computed pair by pair
 with :meth:`Evaluator.outcome` (prefix reuse on, as in the live env), so a row equals what the live env's ``step``
-computes for that (document, plan).
+computes for that (document, plan) within the 1e-4 reuse tolerance; by default with staged reuse
+(:class:`~skipenv.generators.reuse.StagedStates`: a plan that skips sublayers and drops tokens restarts from the
+stored state of the plan skipping the same sublayers on the whole input; 1.39x fewer CPU-seconds per row,
+``benchmarks/bench_table_build.py``, docs/tables.md).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..generators.reuse import StagedStates
 from .grammar import Grammar, default_grammar
 from .store import FORMAT, FORMAT_VERSION, OUTCOME_COLUMNS, Table, TableError, table_fingerprint, write_table
 
@@ -139,10 +143,14 @@ class TableBuilder:
         grammar: the plans (default :func:`~skipenv.tables.grammar.default_grammar` of the model).
         work_dir: shard folder (default ``$SKIPENV_CACHE/tables/<key>``).
         threads: torch threads in this process (default: leave torch's setting).
+        staged: score the plans that skip sublayers and drop tokens from the stored state of the plan that skips the
+            same sublayers on the whole input (:class:`~skipenv.generators.reuse.StagedStates`; decoder-only
+            models; default ``True``). The same outcomes within the 1e-4 reuse tolerance; measured
+            in ``benchmarks/bench_table_build.py`` (docs/tables.md). ``False``: the live env's per-plan path.
     """
 
     def __init__(self, config: dict, grammar: Grammar | dict | None = None, work_dir=None,
-                 threads: int | None = None):
+                 threads: int | None = None, staged: bool = True):
         from ..envs.switchdec import SwitchDecEnv, shared_generator
         from ..tasks import make_task
 
@@ -180,6 +188,7 @@ class TableBuilder:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._examples = {}
+        self.staged = bool(staged)
 
     # ------------------------------------------------------------------ documents
     def examples(self, split: str) -> list:
@@ -240,9 +249,26 @@ class TableBuilder:
                 if obs is None:
                     raise TableError(f"document {ex.id!r} is not in the task's examples")
                 arrays["observations"] = np.asarray(obs, dtype=np.float32)
-            # pair by pair, exactly as the live env's step computes an outcome (batched scoring would agree only
-            # within 1e-4 and buys little on a CPU: README "Speed")
-            outs = [env.evaluator.outcome(ex, plan) for plan in self.plans]
+            # pair by pair, as the live env's step computes an outcome (batched scoring would agree only within
+            # 1e-4 and buys little on a CPU: README "Speed"); with staged reuse, the plans that keep every token
+            # first, so each plan that also drops tokens finds the state of its sublayer skips (docs/tables.md)
+            order = sorted(range(len(self.plans)), key=lambda i: any(self.plans[i].tokens))
+            outs_by = {}
+            previous = getattr(self.generator, "staged_states", None)
+            store = getattr(self.generator, "prefix_store", None)
+            admit = None if store is None else store.admit_after
+            if self.staged and hasattr(self.generator, "staged_states") and store is not None:
+                self.generator.staged_states = StagedStates()
+                store.admit_after = 1  # the first sublayer plan already runs from (and keeps) a state
+            try:
+                for i in order:
+                    outs_by[i] = env.evaluator.outcome(ex, self.plans[i])
+            finally:
+                if hasattr(self.generator, "staged_states"):
+                    self.generator.staged_states = previous
+                if store is not None:
+                    store.admit_after = admit
+            outs = [outs_by[i] for i in range(len(self.plans))]
             arrays[f"quality.{s}"] = np.array([o.quality for o in outs], dtype=np.float64)
             arrays[f"quality_full.{s}"] = np.array([o.quality_full for o in outs], dtype=np.float64)
             c = {"cost": [o.cost for o in outs], "flops": [o.flops for o in outs],
@@ -337,8 +363,8 @@ class TableBuilder:
 _WORKER: dict = {}
 
 
-def _init_worker(config, grammar, work_dir, threads):
-    _WORKER["b"] = TableBuilder(config, grammar, work_dir, threads=threads)
+def _init_worker(config, grammar, work_dir, threads, staged=True):
+    _WORKER["b"] = TableBuilder(config, grammar, work_dir, threads=threads, staged=staged)
 
 
 def _work(item):
@@ -350,7 +376,7 @@ def _work(item):
 def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict | None = None,
                 splits: Sequence[str] = DEFAULT_SPLITS, limit: int | None = None, workers: int = 1,
                 threads: int | None = None, work_dir=None, compact_every: int = 25, progress: bool = True,
-                max_documents: int | None = None) -> Table:
+                max_documents: int | None = None, staged: bool = True) -> Table:
     """Build (or resume) the table of ``config`` x ``grammar`` on the documents of ``splits`` into ``out_dir``.
 
     Args:
@@ -364,7 +390,10 @@ def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict 
         work_dir: shard folder (default ``$SKIPENV_CACHE/tables/<key>``).
         compact_every: rewrite the table folder every this many finished documents (and at the end).
         progress: a tqdm bar with ETA.
-        max_documents: stop after computing this many new documents (a time-boxed build step; resume later).
+        max_documents: stop after computing this many new documents (a time-boxed build step; resume later);
+            ``0`` only rewrites ``out_dir`` from the finished shards (e.g. of a build of another split into a
+            scratch folder: the shards are shared through ``work_dir``).
+        staged: staged prefix reuse (:class:`TableBuilder`'s ``staged``; default on).
 
     Returns:
         The written :class:`~skipenv.tables.store.Table`.
@@ -377,7 +406,7 @@ def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict 
 
     config = config if config is not None else table_config()
     t0 = time.perf_counter()
-    b = TableBuilder(config, grammar, work_dir, threads=threads)
+    b = TableBuilder(config, grammar, work_dir, threads=threads, staged=staged)
     out_dir = Path(out_dir)
     if (out_dir / "meta.json").is_file():
         try:
@@ -422,7 +451,7 @@ def build_table(out_dir, *, config: dict | None = None, grammar: Grammar | dict 
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(config, b.grammar.to_dict(), str(b.work_dir), threads)) as pool:
+                                 initargs=(config, b.grammar.to_dict(), str(b.work_dir), threads, staged)) as pool:
             for f in as_completed([pool.submit(_work, d) for d in todo]):
                 f.result()
                 finished()

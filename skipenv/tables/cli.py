@@ -38,8 +38,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                                                    "default: skipenv.tables.grammar.default_grammar)")
     b.add_argument("--splits", default="test,train", help="comma-separated, in table order")
     b.add_argument("--limit", type=positive_int, default=None, help="documents per split (default all)")
-    b.add_argument("--max-documents", type=positive_int, default=None,
-                   help="compute at most this many new documents in this run (resume later)")
+    b.add_argument("--max-documents", type=nonnegative_int, default=None,
+                   help="compute at most this many new documents in this run (resume later); 0: only rewrite "
+                        "the table folder from the finished shards")
+    b.add_argument("--no-staged-reuse", dest="staged", action="store_false",
+                   help="score every plan from the full model's state only, as the live env does (default: a plan "
+                        "that skips sublayers and drops tokens restarts from the state of the plan skipping the "
+                        "same sublayers; the same outcomes within 1e-4, docs/tables.md)")
     b.add_argument("--workers", type=positive_int, default=1, help="processes (each loads the model)")
     b.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker")
     b.add_argument("--work-dir", default=None, help="shard folder (default $SKIPENV_CACHE/tables/<key>)")
@@ -195,7 +200,8 @@ def main(args) -> int:
         table = build_table(_table_path(args.out), config=cfg, grammar=grammar,
                             splits=[s.strip() for s in args.splits.split(",") if s.strip()], limit=args.limit,
                             workers=args.workers, threads=args.threads, work_dir=args.work_dir,
-                            compact_every=args.compact_every, max_documents=args.max_documents)
+                            compact_every=args.compact_every, max_documents=args.max_documents,
+                            staged=args.staged)
         print(info_text(table).split("\n")[2])
         return 0
     table = Table.load(_table_path(args.table))
