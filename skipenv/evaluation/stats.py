@@ -29,8 +29,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "iqm", "markdown_table", "interval_estimates", "probability_of_improvement",
-           "performance_profile_figure", "score_matrix"]
+__all__ = ["bootstrap_ci", "iqm", "markdown_table", "interval_estimates", "poi_statistic",
+           "probability_of_improvement", "performance_profile_figure", "score_matrix"]
 
 
 def _rliable():
@@ -160,12 +160,32 @@ def interval_estimates(scores: Mapping[str, np.ndarray], *, metric: str = "iqm",
     return pd.DataFrame(rows)
 
 
+def poi_statistic(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
+    """``P(X > Y)`` averaged over tasks: for each task (column) the Mann-Whitney ``U / (n_x · n_y)`` of X's runs
+    against Y's (a pair of runs counts 1 when X scores higher, 1/2 on a tie), then the mean over tasks.
+
+    The same statistic as ``rliable.metrics.probability_of_improvement`` (which loops over tasks calling
+    ``scipy.stats.mannwhitneyu``), computed in one broadcast comparison, so a 2,000-replication bootstrap over
+    36 tasks takes milliseconds per pair instead of minutes; ``tests/evaluation/test_stats.py`` checks it against
+    rliable's function on random and tied matrices.
+
+    Args:
+        scores_x: ``[n_x, tasks]`` scores of X; scores_y: ``[n_y, tasks]`` scores of Y.
+    Returns:
+        a fraction in [0, 1].
+    """
+    x, y = np.asarray(scores_x, dtype=float), np.asarray(scores_y, dtype=float)
+    diff = x[:, None, :] - y[None, :, :]
+    return float(np.mean((diff > 0).mean(axis=(0, 1)) + 0.5 * (diff == 0).mean(axis=(0, 1))))
+
+
 def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], *,
                                reps: int = 2000, confidence: float = 0.95, task_bootstrap: bool = True,
                                seed: int = 0):
     """``P(X > Y)`` with a stratified-bootstrap percentile CI for each ``(X, Y)`` in ``pairs``.
 
-    The point estimate is ``rliable.metrics.probability_of_improvement``. The interval:
+    The point estimate is ``rliable.metrics.probability_of_improvement``'s statistic, computed by
+    :func:`poi_statistic` (vectorised; equal to rliable's). The interval:
 
     - ``task_bootstrap=True`` (default): ``rliable.library.StratifiedBootstrap(x, y, task_bootstrap=True)`` — runs
       resampled within each task *and* the tasks (test documents) resampled, the same documents for X and Y
@@ -190,7 +210,7 @@ def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence
 
     import pandas as pd
 
-    library, metrics = _rliable()
+    library, _ = _rliable()
     _check_bootstrap(reps, confidence)
     scores = _check(scores)
     pairs = list(pairs) if not isinstance(pairs, str) else [pairs]
@@ -204,16 +224,16 @@ def probability_of_improvement(scores: Mapping[str, np.ndarray], pairs: Sequence
         if missing:
             raise ValueError(f"no scores for {missing}; known: {sorted(scores)}")
         sx, sy = scores[x], scores[y]
-        point = float(metrics.probability_of_improvement(sx, sy))
+        point = poi_statistic(sx, sy)
         with _seeded(seed):
             if task_bootstrap:
                 runs = math.lcm(len(sx), len(sy))
                 bs = library.StratifiedBootstrap(np.repeat(sx, runs // len(sx), axis=0),
                                                  np.repeat(sy, runs // len(sy), axis=0), task_bootstrap=True)
-                ci = bs.conf_int(metrics.probability_of_improvement, reps=reps, size=confidence,
+                ci = bs.conf_int(poi_statistic, reps=reps, size=confidence,
                                  method="percentile")
             else:
-                _, cis = library.get_interval_estimates({"pair": (sx, sy)}, metrics.probability_of_improvement,
+                _, cis = library.get_interval_estimates({"pair": (sx, sy)}, poi_statistic,
                                                         reps=reps, confidence_interval_size=confidence)
                 ci = cis["pair"]
         lo, hi = float(np.min(ci[0])), float(np.max(ci[1]))

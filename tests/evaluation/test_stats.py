@@ -224,3 +224,24 @@ def test_formulation_metrics_ci_is_the_bootstrap_of_the_per_document_losses():
     one = formulation_metrics(episodes[episodes["document"] == 3], tau=0.2)
     assert np.isnan(one["quality_loss_ci_low"]) and one["mean_quality_loss"] == pytest.approx(0.4)
     assert not one["mean_constraint_holds_ci"]  # no interval: the mean (0.4 > 0.2) decides
+
+
+def test_poi_statistic_equals_rliables_and_gives_its_interval():
+    """The vectorised statistic is rliable's (``scipy.stats.mannwhitneyu`` per task), on continuous, tied and
+    identical scores, and the bootstrap interval built on it equals the one built on rliable's own function (same
+    seed, hence the same resamples)."""
+    from rliable import library, metrics
+
+    rng = np.random.default_rng(3)
+    cases = [(rng.normal(size=(10, 36)), rng.normal(size=(10, 36))),
+             (rng.integers(0, 3, (7, 5)).astype(float), rng.integers(0, 3, (4, 5)).astype(float)),
+             (np.tile(np.arange(5.0), (3, 1)), np.tile(np.arange(5.0), (3, 1)))]
+    for x, y in cases:
+        assert stats.poi_statistic(x, y) == pytest.approx(metrics.probability_of_improvement(x, y), abs=1e-12)
+    x, y = cases[0]
+    ours = stats.probability_of_improvement({"x": x, "y": y}, [("x", "y")], reps=60, seed=5).iloc[0]
+    with stats._seeded(5):
+        lo, hi = library.StratifiedBootstrap(x, y, task_bootstrap=True).conf_int(
+            metrics.probability_of_improvement, reps=60, size=0.95, method="percentile")
+    assert ours["ci_low"] == pytest.approx(float(np.min(lo)), abs=1e-12)
+    assert ours["ci_high"] == pytest.approx(float(np.max(hi)), abs=1e-12)
