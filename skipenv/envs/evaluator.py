@@ -309,11 +309,14 @@ class Evaluator:
             return bypasses
         if self._skip_mode == "identity":
             if documents is not None or rank is not None:
-                raise SkipModeError("calibration_documents / linear_rank set with skip_mode='identity' (which needs no "
-                                    "calibration): pass skip_mode='mean' or 'linear', or drop them")
+                raise SkipModeError(f"calibration_documents={documents!r} / linear_rank={rank!r} set with "
+                                    f"skip_mode='identity' (which needs no calibration): pass skip_mode='mean' or "
+                                    f"'linear', or drop them (an id that registers them, such as SwitchDec-XSum-v2: "
+                                    f"pass calibration_documents=None, linear_rank=None)")
             return None
         if rank is not None and self._skip_mode != "linear":
-            raise SkipModeError(f"linear_rank is a setting of skip_mode='linear', not {self._skip_mode!r}: drop it")
+            raise SkipModeError(f"linear_rank is a setting of skip_mode='linear', not {self._skip_mode!r}: drop it "
+                                f"(an id that registers it, such as SwitchDec-XSum-v2: pass linear_rank=None)")
         return load_or_calibrate(self.generator, self.task, self._skip_mode,
                                  documents=DEFAULT_CALIBRATION_DOCUMENTS if documents is None else documents,
                                  rank=rank, prompt=self.prompt, cache_root=self._cache_root,

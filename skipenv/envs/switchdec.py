@@ -482,6 +482,17 @@ def _build(generator, task, model, device, dtype, task_source, max_input_tokens,
     if isinstance(task, str):
         kw = {} if max_input_tokens is None else {"max_input_tokens": int(max_input_tokens)}
         if label_head is not None:  # a head-scored task (RT-v2) with another model's head file
+            from ..tasks import TASKS
+
+            defaults = TASKS[task].defaults if task in TASKS else {}
+            if "span_head" in defaults:
+                raise ValueError(f"label_head= is the label head of a head-scored classification id (SwitchDec-"
+                                 f"RottenTomatoes-v2); task {task!r} reads a span head: pass "
+                                 f"task=skipenv.tasks.make_task({task!r}, span_head=PATH) instead")
+            if "head" not in defaults:
+                raise ValueError(f"label_head= is a setting of head-scored classification ids (SwitchDec-"
+                                 f"RottenTomatoes-v2, task 'rotten_tomatoes_head'); task {task!r} has no label "
+                                 f"head: drop it")
             kw["head"] = label_head
         task = make_task(task, source=task_source, **kw)
     elif label_head is not None:

@@ -275,14 +275,17 @@ class ThresholdActions(gym.ActionWrapper):
         a = np.asarray(action)
         if a.dtype.kind in "biu":
             raise ValueError(f"this env's actions are real-valued scores (skip where score > {self.threshold:g}), "
-                             f"got a {a.dtype} array; convert 0 / 1 skip bits with env.action_of(bits)")
+                             f"got a {a.dtype} array; convert 0 / 1 skip bits with "
+                             f"env.get_wrapper_attr('action_of')(bits) or "
+                             f"skipenv.envs.wrappers.action_for_bits(env, bits)")
         if a.shape != (self.n,) or a.dtype.kind != "f" or not np.isfinite(a).all():
             raise ValueError(f"action must be {self.n} finite scores (float), got {a.tolist()!r}")
         return (a > self.threshold).astype(np.int8)
 
     def action_of(self, bits) -> np.ndarray:
         """The scores of 0 / 1 skip bits ``[n]``: ``threshold + 1`` where a bit is 1, ``threshold - 1`` where it
-        is 0 (float32), so ``env.step(env.action_of(env.unwrapped.plan_to_action(plan)))`` runs ``plan``."""
+        is 0 (float32), so ``env.step(env.get_wrapper_attr("action_of")(env.unwrapped.plan_to_action(plan)))``
+        runs ``plan`` (``env.action_of`` itself works only on this wrapper, not through ``gym.make``'s outer ones)."""
         b = np.asarray(bits)
         if b.shape != (self.n,) or not ((b == 0) | (b == 1)).all():
             raise ValueError(f"bits must be {self.n} values of 0 / 1, got {b.tolist()!r}")

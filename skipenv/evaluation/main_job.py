@@ -500,6 +500,13 @@ def check_args(out_dir: str | Path = "runs/ppo-xsum", *, total_timesteps: int = 
                              f"(device='cpu')")
     from ..envs.registration import registered_formulation
 
+    import gymnasium as gym
+
+    if {**gym.spec(env_id).kwargs, **(env_kwargs or {})}.get("skip_threshold") is not None:
+        raise ValueError(f"{env_id} takes real-valued skip scores (skip_threshold, Box actions); skipenv train's "
+                         f"warm start and baselines step 0 / 1 skip bits: train on SwitchDec-XSum-v1 (the default, "
+                         f"--env SwitchDec-XSum-v1), or train a Box policy on {env_id} yourself (README, 'SB3's "
+                         f"defaults')")
     formulation = registered_formulation(env_id)
     if formulation not in ("per_input", "expected"):
         raise ValueError(f"{env_id} applies the {formulation!r} formulation; skipenv train runs per_input and "

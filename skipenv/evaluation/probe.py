@@ -631,6 +631,16 @@ def config_key(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def outcome_tags(env) -> dict:
+    """What a SwitchDec env's outcomes depend on beyond its kwargs' text, for the probe table's key: the task's
+    ``cache_tag`` (a label / span head's *digest*, so another head file at the same path gets a table of its own)
+    and the evaluator's ``skip_mode_tag`` (the calibration's digest). Both are in the evaluator's outcome keys too.
+    ``{}`` for identity skips and a task without a tag (the key of such a table is what it was before)."""
+    tag = getattr(env.task, "cache_tag", "")
+    tags = {"task": (tag() if callable(tag) else tag) or "", "skip_mode": env.evaluator.skip_mode_tag}
+    return tags if tags["task"] or tags["skip_mode"] != "identity" else {}
+
+
 def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
               menu: Mapping[str, SkipPlan] | Sequence[str] | None = None, num_train: int = 40, num_test: int = 20,
               tau: float | None = None, out_dir: str | Path = "runs/probe", progress: bool = True,
@@ -719,6 +729,9 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
     menu_cfg = _menu_json(menu) if menu is not None else "default"
     cfg = {"env_id": env_id, "env_kwargs": env_kwargs, "menu": menu_cfg, "num_train": num_train,
            "num_test": num_test}
+    tags = outcome_tags(env.unwrapped)
+    if tags:
+        cfg["outcome_tags"] = tags
     generator = env.unwrapped.generator
     identity = model_identity(generator, config=json.loads(json.dumps(cfg, default=str)))
     env.close()

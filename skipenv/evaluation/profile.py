@@ -386,7 +386,15 @@ def run_profile(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
     envs = {}
     try:
         for mode in skip_modes:  # every env before any row: a bad kwarg value fails before the work starts
-            extra = {} if mode == IDENTITY else {"skip_mode": mode}
+            # the mode itself, whatever the id registers (v2 registers linear): settings of another mode are
+            # cleared unless the user gave them (then the env refuses the combination)
+            registered = gym.spec(env_id).kwargs
+            extra = {} if mode == IDENTITY and "skip_mode" not in registered else {"skip_mode": mode}
+            if mode != "linear" and "linear_rank" in registered and "linear_rank" not in env_kwargs:
+                extra["linear_rank"] = None
+            if mode == IDENTITY and "calibration_documents" in registered \
+                    and "calibration_documents" not in env_kwargs:
+                extra["calibration_documents"] = None
             envs[mode] = gym.make(env_id, split=split, **env_kwargs, **bare, **extra)
         first = envs[skip_modes[0]].unwrapped
         generator, spec = first.generator, first.plan_spec

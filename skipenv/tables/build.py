@@ -71,7 +71,9 @@ def table_config(env_id: str | None = "SwitchDec-XSum-v1", **overrides) -> dict:
            "task_source": kw.get("task_source", "embedded"), "max_input_tokens": kw.get("max_input_tokens"),
            "max_new_tokens": kw.get("max_new_tokens"), "token_segments": kw.get("token_segments", 8),
            "observation": kw.get("observation", "pooled"), "signals": list(DEFAULT_SIGNALS), "dtype": "float32",
-           "skip_mode": "identity", "segment_boundaries": kw.get("segment_boundaries", "tokens"),
+           # the id's skip mode (v2: linear, with its calibration settings), never a silent identity
+           "skip_mode": kw.get("skip_mode", "identity"), "segment_boundaries": kw.get("segment_boundaries", "tokens"),
+           **{k: kw[k] for k in ("calibration_documents", "linear_rank") if kw.get(k) is not None},
            # the env defaults a table env takes from its source id (quality signal, tau, formulation)
            "env_defaults": {k: kw[k] for k in ("quality", "tau", "formulation") if k in kw}}
     for k, v in overrides.items():

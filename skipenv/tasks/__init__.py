@@ -183,7 +183,7 @@ TASKS.register("rotten_tomatoes_scored", TaskSpec(
 
 #: ``rotten_tomatoes_head`` (``SwitchDec-RottenTomatoes-v2``): v0's zero-shot prompt, the label read by a logistic
 #: head on the final hidden state at the answer position (:class:`~skipenv.tasks.heads.LabelHead`), fitted on train
-#: reviews only under the full model and 20 seeded skip plans (:func:`skipenv.envs.label_head.training_plans`) so that
+#: reviews only under the full model and 12 seeded skip plans (:func:`skipenv.envs.label_head.training_plans`) so that
 #: it survives skipping; shipped for the embedded SmolLM2 (``skipenv/tasks/data/rt_head_smollm2.json``, refused for
 #: any other model). Chosen by measurement against verbalizer scoring (docs/tasks.md, ``benchmarks/rt_head.py``).
 TASKS.register("rotten_tomatoes_head", TaskSpec(

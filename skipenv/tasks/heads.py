@@ -145,7 +145,7 @@ class LabelHead:
         """
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:  # a binary file (e.g. a span head .npz) too
             raise LabelHeadError(f"{path}: cannot read a label head ({e})") from e
         return cls.from_dict(d, str(path))
 

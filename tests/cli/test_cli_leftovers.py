@@ -51,8 +51,9 @@ def test_unknown_option_is_the_subcommands_usage_error(argv, prog, hint, capsys)
 def test_real_flags_out_of_range_stay_the_subcommands_error(capsys):
     for argv, text in ((["probe", "--train-docs", "-1"], "skipenv probe: error: argument --train-docs: expected an "
                                                         "integer >= 1, got -1"),
-                       (["table", "build", "--max-documents", "0"], "skipenv table build: error: argument "
-                                                                   "--max-documents: expected an integer >= 1, got 0")):
+                       # 0 is valid (compact the finished shards only): -1 is the out-of-range value
+                       (["table", "build", "--max-documents", "-1"], "skipenv table build: error: argument "
+                                                                    "--max-documents: expected an integer >= 0, got -1")):
         rc, err = _err(argv, capsys)
         assert rc == 2 and text in err
 

@@ -187,7 +187,7 @@ def test_unversioned_id_resolves_to_the_latest_version_in_the_tools(tmp_path):
         resolve_env_id("SwitchDec-Nope")
     # the default learner under v1's expected formulation (ppo-bc) is chosen, then refused before loading
     with pytest.raises(ValueError, match="ppo-bc clones the probe policy"):
-        run_main_job(tmp_path / "never", env_id="SwitchDec-XSum", static_examples=2, model="no-such-model")
+        run_main_job(tmp_path / "never", env_id="SwitchDec-XSum-v1", static_examples=2, model="no-such-model")
     with pytest.raises(ValueError, match="formulation"):  # the probe got past the id to its own checks
         run_probe("SwitchDec-XSum", env_kwargs={"formulation": "expected"}, out_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()

@@ -64,8 +64,12 @@ def test_main_job_output_is_the_same_for_the_same_seed_and_threads(tiny_model_di
 
 
 def test_check_args_resolves_the_job_and_creates_nothing(tmp_path):
-    job = check_args(tmp_path / "never", env_id="SwitchDec-XSum", train_examples=6, model="no-such-model")
+    job = check_args(tmp_path / "never", env_id="SwitchDec-XSum-v1", train_examples=6, model="no-such-model")
     assert (job.env_id, job.formulation, job.algo) == ("SwitchDec-XSum-v1", "expected", "ppo-bc")
+    # the unversioned id is v2 (skip scores), which the job's 0 / 1-bit steps cannot drive: refused up front
+    for env_id, kw in (("SwitchDec-XSum", None), ("SwitchDec-XSum-v1", {"skip_threshold": 2.0})):
+        with pytest.raises(ValueError, match="real-valued skip scores.*SwitchDec-XSum-v1"):
+            check_args(tmp_path / "never", env_id=env_id, env_kwargs=kw, model="no-such-model")
     assert (job.static_examples, job.n_menu, job.train_env, job.out) == (6, 6, None, None)
     job = check_args(tmp_path / "never", env_id="SwitchDec-XSum-v0", static_examples=0, model="no-such-model")
     assert (job.formulation, job.algo, job.n_menu) == ("per_input", "ppo", 0)

@@ -296,3 +296,35 @@ def test_probe_options_and_attention_features(smollm2_tokenizer, tmp_path):
     cmp = probe.compare_observations(table, 0.05, {"attention:2 (env)": None, "attention:3": feats},
                                      {"attention:2 (env)": 19, "attention:3": 19})
     assert list(cmp["observation"]) == ["attention:2 (env)", "attention:3"]
+
+
+def test_probe_table_key_follows_the_head_file_contents_not_its_path(tiny_llama, tmp_path):
+    """The probe's table folder is keyed by its configuration, whose kwargs name a head by *path*: the head's digest
+    (the task's cache_tag) goes into the key too, so a head file overwritten in place gets a table of its own
+    instead of the old head's outcomes; identity skips without a head keep the old key (no tags)."""
+    import json
+
+    from skipenv.envs.label_head import fit_label_head
+    from skipenv.envs import Evaluator
+    from skipenv.tasks import make_task
+
+    task = make_task("rotten_tomatoes", scoring="verbalizer")
+    train = task.examples("train")
+    reviews = [e for e in train if e.label == "positive"][:2] + [e for e in train if e.label == "negative"][:2]
+    path = tmp_path / "head.json"
+    fit_label_head(Evaluator(tiny_llama, task, quality="label_agreement", disk_cache=False), reviews, []).save(path)
+
+    def tags():
+        env = skipenv.make("SwitchDec-RottenTomatoes-v2", generator=tiny_llama, label_head=str(path),
+                           num_examples=2, max_input_tokens=160, disk_cache=False)
+        return probe.outcome_tags(env.unwrapped)
+
+    first = tags()
+    d = json.loads(path.read_text())
+    d["weight"] = [2 * w for w in d["weight"]]  # the same path, other contents
+    path.write_text(json.dumps(d))
+    second = tags()
+    assert first["task"].startswith("head:") and second["task"].startswith("head:") and first != second
+    v1 = skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, num_examples=2, max_new_tokens=3,
+                      max_input_tokens=96, disk_cache=False)
+    assert probe.outcome_tags(v1.unwrapped) == {}

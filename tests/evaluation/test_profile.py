@@ -265,6 +265,16 @@ def test_skip_modes_need_an_env_that_takes_skip_mode(tmp_path, monkeypatch, caps
         run_profile(skip_modes=("identity", "mean"), out_dir=tmp_path / "q", progress=False)
     assert "skip_mode" not in made[0] and made[1]["skip_mode"] == "mean"
     assert made[0]["split"] == made[1]["split"] == "train"  # the train split by default
+    # an id that registers a calibrated mode (v2: linear, rank 64, 16 calibration documents): its identity rows
+    # really are identity (the registered mode and its settings overridden), its mean rows drop the linear rank
+    made.clear()
+    with pytest.raises(Built):
+        run_profile(env_id="SwitchDec-XSum-v2", skip_modes=("identity", "mean"), out_dir=tmp_path / "v2",
+                    progress=False)
+    assert {k: made[0][k] for k in ("skip_mode", "linear_rank", "calibration_documents")} == \
+        {"skip_mode": "identity", "linear_rank": None, "calibration_documents": None}
+    assert made[1]["skip_mode"] == "mean" and made[1]["linear_rank"] is None
+    assert "calibration_documents" not in made[1]  # mean keeps v2's 16 calibration documents
 
 
 def test_calibration_documents_are_never_profiled(tiny_model_dir, data_file, tmp_path, monkeypatch):

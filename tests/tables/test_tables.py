@@ -350,3 +350,15 @@ def test_a_committed_table_is_a_checkpoint(tiny, tmp_path, monkeypatch):
     full = Table.load(folder)
     for k in full.columns:
         np.testing.assert_allclose(np.asarray(t.columns[k]), np.asarray(full.columns[k]), rtol=0, atol=1e-12)
+
+
+def test_table_config_takes_the_ids_skip_mode():
+    """A table of SwitchDec-XSum-v2 is configured with v2's linear mode and its calibration settings, never a
+    silent identity under v2's name; v1's configuration keeps identity and no calibration keys (its key as
+    before)."""
+    from skipenv.tables.build import table_config
+
+    v2 = table_config("SwitchDec-XSum-v2")
+    assert (v2["skip_mode"], v2["linear_rank"], v2["calibration_documents"]) == ("linear", 64, 16)
+    v1 = table_config("SwitchDec-XSum-v1")
+    assert v1["skip_mode"] == "identity" and "linear_rank" not in v1 and "calibration_documents" not in v1

@@ -198,3 +198,23 @@ def test_rt_v2_full_model_beats_the_majority_label():
     base = np.mean([ex.label == majority for ex in env.examples])
     assert acc - base >= RT_V2_TEST_MARGIN, (acc, base)
     env.close()
+
+
+def test_label_head_on_an_id_without_one_is_one_clear_error(tiny_llama):
+    """label_head= belongs to RT-v2's task: on XSum it is refused by name, on QA-v2 (a span head) with the route
+    that works (task=make_task('disflqa_head', span_head=PATH)); never a task constructor's raw TypeError."""
+    import skipenv
+
+    with pytest.raises(ValueError, match="label_head= is a setting of head-scored classification ids"):
+        skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, label_head="x.json", num_examples=1)
+    with pytest.raises(ValueError, match=r"make_task\('disflqa_head', span_head=PATH\)"):
+        skipenv.make("SwitchDec-DisflQA-v2", generator=tiny_llama, label_head="x.json", num_examples=1)
+
+
+def test_a_binary_file_as_label_head_is_a_label_head_error(tmp_path):
+    from skipenv.tasks.heads import LabelHead, LabelHeadError
+
+    f = tmp_path / "span.npz"
+    f.write_bytes(b"PK\x03\x04\xb3\xff\x00binary")
+    with pytest.raises(LabelHeadError, match="cannot read a label head"):
+        LabelHead.load(f)
