@@ -356,12 +356,7 @@ def test_formulation_at_gym_make(tiny_llama):
     assert any(isinstance(x, ExpectedConstraint) and x.tau == 0.1 for x in _chain(layerwise))
 
 
-def _chain(env):
-    out = []
-    while isinstance(env, gym.Wrapper):
-        out.append(env)
-        env = env.env
-    return out
+from _tiny_env import wrapper_chain as _chain  # noqa: E402  (the shared helper)
 
 
 @pytest.mark.assets

@@ -96,12 +96,7 @@ def test_generator_through_gym_make_kwargs_warns_and_stays_out_of_the_spec(tiny_
 SMALL = dict(num_examples=3, max_new_tokens=5, max_input_tokens=96, disk_cache=False)
 
 
-def _chain(env):
-    out = []
-    while isinstance(env, gym.Wrapper):
-        out.append(env)
-        env = env.env
-    return out
+from _tiny_env import wrapper_chain as _chain  # noqa: E402  (the shared helper)
 
 
 @pytest.mark.usefixtures("one_thread")

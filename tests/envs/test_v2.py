@@ -23,12 +23,7 @@ TINY_RANK = dict(linear_rank=16)
 V2_MAKE = {**V2_ONLY, **TINY_RANK}
 
 
-def _chain(env):
-    out = []
-    while isinstance(env, gym.Wrapper):
-        out.append(env)
-        env = env.env
-    return out
+from _tiny_env import wrapper_chain as _chain  # noqa: E402  (the shared helper)
 
 
 def test_v2_is_registered_as_the_latest_version_and_v1_stays():
