@@ -688,6 +688,10 @@ def run_probe(env_id: str = DEFAULT_ENV_ID, *, env_kwargs: dict | None = None,
 
     env_id = resolve_env_id(env_id)  # "SwitchDec-XSum": its latest version, as gym.make does
     env_kwargs = dict(env_kwargs or {})
+    if isinstance(num_train, int) and not isinstance(num_train, bool) and 0 < num_train < 4:
+        # refused here, before the menu is evaluated (the probe policy's ridge fit needs them; policies/menu.py)
+        raise ValueError(f"the probe policy needs >= 4 training documents, got num_train={num_train} "
+                         f"(--train-docs): use 4 or more")
     reserved = sorted({"split", "num_examples"} & set(env_kwargs))
     if reserved:
         raise ValueError(f"env_kwargs {reserved} are set by the probe itself; choose the documents with "

@@ -191,7 +191,7 @@ def test_probe_menu_with_a_repeated_name_is_refused(generator, tmp_path):
 
     with sharing(generator=generator), pytest.raises(ValueError, match=r"\['a'\] given more than once"):
         run_probe(env_kwargs={"max_new_tokens": 4, "max_input_tokens": 96, "disk_cache": False},
-                  menu=["a:tokens=1", "a:tokens=2"], num_train=2, num_test=2, out_dir=tmp_path, progress=False)
+                  menu=["a:tokens=1", "a:tokens=2"], num_train=4, num_test=2, out_dir=tmp_path, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -328,3 +328,14 @@ def test_probe_table_key_follows_the_head_file_contents_not_its_path(tiny_llama,
     v1 = skipenv.make("SwitchDec-XSum-v1", generator=tiny_llama, num_examples=2, max_new_tokens=3,
                       max_input_tokens=96, disk_cache=False)
     assert probe.outcome_tags(v1.unwrapped) == {}
+
+
+def test_too_few_train_documents_are_refused_before_the_menu_is_evaluated(tmp_path, monkeypatch):
+    """``num_train`` 1-3 cannot fit the probe policy: refused before any env is built (it used to evaluate the whole
+    menu first and leave a partial cache folder)."""
+    import gymnasium as gym
+
+    monkeypatch.setattr(gym, "make", lambda *a, **k: pytest.fail("an env was built"))
+    with pytest.raises(ValueError, match="needs >= 4 training documents, got num_train=3"):
+        probe.run_probe("SwitchDec-XSum-v1", num_train=3, num_test=2, out_dir=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
