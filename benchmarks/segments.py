@@ -27,35 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's skipenv, not another install
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # the sibling benchmark whose summary this one shares
 
-
-def _metrics(table, report, tau: float) -> dict:
-    from skipenv.probe import expected_oracle, mixture_lp
-
-    te = table.matrices("test")
-    loss, saved = te["loss"], te["saved"]
-
-    def front(level: float) -> float:
-        pi = mixture_lp(loss.mean(0), saved.mean(0), level)
-        return float(pi @ saved.mean(0))
-
-    oracle_w = expected_oracle(loss, saved, tau)
-    oracle = float((oracle_w * saved).sum(1).mean())
-    static = front(tau)
-    w = report.weights["probe (expected)"]
-    probe_saved, probe_loss = float((w * saved).sum(1).mean()), float((w * loss).sum(1).mean())
-    gain = probe_saved - front(max(probe_loss, 0.0))
-    headroom = oracle - static
-    r2 = report.prediction["test_r2_quality"].to_numpy(float)
-    return {"static front @ tau (FLOPs pts)": 100 * static, "oracle (FLOPs pts)": 100 * oracle,
-            "headroom (FLOPs pts)": 100 * headroom, "probe saved (FLOPs pts)": 100 * probe_saved,
-            "probe mean loss": probe_loss, "probe gain at equal quality (FLOPs pts)": 100 * gain,
-            "probe share of headroom": gain / headroom if headroom > 1e-12 else float("nan"),
-            "R² best": float(np.nanmax(r2)) if np.isfinite(r2).any() else float("nan"),
-            "R² mean": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan")}
+from v2_defaults import probe_metrics  # noqa: E402  (one summary of a probe run for both benchmarks)
 
 
 def main(argv=None) -> int:
@@ -81,7 +56,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         table, report = run_probe(args.env_id, env_kwargs={"segment_boundaries": kind}, num_train=args.train_docs,
                                   num_test=args.test_docs, out_dir=args.out, learning_curve=[])
-        rows.append({"segment_boundaries": kind, **_metrics(table, report, tau)})
+        rows.append({"segment_boundaries": kind, **probe_metrics(table, report, tau)})
         print(f"{kind}: {time.perf_counter() - t0:.0f} s ({report.folder})", flush=True)
     df = pd.DataFrame(rows)
     out = Path(args.out)

@@ -155,7 +155,10 @@ def evaluate(kind: str, n_train: int, n_test: int, out: Path, modes=MODES) -> No
     f.close()
 
 
-def _metrics(table, report, tau: float) -> dict:
+def probe_metrics(table, report, tau: float) -> dict:
+    """The probe's summary in FLOPs points on the test documents: static front at tau, oracle, headroom, the probe
+    policy's saving, loss and gain at equal quality (with analyse's paired 95 % CI when present), its share of the
+    headroom and the held-out R² (also used by benchmarks/segments.py)."""
     from skipenv.policies.menu import expected_oracle, mixture_lp
 
     te = table.matrices("test")
@@ -226,7 +229,7 @@ def summary(out: Path, kinds: list[str]) -> None:
                                    "skip nothing", {"splits": ["train", "test"]})
                 report = analyse(table, tau, learning_curve=[], passthrough=passthrough_columns("pooled", 8))
                 rows.append({"unit kind": kind, "skip mode": mode, "menu": menu_name, "plans": len(names),
-                             **_metrics(table, report, tau)})
+                             **probe_metrics(table, report, tau)})
                 if menu_name == "with sublayer plans":
                     te = table.matrices("test")
                     for j, nm in enumerate(names):
